@@ -1,0 +1,51 @@
+"""ratebudget: keep LLM workloads inside their rate limits and spend budgets.
+
+A fair, cancellable token bucket for asyncio and trio (through anyio) with
+absolute caps in tokens, requests or exact USD on top::
+
+    limiter = Limiter(Rate(tokens=90_000, per="minute"), Cap(usd="25", per="day"))
+    async with limiter.acquire(2_000, usd="0.012", timeout=30) as lease:
+        reply = await call_llm(prompt)
+        await lease.commit(tokens=reply.usage.total_tokens, usd=cost_of(reply))
+"""
+
+from __future__ import annotations
+
+from ._clock import Clock as Clock
+from ._clock import SystemClock as SystemClock
+from ._exceptions import AcquireTimeout as AcquireTimeout
+from ._exceptions import BudgetExceeded as BudgetExceeded
+from ._exceptions import InvalidRequest as InvalidRequest
+from ._exceptions import RateBudgetError as RateBudgetError
+from ._exceptions import StoreUnavailable as StoreUnavailable
+from ._limiter import Lease as Lease
+from ._limiter import Limiter as Limiter
+from ._limits import Cap as Cap
+from ._limits import Rate as Rate
+from ._snapshot import Alert as Alert
+from ._snapshot import LimitSnapshot as LimitSnapshot
+from ._snapshot import Snapshot as Snapshot
+from ._sync import SyncLease as SyncLease
+from ._sync import SyncLimiter as SyncLimiter
+
+__version__ = "0.1.0.dev0"
+
+__all__ = (
+    "AcquireTimeout",
+    "Alert",
+    "BudgetExceeded",
+    "Cap",
+    "Clock",
+    "InvalidRequest",
+    "Lease",
+    "LimitSnapshot",
+    "Limiter",
+    "Rate",
+    "RateBudgetError",
+    "Snapshot",
+    "StoreUnavailable",
+    "SyncLease",
+    "SyncLimiter",
+    "SystemClock",
+    "__version__",
+)

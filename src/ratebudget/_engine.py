@@ -1,0 +1,495 @@
+"""The memory store: every decision of one limiter, made atomically.
+
+All state lives here, guarded by one ``threading.Lock`` held only for short,
+non-blocking critical sections, so one limiter can be shared by tasks of one
+event loop, by several threads each running its own loop, and by plain
+threads. Callers that cannot be served at once join one FIFO queue of
+``Waiter`` objects; whoever changes the state next (a waiter whose time came,
+a commit, a release) runs ``_service``, which grants waiters from the head of
+the queue on their behalf and tells the new head when its turn comes. So a
+later caller never overtakes an earlier one, each grant costs one wake-up,
+and a waiter that leaves the queue has taken nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Final
+
+from ._amounts import from_units
+from ._bucket import refill, wait_ns
+from ._clock import Clock
+from ._exceptions import AcquireTimeout, BudgetExceeded
+from ._limits import Cap, Rate
+from ._periods import PeriodWindow, period_window
+from ._snapshot import Alert, LimitSnapshot, Snapshot
+
+__all__ = ("CLAIMED", "FAILED", "GRANTED", "WAITING", "Engine", "Waiter")
+
+WAITING: Final = 0
+GRANTED: Final = 1  # granted on the waiter's behalf, not yet claimed
+FAILED: Final = 2
+CLAIMED: Final = 3  # granted and claimed, or gone (timed out, cancelled)
+
+_ids = itertools.count(1)
+
+
+class Waiter:
+    """One caller in the queue; the front end decides how it sleeps."""
+
+    __slots__ = ("deadline", "error", "lease_id", "notified", "req", "state", "timeout_at")
+
+    def __init__(self) -> None:
+        self.req: tuple[int, ...] = ()
+        self.state = WAITING
+        self.deadline: int | None = None  # when it should next look (monotonic ns)
+        self.timeout_at: int | None = None
+        self.notified = False
+        self.error: BaseException | None = None
+        self.lease_id = 0
+
+    def arm(self) -> None:
+        """Prepare to sleep (under the engine lock): later wakes must land."""
+
+    def wake(self) -> None:
+        """Wake the sleeper (outside the engine lock, from any thread)."""
+
+
+class _RateSlot:
+    __slots__ = ("capacity", "last", "level", "per", "queued", "rate", "spec")
+
+    def __init__(self, spec: Rate, now: int) -> None:
+        self.spec = spec
+        self.rate = spec._limit_units  # unit-ns refilled per ns
+        self.per = spec._per_ns
+        self.capacity = spec._burst_units * spec._per_ns
+        self.level = self.capacity
+        self.last = now
+        self.queued = 0  # unit-ns wanted by waiters in the queue
+
+
+class _CapSlot:
+    __slots__ = ("fired", "hard", "limit", "reserved", "spec", "thresholds", "used", "window")
+
+    def __init__(self, spec: Cap, wall: float) -> None:
+        self.spec = spec
+        self.limit = spec._limit_units
+        self.hard = not spec.soft
+        self.used = 0
+        self.reserved = 0
+        self.window: PeriodWindow | None = (
+            None if spec.per is None else period_window(spec.per, spec.tz, wall)
+        )
+        self.fired: set[float] = set()
+        self.thresholds = tuple(
+            (t, math.ceil(Decimal(repr(t)) * spec._limit_units)) for t in spec.alert_at
+        )
+
+    def exceeded(self, amount: int, kind: str) -> BudgetExceeded:
+        axis = self.spec.axis
+        used = from_units(axis, self.used)
+        limit = self.spec.limit
+        requested = from_units(axis, amount)
+        period = f" this {self.spec.per}" if self.spec.per else ""
+        resets = f"; it resets at {self.window.end.isoformat()}" if self.window else ""
+        return BudgetExceeded(
+            f"{kind} {axis}={requested} would push {self.spec!r} past its limit: "
+            f"{used} of {limit} used{period}{resets}",
+            axis=axis,
+            limit=limit,
+            used=used,
+            reserved=from_units(axis, self.reserved),
+            requested=requested,
+            resets_at=self.window.end if self.window else None,
+        )
+
+
+class Engine:
+    """State and decisions of one limiter (the memory store)."""
+
+    def __init__(self, limits: Sequence[Rate | Cap], clock: Clock) -> None:
+        self.clock = clock
+        self.lock = threading.Lock()
+        now, wall = clock.monotonic_ns(), clock.time()
+        self.slots: tuple[_RateSlot | _CapSlot, ...] = tuple(
+            _RateSlot(s, now) if isinstance(s, Rate) else _CapSlot(s, wall) for s in limits
+        )
+        self.rates = tuple(
+            (i, s) for i, s in enumerate(self.slots) if isinstance(s, _RateSlot)
+        )
+        self.caps = tuple((i, s) for i, s in enumerate(self.slots) if isinstance(s, _CapSlot))
+        self.hard_caps = tuple((i, s) for i, s in self.caps if s.hard)
+        self.queue: OrderedDict[Waiter, None] = OrderedDict()
+        self._next_roll = math.inf
+        self._set_next_roll()
+
+    # -- calendar periods ---------------------------------------------------
+
+    def _set_next_roll(self) -> None:
+        ends = [s.window.end_ts for _, s in self.caps if s.window is not None]
+        self._next_roll = min(ends, default=math.inf)
+
+    def _roll(self, wall: float) -> None:
+        if wall < self._next_roll:
+            return
+        for _, cap in self.caps:
+            if cap.window is not None and wall >= cap.window.end_ts and cap.spec.per:
+                cap.window = period_window(cap.spec.per, cap.spec.tz, wall)
+                cap.used = 0  # outstanding reservations stay outstanding
+                cap.fired.clear()
+        self._set_next_roll()
+
+    # -- decisions (call with the lock held) --------------------------------
+
+    def _certain_overrun(self, req: tuple[int, ...], kind: str) -> BudgetExceeded | None:
+        for i, cap in self.hard_caps:
+            n = req[i]
+            if n and cap.used + n > cap.limit:
+                return cap.exceeded(n, kind)
+        return None
+
+    def _caps_fit(self, req: tuple[int, ...]) -> bool:
+        for i, cap in self.hard_caps:
+            n = req[i]
+            if n and cap.used + cap.reserved + n > cap.limit:
+                return False
+        return True
+
+    def _rate_wait(self, req: tuple[int, ...], now: int, queued: bool) -> int:
+        """Refill every rate; the wait until all can serve ``req`` (after the queue)."""
+        longest = 0
+        for i, r in self.rates:
+            r.level = refill(r.level, r.last, now, r.rate, r.capacity)
+            r.last = now
+            need = req[i] * r.per + (r.queued if queued else 0)
+            if need:
+                w = wait_ns(r.level, need, r.rate)
+                if w > longest:
+                    longest = w
+        return longest
+
+    def _take(self, req: tuple[int, ...]) -> int:
+        for i, r in self.rates:
+            r.level -= req[i] * r.per
+        for i, cap in self.caps:
+            cap.reserved += req[i]
+        return next(_ids)
+
+    def _give_back(self, req: tuple[int, ...], now: int, rates: bool) -> None:
+        if rates:
+            for i, r in self.rates:
+                if req[i]:
+                    level = refill(r.level, r.last, now, r.rate, r.capacity) + req[i] * r.per
+                    r.level = min(level, r.capacity)
+                    r.last = now
+        for i, cap in self.caps:
+            cap.reserved -= req[i]
+
+    def _enqueue(self, w: Waiter) -> None:
+        self.queue[w] = None
+        for i, r in self.rates:
+            r.queued += w.req[i] * r.per
+
+    def _dequeue(self, w: Waiter) -> None:
+        del self.queue[w]
+        for i, r in self.rates:
+            r.queued -= w.req[i] * r.per
+
+    def _cap_blocked_until(self, req: tuple[int, ...], now: int, wall: float) -> int | None:
+        """When a head blocked by reservations should look again: its cap's reset."""
+        ends = [
+            cap.window.end_ts
+            for i, cap in self.hard_caps
+            if req[i] and cap.window is not None and cap.used + cap.reserved + req[i] > cap.limit
+        ]
+        if not ends:
+            return None
+        return now + max(0, math.ceil((min(ends) - wall) * 1e9))
+
+    def service(self, now: int, wall: float) -> list[Waiter]:
+        """Grant (or fail) waiters from the head; return the ones to wake."""
+        self._roll(wall)
+        woken: list[Waiter] = []
+        queue = self.queue
+        while queue:
+            w = next(iter(queue))
+            error = self._certain_overrun(w.req, "acquiring")
+            if error is not None:
+                self._dequeue(w)
+                w.state, w.error = FAILED, error
+                w.notified = True
+                woken.append(w)
+                continue
+            if self._caps_fit(w.req):
+                wait = self._rate_wait(w.req, now, queued=False)
+                if wait == 0:
+                    self._dequeue(w)
+                    w.lease_id = self._take(w.req)
+                    w.state = GRANTED
+                    w.notified = True
+                    woken.append(w)
+                    continue
+                deadline: int | None = now + wait
+            else:
+                deadline = self._cap_blocked_until(w.req, now, wall)
+            old = w.deadline
+            if deadline != old:
+                w.deadline = deadline
+                if old is None or (deadline is not None and deadline < old):
+                    w.notified = True
+                    woken.append(w)
+            break
+        return woken
+
+    # -- operations (each takes the lock) -----------------------------------
+
+    def begin(
+        self, req: tuple[int, ...], timeout_ns: int | None, waiter: type[Waiter] | None
+    ) -> int | Waiter | None:
+        """Grant at once (a lease id), enqueue (a ``Waiter``) or refuse.
+
+        Raises ``BudgetExceeded`` or ``AcquireTimeout``. With ``waiter=None``
+        (``try_acquire``) returns ``None`` instead of waiting.
+        """
+        clock = self.clock
+        with self.lock:
+            now = clock.monotonic_ns()
+            wall = clock.time()
+            if wall >= self._next_roll:
+                self._roll(wall)
+            error = self._certain_overrun(req, "acquiring")
+            if error is not None:
+                raise error
+            queue = self.queue
+            if not queue and self._caps_fit(req):
+                wait = self._rate_wait(req, now, queued=False)
+                if wait == 0:
+                    return self._take(req)
+            foreseen: int | None = None
+            if not queue or self._caps_fit(next(iter(queue)).req):
+                if self._caps_fit(req):
+                    foreseen = self._rate_wait(req, now, queued=True)
+            if waiter is None:
+                return None
+            if timeout_ns is not None and (
+                timeout_ns == 0 or (foreseen is not None and foreseen > timeout_ns)
+            ):
+                retry = None if foreseen is None else foreseen / 1e9
+                needs = "" if retry is None else f" needs {retry:.3f}s"
+                raise AcquireTimeout(
+                    f"acquisition{needs}; timeout is {timeout_ns / 1e9:g}s",
+                    retry_after=retry,
+                )
+            w = waiter()
+            w.req = req
+            w.deadline = None if foreseen is None else now + foreseen
+            w.timeout_at = None if timeout_ns is None else now + timeout_ns
+            self._enqueue(w)
+            if len(queue) == 1:
+                self.service(now, wall)
+            return w
+
+    def poll(self, w: Waiter) -> tuple[list[Waiter], int | None]:
+        """A waiter looks at its state: run the queue, arm its next sleep.
+
+        Returns the waiters to wake and the deadline to sleep until.
+        ``w.state`` tells the outcome: ``CLAIMED`` (granted: proceed),
+        ``FAILED`` (raise ``w.error``) or ``WAITING`` (sleep).
+        """
+        clock = self.clock
+        with self.lock:
+            now = clock.monotonic_ns()
+            woken = self.service(now, clock.time())
+            w.notified = False
+            if w.state == GRANTED:
+                w.state = CLAIMED
+                return woken, None
+            if w.state != WAITING:
+                return woken, None
+            timeout_at = w.timeout_at
+            if timeout_at is not None and now >= timeout_at:
+                woken += self._leave(w, now, clock.time())
+                w.error = AcquireTimeout("acquisition was not granted within its timeout")
+                w.state = FAILED
+                return woken, None
+            deadline = w.deadline
+            if deadline is not None and deadline <= now:
+                # not the head (the head's deadline is in the future): sleep
+                # until the queue makes it the head
+                w.deadline = deadline = None
+            if timeout_at is not None and (deadline is None or timeout_at < deadline):
+                deadline = timeout_at
+            w.arm()
+            return woken, deadline
+
+    def _leave(self, w: Waiter, now: int, wall: float) -> list[Waiter]:
+        was_head = next(iter(self.queue)) is w
+        self._dequeue(w)
+        w.state = CLAIMED
+        return self.service(now, wall) if was_head else []
+
+    def abort(self, w: Waiter) -> list[Waiter]:
+        """A waiter leaves by cancellation: give back whatever it was promised."""
+        clock = self.clock
+        with self.lock:
+            now, wall = clock.monotonic_ns(), clock.time()
+            if w.state == WAITING:
+                return self._leave(w, now, wall)
+            if w.state == GRANTED:  # granted on its behalf, never claimed
+                w.state = CLAIMED
+                self._give_back(w.req, now, rates=True)
+                return self.service(now, wall)
+            return []
+
+    def settle(
+        self, est: tuple[int, ...], actual: tuple[int, ...] | None
+    ) -> tuple[list[Waiter], list[Alert], list[str]]:
+        """Commit ``actual`` in place of ``est`` (``None``: release).
+
+        Returns the waiters to wake, the alerts to deliver and overrun notes.
+        """
+        clock = self.clock
+        with self.lock:
+            now, wall = clock.monotonic_ns(), clock.time()
+            self._roll(wall)
+            alerts: list[Alert] = []
+            overruns: list[str] = []
+            if actual is None:
+                self._give_back(est, now, rates=False)
+            else:
+                for i, r in self.rates:
+                    delta = actual[i] - est[i]
+                    if delta:
+                        level = refill(r.level, r.last, now, r.rate, r.capacity)
+                        r.level = min(level - delta * r.per, r.capacity)
+                        r.last = now
+                for i, cap in self.caps:
+                    cap.reserved -= est[i]
+                    if actual[i]:
+                        cap.used += actual[i]
+                        self._alerts(cap, alerts)
+                        if cap.hard and cap.used > cap.limit:
+                            overruns.append(
+                                f"commit pushed {cap.spec!r} over its limit: "
+                                f"used {from_units(cap.spec.axis, cap.used)}"
+                            )
+            woken = self.service(now, wall) if self.queue else []
+            return woken, alerts, overruns
+
+    def record(self, req: tuple[int, ...]) -> tuple[list[Waiter], list[Alert]]:
+        """Usage after the fact: charge every limit at once, or raise."""
+        clock = self.clock
+        with self.lock:
+            now, wall = clock.monotonic_ns(), clock.time()
+            self._roll(wall)
+            error = self._certain_overrun(req, "recording")
+            if error is not None:
+                raise error
+            alerts: list[Alert] = []
+            for i, r in self.rates:
+                if req[i]:
+                    r.level = refill(r.level, r.last, now, r.rate, r.capacity) - req[i] * r.per
+                    r.last = now
+            for i, cap in self.caps:
+                if req[i]:
+                    cap.used += req[i]
+                    self._alerts(cap, alerts)
+            woken = self.service(now, wall) if self.queue else []
+            return woken, alerts
+
+    def reset(self) -> list[Waiter]:
+        """Zero every cap's usage this period (reservations stay)."""
+        clock = self.clock
+        with self.lock:
+            now, wall = clock.monotonic_ns(), clock.time()
+            self._roll(wall)
+            for _, cap in self.caps:
+                cap.used = 0
+                cap.fired.clear()
+            return self.service(now, wall) if self.queue else []
+
+    def _alerts(self, cap: _CapSlot, out: list[Alert]) -> None:
+        for threshold, units in cap.thresholds:
+            if cap.used >= units and threshold not in cap.fired:
+                cap.fired.add(threshold)
+                window = cap.window
+                out.append(
+                    Alert(
+                        limit=cap.spec,
+                        threshold=threshold,
+                        used=from_units(cap.spec.axis, cap.used),
+                        period=window.key if window else None,
+                        resets_at=window.end if window else None,
+                    )
+                )
+
+    def snapshot(self) -> Snapshot:
+        clock = self.clock
+        with self.lock:
+            now, wall = clock.monotonic_ns(), clock.time()
+            self._roll(wall)
+            out: list[LimitSnapshot] = []
+            for slot in self.slots:
+                axis = slot.spec.axis
+                if isinstance(slot, _RateSlot):
+                    slot.level = refill(slot.level, slot.last, now, slot.rate, slot.capacity)
+                    slot.last = now
+                    tokens = slot.level // slot.per
+                    burst = slot.capacity // slot.per
+                    out.append(
+                        LimitSnapshot(
+                            limit=slot.spec,
+                            kind="rate",
+                            axis=axis,
+                            limit_amount=slot.spec.limit,
+                            used=from_units(axis, burst - tokens),
+                            reserved=from_units(axis, 0),
+                            remaining=from_units(axis, max(tokens, 0)),
+                            tokens=from_units(axis, tokens),
+                        )
+                    )
+                else:
+                    window = slot.window
+                    left = max(0, slot.limit - slot.used - slot.reserved)
+                    out.append(
+                        LimitSnapshot(
+                            limit=slot.spec,
+                            kind="cap",
+                            axis=axis,
+                            limit_amount=slot.spec.limit,
+                            used=from_units(axis, slot.used),
+                            reserved=from_units(axis, slot.reserved),
+                            remaining=from_units(axis, left),
+                            period=window.key if window else None,
+                            resets_at=window.end if window else None,
+                        )
+                    )
+            return Snapshot(limits=tuple(out), waiting=len(self.queue))
+
+    def describe(self) -> str:
+        """A short summary for ``repr``: the first limit's usage and the queue."""
+        parts = []
+        for slot in self.slots:
+            axis = slot.spec.axis
+            if isinstance(slot, _RateSlot):
+                tokens = slot.level // slot.per
+                parts.append(
+                    f"{axis} {_fmt(from_units(axis, tokens))}/{_fmt(slot.spec.limit)} "
+                    f"per {slot.spec.per_seconds:g}s"
+                )
+            else:
+                per = f" per {slot.spec.per}" if slot.spec.per else ""
+                parts.append(
+                    f"{axis} {_fmt(from_units(axis, slot.used))}/{_fmt(slot.spec.limit)} used{per}"
+                )
+        parts.append(f"{len(self.queue)} waiting")
+        return ", ".join(parts)
+
+
+def _fmt(value: int | Decimal) -> str:
+    return f"{value:,}"

@@ -1,0 +1,80 @@
+"""Exceptions raised by ratebudget.
+
+Exception tree::
+
+    RateBudgetError
+    ├── BudgetExceeded          axis, limit, used, reserved, requested, resets_at
+    ├── AcquireTimeout          also TimeoutError; retry_after
+    ├── InvalidRequest          also ValueError
+    └── StoreUnavailable        the driver's error in __cause__
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+__all__ = (
+    "AcquireTimeout",
+    "BudgetExceeded",
+    "InvalidRequest",
+    "RateBudgetError",
+    "StoreUnavailable",
+)
+
+Number = int | Decimal
+
+
+class RateBudgetError(Exception):
+    """Base class of every error ratebudget raises."""
+
+
+class BudgetExceeded(RateBudgetError):
+    """Granting the request would push a hard cap past its limit.
+
+    Nothing was taken. ``resets_at`` is when the cap's period ends (``None``
+    for a lifetime cap): the earliest moment the request could succeed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        axis: str,
+        limit: Number,
+        used: Number,
+        requested: Number,
+        reserved: Number = 0,
+        resets_at: datetime | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.axis = axis
+        self.limit = limit
+        self.used = used
+        self.reserved = reserved
+        self.requested = requested
+        self.resets_at = resets_at
+
+
+class AcquireTimeout(RateBudgetError, TimeoutError):
+    """The wait for a grant would exceed, or has exceeded, ``timeout=``.
+
+    ``retry_after`` is the wait the limiter foresaw, in seconds, when it
+    refused at once; ``None`` when the wait could not be foreseen (a cap
+    blocked by other callers' reservations). Nothing was taken.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class InvalidRequest(RateBudgetError, ValueError):
+    """The arguments can never be served: raised before any state changes."""
+
+
+class StoreUnavailable(RateBudgetError):
+    """The store holding the limiter's state could not be reached.
+
+    The driver's own exception is chained as ``__cause__``.
+    """

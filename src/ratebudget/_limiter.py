@@ -1,0 +1,400 @@
+"""``Limiter`` and ``Lease``: waiting, timeouts and cancellation over the engine."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import threading
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from decimal import Decimal
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Union
+
+import anyio
+import anyio.lowlevel
+
+from ._amounts import STANDARD_AXES, Amount, from_units, to_units
+from ._clock import SYSTEM_CLOCK, Clock
+from ._engine import CLAIMED, FAILED, Engine, Waiter
+from ._exceptions import InvalidRequest
+from ._limits import Cap, Rate
+from ._snapshot import Alert, Snapshot
+
+if TYPE_CHECKING:
+    from ._sync import SyncLimiter
+
+__all__ = ("AlertHandler", "Lease", "Limiter")
+
+logger: Final = logging.getLogger("ratebudget")
+
+AlertHandler = Callable[[Alert], Union[None, Awaitable[None]]]
+"""``on_alert``: a plain or async callable taking an ``Alert``."""
+
+_PENDING: Final = 0
+_ACTIVE: Final = 1
+_SETTLED: Final = 2
+
+
+class _TaskWaiter(Waiter):
+    """A waiter that is an async task: it sleeps in a cancel scope."""
+
+    __slots__ = ("call_soon", "scope", "thread")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scope: anyio.CancelScope | None = None
+        self.thread = threading.get_ident()
+        native = anyio.lowlevel.current_token().native_token
+        call_soon = getattr(native, "call_soon_threadsafe", None)
+        self.call_soon: Callable[[Callable[[], object]], object] = (
+            call_soon if call_soon is not None else native.run_sync_soon  # type: ignore[attr-defined]
+        )
+
+    def arm(self) -> None:
+        self.scope = anyio.CancelScope()
+
+    def wake(self) -> None:
+        scope = self.scope
+        if scope is None:
+            return
+        if threading.get_ident() == self.thread:
+            scope.cancel()
+        else:
+            try:
+                self.call_soon(scope.cancel)
+            except RuntimeError:  # its event loop has closed: nobody to wake
+                pass
+
+
+def wake_all(woken: Iterable[Waiter], but: Waiter | None = None) -> None:
+    for w in woken:
+        if w is not but:
+            w.wake()
+
+
+def report(alerts: list[Alert], overruns: list[str]) -> None:
+    for note in overruns:
+        logger.warning("ratebudget: %s", note)
+    for alert in alerts:
+        logger.warning("ratebudget alert: %s", alert)
+
+
+class Limiter:
+    """A set of rates and caps enforced together.
+
+    ``Limiter(Rate(tokens=90_000, per="minute"), Cap(usd="25", per="day"))``.
+    ``clock`` is for tests (``ratebudget.testing.FakeClock``); ``on_alert`` a
+    plain or async callable that receives each ``Alert``. One limiter may be
+    shared by the tasks of one event loop, by threads each running their own
+    loop, and by plain threads through ``limiter.sync``.
+    """
+
+    __slots__ = ("_axes", "_clock", "_engine", "_index", "_limits", "_n", "_on_alert", "_sync")
+
+    def __init__(
+        self,
+        *limits: Rate | Cap,
+        clock: Clock | None = None,
+        on_alert: AlertHandler | None = None,
+    ) -> None:
+        for limit in limits:
+            if not isinstance(limit, (Rate, Cap)):
+                raise InvalidRequest(f"Limiter() takes Rate and Cap objects, not {limit!r}")
+        if on_alert is not None and not callable(on_alert):
+            raise InvalidRequest(f"on_alert={on_alert!r} is not callable")
+        self._limits = limits
+        self._clock: Clock = SYSTEM_CLOCK if clock is None else clock
+        self._on_alert = on_alert
+        self._engine = Engine(limits, self._clock)
+        self._n = len(limits)
+        index: dict[str, list[int]] = {}
+        for i, limit in enumerate(limits):
+            index.setdefault(limit.axis, []).append(i)
+        self._index = {axis: tuple(ix) for axis, ix in index.items()}
+        self._axes = frozenset(index) | STANDARD_AXES
+        self._sync: SyncLimiter | None = None
+
+    @property
+    def limits(self) -> tuple[Rate | Cap, ...]:
+        """The limits, in the order given."""
+        return self._limits
+
+    @property
+    def sync(self) -> SyncLimiter:
+        """The blocking, thread-safe facade: ``with limiter.sync.acquire(...)``."""
+        if self._sync is None:
+            from ._sync import SyncLimiter
+
+            self._sync = SyncLimiter(self)
+        return self._sync
+
+    # -- requests -------------------------------------------------------------
+
+    def _units(self, tokens: Amount, amounts: Mapping[str, Amount], implicit: bool) -> dict[str, int]:
+        units: dict[str, int] = {}
+        if type(tokens) is not int or tokens:
+            units["tokens"] = to_units("tokens", tokens)
+        for axis, value in amounts.items():
+            if axis not in self._axes:
+                raise InvalidRequest(
+                    f"unknown axis {axis!r}: this limiter counts "
+                    f"{', '.join(sorted(self._axes))}"
+                )
+            units[axis] = to_units(axis, value)
+        if implicit and "requests" not in units:
+            units["requests"] = 1
+        return units
+
+    def _request(self, units: Mapping[str, int], check_burst: bool) -> tuple[int, ...]:
+        req = [0] * self._n
+        for axis, n in units.items():
+            for i in self._index.get(axis, ()):
+                req[i] = n
+                if check_burst:
+                    spec = self._limits[i]
+                    if isinstance(spec, Rate) and n > spec._burst_units:
+                        raise InvalidRequest(
+                            f"{axis}={from_units(axis, n)} is more than {spec!r} can ever "
+                            f"hold (burst {spec.burst}): it could never be served; "
+                            "split the request or raise the burst"
+                        )
+        return tuple(req)
+
+    @staticmethod
+    def _timeout_ns(timeout: float | None) -> int | None:
+        if timeout is None:
+            return None
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise InvalidRequest(f"timeout={timeout!r}: expected seconds or None")
+        if math.isnan(timeout) or timeout < 0:
+            raise InvalidRequest(f"timeout={timeout!r}: expected seconds >= 0 or None")
+        return None if math.isinf(timeout) else math.ceil(timeout * 1e9)
+
+    # -- the API --------------------------------------------------------------
+
+    def acquire(
+        self, tokens: Amount = 0, *, timeout: float | None = None, **amounts: Amount
+    ) -> Lease:
+        """Reserve ``tokens`` and ``amounts`` on every limit at once.
+
+        Returns a ``Lease`` to ``await`` or use as ``async with``. Waits (FIFO)
+        for rates; raises ``BudgetExceeded`` if a hard cap would be crossed,
+        ``AcquireTimeout`` if the wait would exceed ``timeout`` seconds, and
+        ``InvalidRequest`` (here, at the call) for bad amounts. Counts one
+        request unless ``requests=`` is given. An uncontended grant returns
+        without yielding to the event loop.
+        """
+        units = self._units(tokens, amounts, True)
+        return Lease(self, units, self._request(units, True), self._timeout_ns(timeout))
+
+    async def try_acquire(self, tokens: Amount = 0, **amounts: Amount) -> Lease | None:
+        """Like ``acquire`` but never waits: a granted ``Lease``, or ``None``.
+
+        Still raises ``BudgetExceeded`` when a hard cap would certainly be crossed.
+        """
+        units = self._units(tokens, amounts, True)
+        req = self._request(units, True)
+        got = self._engine.begin(req, 0, None)
+        if got is None:
+            return None
+        assert isinstance(got, int)
+        lease = Lease(self, units, req, 0)
+        lease._granted(got)
+        return lease
+
+    async def record(self, tokens: Amount = 0, **amounts: Amount) -> None:
+        """Charge usage after the fact: rates go into debt, caps count it.
+
+        Raises ``BudgetExceeded`` and records nothing if a hard cap would be
+        crossed. Counts no request unless ``requests=`` is given.
+        """
+        units = self._units(tokens, amounts, False)
+        woken, alerts = self._engine.record(self._request(units, False))
+        wake_all(woken)
+        await self._deliver(alerts, [])
+
+    async def snapshot(self) -> Snapshot:
+        """Every limit's state now (see ``Snapshot``)."""
+        return self._engine.snapshot()
+
+    async def reset(self) -> None:
+        """Zero every cap's usage for its current period.
+
+        Outstanding reservations stay reserved: their commit or release still
+        settles exactly what they hold.
+        """
+        wake_all(self._engine.reset())
+
+    # -- internals --------------------------------------------------------------
+
+    async def _wait(self, w: Waiter) -> None:
+        engine = self._engine
+        sleep_until = self._clock.sleep_until
+        try:
+            while True:
+                woken, deadline = engine.poll(w)
+                wake_all(woken, but=w)
+                if w.state == CLAIMED:
+                    return
+                if w.state == FAILED:
+                    assert w.error is not None
+                    raise w.error
+                assert isinstance(w, _TaskWaiter) and w.scope is not None
+                with w.scope:
+                    await sleep_until(deadline)
+        except BaseException:
+            wake_all(engine.abort(w))
+            raise
+
+    async def _deliver(self, alerts: list[Alert], overruns: list[str]) -> None:
+        if not alerts and not overruns:
+            return
+        report(alerts, overruns)
+        handler = self._on_alert
+        if handler is None:
+            return
+        for alert in alerts:
+            try:
+                result = handler(alert)
+                if inspect.isawaitable(result):
+                    with anyio.CancelScope(shield=True):
+                        await result
+            except Exception:
+                logger.exception("ratebudget: on_alert handler failed for %s", alert)
+
+    def __repr__(self) -> str:
+        return f"<Limiter {self._engine.describe()}>"
+
+
+class Lease:
+    """One acquisition: reserved amounts, later committed or released.
+
+    Await it (``lease = await limiter.acquire(500)``) or use it as
+    ``async with limiter.acquire(500) as lease:``. In the block,
+    ``await lease.commit(**actual)`` settles the real usage; leaving normally
+    without a commit commits the estimate; leaving by an exception releases
+    the cap reservations (rate tokens stay spent).
+    """
+
+    __slots__ = ("_id", "_limiter", "_req", "_state", "_timeout", "_units")
+
+    def __init__(
+        self, limiter: Limiter, units: dict[str, int], req: tuple[int, ...], timeout: int | None
+    ) -> None:
+        self._limiter = limiter
+        self._units = units
+        self._req = req
+        self._timeout = timeout
+        self._state = _PENDING
+        self._id = 0
+
+    def _granted(self, lease_id: int) -> None:
+        self._id = lease_id
+        self._state = _ACTIVE
+
+    async def _acquire(self) -> Lease:
+        if self._state != _PENDING:
+            raise InvalidRequest("this lease was already acquired; call limiter.acquire() again")
+        got = self._limiter._engine.begin(self._req, self._timeout, _TaskWaiter)
+        if isinstance(got, Waiter):
+            await self._limiter._wait(got)
+            got = got.lease_id
+        assert isinstance(got, int)
+        self._id = got
+        self._state = _ACTIVE
+        return self
+
+    def __await__(self) -> Generator[Any, None, Lease]:
+        return self._acquire().__await__()
+
+    async def __aenter__(self) -> Lease:
+        return await self._acquire()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state != _ACTIVE:
+            return
+        self._state = _SETTLED
+        engine = self._limiter._engine
+        if exc_type is None:
+            woken, alerts, overruns = engine.settle(self._req, self._req)
+            wake_all(woken)
+            await self._limiter._deliver(alerts, overruns)
+        else:
+            woken, _, _ = engine.settle(self._req, None)
+            wake_all(woken)
+
+    @property
+    def id(self) -> str:
+        """This lease's id (unique within the process)."""
+        return f"{self._id:x}"
+
+    @property
+    def amounts(self) -> dict[str, int | Decimal]:
+        """The reserved estimate per axis (``requests`` included)."""
+        return {axis: from_units(axis, n) for axis, n in self._units.items()}
+
+    @property
+    def settled(self) -> bool:
+        """Whether the lease was committed or released."""
+        return self._state == _SETTLED
+
+    def _actual(self, actual: Mapping[str, Amount]) -> tuple[int, ...]:
+        if self._state == _PENDING:
+            raise InvalidRequest("this lease has not been acquired yet: await it first")
+        if self._state == _SETTLED:
+            raise InvalidRequest(f"lease {self.id} was already committed or released")
+        units = dict(self._units)
+        limiter = self._limiter
+        for axis, value in actual.items():
+            if axis not in limiter._axes:
+                raise InvalidRequest(
+                    f"unknown axis {axis!r} in commit: this limiter counts "
+                    f"{', '.join(sorted(limiter._axes))}"
+                )
+            units[axis] = to_units(axis, value)
+        return limiter._request(units, False)
+
+    def _commit_nowait(self, actual: Mapping[str, Amount]) -> tuple[list[Alert], list[str]]:
+        req = self._actual(actual)
+        self._state = _SETTLED
+        woken, alerts, overruns = self._limiter._engine.settle(self._req, req)
+        wake_all(woken)
+        return alerts, overruns
+
+    async def commit(self, **actual: Amount) -> None:
+        """Replace the estimate with the real usage on every limit.
+
+        Axes not given keep their estimate. Unused estimate goes back; overuse
+        is charged (a hard cap records it past its limit and logs the overrun;
+        a rate goes into debt that later callers wait off). Raises
+        ``InvalidRequest`` for bad amounts, unknown axes or a settled lease.
+        """
+        alerts, overruns = self._commit_nowait(actual)
+        await self._limiter._deliver(alerts, overruns)
+
+    def _release_nowait(self) -> None:
+        if self._state == _PENDING:
+            raise InvalidRequest("this lease has not been acquired yet: await it first")
+        if self._state == _SETTLED:
+            return
+        self._state = _SETTLED
+        woken, _, _ = self._limiter._engine.settle(self._req, None)
+        wake_all(woken)
+
+    async def release(self) -> None:
+        """Give back the cap reservations; rate tokens stay spent.
+
+        Idempotent: releasing a settled lease does nothing.
+        """
+        self._release_nowait()
+
+    def __repr__(self) -> str:
+        state = ("pending", "active", "settled")[self._state]
+        amounts = ", ".join(f"{k}={v}" for k, v in self.amounts.items())
+        return f"<Lease {self.id} {state} {amounts}>"

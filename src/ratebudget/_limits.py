@@ -1,0 +1,221 @@
+"""``Rate`` and ``Cap``: validated, immutable limit specs of one axis each."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta, timezone, tzinfo
+from decimal import Decimal
+from typing import Final, NoReturn, Union
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from ._amounts import Amount, check_axis, from_units, to_units
+from ._exceptions import InvalidRequest
+from ._periods import PERIODS, Period
+
+__all__ = ("Cap", "Limit", "Rate")
+
+_PER_NAMES: Final = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_NS: Final = 1_000_000_000
+
+
+def _one_axis(kind: str, amounts: dict[str, Amount]) -> tuple[str, Amount]:
+    if len(amounts) != 1:
+        got = ", ".join(sorted(amounts)) or "none"
+        raise InvalidRequest(
+            f"{kind} takes exactly one axis, like {kind}(tokens=90_000, ...); got {got}"
+        )
+    ((axis, value),) = amounts.items()
+    return check_axis(axis), value
+
+
+def _per_ns(per: float | timedelta | str) -> int:
+    if isinstance(per, str):
+        try:
+            return _PER_NAMES[per] * _NS
+        except KeyError:
+            names = ", ".join(repr(n) for n in _PER_NAMES)
+            raise InvalidRequest(f"per={per!r}: use seconds, a timedelta or one of {names}") from None
+    if isinstance(per, timedelta):
+        ns = (per // timedelta(microseconds=1)) * 1000
+    elif isinstance(per, (int, float)) and not isinstance(per, bool):
+        if not math.isfinite(per):
+            raise InvalidRequest(f"per={per!r}: the period must be finite")
+        ns = round(per * _NS)
+    else:
+        raise InvalidRequest(f"per={per!r}: use seconds, a timedelta or a name like 'minute'")
+    if ns <= 0:
+        raise InvalidRequest(f"per={per!r}: the period must be positive")
+    return ns
+
+
+class _Frozen:
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def _set(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+
+
+class Rate(_Frozen):
+    """A token bucket on one axis: refills at ``limit / per`` up to ``burst``.
+
+    ``Rate(tokens=90_000, per="minute")``. ``per`` is seconds, a ``timedelta``
+    or ``"second" | "minute" | "hour" | "day"``; ``burst`` defaults to the
+    limit. Callers wait for a rate; a request above ``burst`` is rejected with
+    ``InvalidRequest``, since it could never be served. A burst equal to a
+    per-minute limit admits up to twice the limit in a rolling minute: size
+    ``burst`` smaller to smooth.
+    """
+
+    __slots__ = ("_burst_units", "_limit_units", "_per_ns", "axis", "burst", "limit", "per")
+    axis: str
+    limit: int | Decimal
+    burst: int | Decimal
+    per: timedelta
+    _limit_units: int
+    _burst_units: int
+    _per_ns: int
+
+    def __init__(
+        self,
+        *,
+        per: float | timedelta | str,
+        burst: Amount | None = None,
+        **limit: Amount,
+    ) -> None:
+        axis, value = _one_axis("Rate", limit)
+        limit_units = to_units(axis, value)
+        if limit_units <= 0:
+            raise InvalidRequest(f"Rate({axis}={value!r}): the limit must be positive")
+        burst_units = limit_units if burst is None else to_units(axis, burst)
+        if burst_units <= 0:
+            raise InvalidRequest(f"Rate(burst={burst!r}): the burst must be positive")
+        per_ns = _per_ns(per)
+        self._set("axis", axis)
+        self._set("_limit_units", limit_units)
+        self._set("_burst_units", burst_units)
+        self._set("_per_ns", per_ns)
+        self._set("limit", from_units(axis, limit_units))
+        self._set("burst", from_units(axis, burst_units))
+        self._set("per", timedelta(microseconds=per_ns // 1000))
+
+    @property
+    def per_seconds(self) -> float:
+        """The refill period in seconds."""
+        return self._per_ns / _NS
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.axis, self._limit_units, self._burst_units, self._per_ns)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Rate) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(("Rate", *self._key()))
+
+    def __repr__(self) -> str:
+        burst = "" if self._burst_units == self._limit_units else f", burst={self.burst!r}"
+        return f"Rate({self.axis}={self.limit!r}, per={_per_repr(self._per_ns)}{burst})"
+
+
+def _per_repr(per_ns: int) -> str:
+    for name, seconds in _PER_NAMES.items():
+        if per_ns == seconds * _NS:
+            return repr(name)
+    return f"{per_ns / _NS:g}"
+
+
+def _zone(tz: str | tzinfo) -> tzinfo:
+    if isinstance(tz, tzinfo):
+        return tz
+    if not isinstance(tz, str):
+        raise InvalidRequest(f"tz={tz!r}: use an IANA zone name like 'Europe/Berlin'")
+    if tz.upper() == "UTC":
+        return timezone.utc
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise InvalidRequest(
+            f"tz={tz!r}: unknown time zone (on Windows, install ratebudget[tz])"
+        ) from exc
+
+
+class Cap(_Frozen):
+    """An absolute budget on one axis, for the lifetime or a calendar period.
+
+    ``Cap(usd="25", per="day", tz="Europe/Berlin")``. ``per`` is ``None``
+    (never resets) or ``"hour" | "day" | "week" | "month" | "year"``, aligned
+    to ``tz`` (UTC by default; weeks start on Monday). A hard cap raises
+    ``BudgetExceeded`` rather than let usage cross it; a ``soft`` cap never
+    blocks and only reports. Each ``alert_at`` fraction of the limit fires one
+    ``Alert`` per period when usage first reaches it.
+    """
+
+    __slots__ = ("_limit_units", "alert_at", "axis", "limit", "per", "soft", "tz")
+    axis: str
+    limit: int | Decimal
+    per: Period | None
+    tz: tzinfo
+    soft: bool
+    alert_at: tuple[float, ...]
+    _limit_units: int
+
+    def __init__(
+        self,
+        *,
+        per: Period | None = None,
+        tz: str | tzinfo = "UTC",
+        soft: bool = False,
+        alert_at: tuple[float, ...] | list[float] = (),
+        **limit: Amount,
+    ) -> None:
+        axis, value = _one_axis("Cap", limit)
+        limit_units = to_units(axis, value)
+        if limit_units <= 0:
+            raise InvalidRequest(f"Cap({axis}={value!r}): the limit must be positive")
+        if per is not None and per not in PERIODS:
+            names = ", ".join(repr(p) for p in PERIODS)
+            raise InvalidRequest(f"per={per!r}: use None (lifetime) or one of {names}")
+        if not isinstance(soft, bool):
+            raise InvalidRequest(f"soft={soft!r}: expected a bool")
+        thresholds: list[float] = []
+        for t in alert_at:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+                raise InvalidRequest(
+                    f"alert_at={alert_at!r}: thresholds are positive fractions of the limit, like 0.8"
+                )
+            thresholds.append(float(t))
+        self._set("axis", axis)
+        self._set("_limit_units", limit_units)
+        self._set("limit", from_units(axis, limit_units))
+        self._set("per", per)
+        self._set("tz", _zone(tz))
+        self._set("soft", soft)
+        self._set("alert_at", tuple(sorted(set(thresholds))))
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.axis, self._limit_units, self.per, str(self.tz), self.soft, self.alert_at)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Cap) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(("Cap", *self._key()))
+
+    def __repr__(self) -> str:
+        parts = [f"{self.axis}={self.limit!r}", f"per={self.per!r}"]
+        if str(self.tz) != "UTC":
+            parts.append(f"tz={str(self.tz)!r}")
+        if self.soft:
+            parts.append("soft=True")
+        if self.alert_at:
+            parts.append(f"alert_at={self.alert_at!r}")
+        return f"Cap({', '.join(parts)})"
+
+
+Limit = Union[Rate, Cap]
