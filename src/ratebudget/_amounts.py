@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal, InvalidOperation
-from typing import Final, Union
+from typing import Final
 
 from ._exceptions import InvalidRequest
 
@@ -25,7 +25,7 @@ __all__ = (
     "to_units",
 )
 
-Amount = Union[int, float, Decimal, str]
+Amount = int | float | Decimal | str
 """What callers may pass as an amount: ``0.1`` means one tenth (via ``str``)."""
 
 COUNT_AXES: Final = frozenset({"requests", "tokens", "input_tokens", "output_tokens"})

@@ -42,7 +42,15 @@ _ids = itertools.count(1)
 class Waiter:
     """One caller in the queue; the front end decides how it sleeps."""
 
-    __slots__ = ("deadline", "error", "lease_id", "notified", "req", "state", "timeout_at")
+    __slots__ = (
+        "deadline",
+        "error",
+        "lease_id",
+        "notified",
+        "req",
+        "state",
+        "timeout_at",
+    )
 
     def __init__(self) -> None:
         self.req: tuple[int, ...] = ()
@@ -74,7 +82,16 @@ class _RateSlot:
 
 
 class _CapSlot:
-    __slots__ = ("fired", "hard", "limit", "reserved", "spec", "thresholds", "used", "window")
+    __slots__ = (
+        "fired",
+        "hard",
+        "limit",
+        "reserved",
+        "spec",
+        "thresholds",
+        "used",
+        "window",
+    )
 
     def __init__(self, spec: Cap, wall: float) -> None:
         self.spec = spec
@@ -114,15 +131,19 @@ class Engine:
 
     def __init__(self, limits: Sequence[Rate | Cap], clock: Clock) -> None:
         self.clock = clock
+        self._monotonic_ns = clock.monotonic_ns
         self.lock = threading.Lock()
         now, wall = clock.monotonic_ns(), clock.time()
         self.slots: tuple[_RateSlot | _CapSlot, ...] = tuple(
-            _RateSlot(s, now) if isinstance(s, Rate) else _CapSlot(s, wall) for s in limits
+            _RateSlot(s, now) if isinstance(s, Rate) else _CapSlot(s, wall)
+            for s in limits
         )
         self.rates = tuple(
             (i, s) for i, s in enumerate(self.slots) if isinstance(s, _RateSlot)
         )
-        self.caps = tuple((i, s) for i, s in enumerate(self.slots) if isinstance(s, _CapSlot))
+        self.caps = tuple(
+            (i, s) for i, s in enumerate(self.slots) if isinstance(s, _CapSlot)
+        )
         self.hard_caps = tuple((i, s) for i, s in self.caps if s.hard)
         self.queue: OrderedDict[Waiter, None] = OrderedDict()
         self._next_roll = math.inf
@@ -146,7 +167,9 @@ class Engine:
 
     # -- decisions (call with the lock held) --------------------------------
 
-    def _certain_overrun(self, req: tuple[int, ...], kind: str) -> BudgetExceeded | None:
+    def _certain_overrun(
+        self, req: tuple[int, ...], kind: str
+    ) -> BudgetExceeded | None:
         for i, cap in self.hard_caps:
             n = req[i]
             if n and cap.used + n > cap.limit:
@@ -175,7 +198,8 @@ class Engine:
 
     def _take(self, req: tuple[int, ...]) -> int:
         for i, r in self.rates:
-            r.level -= req[i] * r.per
+            if req[i]:
+                r.level -= req[i] * r.per
         for i, cap in self.caps:
             cap.reserved += req[i]
         return next(_ids)
@@ -184,7 +208,10 @@ class Engine:
         if rates:
             for i, r in self.rates:
                 if req[i]:
-                    level = refill(r.level, r.last, now, r.rate, r.capacity) + req[i] * r.per
+                    level = (
+                        refill(r.level, r.last, now, r.rate, r.capacity)
+                        + req[i] * r.per
+                    )
                     r.level = min(level, r.capacity)
                     r.last = now
         for i, cap in self.caps:
@@ -200,12 +227,16 @@ class Engine:
         for i, r in self.rates:
             r.queued -= w.req[i] * r.per
 
-    def _cap_blocked_until(self, req: tuple[int, ...], now: int, wall: float) -> int | None:
+    def _cap_blocked_until(
+        self, req: tuple[int, ...], now: int, wall: float
+    ) -> int | None:
         """When a head blocked by reservations should look again: its cap's reset."""
         ends = [
             cap.window.end_ts
             for i, cap in self.hard_caps
-            if req[i] and cap.window is not None and cap.used + cap.reserved + req[i] > cap.limit
+            if req[i]
+            and cap.window is not None
+            and cap.used + cap.reserved + req[i] > cap.limit
         ]
         if not ends:
             return None
@@ -258,17 +289,31 @@ class Engine:
         """
         clock = self.clock
         with self.lock:
-            now = clock.monotonic_ns()
-            wall = clock.time()
-            if wall >= self._next_roll:
-                self._roll(wall)
-            error = self._certain_overrun(req, "acquiring")
-            if error is not None:
-                raise error
+            now = self._monotonic_ns()
+            if self._next_roll != math.inf:
+                wall = clock.time()
+                if wall >= self._next_roll:
+                    self._roll(wall)
+            if self.hard_caps:
+                error = self._certain_overrun(req, "acquiring")
+                if error is not None:
+                    raise error
             queue = self.queue
-            if not queue and self._caps_fit(req):
-                wait = self._rate_wait(req, now, queued=False)
-                if wait == 0:
+            if not queue and (not self.hard_caps or self._caps_fit(req)):
+                # the hot path, inlined: refill the rates involved and take
+                for i, r in self.rates:
+                    n = req[i]
+                    if n:
+                        level = r.level
+                        if level < r.capacity:
+                            level += r.rate * (now - r.last)
+                            if level > r.capacity:
+                                level = r.capacity
+                            r.level = level
+                        r.last = now
+                        if level < n * r.per:
+                            break
+                else:
                     return self._take(req)
             foreseen: int | None = None
             if not queue or self._caps_fit(next(iter(queue)).req):
@@ -291,7 +336,7 @@ class Engine:
             w.timeout_at = None if timeout_ns is None else now + timeout_ns
             self._enqueue(w)
             if len(queue) == 1:
-                self.service(now, wall)
+                self.service(now, clock.time())
             return w
 
     def poll(self, w: Waiter) -> tuple[list[Waiter], int | None]:
@@ -314,7 +359,9 @@ class Engine:
             timeout_at = w.timeout_at
             if timeout_at is not None and now >= timeout_at:
                 woken += self._leave(w, now, clock.time())
-                w.error = AcquireTimeout("acquisition was not granted within its timeout")
+                w.error = AcquireTimeout(
+                    "acquisition was not granted within its timeout"
+                )
                 w.state = FAILED
                 return woken, None
             deadline = w.deadline
@@ -393,7 +440,10 @@ class Engine:
             alerts: list[Alert] = []
             for i, r in self.rates:
                 if req[i]:
-                    r.level = refill(r.level, r.last, now, r.rate, r.capacity) - req[i] * r.per
+                    r.level = (
+                        refill(r.level, r.last, now, r.rate, r.capacity)
+                        - req[i] * r.per
+                    )
                     r.last = now
             for i, cap in self.caps:
                 if req[i]:
@@ -437,7 +487,9 @@ class Engine:
             for slot in self.slots:
                 axis = slot.spec.axis
                 if isinstance(slot, _RateSlot):
-                    slot.level = refill(slot.level, slot.last, now, slot.rate, slot.capacity)
+                    slot.level = refill(
+                        slot.level, slot.last, now, slot.rate, slot.capacity
+                    )
                     slot.last = now
                     tokens = slot.level // slot.per
                     burst = slot.capacity // slot.per

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Union
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.lowlevel
@@ -28,7 +28,7 @@ __all__ = ("AlertHandler", "Lease", "Limiter")
 
 logger: Final = logging.getLogger("ratebudget")
 
-AlertHandler = Callable[[Alert], Union[None, Awaitable[None]]]
+AlertHandler = Callable[[Alert], Awaitable[None] | None]
 """``on_alert``: a plain or async callable taking an ``Alert``."""
 
 _PENDING: Final = 0
@@ -90,7 +90,18 @@ class Limiter:
     loop, and by plain threads through ``limiter.sync``.
     """
 
-    __slots__ = ("_axes", "_clock", "_engine", "_index", "_limits", "_n", "_on_alert", "_sync")
+    __slots__ = (
+        "_axes",
+        "_clock",
+        "_engine",
+        "_index",
+        "_kinds",
+        "_limits",
+        "_max_tokens",
+        "_n",
+        "_on_alert",
+        "_sync",
+    )
 
     def __init__(
         self,
@@ -100,7 +111,9 @@ class Limiter:
     ) -> None:
         for limit in limits:
             if not isinstance(limit, (Rate, Cap)):
-                raise InvalidRequest(f"Limiter() takes Rate and Cap objects, not {limit!r}")
+                raise InvalidRequest(
+                    f"Limiter() takes Rate and Cap objects, not {limit!r}"
+                )
         if on_alert is not None and not callable(on_alert):
             raise InvalidRequest(f"on_alert={on_alert!r} is not callable")
         self._limits = limits
@@ -114,6 +127,18 @@ class Limiter:
         self._index = {axis: tuple(ix) for axis, ix in index.items()}
         self._axes = frozenset(index) | STANDARD_AXES
         self._sync: SyncLimiter | None = None
+        # the hot path, acquire(n): per limit 1 if it counts tokens, 2 if requests
+        self._kinds = tuple(
+            {"tokens": 1, "requests": 2}.get(limit.axis, 0) for limit in limits
+        )
+        self._max_tokens = min(
+            (
+                limit._burst_units
+                for limit in limits
+                if isinstance(limit, Rate) and limit.axis == "tokens"
+            ),
+            default=math.inf,
+        )
 
     @property
     def limits(self) -> tuple[Rate | Cap, ...]:
@@ -131,7 +156,9 @@ class Limiter:
 
     # -- requests -------------------------------------------------------------
 
-    def _units(self, tokens: Amount, amounts: Mapping[str, Amount], implicit: bool) -> dict[str, int]:
+    def _units(
+        self, tokens: Amount, amounts: Mapping[str, Amount], implicit: bool
+    ) -> dict[str, int]:
         units: dict[str, int] = {}
         if type(tokens) is not int or tokens:
             units["tokens"] = to_units("tokens", tokens)
@@ -240,7 +267,8 @@ class Limiter:
                 if w.state == FAILED:
                     assert w.error is not None
                     raise w.error
-                assert isinstance(w, _TaskWaiter) and w.scope is not None
+                assert isinstance(w, _TaskWaiter)
+                assert w.scope is not None
                 with w.scope:
                     await sleep_until(deadline)
         except BaseException:
@@ -280,7 +308,11 @@ class Lease:
     __slots__ = ("_id", "_limiter", "_req", "_state", "_timeout", "_units")
 
     def __init__(
-        self, limiter: Limiter, units: dict[str, int], req: tuple[int, ...], timeout: int | None
+        self,
+        limiter: Limiter,
+        units: dict[str, int],
+        req: tuple[int, ...],
+        timeout: int | None,
     ) -> None:
         self._limiter = limiter
         self._units = units
@@ -295,7 +327,9 @@ class Lease:
 
     async def _acquire(self) -> Lease:
         if self._state != _PENDING:
-            raise InvalidRequest("this lease was already acquired; call limiter.acquire() again")
+            raise InvalidRequest(
+                "this lease was already acquired; call limiter.acquire() again"
+            )
         got = self._limiter._engine.begin(self._req, self._timeout, _TaskWaiter)
         if isinstance(got, Waiter):
             await self._limiter._wait(got)
@@ -309,7 +343,17 @@ class Lease:
         return self._acquire().__await__()
 
     async def __aenter__(self) -> Lease:
-        return await self._acquire()
+        if self._state != _PENDING:
+            raise InvalidRequest(
+                "this lease was already acquired; call limiter.acquire() again"
+            )
+        got = self._limiter._engine.begin(self._req, self._timeout, _TaskWaiter)
+        if isinstance(got, Waiter):
+            await self._limiter._wait(got)
+            got = got.lease_id
+        self._id = got  # type: ignore[assignment]
+        self._state = _ACTIVE
+        return self
 
     async def __aexit__(
         self,
@@ -321,6 +365,8 @@ class Lease:
             return
         self._state = _SETTLED
         engine = self._limiter._engine
+        if not engine.caps:  # rates keep what they granted either way
+            return
         if exc_type is None:
             woken, alerts, overruns = engine.settle(self._req, self._req)
             wake_all(woken)
@@ -360,7 +406,9 @@ class Lease:
             units[axis] = to_units(axis, value)
         return limiter._request(units, False)
 
-    def _commit_nowait(self, actual: Mapping[str, Amount]) -> tuple[list[Alert], list[str]]:
+    def _commit_nowait(
+        self, actual: Mapping[str, Amount]
+    ) -> tuple[list[Alert], list[str]]:
         req = self._actual(actual)
         self._state = _SETTLED
         woken, alerts, overruns = self._limiter._engine.settle(self._req, req)

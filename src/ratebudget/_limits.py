@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from datetime import timedelta, timezone, tzinfo
 from decimal import Decimal
-from typing import Final, NoReturn, Union
+from typing import Final, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ._amounts import Amount, check_axis, from_units, to_units
@@ -34,7 +34,9 @@ def _per_ns(per: float | timedelta | str) -> int:
             return _PER_NAMES[per] * _NS
         except KeyError:
             names = ", ".join(repr(n) for n in _PER_NAMES)
-            raise InvalidRequest(f"per={per!r}: use seconds, a timedelta or one of {names}") from None
+            raise InvalidRequest(
+                f"per={per!r}: use seconds, a timedelta or one of {names}"
+            ) from None
     if isinstance(per, timedelta):
         ns = (per // timedelta(microseconds=1)) * 1000
     elif isinstance(per, (int, float)) and not isinstance(per, bool):
@@ -42,7 +44,9 @@ def _per_ns(per: float | timedelta | str) -> int:
             raise InvalidRequest(f"per={per!r}: the period must be finite")
         ns = round(per * _NS)
     else:
-        raise InvalidRequest(f"per={per!r}: use seconds, a timedelta or a name like 'minute'")
+        raise InvalidRequest(
+            f"per={per!r}: use seconds, a timedelta or a name like 'minute'"
+        )
     if ns <= 0:
         raise InvalidRequest(f"per={per!r}: the period must be positive")
     return ns
@@ -72,7 +76,15 @@ class Rate(_Frozen):
     ``burst`` smaller to smooth.
     """
 
-    __slots__ = ("_burst_units", "_limit_units", "_per_ns", "axis", "burst", "limit", "per")
+    __slots__ = (
+        "_burst_units",
+        "_limit_units",
+        "_per_ns",
+        "axis",
+        "burst",
+        "limit",
+        "per",
+    )
     axis: str
     limit: int | Decimal
     burst: int | Decimal
@@ -119,7 +131,9 @@ class Rate(_Frozen):
         return hash(("Rate", *self._key()))
 
     def __repr__(self) -> str:
-        burst = "" if self._burst_units == self._limit_units else f", burst={self.burst!r}"
+        burst = (
+            "" if self._burst_units == self._limit_units else f", burst={self.burst!r}"
+        )
         return f"Rate({self.axis}={self.limit!r}, per={_per_repr(self._per_ns)}{burst})"
 
 
@@ -185,7 +199,12 @@ class Cap(_Frozen):
             raise InvalidRequest(f"soft={soft!r}: expected a bool")
         thresholds: list[float] = []
         for t in alert_at:
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            if (
+                isinstance(t, bool)
+                or not isinstance(t, (int, float))
+                or not math.isfinite(t)
+                or t <= 0
+            ):
                 raise InvalidRequest(
                     f"alert_at={alert_at!r}: thresholds are positive fractions of the limit, like 0.8"
                 )
@@ -199,7 +218,14 @@ class Cap(_Frozen):
         self._set("alert_at", tuple(sorted(set(thresholds))))
 
     def _key(self) -> tuple[object, ...]:
-        return (self.axis, self._limit_units, self.per, str(self.tz), self.soft, self.alert_at)
+        return (
+            self.axis,
+            self._limit_units,
+            self.per,
+            str(self.tz),
+            self.soft,
+            self.alert_at,
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Cap) and self._key() == other._key()
@@ -218,4 +244,4 @@ class Cap(_Frozen):
         return f"Cap({', '.join(parts)})"
 
 
-Limit = Union[Rate, Cap]
+Limit = Rate | Cap

@@ -88,7 +88,8 @@ class SyncLimiter:
     def try_acquire(self, tokens: Amount = 0, **amounts: Amount) -> SyncLease | None:
         """A granted ``SyncLease`` now, or ``None``; never blocks."""
         limiter = self._limiter
-        lease = limiter.acquire(tokens, **amounts)
+        units = limiter._units(tokens, amounts, True)
+        lease = Lease(limiter, units, limiter._request(units, True), 0)
         got = limiter._engine.begin(lease._req, 0, None)
         if got is None:
             return None
@@ -185,5 +186,3 @@ class SyncLease:
 
     def __repr__(self) -> str:
         return repr(self._lease).replace("<Lease", "<SyncLease", 1)
-
-
