@@ -27,7 +27,9 @@ _NS = 1_000_000_000
 class FakeClock:
     """A manual clock for tests (like ``trio.testing.MockClock``)."""
 
-    def __init__(self, start: datetime | float = datetime(2026, 1, 1, tzinfo=timezone.utc)) -> None:
+    def __init__(
+        self, start: datetime | float = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    ) -> None:
         if isinstance(start, datetime):
             if start.tzinfo is None:
                 raise ValueError("FakeClock(start=...) needs an aware datetime")
@@ -49,7 +51,9 @@ class FakeClock:
         """Monotonic seconds elapsed since the clock was made."""
         return self._now / _NS
 
-    def _register(self, deadline_ns: int, callback: Callable[[], None]) -> tuple[int, int, Callable[[], None]]:
+    def _register(
+        self, deadline_ns: int, callback: Callable[[], None]
+    ) -> tuple[int, int, Callable[[], None]]:
         entry = (deadline_ns, next(self._seq), callback)
         with self._lock:
             heapq.heappush(self._sleepers, entry)
