@@ -10,7 +10,7 @@ under-counted.
 from __future__ import annotations
 
 import math
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Context, Decimal, InvalidOperation
 from typing import Final
 
 from ._exceptions import InvalidRequest
@@ -30,6 +30,9 @@ Amount = int | float | Decimal | str
 
 COUNT_AXES: Final = frozenset({"requests", "tokens", "input_tokens", "output_tokens"})
 STANDARD_AXES: Final = COUNT_AXES | {"usd"}
+
+_EXACT: Final = Context(prec=100, Emax=10**6, Emin=-(10**6))
+"""Division by a power of ten is exact with this context, unlike the caller's."""
 
 USD_SCALE: Final = 10**9
 OTHER_SCALE: Final = 10**6
@@ -94,7 +97,11 @@ def to_units(axis: str, value: object) -> int:
         if d != d.to_integral_value():
             raise InvalidRequest(f"{axis}={value!r}: {axis} are counted in whole units")
         return int(d)
-    return math.ceil(d.scaleb(9 if axis == "usd" else 6))
+    sign, digits, exponent = d.as_tuple()
+    assert isinstance(exponent, int)  # finite, checked above
+    shifted = Decimal((sign, digits, exponent + (9 if axis == "usd" else 6)))
+    # exact whatever the caller's decimal context: no precision is applied
+    return int(shifted.to_integral_value(rounding=ROUND_CEILING))
 
 
 def from_units(axis: str, units: int) -> int | Decimal:
@@ -102,4 +109,4 @@ def from_units(axis: str, units: int) -> int | Decimal:
     scale = scale_of(axis)
     if scale == 1:
         return units
-    return Decimal(units) / scale
+    return _EXACT.divide(Decimal(units), scale)

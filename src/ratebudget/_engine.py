@@ -429,14 +429,20 @@ class Engine:
             return woken, alerts, overruns
 
     def record(self, req: tuple[int, ...]) -> tuple[list[Waiter], list[Alert]]:
-        """Usage after the fact: charge every limit at once, or raise."""
+        """Usage after the fact: charge every limit at once, or raise.
+
+        A hard cap refuses a record that would not fit beside the
+        reservations outstanding on it, so every granted estimate still fits.
+        """
         clock = self.clock
         with self.lock:
             now, wall = clock.monotonic_ns(), clock.time()
             self._roll(wall)
-            error = self._certain_overrun(req, "recording")
-            if error is not None:
-                raise error
+            # outstanding reservations count: a granted estimate must still fit
+            for i, cap in self.hard_caps:
+                n = req[i]
+                if n and cap.used + cap.reserved + n > cap.limit:
+                    raise cap.exceeded(n, "recording")
             alerts: list[Alert] = []
             for i, r in self.rates:
                 if req[i]:

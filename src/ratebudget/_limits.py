@@ -189,14 +189,16 @@ class Cap(_Frozen):
         **limit: Amount,
     ) -> None:
         axis, value = _one_axis("Cap", limit)
-        limit_units = to_units(axis, value)
-        if limit_units <= 0:
-            raise InvalidRequest(f"Cap({axis}={value!r}): the limit must be positive")
+        limit_units = to_units(axis, value)  # 0 is a valid budget: nothing allowed
         if per is not None and per not in PERIODS:
             names = ", ".join(repr(p) for p in PERIODS)
             raise InvalidRequest(f"per={per!r}: use None (lifetime) or one of {names}")
         if not isinstance(soft, bool):
             raise InvalidRequest(f"soft={soft!r}: expected a bool")
+        if not isinstance(alert_at, (tuple, list)):
+            raise InvalidRequest(
+                f"alert_at={alert_at!r}: expected a tuple of fractions, like (0.8, 1.0)"
+            )
         thresholds: list[float] = []
         for t in alert_at:
             if (

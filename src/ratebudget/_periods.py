@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone, tzinfo
+import math
+from datetime import date, datetime, timedelta, tzinfo
 from typing import Final, Literal
 
 __all__ = ("PERIODS", "Period", "PeriodWindow", "period_window")
@@ -30,19 +31,52 @@ def _midnight(d: date, tz: tzinfo) -> datetime:
     return datetime(d.year, d.month, d.day, tzinfo=tz)
 
 
+def _offset(ts: int, tz: tzinfo) -> timedelta | None:
+    return datetime.fromtimestamp(ts, tz).utcoffset()
+
+
+def _transition(lo: int, hi: int, tz: tzinfo) -> int:
+    """The first second in ``(lo, hi]`` whose UTC offset differs from ``lo``'s."""
+    offset = _offset(lo, tz)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _offset(mid, tz) == offset:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def _hour(sec: int, tz: tzinfo) -> PeriodWindow:
+    """The local clock hour holding ``sec``, cut short where the offset changes.
+
+    Zones that move their clocks by half an hour (Australia/Lord_Howe) make
+    local hours that would overlap; cutting at the change keeps periods
+    contiguous, disjoint and distinctly keyed.
+    """
+    now = datetime.fromtimestamp(sec, tz)
+    offset = now.utcoffset()
+    top = sec - now.minute * 60 - now.second
+    start = top if _offset(top, tz) == offset else _transition(top, sec, tz)
+    end = top + 3600
+    if _offset(end - 1, tz) != offset:
+        end = _transition(sec, end - 1, tz)
+    begin = datetime.fromtimestamp(start, tz)
+    return PeriodWindow(
+        begin.isoformat(timespec="minutes"), begin, datetime.fromtimestamp(end, tz)
+    )
+
+
 def period_window(period: Period, tz: tzinfo, timestamp: float) -> PeriodWindow:
     """Return the period of kind ``period`` in ``tz`` that contains ``timestamp``.
 
-    ``timestamp`` is wall-clock time in seconds since the epoch.
+    ``timestamp`` is wall-clock time in seconds since the epoch. Periods are
+    contiguous: each one's ``end`` is the next one's ``start``.
     """
-    now = datetime.fromtimestamp(timestamp, tz)
+    sec = math.floor(timestamp)  # clock changes fall on whole seconds
     if period == "hour":
-        start = now.replace(minute=0, second=0, microsecond=0)
-        end = (start.astimezone(timezone.utc) + timedelta(hours=1)).astimezone(tz)
-        if end.timestamp() <= timestamp:  # a zone whose hours are not whole (rare)
-            end = (now.astimezone(timezone.utc) + timedelta(hours=1)).astimezone(tz)
-        return PeriodWindow(start.isoformat(timespec="minutes"), start, end)
-    today = now.date()
+        return _hour(sec, tz)
+    today = datetime.fromtimestamp(sec, tz).date()
     if period == "day":
         first, nxt = today, today + timedelta(days=1)
         key = first.isoformat()
