@@ -242,6 +242,22 @@ class Engine:
             return None
         return now + max(0, math.ceil((min(ends) - wall) * 1e9))
 
+    def _fail_certain(self) -> list[Waiter]:
+        """Refuse every waiter whose overrun became certain, wherever it queues.
+
+        Run when a cap's usage grows: a refusal is due at once, not when the
+        waiters ahead have gone.
+        """
+        failed: list[Waiter] = []
+        for w in list(self.queue):
+            error = self._certain_overrun(w.req, "acquiring")
+            if error is not None:
+                self._dequeue(w)
+                w.state, w.error = FAILED, error
+                w.notified = True
+                failed.append(w)
+        return failed
+
     def service(self, now: int, wall: float) -> list[Waiter]:
         """Grant (or fail) waiters from the head; return the ones to wake."""
         self._roll(wall)
@@ -425,7 +441,11 @@ class Engine:
                                 f"commit pushed {cap.spec!r} over its limit: "
                                 f"used {from_units(cap.spec.axis, cap.used)}"
                             )
-            woken = self.service(now, wall) if self.queue else []
+            woken: list[Waiter] = []
+            if self.queue:
+                if actual is not None and self.hard_caps:
+                    woken = self._fail_certain()
+                woken += self.service(now, wall)
             return woken, alerts, overruns
 
     def record(self, req: tuple[int, ...]) -> tuple[list[Waiter], list[Alert]]:
@@ -455,7 +475,9 @@ class Engine:
                 if req[i]:
                     cap.used += req[i]
                     self._alerts(cap, alerts)
-            woken = self.service(now, wall) if self.queue else []
+            woken: list[Waiter] = []
+            if self.queue:
+                woken = self._fail_certain() + self.service(now, wall)
             return woken, alerts
 
     def reset(self) -> list[Waiter]:
