@@ -43,13 +43,11 @@ class AsyncCollector(Collector):
 
 
 def alert_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    """The WARNING records of the "ratebudget" logger that report an alert."""
+    """The records of the "ratebudget" logger that report an alert."""
     return [
         r
         for r in caplog.records
-        if r.name == "ratebudget"
-        and r.levelno == logging.WARNING
-        and "alert" in r.getMessage()
+        if r.name == "ratebudget" and "alert" in r.getMessage()
     ]
 
 
@@ -175,15 +173,17 @@ class TestDelivery:
         assert "80%" in record.getMessage()
         assert "usd" in record.getMessage()
 
-    async def test_alerts_are_logged_once_with_a_handler_too(
+    async def test_alerts_are_logged_once_at_info_when_a_handler_gets_them(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
         got = Collector()
         limiter = Limiter(Cap(usd=10, alert_at=(0.8,)), clock=FakeClock(), on_alert=got)
-        with caplog.at_level(logging.WARNING, logger="ratebudget"):
+        with caplog.at_level(logging.INFO, logger="ratebudget"):
             await limiter.record(usd=9)
             await limiter.record(usd="0.5")
-        assert len(alert_logs(caplog)) == 1
+        logged = [r for r in alert_logs(caplog) if r.levelno == logging.INFO]
+        assert len(logged) == 1
+        assert not [r for r in alert_logs(caplog) if r.levelno >= logging.WARNING]
         assert len(got.alerts) == 1
 
     async def test_a_failing_handler_is_logged_and_does_not_break_the_commit(

@@ -228,13 +228,35 @@ class TestAcquireOnce:
             await lease
         assert await limiter.snapshot() == before
 
-    async def test_entering_an_awaited_lease_is_rejected(self) -> None:
+    async def test_entering_a_granted_lease_takes_nothing_more_and_settles_on_exit(
+        self,
+    ) -> None:
         limiter = make_limiter()
         lease = await limiter.acquire(10)
+        assert await view(limiter) == (90, 9, 0, 10, D(0), D(0))
+        async with lease as entered:
+            assert entered is lease
+            assert await view(limiter) == (90, 9, 0, 10, D(0), D(0))
+        assert lease.settled
+        assert await view(limiter) == (90, 9, 10, 0, D(0), D(0))
+
+    async def test_a_try_acquired_lease_works_as_a_context_manager(self) -> None:
+        limiter = make_limiter()
+        lease = await limiter.try_acquire(10)
+        assert lease is not None
+        with pytest.raises(RuntimeError, match="boom"):
+            async with lease:
+                raise RuntimeError("boom")
+        assert lease.settled
+        assert await view(limiter) == (90, 9, 0, 0, D(0), D(0))
+
+    async def test_entering_a_settled_lease_is_rejected(self) -> None:
+        limiter = make_limiter()
+        lease = await limiter.acquire(10)
+        await lease.release()
         with pytest.raises(InvalidRequest):
             async with lease:
                 pytest.fail("should not enter")  # pragma: no cover
-        assert await view(limiter) == (90, 9, 0, 10, D(0), D(0))
 
     async def test_a_settled_lease_cannot_be_reacquired(self) -> None:
         limiter = make_limiter()

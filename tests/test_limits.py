@@ -350,7 +350,7 @@ class TestCapValueSemantics:
     @pytest.mark.parametrize(
         ("cap", "text"),
         [
-            (Cap(usd="25", per="day"), "Cap(usd=Decimal('25'), per='day')"),
+            (Cap(usd="25", per="day"), "Cap(usd='25', per='day')"),
             (Cap(tokens=10), "Cap(tokens=10, per=None)"),
             (
                 Cap(

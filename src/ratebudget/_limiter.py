@@ -73,11 +73,13 @@ def wake_all(woken: Iterable[Waiter], but: Waiter | None = None) -> None:
             w.wake()
 
 
-def report(alerts: list[Alert], overruns: list[str]) -> None:
+def report(alerts: list[Alert], overruns: list[str], handled: bool) -> None:
+    """Log overruns (WARNING) and alerts (WARNING, or INFO when a handler gets them)."""
     for note in overruns:
         logger.warning("ratebudget: %s", note)
+    level = logging.INFO if handled else logging.WARNING
     for alert in alerts:
-        logger.warning("ratebudget alert: %s", alert)
+        logger.log(level, "ratebudget alert: %s", alert)
 
 
 class Limiter:
@@ -278,8 +280,8 @@ class Limiter:
     async def _deliver(self, alerts: list[Alert], overruns: list[str]) -> None:
         if not alerts and not overruns:
             return
-        report(alerts, overruns)
         handler = self._on_alert
+        report(alerts, overruns, handler is not None)
         if handler is None:
             return
         for alert in alerts:
@@ -344,8 +346,10 @@ class Lease:
 
     async def __aenter__(self) -> Lease:
         if self._state != _PENDING:
+            if self._state == _ACTIVE:  # from try_acquire() or an earlier await
+                return self
             raise InvalidRequest(
-                "this lease was already acquired; call limiter.acquire() again"
+                f"lease {self.id} was already settled; call limiter.acquire() again"
             )
         got = self._limiter._engine.begin(self._req, self._timeout, _TaskWaiter)
         if isinstance(got, Waiter):

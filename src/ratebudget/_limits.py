@@ -132,9 +132,17 @@ class Rate(_Frozen):
 
     def __repr__(self) -> str:
         burst = (
-            "" if self._burst_units == self._limit_units else f", burst={self.burst!r}"
+            ""
+            if self._burst_units == self._limit_units
+            else f", burst={_amount_repr(self.burst)}"
         )
-        return f"Rate({self.axis}={self.limit!r}, per={_per_repr(self._per_ns)}{burst})"
+        limit = _amount_repr(self.limit)
+        return f"Rate({self.axis}={limit}, per={_per_repr(self._per_ns)}{burst})"
+
+
+def _amount_repr(value: int | Decimal) -> str:
+    """``10`` or ``'0.025'``: what one would type (a string keeps USD exact)."""
+    return repr(f"{value:f}") if isinstance(value, Decimal) else repr(value)
 
 
 def _per_repr(per_ns: int) -> str:
@@ -236,7 +244,7 @@ class Cap(_Frozen):
         return hash(("Cap", *self._key()))
 
     def __repr__(self) -> str:
-        parts = [f"{self.axis}={self.limit!r}", f"per={self.per!r}"]
+        parts = [f"{self.axis}={_amount_repr(self.limit)}", f"per={self.per!r}"]
         if str(self.tz) != "UTC":
             parts.append(f"tz={str(self.tz)!r}")
         if self.soft:

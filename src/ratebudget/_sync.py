@@ -116,8 +116,8 @@ class SyncLimiter:
     def _deliver(self, alerts: list[Alert], overruns: list[str]) -> None:
         if not alerts and not overruns:
             return
-        report(alerts, overruns)
         handler = self._limiter._on_alert
+        report(alerts, overruns, handler is not None)
         if handler is None:
             return
         for alert in alerts:
