@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     medians = anyio.run(run, args.n, args.rounds, args.backend, backend=args.backend)
     ours = medians["ratebudget"]
-    print(f"uncontended `async with`, {args.backend}, median of {args.rounds} x {args.n}")
+    print(
+        f"uncontended `async with`, {args.backend}, median of {args.rounds} x {args.n}"
+    )
     for name, ns in medians.items():
         print(f"  {name:28} {ns:8.0f} ns   {ns / ours:5.2f}x ratebudget")
     return 0
