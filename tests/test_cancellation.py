@@ -1,0 +1,524 @@
+"""Cancellation is free (contract 5).
+
+A caller cancelled while it waits (anyio cancel scope, ``move_on_after``,
+``fail_after``, a task group, ``asyncio.Task.cancel``, trio cancellation)
+takes nothing: the callers behind it move up as if it never came. A caller
+granted on its behalf but cancelled before it ran gives everything back,
+exactly once. Properties: any subset of N waiters (up to 1000), cancelled in
+any order, leaves the limiter exactly as a limiter that never saw them, down
+to the grant time of every survivor.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+
+import anyio
+import anyio.lowlevel
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ratebudget import AcquireTimeout, Cap, Limiter, Rate, Snapshot
+from ratebudget._engine import CLAIMED, FAILED, Engine, Waiter
+from ratebudget.testing import FakeClock
+
+NS = 1_000_000_000
+
+
+async def settle() -> None:
+    """Wait until every other task is blocked (fast on asyncio, unlike anyio's)."""
+    if trio.lowlevel.in_trio_run():
+        await trio.testing.wait_all_tasks_blocked()
+        return
+    import asyncio
+
+    me = asyncio.current_task()
+    for _ in range(100_000):
+        await asyncio.sleep(0)
+        for task in asyncio.all_tasks():
+            waiter = getattr(task, "_fut_waiter", None)
+            if task is not me and (waiter is None or waiter.done()):
+                break
+        else:
+            return
+    raise AssertionError("tasks never settled")
+
+
+def advance_to_ns(clock: FakeClock, target_ns: int) -> None:
+    """Move ``clock`` to exactly ``target_ns`` (``advance`` takes float seconds)."""
+    delta = target_ns - clock.monotonic_ns()
+    assert delta >= 0
+    if delta == 0:
+        return
+    seconds = delta / NS
+    while math.ceil(seconds * NS) > delta:
+        seconds = math.nextafter(seconds, 0.0)
+    while math.ceil(seconds * NS) < delta:
+        seconds = math.nextafter(seconds, math.inf)
+    clock.advance(seconds)
+    assert clock.monotonic_ns() == target_ns
+
+
+async def run_out(clock: FakeClock) -> None:
+    """Let fake time pass, wake-up by wake-up, until nobody sleeps."""
+    while (d := clock.next_deadline()) is not None:
+        advance_to_ns(clock, clock.monotonic_ns() + round(d * NS))
+        await settle()
+
+
+def limiter_with_empty_bucket() -> tuple[FakeClock, Limiter]:
+    clock = FakeClock()
+    limiter = Limiter(Rate(tokens=10, per=1), Cap(usd="1"), clock=clock)
+    limiter.sync.acquire(10)  # no token left; 1 s to refill
+    return clock, limiter
+
+
+Victim = Callable[[Limiter], Awaitable[None]]
+
+
+async def check_cancelled_waiter_takes_nothing(
+    victim: Victim, cancel: Callable[[], None] | None = None
+) -> None:
+    """A victim waits (5 tokens, $0.30) ahead of another caller (5 tokens).
+
+    Once the victim is cancelled (by ``cancel``, or by its own timer), the
+    state is exactly that of the other caller waiting alone, and it is
+    served at 0.5 s, not at 1 s behind the victim.
+    """
+    clock, limiter = limiter_with_empty_bucket()
+    granted: dict[str, int] = {}
+    done = anyio.Event()
+
+    async def run_victim() -> None:
+        try:
+            await victim(limiter)
+        finally:
+            done.set()
+
+    async def behind() -> None:
+        await limiter.acquire(5, usd="0.1")
+        granted["behind"] = clock.monotonic_ns()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_victim)
+        await settle()
+        tg.start_soon(behind)
+        await settle()
+        assert (await limiter.snapshot()).waiting == 2
+        if cancel is not None:
+            cancel()
+        with anyio.fail_after(5):
+            await done.wait()
+        await settle()
+        assert clock.monotonic_ns() == 0
+        snap = await limiter.snapshot()
+        assert snap.waiting == 1
+        assert snap.limits[0].tokens == 0
+        assert snap.limits[1].reserved == 0
+        assert snap.limits[1].used == 0
+        await run_out(clock)
+    assert granted == {"behind": NS // 2}
+    snap = await limiter.snapshot()
+    assert snap.limits[0].tokens == 0
+    assert snap.limits[1].reserved == Decimal("0.1")
+
+
+class TestCancelledWaiterTakesNothing:
+    async def test_cancelled_by_an_anyio_cancel_scope(self) -> None:
+        scope = anyio.CancelScope()
+
+        async def victim(limiter: Limiter) -> None:
+            with scope:
+                await limiter.acquire(5, usd="0.3")
+                pytest.fail("a cancelled waiter was granted")
+            assert scope.cancelled_caught
+
+        await check_cancelled_waiter_takes_nothing(victim, scope.cancel)
+
+    async def test_cancelled_while_entering_an_async_with_block(self) -> None:
+        scope = anyio.CancelScope()
+
+        async def victim(limiter: Limiter) -> None:
+            with scope:
+                async with limiter.acquire(5, usd="0.3"):
+                    pytest.fail("the block of a cancelled waiter ran")
+            assert scope.cancelled_caught
+
+        await check_cancelled_waiter_takes_nothing(victim, scope.cancel)
+
+    async def test_cancelled_by_move_on_after(self) -> None:
+        async def victim(limiter: Limiter) -> None:
+            with anyio.move_on_after(0.02) as scope:  # real time; fake time never moves
+                await limiter.acquire(5, usd="0.3")
+            assert scope.cancelled_caught
+
+        await check_cancelled_waiter_takes_nothing(victim)
+
+    async def test_cancelled_by_fail_after(self) -> None:
+        async def victim(limiter: Limiter) -> None:
+            with pytest.raises(TimeoutError) as info, anyio.fail_after(0.02):
+                await limiter.acquire(5, usd="0.3")
+            assert not isinstance(info.value, AcquireTimeout)
+
+        await check_cancelled_waiter_takes_nothing(victim)
+
+    async def test_cancelled_with_its_task_group(self) -> None:
+        clock, limiter = limiter_with_empty_bucket()
+        before = await limiter.snapshot()
+
+        async def one() -> None:
+            await limiter.acquire(1, usd="0.1")
+            pytest.fail("a cancelled waiter was granted")
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(one)
+            await settle()
+            assert (await limiter.snapshot()).waiting == 3
+            tg.cancel_scope.cancel()
+        assert await limiter.snapshot() == before
+        assert clock.sleepers == 0
+
+    async def test_cancelled_by_asyncio_task_cancel(self, anyio_backend: str) -> None:
+        if anyio_backend != "asyncio":
+            pytest.skip("asyncio.Task.cancel exists only on asyncio")
+        import asyncio
+
+        tasks: list[asyncio.Task[None]] = []
+
+        async def victim(limiter: Limiter) -> None:
+            async def acquire() -> None:
+                await limiter.acquire(5, usd="0.3")
+
+            tasks.append(asyncio.get_running_loop().create_task(acquire()))
+            with pytest.raises(asyncio.CancelledError):
+                await tasks[0]
+
+        def cancel() -> None:
+            tasks[0].cancel()
+
+        await check_cancelled_waiter_takes_nothing(victim, cancel)
+
+    async def test_cancelled_by_a_trio_cancel_scope(self, anyio_backend: str) -> None:
+        if anyio_backend != "trio":
+            pytest.skip("trio's own cancel scopes run only on trio")
+        scope = trio.CancelScope()
+
+        async def victim(limiter: Limiter) -> None:
+            with scope:
+                await limiter.acquire(5, usd="0.3")
+            assert scope.cancelled_caught
+
+        await check_cancelled_waiter_takes_nothing(victim, scope.cancel)
+
+    async def test_cancelled_by_trio_move_on_after(self, anyio_backend: str) -> None:
+        if anyio_backend != "trio":
+            pytest.skip("trio's own timeouts run only on trio")
+
+        async def victim(limiter: Limiter) -> None:
+            with trio.move_on_after(0.02) as scope:
+                await limiter.acquire(5, usd="0.3")
+            assert scope.cancelled_caught
+
+        await check_cancelled_waiter_takes_nothing(victim)
+
+
+class TestTheQueueMovesUp:
+    async def test_a_cancelled_head_lets_the_next_be_served_at_its_own_time(
+        self,
+    ) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=10), clock=clock)  # 1 token/s
+        await limiter.acquire(10)
+        granted: dict[str, int] = {}
+        head = anyio.CancelScope()
+
+        async def caller(name: str, tokens: int, scope: anyio.CancelScope) -> None:
+            with scope:
+                await limiter.acquire(tokens)
+                granted[name] = clock.monotonic_ns()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(caller, "head", 10, head)
+            await settle()
+            tg.start_soon(caller, "b", 10, anyio.CancelScope())
+            await settle()
+            tg.start_soon(caller, "c", 5, anyio.CancelScope())
+            await settle()
+            advance_to_ns(clock, NS)
+            await settle()
+            head.cancel()  # at 1 s, while b and c wait behind it
+            await settle()
+            await run_out(clock)
+        assert granted == {"b": 10 * NS, "c": 15 * NS}  # not 20 s and 25 s
+
+    async def test_a_cancelled_middle_waiter_lets_the_tail_move_up(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=10), clock=clock)
+        await limiter.acquire(10)
+        granted: dict[str, int] = {}
+        scopes = {name: anyio.CancelScope() for name in "abc"}
+
+        async def caller(name: str) -> None:
+            with scopes[name]:
+                await limiter.acquire(5)
+                granted[name] = clock.monotonic_ns()
+
+        async with anyio.create_task_group() as tg:
+            for name in "abc":
+                tg.start_soon(caller, name)
+                await settle()
+            scopes["b"].cancel()
+            await settle()
+            await run_out(clock)
+        assert granted == {"a": 5 * NS, "c": 10 * NS}
+
+
+class TestCancelledAfterTheGrantBeforeItRan:
+    async def test_everything_granted_on_its_behalf_goes_back_exactly_once(
+        self,
+    ) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), Cap(usd="1"), clock=clock)
+        holder = await limiter.acquire(10, usd="0.1")
+        scope = anyio.CancelScope()
+        outcome: list[str] = []
+
+        async def victim() -> None:
+            with scope:
+                await limiter.acquire(5, usd="0.3")
+                outcome.append("granted")
+                await anyio.lowlevel.checkpoint()
+                outcome.append("ran on")
+            outcome.append("cancelled" if scope.cancelled_caught else "left")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(victim)
+            await settle()
+            await holder.commit(tokens=5)  # 5 back: the victim is granted now...
+            snap = await limiter.snapshot()
+            assert snap.waiting == 0
+            assert snap.limits[0].tokens == 0
+            assert snap.limits[1].reserved == Decimal("0.3")
+            scope.cancel()  # ...and cancelled before it runs
+        assert outcome == ["cancelled"]
+        snap = await limiter.snapshot()
+        assert snap.limits[0].tokens == 5  # not 0 (kept) nor 10 (given back twice)
+        assert snap.limits[1].reserved == 0
+        assert snap.limits[1].used == Decimal("0.1")
+        assert clock.monotonic_ns() == 0
+
+    async def test_what_it_gives_back_serves_the_next_waiter_at_once(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        holder = await limiter.acquire(10)
+        scope = anyio.CancelScope()
+        granted: dict[str, int] = {}
+
+        async def caller(name: str, scope: anyio.CancelScope) -> None:
+            with scope:
+                await limiter.acquire(5)
+                granted[name] = clock.monotonic_ns()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(caller, "victim", scope)
+            await settle()
+            tg.start_soon(caller, "next", anyio.CancelScope())
+            await settle()
+            await holder.commit(tokens=5)  # the victim is granted on its behalf
+            scope.cancel()
+            await settle()
+            assert granted == {"next": 0}
+        assert (await limiter.snapshot()).limits[0].tokens == 0
+
+
+# -- properties -----------------------------------------------------------------
+
+
+Crowd = tuple[int, int, list[int], list[int], bool]
+
+
+@st.composite
+def big_crowds(draw: st.DrawFn) -> Crowd:
+    """(burst, tokens at the start, sizes of N waiters, the ones cancelled in
+    cancellation order, whether all are cancelled before any of them runs).
+
+    Up to 1000 waiters, built from a seed so that a failure shrinks fast.
+    Cancelled in one batch, a waiter may be granted on its behalf (when one
+    ahead of it leaves) before its own cancellation is delivered.
+    """
+    burst = draw(st.integers(1, 20))
+    start = draw(st.integers(0, burst))
+    n = draw(st.integers(1, 12) | st.integers(1, 1000))
+    rnd = random.Random(draw(st.integers(0, 2**32)))
+    sizes = [rnd.randint(1, burst) for _ in range(n)]
+    order = rnd.sample(range(n), n)
+    k = draw(st.sampled_from([0, 1, 2, n // 2, n - 1, n]) | st.integers(0, n))
+    return burst, start, sizes, order[: max(k, 0)], draw(st.booleans())
+
+
+async def crowd_run(
+    burst: int, start: int, sizes: list[int], cancel_order: list[int], batch: bool
+) -> tuple[Snapshot, dict[int, int], Snapshot, set[int]]:
+    """Start waiters in order, cancel some in the given order, then run out.
+
+    Returns the snapshot right after the cancellations, the grant time of
+    every survivor, the final snapshot and the waiters really cancelled (a
+    waiter granted before its turn to be cancelled came is a survivor).
+    """
+    clock = FakeClock()
+    limiter = Limiter(Rate(tokens=7, per=1, burst=burst), clock=clock)
+    if start < burst:
+        await limiter.record(tokens=burst - start)
+    scopes = [anyio.CancelScope() for _ in sizes]
+    granted: dict[int, int] = {}
+
+    async def caller(i: int) -> None:
+        with scopes[i]:
+            await limiter.acquire(sizes[i])
+            granted[i] = clock.monotonic_ns()
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(sizes)):
+            tg.start_soon(caller, i)
+            await settle()
+        for i in cancel_order:
+            scopes[i].cancel()
+            if not batch:
+                await settle()
+        await settle()
+        after_cancel = await limiter.snapshot()
+        await run_out(clock)
+    gone = {i for i in cancel_order if scopes[i].cancelled_caught}
+    return after_cancel, granted, await limiter.snapshot(), gone
+
+
+class TestCancellationProperties:
+    @settings(
+        max_examples=15,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(big_crowds())
+    async def test_cancelled_waiters_leave_the_limiter_as_if_they_never_came(
+        self, crowd: Crowd
+    ) -> None:
+        burst, start, sizes, cancelled, batch = crowd
+        snap, granted, final, gone = await crowd_run(
+            burst, start, sizes, cancelled, batch
+        )
+        survivors = [i for i in range(len(sizes)) if i not in gone]
+        ref_snap, ref_granted, ref_final, _ = await crowd_run(
+            burst, start, [sizes[i] for i in survivors], [], batch
+        )
+        assert set(granted) <= set(survivors), "a cancelled waiter was granted"
+        # right after the cancellations: the state of a limiter that never saw them
+        assert snap == ref_snap
+        assert {i: granted[i] for i in survivors} == {
+            i: ref_granted[j] for j, i in enumerate(survivors)
+        }
+        assert final == ref_final
+
+
+class _EngineWaiter(Waiter):
+    __slots__ = ("ready",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ready = False
+
+    def arm(self) -> None:
+        self.ready = False
+
+    def wake(self) -> None:
+        self.ready = True
+
+
+def engine_run(
+    burst: int, start: int, sizes: list[int], cancel_order: list[int], batch: bool
+) -> tuple[Snapshot, list[tuple[int, ...]], dict[int, int], set[int]]:
+    """The same on the bare engine, with thread-free waiters (fast, N up to 1000)."""
+    clock = FakeClock()
+    engine = Engine([Rate(tokens=7, per=1, burst=burst)], clock)
+    engine.record((burst - start,))
+    waiters: dict[int, _EngineWaiter] = {}
+    sleeping: dict[_EngineWaiter, int | None] = {}
+    granted: dict[int, int] = {}
+    tags: dict[_EngineWaiter, int] = {}
+
+    def poll(w: _EngineWaiter) -> None:
+        woken, deadline = engine.poll(w)
+        for other in woken:
+            if other is not w:
+                other.wake()
+        if w.state == CLAIMED:
+            sleeping.pop(w, None)
+            granted[tags[w]] = clock.monotonic_ns()
+        else:
+            assert w.state != FAILED
+            sleeping[w] = deadline
+
+    def run_ready() -> None:
+        while ready := [w for w in sleeping if w.ready]:
+            for w in ready:
+                if w in sleeping:
+                    poll(w)
+
+    for i, size in enumerate(sizes):
+        got = engine.begin((size,), None, _EngineWaiter)
+        if isinstance(got, int):
+            granted[i] = clock.monotonic_ns()
+            continue
+        assert isinstance(got, _EngineWaiter)
+        waiters[i] = got
+        tags[got] = i
+        poll(got)
+        run_ready()
+    gone = set()
+    for i in cancel_order:
+        w = waiters.get(i)
+        if w is not None and w in sleeping:
+            gone.add(i)
+            del sleeping[w]
+            for other in engine.abort(w):
+                other.wake()
+            if not batch:
+                run_ready()
+    run_ready()
+    after_cancel = engine.snapshot()
+    queue = [w.req for w in engine.queue]
+    while deadlines := [d for d in sleeping.values() if d is not None]:
+        advance_to_ns(clock, max(min(deadlines), clock.monotonic_ns()))
+        for w, d in sleeping.items():
+            if d is not None and d <= clock.monotonic_ns():
+                w.ready = True
+        run_ready()
+    assert not sleeping, "a waiter was left with nobody to wake it"
+    return after_cancel, queue, granted, gone
+
+
+class TestCancellationPropertiesOnTheEngine:
+    @settings(max_examples=100, deadline=None)
+    @given(big_crowds())
+    def test_any_subset_of_1000_waiters_cancelled_in_any_order_leaves_no_trace(
+        self, crowd: Crowd
+    ) -> None:
+        burst, start, sizes, cancelled, batch = crowd
+        snap, queue, granted, gone = engine_run(burst, start, sizes, cancelled, batch)
+        survivors = [i for i in range(len(sizes)) if i not in gone]
+        ref_snap, ref_queue, ref_granted, _ = engine_run(
+            burst, start, [sizes[i] for i in survivors], [], batch
+        )
+        assert snap == ref_snap
+        assert queue == ref_queue
+        assert set(granted) <= set(survivors), "a cancelled waiter was granted"
+        assert {i: granted[i] for i in survivors} == {
+            i: ref_granted[j] for j, i in enumerate(survivors)
+        }

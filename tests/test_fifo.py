@@ -1,0 +1,316 @@
+"""First come, first served (contract 3): no overtaking, no starvation.
+
+A later caller never overtakes an earlier one on the same limiter, whatever
+the sizes, so a large request is never starved by a stream of small ones,
+and ``try_acquire`` never jumps a non-empty queue. Timings run on a
+``FakeClock`` and are compared with an independent model of a FIFO bucket.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import anyio
+import pytest
+import trio.lowlevel
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ratebudget import Limiter, Rate
+from ratebudget.testing import FakeClock
+
+NS = 1_000_000_000
+
+
+async def settle() -> None:
+    """Wait until every other task is blocked (fast on asyncio, unlike anyio's)."""
+    if trio.lowlevel.in_trio_run():
+        await trio.testing.wait_all_tasks_blocked()
+        return
+    import asyncio
+
+    me = asyncio.current_task()
+    for _ in range(100_000):
+        await asyncio.sleep(0)
+        for task in asyncio.all_tasks():
+            waiter = getattr(task, "_fut_waiter", None)
+            if task is not me and (waiter is None or waiter.done()):
+                break
+        else:
+            return
+    raise AssertionError("tasks never settled")
+
+
+def advance_to_ns(clock: FakeClock, target_ns: int) -> None:
+    """Move ``clock`` to exactly ``target_ns`` (``advance`` takes float seconds)."""
+    delta = target_ns - clock.monotonic_ns()
+    assert delta >= 0
+    if delta == 0:
+        return
+    seconds = delta / NS
+    while math.ceil(seconds * NS) > delta:
+        seconds = math.nextafter(seconds, 0.0)
+    while math.ceil(seconds * NS) < delta:
+        seconds = math.nextafter(seconds, math.inf)
+    clock.advance(seconds)
+    assert clock.monotonic_ns() == target_ns
+
+
+async def run_until(clock: FakeClock, target_ns: int) -> None:
+    """Let fake time pass to ``target_ns``, stopping at every wake-up on the way."""
+    while (d := clock.next_deadline()) is not None:
+        at = clock.monotonic_ns() + round(d * NS)
+        if at > target_ns:
+            break
+        advance_to_ns(clock, at)
+        await settle()
+    advance_to_ns(clock, max(target_ns, clock.monotonic_ns()))
+    await settle()
+
+
+async def run_out(clock: FakeClock) -> None:
+    while (d := clock.next_deadline()) is not None:
+        advance_to_ns(clock, clock.monotonic_ns() + round(d * NS))
+        await settle()
+
+
+class Grants:
+    """Acquire from tasks; note the order and the fake time of each grant."""
+
+    def __init__(self, limiter: Limiter, clock: FakeClock) -> None:
+        self.limiter = limiter
+        self.clock = clock
+        self.order: list[str] = []
+        self.at: dict[str, int] = {}
+
+    def acquirer(
+        self, name: str, tokens: int = 0, **amounts: int
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def run() -> None:
+            await self.limiter.acquire(tokens, **amounts)
+            self.order.append(name)
+            self.at[name] = self.clock.monotonic_ns()
+
+        return run
+
+
+def fifo_model(
+    limit: int, per_ns: int, burst: int, start: int, arrivals: list[tuple[int, int]]
+) -> list[int]:
+    """Grant times (ns) of a FIFO token bucket, written from its definition.
+
+    ``start`` tokens at 0 s; ``arrivals`` are ``(time_ns, tokens)`` in order.
+    Each caller is served at the first moment that is not before its arrival
+    nor before the caller ahead of it, and at which the bucket holds its
+    tokens; the bucket refills ``limit`` tokens per ``per_ns`` up to ``burst``.
+    """
+    level = start * per_ns  # in token-nanoseconds
+    cap = burst * per_ns
+    last = 0
+    t_prev = 0
+    out = []
+    for at, need in arrivals:
+        t = max(at, t_prev)
+        level = min(level + limit * (t - last), cap) if level < cap else level
+        last = t
+        missing = need * per_ns - level
+        if missing > 0:
+            wait = -(-missing // limit)
+            t += wait
+            level = min(level + limit * wait, cap)
+            last = t
+        level -= need * per_ns
+        out.append(t)
+        t_prev = t
+    return out
+
+
+@st.composite
+def arrival_patterns(draw: st.DrawFn) -> tuple[int, int, int, list[tuple[int, int]]]:
+    """(burst, limit per second, tokens at the start, [(gap_ns, tokens)])."""
+    burst = draw(st.integers(1, 30))
+    limit = draw(st.integers(1, 30))
+    start = draw(st.integers(0, burst))
+    arrivals = draw(
+        st.lists(
+            st.tuples(st.sampled_from([0, 0, 1, NS // 7, NS]), st.integers(1, burst)),
+            min_size=1,
+            max_size=30,
+        )
+    )
+    return burst, limit, start, arrivals
+
+
+class TestLargeRequestsAreNotStarved:
+    async def test_a_full_burst_request_is_served_before_later_small_ones(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        await limiter.acquire(5)
+        grants = Grants(limiter, clock)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(grants.acquirer("big", 10))
+            await settle()
+            for name in ("s1", "s2", "s3"):
+                tg.start_soon(grants.acquirer(name, 1))  # each fits in the 5 left
+                await settle()
+            assert grants.order == [], "a small request overtook the waiting big one"
+            snap = await limiter.snapshot()
+            assert snap.waiting == 4
+            assert snap.limits[0].tokens == 5
+            await run_out(clock)
+        assert grants.order == ["big", "s1", "s2", "s3"]
+        assert grants.at == {
+            "big": NS // 2,
+            "s1": 6 * NS // 10,
+            "s2": 7 * NS // 10,
+            "s3": 8 * NS // 10,
+        }
+
+    async def test_a_stream_of_small_requests_never_starves_a_large_one(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        await limiter.acquire(10)
+        grants = Grants(limiter, clock)
+        smalls = [f"s{i:02}" for i in range(40)]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(grants.acquirer("big", 10))
+            await settle()
+            for i, name in enumerate(smalls):
+                # a 1-token request every 25 ms: four times the refill rate
+                await run_until(clock, i * NS // 40)
+                tg.start_soon(grants.acquirer(name, 1))
+                await settle()
+            await run_out(clock)
+        assert grants.at["big"] == NS  # its own refill time, as if alone
+        assert grants.order == ["big", *smalls]
+
+    async def test_a_large_request_behind_small_ones_waits_only_for_them(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        await limiter.acquire(10)
+        grants = Grants(limiter, clock)
+        async with anyio.create_task_group() as tg:
+            for name, size in [("s1", 2), ("s2", 3), ("big", 10), ("s3", 1)]:
+                tg.start_soon(grants.acquirer(name, size))
+                await settle()
+            await run_out(clock)
+        assert grants.order == ["s1", "s2", "big", "s3"]
+        assert grants.at == {
+            "s1": NS // 5,
+            "s2": NS // 2,
+            "big": 3 * NS // 2,
+            "s3": 16 * NS // 10,
+        }
+
+
+class TestArrivalOrder:
+    @settings(
+        max_examples=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(arrival_patterns())
+    async def test_grants_follow_arrival_order_for_mixed_sizes(
+        self, pattern: tuple[int, int, int, list[tuple[int, int]]]
+    ) -> None:
+        """Random sizes (up to the burst) and gaps: nobody is served before a
+        caller that came earlier, and every grant time equals the model's.
+        """
+        burst, limit, start, arrivals = pattern
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=limit, per=1, burst=burst), clock=clock)
+        if start < burst:
+            await limiter.record(tokens=burst - start)
+        grants = Grants(limiter, clock)
+        names = [f"c{i:02}" for i in range(len(arrivals))]
+        times = []
+        t = 0
+        async with anyio.create_task_group() as tg:
+            for name, (gap, size) in zip(names, arrivals, strict=True):
+                t += gap
+                times.append(t)
+                await run_until(clock, t)
+                tg.start_soon(grants.acquirer(name, size))
+                await settle()
+            await run_out(clock)
+        granted = [grants.at[name] for name in names]
+        assert granted == sorted(granted), (
+            "a later caller was served before an earlier one"
+        )
+        expected = fifo_model(
+            limit,
+            NS,
+            burst,
+            start,
+            [(t, n) for t, (_, n) in zip(times, arrivals, strict=True)],
+        )
+        assert granted == expected
+
+    async def test_a_request_on_another_axis_does_not_overtake_either(self) -> None:
+        """Even a caller that needs nothing the head waits for stays behind it."""
+        clock = FakeClock()
+        limiter = Limiter(Rate(requests=1, per=1), Rate(tokens=10, per=1), clock=clock)
+        await limiter.acquire(0)  # the only request of this second
+        grants = Grants(limiter, clock)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(grants.acquirer("needs-a-request", 0))
+            await settle()
+            tg.start_soon(grants.acquirer("tokens-only", 5, requests=0))
+            await settle()
+            assert grants.order == []
+            await run_out(clock)
+        # served at the same instant (the order within it is the scheduler's)
+        assert grants.at == {"needs-a-request": NS, "tokens-only": NS}
+
+
+class TestTryAcquireNeverJumpsTheQueue:
+    async def test_try_acquire_returns_none_behind_a_waiter_though_tokens_suffice(
+        self,
+    ) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        await limiter.acquire(1)
+        grants = Grants(limiter, clock)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(grants.acquirer("big", 10))
+            await settle()
+            before = await limiter.snapshot()
+            assert before.limits[0].tokens == 9
+            assert await limiter.try_acquire(1) is None
+            assert await limiter.try_acquire(0, requests=0) is None
+            assert limiter.sync.try_acquire(1) is None
+            assert await limiter.snapshot() == before
+            await run_out(clock)
+        assert grants.at == {"big": NS // 10}
+        clock.advance(0.1)
+        assert await limiter.try_acquire(1) is not None
+
+    async def test_try_acquire_that_would_wait_returns_none_and_takes_nothing(
+        self,
+    ) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        await limiter.acquire(7)
+        before = await limiter.snapshot()
+        assert await limiter.try_acquire(4) is None
+        assert await limiter.snapshot() == before
+        assert clock.sleepers == 0
+        lease = await limiter.try_acquire(3)
+        assert lease is not None
+        assert lease.amounts == {"tokens": 3, "requests": 1}
+
+    async def test_timeout_zero_does_not_jump_the_queue_either(self) -> None:
+        from ratebudget import AcquireTimeout
+
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        await limiter.acquire(1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(Grants(limiter, clock).acquirer("big", 10))
+            await settle()
+            with pytest.raises(AcquireTimeout):
+                await limiter.acquire(1, timeout=0)
+            await run_out(clock)

@@ -1,0 +1,477 @@
+"""Rates make callers wait (contract 3), refill at limit/per up to the burst,
+charge overuse as debt and refund unused estimate (contract 7).
+
+Every timing here runs on a ``FakeClock``: tasks wait in a task group, the
+test moves fake time and checks exactly when each was granted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Coroutine
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+import trio.lowlevel
+import trio.testing
+
+from ratebudget import Cap, InvalidRequest, Limiter, Rate
+from ratebudget.testing import FakeClock
+
+NS = 1_000_000_000
+
+
+async def settle() -> None:
+    """Wait until every other task is blocked (fast on asyncio, unlike anyio's)."""
+    if trio.lowlevel.in_trio_run():
+        await trio.testing.wait_all_tasks_blocked()
+        return
+    import asyncio
+
+    me = asyncio.current_task()
+    for _ in range(100_000):
+        await asyncio.sleep(0)
+        for task in asyncio.all_tasks():
+            waiter = getattr(task, "_fut_waiter", None)
+            if task is not me and (waiter is None or waiter.done()):
+                break
+        else:
+            return
+    raise AssertionError("tasks never settled")
+
+
+def advance_to_ns(clock: FakeClock, target_ns: int) -> None:
+    """Move ``clock`` to exactly ``target_ns`` (``advance`` takes float seconds)."""
+    delta = target_ns - clock.monotonic_ns()
+    assert delta >= 0
+    seconds = delta / NS
+    while math.ceil(seconds * NS) > delta:
+        seconds = math.nextafter(seconds, 0.0)
+    while math.ceil(seconds * NS) < delta:
+        seconds = math.nextafter(seconds, math.inf)
+    clock.advance(seconds)
+    assert clock.monotonic_ns() == target_ns
+
+
+async def advance(clock: FakeClock, seconds: float) -> None:
+    clock.advance(seconds)
+    await settle()
+
+
+async def tokens_now(limiter: Limiter, index: int = 0) -> int | Decimal | None:
+    return (await limiter.snapshot()).limits[index].tokens
+
+
+class Grants:
+    """Acquire from tasks and note when (fake ns) each was granted."""
+
+    def __init__(self, limiter: Limiter, clock: FakeClock) -> None:
+        self.limiter = limiter
+        self.clock = clock
+        self.at: dict[str, int] = {}
+
+    def acquirer(
+        self, name: str, tokens: int = 0, **amounts: int
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def run() -> None:
+            await self.limiter.acquire(tokens, **amounts)
+            self.at[name] = self.clock.monotonic_ns()
+
+        return run
+
+
+def wait_ns(missing_tokens: int, limit: int, per_ns: int) -> int:
+    """The model: nanoseconds for a bucket to refill ``missing_tokens``."""
+    return -(-missing_tokens * per_ns // limit) if missing_tokens > 0 else 0
+
+
+class TestWaitingInsteadOfRaising:
+    async def test_uncontended_acquire_is_granted_without_time_passing(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        lease = await limiter.acquire(10)
+        assert lease.amounts == {"tokens": 10, "requests": 1}
+        assert clock.monotonic_ns() == 0
+        assert await tokens_now(limiter) == 0
+
+    async def test_acquire_beyond_the_tokens_left_waits_until_they_refill(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        await limiter.acquire(10)
+        grants = Grants(limiter, clock)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(grants.acquirer("w", 5))
+            await settle()
+            assert grants.at == {}
+            assert (await limiter.snapshot()).waiting == 1
+            advance_to_ns(clock, NS // 2 - 1)
+            await settle()
+            assert grants.at == {}
+            advance_to_ns(clock, NS // 2)
+            await settle()
+            assert grants.at == {"w": NS // 2}
+        assert await tokens_now(limiter) == 0
+
+    @pytest.mark.parametrize(
+        ("limit", "per", "left", "need"),
+        [
+            (10, 1, 0, 1),
+            (60, 60, 3, 10),
+            (7, 3, 2, 7),
+            (1000, 0.5, 999, 1000),
+            (3, 1, 0, 2),
+        ],
+    )
+    async def test_the_wait_is_exactly_the_time_to_refill_what_is_missing(
+        self, limit: int, per: float, left: int, need: int
+    ) -> None:
+        clock = FakeClock()
+        rate = Rate(tokens=limit, per=per)
+        limiter = Limiter(rate, clock=clock)
+        await limiter.record(tokens=limit - left)
+        grants = Grants(limiter, clock)
+        expected = wait_ns(need - left, limit, rate._per_ns)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(grants.acquirer("w", need))
+            await settle()
+            while "w" not in grants.at and (d := clock.next_deadline()) is not None:
+                advance_to_ns(clock, clock.monotonic_ns() + round(d * NS))
+                await settle()
+        assert grants.at["w"] == expected
+
+    async def test_a_request_above_the_burst_is_rejected_at_the_call(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1, burst=5), clock=clock)
+        before = await limiter.snapshot()
+        with pytest.raises(InvalidRequest, match="never be served"):
+            limiter.acquire(6)
+        assert await limiter.snapshot() == before
+
+
+class TestRefill:
+    @pytest.mark.parametrize(("burst", "expected"), [(None, 10), (4, 4), (25, 25)])
+    async def test_a_new_bucket_holds_its_burst(
+        self, burst: int | None, expected: int
+    ) -> None:
+        limiter = Limiter(Rate(tokens=10, per=1, burst=burst), clock=FakeClock())
+        assert await tokens_now(limiter) == expected
+
+    async def test_tokens_refill_at_limit_per_period(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=60, per="minute"), clock=clock)
+        await limiter.acquire(60)
+        clock.advance(10)
+        assert await tokens_now(limiter) == 10
+        clock.advance(0.999)
+        assert await tokens_now(limiter) == 10
+        clock.advance(0.001)
+        assert await tokens_now(limiter) == 11
+        clock.advance(49)
+        assert await tokens_now(limiter) == 60
+
+    async def test_refill_stops_at_the_burst(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1, burst=4), clock=clock)
+        await limiter.acquire(4)
+        clock.advance(1000)
+        assert await tokens_now(limiter) == 4
+        assert await limiter.try_acquire(4) is not None
+        assert await limiter.try_acquire(1) is None
+
+    async def test_a_burst_above_the_limit_is_available_at_once(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1, burst=30), clock=clock)
+        for _ in range(3):
+            assert await limiter.try_acquire(10) is not None
+        assert await limiter.try_acquire(1) is None
+        assert clock.monotonic_ns() == 0
+
+    async def test_a_small_burst_smooths_a_per_minute_limit(self) -> None:
+        """Rate(requests=60, per="minute", burst=1): one request per second."""
+        clock = FakeClock()
+        limiter = Limiter(Rate(requests=60, per="minute", burst=1), clock=clock)
+        grants = Grants(limiter, clock)
+        async with anyio.create_task_group() as tg:
+            for name in "abcd":
+                tg.start_soon(grants.acquirer(name))
+                await settle()
+            for _ in range(3):
+                await advance(clock, 1)
+        assert grants.at == {"a": 0, "b": NS, "c": 2 * NS, "d": 3 * NS}
+
+
+class TestDebt:
+    async def test_commit_above_the_estimate_puts_the_rate_into_debt(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        lease = await limiter.acquire(10)
+        await lease.commit(tokens=15)
+        assert await tokens_now(limiter) == -5
+        snap = (await limiter.snapshot()).limits[0]
+        assert snap.remaining == 0
+        assert snap.used == 15
+
+    async def test_later_callers_wait_off_the_debt(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        lease = await limiter.acquire(10)
+        await lease.commit(tokens=15)
+        grants = Grants(limiter, clock)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(grants.acquirer("next", 1))
+            await settle()
+            await advance(clock, 0.5)  # 5 tokens of debt paid off, none to spare
+            assert grants.at == {}
+            await advance(clock, 0.1)
+        assert grants.at == {"next": 600_000_000}
+
+    async def test_overuse_committed_while_a_caller_waits_delays_it(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        first = await limiter.acquire(6)
+        grants = Grants(limiter, clock)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(grants.acquirer("w", 8))  # needs 4 more: at 0.4 s
+            await settle()
+            await first.commit(tokens=9)  # 3 more used: now at 0.7 s
+            await advance(clock, 0.4)
+            assert grants.at == {}
+            await advance(clock, 0.3)
+        assert grants.at == {"w": 700_000_000}
+
+    async def test_record_charges_the_rate_at_once_without_waiting(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        await limiter.acquire(8)
+        await limiter.record(tokens=10)  # 2 left, 10 charged: 8 of debt
+        assert clock.monotonic_ns() == 0
+        assert clock.sleepers == 0
+        assert await tokens_now(limiter) == -8
+
+    async def test_recorded_debt_is_waited_off_by_the_next_caller(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        await limiter.record(tokens=13)
+        grants = Grants(limiter, clock)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(grants.acquirer("w", 2))
+            await settle()
+            await advance(clock, 0.4)
+            assert grants.at == {}
+            await advance(clock, 0.1)
+        assert grants.at == {"w": NS // 2}
+
+    async def test_record_counts_no_request(self) -> None:
+        limiter = Limiter(
+            Rate(requests=5, per=1), Rate(tokens=100, per=1), clock=FakeClock()
+        )
+        await limiter.record(tokens=30)
+        snap = await limiter.snapshot()
+        assert snap.limits[0].tokens == 5
+        assert snap.limits[1].tokens == 70
+
+
+class TestRefunds:
+    async def test_commit_below_the_estimate_gives_the_unused_tokens_back(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        lease = await limiter.acquire(10)
+        await lease.commit(tokens=4)
+        assert await tokens_now(limiter) == 6
+        assert await limiter.try_acquire(6) is not None
+
+    async def test_a_refund_serves_a_waiting_head_at_once(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        big = await limiter.acquire(10)
+        grants = Grants(limiter, clock)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(grants.acquirer("w", 5))  # would wait until 0.5 s
+            await settle()
+            await advance(clock, 0.1)
+            assert grants.at == {}
+            await big.commit(tokens=2)  # 8 back: 9 available
+            await settle()
+            assert grants.at == {"w": NS // 10}
+        assert clock.monotonic_ns() == NS // 10
+
+    async def test_a_refund_never_fills_past_the_burst(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        lease = await limiter.acquire(4)
+        clock.advance(0.2)
+        await lease.commit(tokens=0)
+        assert await tokens_now(limiter) == 10
+
+    async def test_axes_not_given_to_commit_keep_their_estimate(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(
+            Rate(requests=10, per=1), Rate(tokens=100, per=1), clock=clock
+        )
+        lease = await limiter.acquire(50)
+        await lease.commit(tokens=20)
+        snap = await limiter.snapshot()
+        assert snap.limits[0].tokens == 9  # the request stays spent
+        assert snap.limits[1].tokens == 80
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="known bug: a refund after the bucket refilled to its burst re-adds tokens the clamp already absorbed (contract 2); fix: cap the refund at burst minus the peak level since the grant",
+    )
+    async def test_a_refund_after_a_long_hold_does_not_let_an_instant_exceed_the_burst(
+        self,
+    ) -> None:
+        """Contract 2 over a zero-length window.
+
+        A takes the whole burst at 0 s and holds it while the bucket refills
+        to its burst. At 10 s B takes the full burst; then A commits 0 tokens.
+        A's refund must not add tokens the bucket had already regained: had A
+        used 0 tokens from the start, the bucket would have sat at its burst
+        and B would have emptied it. So C, asking for the burst at the same
+        instant, must wait; granting it puts 20 tokens in a window of length
+        0 on a burst of 10, which a provider with the same limits refuses.
+        """
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=10), clock=clock)  # 1 token/s
+        a = await limiter.acquire(10)
+        clock.advance(10)
+        b = await limiter.try_acquire(10)
+        assert b is not None
+        await a.commit(tokens=0)
+        c = await limiter.try_acquire(10)
+        assert c is None, "20 tokens granted at one instant on a burst of 10"
+
+
+class TestRateTokensStaySpent:
+    async def test_release_gives_back_caps_but_not_rate_tokens(self) -> None:
+        limiter = Limiter(Rate(tokens=10, per=1), Cap(usd="1"), clock=FakeClock())
+        lease = await limiter.acquire(6, usd="0.25")
+        await lease.release()
+        snap = await limiter.snapshot()
+        assert snap.limits[0].tokens == 4
+        assert snap.limits[1].reserved == 0
+        assert snap.limits[1].used == 0
+        assert lease.settled
+
+    async def test_leaving_the_block_by_an_exception_keeps_rate_tokens_spent(
+        self,
+    ) -> None:
+        limiter = Limiter(Rate(tokens=10, per=1), Cap(usd="1"), clock=FakeClock())
+        with pytest.raises(LookupError):
+            async with limiter.acquire(6, usd="0.25"):
+                raise LookupError("the provider failed")
+        snap = await limiter.snapshot()
+        assert snap.limits[0].tokens == 4
+        assert snap.limits[1].reserved == 0
+        assert snap.limits[1].used == 0
+
+    async def test_leaving_the_block_normally_commits_the_estimate(self) -> None:
+        limiter = Limiter(Rate(tokens=10, per=1), Cap(usd="1"), clock=FakeClock())
+        async with limiter.acquire(6, usd="0.25") as lease:
+            assert (await limiter.snapshot()).limits[1].reserved == Decimal("0.25")
+        assert lease.settled
+        snap = await limiter.snapshot()
+        assert snap.limits[0].tokens == 4
+        assert snap.limits[1].reserved == 0
+        assert snap.limits[1].used == Decimal("0.25")
+
+    async def test_cancelled_inside_the_block_keeps_rate_tokens_and_releases_caps(
+        self,
+    ) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), Cap(usd="1"), clock=clock)
+        with anyio.CancelScope() as scope:
+            async with limiter.acquire(6, usd="0.25"):
+                scope.cancel()
+                await anyio.lowlevel.checkpoint()
+        assert scope.cancelled_caught
+        snap = await limiter.snapshot()
+        assert snap.limits[0].tokens == 4
+        assert snap.limits[1].reserved == 0
+        assert snap.limits[1].used == 0
+
+
+class TestSeveralRates:
+    @pytest.mark.parametrize(
+        ("tokens", "expected_ns"),
+        [
+            (10, 500_000_000),  # requests are the slower: 0.5 s for one
+            (80, 800_000_000),  # tokens are the slower: 0.8 s for 80
+        ],
+    )
+    async def test_the_caller_waits_for_the_slowest_rate(
+        self, tokens: int, expected_ns: int
+    ) -> None:
+        clock = FakeClock()
+        limiter = Limiter(
+            Rate(requests=2, per=1, burst=1), Rate(tokens=100, per=1), clock=clock
+        )
+        await limiter.acquire(100)  # both rates empty
+        grants = Grants(limiter, clock)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(grants.acquirer("w", tokens))
+            await settle()
+            while "w" not in grants.at and (d := clock.next_deadline()) is not None:
+                advance_to_ns(clock, clock.monotonic_ns() + round(d * NS))
+                await settle()
+        assert grants.at == {"w": expected_ns}
+
+    async def test_nothing_is_taken_from_any_rate_until_all_can_serve(self) -> None:
+        """Contract 1: the fast rate is not charged while the slow one is awaited."""
+        clock = FakeClock()
+        limiter = Limiter(Rate(requests=10, per=1), Rate(tokens=10, per=1), clock=clock)
+        await limiter.record(tokens=10)
+        grants = Grants(limiter, clock)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(grants.acquirer("w", 5))
+            await settle()
+            snap = await limiter.snapshot()
+            assert snap.limits[0].tokens == 10  # no request taken yet
+            assert snap.limits[1].tokens == 0
+            await advance(clock, 0.5)
+        assert grants.at == {"w": NS // 2}
+        snap = await limiter.snapshot()
+        assert snap.limits[0].tokens == 9
+        assert snap.limits[1].tokens == 0
+
+    async def test_every_acquisition_counts_one_request_unless_told(self) -> None:
+        limiter = Limiter(
+            Rate(requests=10, per=1), Rate(tokens=100, per=1), clock=FakeClock()
+        )
+        await limiter.acquire(5)
+        await limiter.acquire(5, requests=3)
+        await limiter.acquire(5, requests=0)
+        snap = await limiter.snapshot()
+        assert snap.limits[0].tokens == 10 - 1 - 3
+        assert snap.limits[1].tokens == 85
+
+    async def test_rpm_and_tpm_together_pace_a_stream_of_calls(self) -> None:
+        """RPM 120 (burst 2) and TPM 600 (burst 100): large calls are paced by
+        the tokens, small ones by the requests, and each waits for both.
+        """
+        clock = FakeClock()
+        limiter = Limiter(
+            Rate(requests=120, per="minute", burst=2),
+            Rate(tokens=600, per="minute", burst=100),
+            clock=clock,
+        )
+        grants = Grants(limiter, clock)
+        sizes = {"a": 60, "b": 60, "c": 1, "d": 1}
+        async with anyio.create_task_group() as tg:
+            for name, size in sizes.items():
+                tg.start_soon(grants.acquirer(name, size))
+                await settle()
+            while (
+                len(grants.at) < len(sizes) and (d := clock.next_deadline()) is not None
+            ):
+                advance_to_ns(clock, clock.monotonic_ns() + round(d * NS))
+                await settle()
+        assert grants.at == {
+            "a": 0,  # within both bursts
+            "b": 2 * NS,  # 20 more tokens at 10/s
+            "c": 2 * NS + NS // 10,  # 1 token at 10/s; a request is left
+            "d": 2 * NS + NS // 2,  # 0.2 request left at 2.1 s: 0.8 more at 2/s
+        }

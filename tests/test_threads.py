@@ -1,0 +1,409 @@
+"""One limiter shared across tasks, event loops and threads.
+
+The rate bound (contract 2) holds for many tasks of one loop, for four
+threads each running its own event loop (asyncio, trio, or both at once) and
+for eight plain threads through ``limiter.sync``; nobody deadlocks; plain
+threads are served first come, first served (contract 3); a waiter is woken
+by a commit made in another thread or loop. Also the blocking facade itself:
+``with limiter.sync.acquire(...) as lease``, commit, release, try_acquire,
+record, and what leaving the block by an exception does.
+
+The bound tests run on the real clock for half a second at 200 tokens per
+second, with honest tolerances; everything else runs on a ``FakeClock``.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from decimal import Decimal
+
+import anyio
+import pytest
+import trio.lowlevel
+import trio.testing
+
+from ratebudget import (
+    AcquireTimeout,
+    Cap,
+    InvalidRequest,
+    Limiter,
+    Rate,
+    SyncLease,
+)
+from ratebudget.testing import FakeClock
+
+RATE = 200  # tokens per second
+BURST = 20
+NS = 1_000_000_000
+RUN_FOR = 0.4  # seconds of real time per bound test
+JOIN = 10.0  # seconds before a thread is declared deadlocked
+
+
+async def settle() -> None:
+    """Wait until every other task is blocked (fast on asyncio, unlike anyio's)."""
+    if trio.lowlevel.in_trio_run():
+        await trio.testing.wait_all_tasks_blocked()
+        return
+    import asyncio
+
+    me = asyncio.current_task()
+    for _ in range(100_000):
+        await asyncio.sleep(0)
+        for task in asyncio.all_tasks():
+            waiter = getattr(task, "_fut_waiter", None)
+            if task is not me and (waiter is None or waiter.done()):
+                break
+        else:
+            return
+    raise AssertionError("tasks never settled")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``condition`` until it holds (a bounded wait on a fact, not a nap)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition never came true")
+        time.sleep(0.0005)
+
+
+def grants_reach(order: list[int], n: int) -> bool:
+    return len(order) == n
+
+
+def check_bound(granted: int, started: float, ended: float) -> None:
+    """Contract 2 over the whole run, and a loose floor on throughput."""
+    elapsed = ended - started
+    assert granted <= BURST + RATE * elapsed + 1e-9, (granted, elapsed)
+    assert granted >= 0.5 * RATE * RUN_FOR, f"only {granted} granted in {elapsed:.3f}s"
+
+
+def shared_limiter() -> Limiter:
+    return Limiter(Rate(tokens=RATE, per=1, burst=BURST))
+
+
+async def take_until(limiter: Limiter, deadline: float, count: list[int]) -> None:
+    """Acquire 1 token at a time until ``deadline`` (``time.monotonic()``)."""
+    while (left := deadline - time.monotonic()) > 0:
+        with anyio.move_on_after(left):
+            await limiter.acquire(1)
+            count.append(1)  # list.append is atomic across threads
+
+
+class TestRateBoundAcrossTasksLoopsAndThreads:
+    async def test_many_tasks_of_one_loop_stay_within_the_rate(self) -> None:
+        started = time.monotonic()
+        limiter = shared_limiter()
+        count: list[int] = []
+        with anyio.fail_after(JOIN):
+            async with anyio.create_task_group() as tg:
+                for _ in range(50):
+                    tg.start_soon(take_until, limiter, started + RUN_FOR, count)
+        check_bound(len(count), started, time.monotonic())
+        assert (await limiter.snapshot()).waiting == 0
+
+    @pytest.mark.parametrize(
+        "backends",
+        [("asyncio",) * 4, ("trio",) * 4, ("asyncio", "trio", "asyncio", "trio")],
+        ids=["asyncio", "trio", "mixed"],
+    )
+    def test_four_threads_each_with_its_own_loop_stay_within_the_rate(
+        self, backends: tuple[str, ...]
+    ) -> None:
+        started = time.monotonic()
+        limiter = shared_limiter()
+        count: list[int] = []
+        errors: list[BaseException] = []
+
+        async def loop_main() -> None:
+            async with anyio.create_task_group() as tg:
+                for _ in range(5):
+                    tg.start_soon(take_until, limiter, started + RUN_FOR, count)
+
+        def thread_main(backend: str) -> None:
+            try:
+                anyio.run(loop_main, backend=backend)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=thread_main, args=(b,)) for b in backends]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(JOIN)
+        assert not any(t.is_alive() for t in threads), "a thread deadlocked"
+        assert errors == []
+        check_bound(len(count), started, time.monotonic())
+        assert limiter.sync.snapshot().waiting == 0
+
+    def test_eight_plain_threads_through_sync_stay_within_the_rate(self) -> None:
+        started = time.monotonic()
+        limiter = shared_limiter()
+        count: list[int] = []
+        errors: list[BaseException] = []
+
+        def thread_main() -> None:
+            try:
+                while (left := started + RUN_FOR - time.monotonic()) > 0:
+                    try:
+                        with limiter.sync.acquire(1, timeout=left):
+                            count.append(1)
+                    except AcquireTimeout:
+                        return
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=thread_main) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(JOIN)
+        assert not any(t.is_alive() for t in threads), "a thread deadlocked"
+        assert errors == []
+        check_bound(len(count), started, time.monotonic())
+        assert limiter.sync.snapshot().waiting == 0
+
+
+class TestSyncWaitersAreServedInOrder:
+    def test_plain_threads_are_served_first_come_first_served(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1, burst=1), clock=clock)
+        limiter.sync.acquire(1)  # empty: one token every 0.1 s from now
+        order: list[int] = []
+
+        def worker(i: int) -> None:
+            limiter.sync.acquire(1)
+            order.append(i)
+
+        threads = []
+        for i in range(8):
+            thread = threading.Thread(target=worker, args=(i,), daemon=True)
+            thread.start()
+            threads.append(thread)
+            wait_for(lambda: limiter.sync.snapshot().waiting == len(threads))
+        for i in range(8):
+            clock.advance(0.1)  # exactly one more token: one more grant
+            wait_for(functools.partial(grants_reach, order, i + 1))
+            assert order == list(range(i + 1))
+        for thread in threads:
+            thread.join(JOIN)
+        assert not any(t.is_alive() for t in threads)
+
+    def test_a_large_sync_request_is_not_starved_by_small_ones(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        limiter.sync.acquire(5)
+        order: list[str] = []
+
+        def worker(name: str, tokens: int) -> None:
+            limiter.sync.acquire(tokens)
+            order.append(name)
+
+        threads = []
+        for name, tokens in [("big", 10), ("small1", 1), ("small2", 1)]:
+            thread = threading.Thread(target=worker, args=(name, tokens), daemon=True)
+            thread.start()
+            threads.append(thread)
+            wait_for(lambda: limiter.sync.snapshot().waiting == len(threads))
+        assert order == []  # the small ones fit in the 5 left, yet wait their turn
+        clock.advance(0.5)
+        wait_for(lambda: order == ["big"])
+        clock.advance(0.1)
+        wait_for(lambda: order == ["big", "small1"])
+        clock.advance(0.1)
+        for thread in threads:
+            thread.join(JOIN)
+        assert order == ["big", "small1", "small2"]
+
+    async def test_a_thread_and_a_task_share_one_first_come_first_served_queue(
+        self,
+    ) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        await limiter.acquire(5)
+        granted: dict[str, int] = {}
+
+        def thread_caller() -> None:
+            limiter.sync.acquire(10)
+            granted["thread"] = clock.monotonic_ns()
+
+        async def task_caller() -> None:
+            await limiter.acquire(1)  # fits in the 5 left, but came second
+            granted["task"] = clock.monotonic_ns()
+
+        thread = threading.Thread(target=thread_caller)
+        thread.start()
+        await anyio.to_thread.run_sync(
+            wait_for, lambda: limiter.sync.snapshot().waiting == 1
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(task_caller)
+            await settle()
+            assert granted == {}
+            clock.advance(0.5)
+            await anyio.to_thread.run_sync(thread.join, JOIN)
+            assert granted == {"thread": NS // 2}
+            clock.advance(0.1)
+        assert granted == {"thread": NS // 2, "task": 6 * NS // 10}
+
+
+class TestCrossThreadWakeUp:
+    async def test_a_waiter_is_woken_by_a_commit_in_another_threads_loop(
+        self, anyio_backend: str
+    ) -> None:
+        """Fake time never moves: only the other thread's refund can wake it."""
+        other = "trio" if anyio_backend == "asyncio" else "asyncio"
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        holder = await limiter.acquire(10)
+        granted = anyio.Event()
+
+        async def waiter() -> None:
+            await limiter.acquire(5)
+            granted.set()
+
+        def commit_in_another_loop() -> None:
+            anyio.run(functools.partial(holder.commit, tokens=4), backend=other)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await settle()
+            assert (await limiter.snapshot()).waiting == 1
+            started = time.monotonic()
+            await anyio.to_thread.run_sync(commit_in_another_loop)  # 6 back
+            with anyio.fail_after(5):
+                await granted.wait()
+            assert time.monotonic() - started < 5
+        assert clock.monotonic_ns() == 0
+        assert (await limiter.snapshot()).limits[0].tokens == 1
+
+    async def test_a_waiter_is_woken_by_a_plain_thread_commit(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        holder = limiter.sync.acquire(10)
+        granted = anyio.Event()
+
+        async def waiter() -> None:
+            await limiter.acquire(5)
+            granted.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await settle()
+            thread = threading.Thread(target=holder.commit, kwargs={"tokens": 0})
+            thread.start()
+            with anyio.fail_after(5):
+                await granted.wait()
+            await anyio.to_thread.run_sync(thread.join, JOIN)
+        assert (await limiter.snapshot()).limits[0].tokens == 5
+
+    async def test_a_sync_waiter_is_woken_by_a_commit_from_an_event_loop(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        holder = await limiter.acquire(10)
+        got: list[SyncLease] = []
+        thread = threading.Thread(target=lambda: got.append(limiter.sync.acquire(5)))
+        thread.start()
+        await anyio.to_thread.run_sync(
+            wait_for, lambda: limiter.sync.snapshot().waiting == 1
+        )
+        await holder.commit(tokens=3)  # 7 back
+        await anyio.to_thread.run_sync(thread.join, JOIN)
+        assert not thread.is_alive()
+        assert len(got) == 1
+        assert (await limiter.snapshot()).limits[0].tokens == 2
+
+
+class TestSyncFacade:
+    def test_with_block_commits_the_real_usage(self) -> None:
+        limiter = Limiter(Rate(tokens=100, per=1), Cap(usd="1"), clock=FakeClock())
+        with limiter.sync.acquire(50, usd="0.2") as lease:
+            assert lease.amounts == {"tokens": 50, "usd": Decimal("0.2"), "requests": 1}
+            assert limiter.sync.snapshot().limits[1].reserved == Decimal("0.2")
+            lease.commit(tokens=30, usd="0.15")
+        assert lease.settled
+        snap = limiter.sync.snapshot()
+        assert snap.limits[0].tokens == 70
+        assert snap.limits[1].used == Decimal("0.15")
+        assert snap.limits[1].reserved == 0
+
+    def test_leaving_the_block_normally_commits_the_estimate(self) -> None:
+        limiter = Limiter(Rate(tokens=100, per=1), Cap(usd="1"), clock=FakeClock())
+        with limiter.sync.acquire(50, usd="0.2"):
+            pass
+        snap = limiter.sync.snapshot()
+        assert snap.limits[0].tokens == 50
+        assert snap.limits[1].used == Decimal("0.2")
+        assert snap.limits[1].reserved == 0
+
+    def test_leaving_the_block_by_an_exception_releases_caps_and_keeps_tokens(
+        self,
+    ) -> None:
+        limiter = Limiter(Rate(tokens=100, per=1), Cap(usd="1"), clock=FakeClock())
+        with pytest.raises(KeyError), limiter.sync.acquire(50, usd="0.2"):
+            raise KeyError("the call failed")
+        snap = limiter.sync.snapshot()
+        assert snap.limits[0].tokens == 50
+        assert snap.limits[1].used == 0
+        assert snap.limits[1].reserved == 0
+
+    def test_release_is_idempotent_and_a_settled_lease_cannot_commit(self) -> None:
+        limiter = Limiter(Rate(tokens=100, per=1), Cap(usd="1"), clock=FakeClock())
+        lease = limiter.sync.acquire(10, usd="0.2")
+        lease.release()
+        lease.release()
+        with pytest.raises(InvalidRequest):
+            lease.commit(tokens=5)
+        snap = limiter.sync.snapshot()
+        assert snap.limits[0].tokens == 90
+        assert snap.limits[1].reserved == 0
+        assert snap.limits[1].used == 0
+
+    def test_a_commit_in_the_block_is_not_repeated_on_exit(self) -> None:
+        limiter = Limiter(Rate(tokens=100, per=1), Cap(usd="1"), clock=FakeClock())
+
+        def call() -> None:
+            with limiter.sync.acquire(10, usd="0.2") as lease:
+                lease.commit(usd="0.05")
+                raise KeyError("after the commit")
+
+        with pytest.raises(KeyError):
+            call()
+        snap = limiter.sync.snapshot()
+        assert snap.limits[1].used == Decimal("0.05")
+        assert snap.limits[1].reserved == 0
+
+    def test_try_acquire_returns_a_lease_or_none_without_taking(self) -> None:
+        limiter = Limiter(Rate(tokens=10, per=1), clock=FakeClock())
+        lease = limiter.sync.try_acquire(8)
+        assert isinstance(lease, SyncLease)
+        before = limiter.sync.snapshot()
+        assert limiter.sync.try_acquire(3) is None
+        assert limiter.sync.snapshot() == before
+
+    def test_record_puts_the_rate_into_debt_without_blocking(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        limiter.sync.record(tokens=14)
+        assert limiter.sync.snapshot().limits[0].tokens == -4
+        assert clock.sleepers == 0
+
+    def test_a_blocked_sync_acquire_returns_when_fake_time_refills(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        limiter.sync.acquire(10)
+        granted_at: list[int] = []
+
+        def worker() -> None:
+            limiter.sync.acquire(5)
+            granted_at.append(clock.monotonic_ns())
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        wait_for(lambda: clock.sleepers == 1)
+        clock.advance(0.5)
+        thread.join(JOIN)
+        assert granted_at == [500_000_000]
