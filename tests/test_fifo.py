@@ -8,73 +8,17 @@ and ``try_acquire`` never jumps a non-empty queue. Timings run on a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
 import pytest
-import trio.lowlevel
-import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import NS, run_out, run_until, settle
 from ratebudget import Limiter, Rate
 from ratebudget.testing import FakeClock
-
-NS = 1_000_000_000
-
-
-async def settle() -> None:
-    """Wait until every other task is blocked (fast on asyncio, unlike anyio's)."""
-    if trio.lowlevel.in_trio_run():
-        await trio.testing.wait_all_tasks_blocked()
-        return
-    import asyncio
-
-    me = asyncio.current_task()
-    for _ in range(100_000):
-        await asyncio.sleep(0)
-        for task in asyncio.all_tasks():
-            waiter = getattr(task, "_fut_waiter", None)
-            if task is not me and (waiter is None or waiter.done()):
-                break
-        else:
-            return
-    raise AssertionError("tasks never settled")
-
-
-def advance_to_ns(clock: FakeClock, target_ns: int) -> None:
-    """Move ``clock`` to exactly ``target_ns`` (``advance`` takes float seconds)."""
-    delta = target_ns - clock.monotonic_ns()
-    assert delta >= 0
-    if delta == 0:
-        return
-    seconds = delta / NS
-    while math.ceil(seconds * NS) > delta:
-        seconds = math.nextafter(seconds, 0.0)
-    while math.ceil(seconds * NS) < delta:
-        seconds = math.nextafter(seconds, math.inf)
-    clock.advance(seconds)
-    assert clock.monotonic_ns() == target_ns
-
-
-async def run_until(clock: FakeClock, target_ns: int) -> None:
-    """Let fake time pass to ``target_ns``, stopping at every wake-up on the way."""
-    while (d := clock.next_deadline()) is not None:
-        at = clock.monotonic_ns() + round(d * NS)
-        if at > target_ns:
-            break
-        advance_to_ns(clock, at)
-        await settle()
-    advance_to_ns(clock, max(target_ns, clock.monotonic_ns()))
-    await settle()
-
-
-async def run_out(clock: FakeClock) -> None:
-    while (d := clock.next_deadline()) is not None:
-        advance_to_ns(clock, clock.monotonic_ns() + round(d * NS))
-        await settle()
 
 
 class Grants:

@@ -17,40 +17,21 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import anyio
 import anyio.lowlevel
 import pytest
-import trio.lowlevel
-import trio.testing
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from helpers import NS, advance_to_ns, settle
 from ratebudget import AcquireTimeout, Limiter, Rate
 from ratebudget._engine import CLAIMED, FAILED, GRANTED, Engine, Waiter
 from ratebudget.testing import FakeClock
 
-NS = 1_000_000_000
-
 # -- helpers ---------------------------------------------------------------------
-
-
-def advance_to_ns(clock: FakeClock, target_ns: int) -> None:
-    """Move ``clock`` to exactly ``target_ns`` (``advance`` takes float seconds)."""
-    delta = target_ns - clock.monotonic_ns()
-    assert delta >= 0
-    if delta == 0:
-        return
-    seconds = delta / NS
-    while math.ceil(seconds * NS) > delta:
-        seconds = math.nextafter(seconds, 0.0)
-    while math.ceil(seconds * NS) < delta:
-        seconds = math.nextafter(seconds, math.inf)
-    clock.advance(seconds)
-    assert clock.monotonic_ns() == target_ns
 
 
 def window_violations(
@@ -440,25 +421,6 @@ class TestTheHelpersCanTell:
 
 
 # -- the same through the public Limiter, on both backends ---------------------------
-
-
-async def settle() -> None:
-    """Wait until every other task is blocked (fast on asyncio, unlike anyio's)."""
-    if trio.lowlevel.in_trio_run():
-        await trio.testing.wait_all_tasks_blocked()
-        return
-    import asyncio
-
-    me = asyncio.current_task()
-    for _ in range(100_000):
-        await asyncio.sleep(0)
-        for task in asyncio.all_tasks():
-            waiter = getattr(task, "_fut_waiter", None)
-            if task is not me and (waiter is None or waiter.done()):
-                break
-        else:
-            return
-    raise AssertionError("tasks never settled")
 
 
 @st.composite

@@ -22,9 +22,8 @@ from decimal import Decimal
 
 import anyio
 import pytest
-import trio.lowlevel
-import trio.testing
 
+from helpers import NS, settle
 from ratebudget import (
     AcquireTimeout,
     Cap,
@@ -37,28 +36,8 @@ from ratebudget.testing import FakeClock
 
 RATE = 200  # tokens per second
 BURST = 20
-NS = 1_000_000_000
 RUN_FOR = 0.4  # seconds of real time per bound test
 JOIN = 10.0  # seconds before a thread is declared deadlocked
-
-
-async def settle() -> None:
-    """Wait until every other task is blocked (fast on asyncio, unlike anyio's)."""
-    if trio.lowlevel.in_trio_run():
-        await trio.testing.wait_all_tasks_blocked()
-        return
-    import asyncio
-
-    me = asyncio.current_task()
-    for _ in range(100_000):
-        await asyncio.sleep(0)
-        for task in asyncio.all_tasks():
-            waiter = getattr(task, "_fut_waiter", None)
-            if task is not me and (waiter is None or waiter.done()):
-                break
-        else:
-            return
-    raise AssertionError("tasks never settled")
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:

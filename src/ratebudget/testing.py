@@ -100,9 +100,15 @@ class FakeClock:
         """Move time forward by ``seconds`` and wake the sleepers now due."""
         if not seconds >= 0:
             raise ValueError(f"advance({seconds!r}): time only moves forward")
+        self.advance_ns(math.ceil(seconds * _NS))
+
+    def advance_ns(self, ns: int) -> None:
+        """Move time forward by exactly ``ns`` nanoseconds (no float rounding)."""
+        if ns < 0:
+            raise ValueError(f"advance_ns({ns!r}): time only moves forward")
         due: list[Callable[[], None]] = []
         with self._lock:
-            self._now += math.ceil(seconds * _NS)
+            self._now += ns
             while self._sleepers and self._sleepers[0][0] <= self._now:
                 due.append(heapq.heappop(self._sleepers)[2])
         for callback in due:
@@ -115,10 +121,17 @@ class FakeClock:
 
     def next_deadline(self) -> float | None:
         """Seconds until the earliest pending sleep ends, or ``None``."""
+        deadline = self.next_deadline_ns()
+        return None if deadline is None else max(0, deadline - self._now) / _NS
+
+    def next_deadline_ns(self) -> int | None:
+        """The earliest pending sleep's deadline (monotonic ns), or ``None``.
+
+        ``clock.advance_ns(clock.next_deadline_ns() - clock.monotonic_ns())``
+        lands exactly on it.
+        """
         with self._lock:
-            if not self._sleepers:
-                return None
-            return max(0, self._sleepers[0][0] - self._now) / _NS
+            return self._sleepers[0][0] if self._sleepers else None
 
     def __repr__(self) -> str:
         return f"<FakeClock at {self._now / _NS:.6f}s, {len(self._sleepers)} sleeping>"

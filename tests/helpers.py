@@ -1,0 +1,54 @@
+"""Helpers shared by the timing tests: exact fake time and a fast settle."""
+
+from __future__ import annotations
+
+import asyncio
+
+import trio.lowlevel
+import trio.testing
+
+from ratebudget.testing import FakeClock
+
+NS = 1_000_000_000
+
+
+async def settle() -> None:
+    """Wait until every other task is blocked.
+
+    ``anyio.wait_all_tasks_blocked`` sleeps 0.1 s per call on asyncio; this
+    spins on ``sleep(0)`` and looks at each task's pending future instead.
+    """
+    if trio.lowlevel.in_trio_run():
+        await trio.testing.wait_all_tasks_blocked()
+        return
+    me = asyncio.current_task()
+    for _ in range(100_000):
+        await asyncio.sleep(0)
+        for task in asyncio.all_tasks():
+            waiter = getattr(task, "_fut_waiter", None)
+            if task is not me and (waiter is None or waiter.done()):
+                break
+        else:
+            return
+    raise AssertionError("tasks never settled")
+
+
+def advance_to_ns(clock: FakeClock, target_ns: int) -> None:
+    """Move ``clock`` to exactly ``target_ns``."""
+    clock.advance_ns(target_ns - clock.monotonic_ns())
+
+
+async def run_until(clock: FakeClock, target_ns: int) -> None:
+    """Let fake time pass to ``target_ns``, stopping at every wake-up on the way."""
+    while (at := clock.next_deadline_ns()) is not None and at <= target_ns:
+        advance_to_ns(clock, max(at, clock.monotonic_ns()))
+        await settle()
+    advance_to_ns(clock, max(target_ns, clock.monotonic_ns()))
+    await settle()
+
+
+async def run_out(clock: FakeClock) -> None:
+    """Let fake time pass, wake-up by wake-up, until nobody sleeps."""
+    while (at := clock.next_deadline_ns()) is not None:
+        advance_to_ns(clock, max(at, clock.monotonic_ns()))
+        await settle()
