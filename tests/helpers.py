@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import trio.lowlevel
 import trio.testing
 
+from ratebudget import Limiter
 from ratebudget.testing import FakeClock
 
 NS = 1_000_000_000
@@ -52,3 +55,23 @@ async def run_out(clock: FakeClock) -> None:
     while (at := clock.next_deadline_ns()) is not None:
         advance_to_ns(clock, max(at, clock.monotonic_ns()))
         await settle()
+
+
+class Grants:
+    """Acquire from tasks; note the order and the fake time of each grant."""
+
+    def __init__(self, limiter: Limiter, clock: FakeClock) -> None:
+        self.limiter = limiter
+        self.clock = clock
+        self.order: list[str] = []
+        self.at: dict[str, int] = {}
+
+    def acquirer(
+        self, name: str, tokens: int = 0, **amounts: int
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def run() -> None:
+            await self.limiter.acquire(tokens, **amounts)
+            self.order.append(name)
+            self.at[name] = self.clock.monotonic_ns()
+
+        return run

@@ -8,37 +8,14 @@ and ``try_acquire`` never jumps a non-empty queue. Timings run on a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from typing import Any
-
 import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import NS, run_out, run_until, settle
+from helpers import NS, Grants, run_out, run_until, settle
 from ratebudget import Limiter, Rate
 from ratebudget.testing import FakeClock
-
-
-class Grants:
-    """Acquire from tasks; note the order and the fake time of each grant."""
-
-    def __init__(self, limiter: Limiter, clock: FakeClock) -> None:
-        self.limiter = limiter
-        self.clock = clock
-        self.order: list[str] = []
-        self.at: dict[str, int] = {}
-
-    def acquirer(
-        self, name: str, tokens: int = 0, **amounts: int
-    ) -> Callable[[], Coroutine[Any, Any, None]]:
-        async def run() -> None:
-            await self.limiter.acquire(tokens, **amounts)
-            self.order.append(name)
-            self.at[name] = self.clock.monotonic_ns()
-
-        return run
 
 
 def fifo_model(

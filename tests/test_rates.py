@@ -7,15 +7,13 @@ test moves fake time and checks exactly when each was granted.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
 from decimal import Decimal
-from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
 
-from helpers import NS, advance_to_ns, settle
+from helpers import NS, Grants, advance_to_ns, settle
 from ratebudget import Cap, InvalidRequest, Limiter, Rate
 from ratebudget.testing import FakeClock
 
@@ -27,24 +25,6 @@ async def advance(clock: FakeClock, seconds: float) -> None:
 
 async def tokens_now(limiter: Limiter, index: int = 0) -> int | Decimal | None:
     return (await limiter.snapshot()).limits[index].tokens
-
-
-class Grants:
-    """Acquire from tasks and note when (fake ns) each was granted."""
-
-    def __init__(self, limiter: Limiter, clock: FakeClock) -> None:
-        self.limiter = limiter
-        self.clock = clock
-        self.at: dict[str, int] = {}
-
-    def acquirer(
-        self, name: str, tokens: int = 0, **amounts: int
-    ) -> Callable[[], Coroutine[Any, Any, None]]:
-        async def run() -> None:
-            await self.limiter.acquire(tokens, **amounts)
-            self.at[name] = self.clock.monotonic_ns()
-
-        return run
 
 
 def wait_ns(missing_tokens: int, limit: int, per_ns: int) -> int:
