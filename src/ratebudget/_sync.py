@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable
 from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -165,14 +165,6 @@ class SyncLease:
         """Give back the cap reservations; idempotent."""
         self._lease._release_nowait()
 
-    def _settle_exit(self, ok: bool, actual: Mapping[str, Amount]) -> None:
-        if self._lease.settled:
-            return
-        if ok:
-            self.commit(**actual)
-        else:
-            self.release()
-
     def __enter__(self) -> SyncLease:
         return self
 
@@ -182,7 +174,12 @@ class SyncLease:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._settle_exit(exc_type is None, {})
+        if self._lease.settled:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.release()
 
     def __repr__(self) -> str:
         return repr(self._lease).replace("<Lease", "<SyncLease", 1)

@@ -210,11 +210,12 @@ class BudgetPool:
                     raise InvalidRequest(f"{name} must be >= 0 or None") from None
         self._caps = caps
         tokens, usd = caps["tokens"], caps["usd"]
-        # An unbounded axis, or one capped at 0 (which _grant enforces), is
-        # counted by a soft cap: it never blocks.
+        # An unbounded axis is counted by a soft cap: it never blocks.
         self._limiter = Limiter(
-            Cap(tokens=tokens) if tokens else Cap(tokens=_UNBOUNDED_TOKENS, soft=True),
-            Cap(usd=usd) if usd else Cap(usd=_UNBOUNDED_USD, soft=True),
+            Cap(tokens=_UNBOUNDED_TOKENS, soft=True)
+            if tokens is None
+            else Cap(tokens=tokens),
+            Cap(usd=_UNBOUNDED_USD, soft=True) if usd is None else Cap(usd=usd),
         )
 
     @property
@@ -234,8 +235,6 @@ class BudgetPool:
         }
         tokens_n, usd_n = amounts["tokens"], amounts["usd"]
         sync = self._limiter.sync
-        if any(self._caps[axis] == 0 and n for axis, n in amounts.items()):
-            self._raise_if_over(sync.snapshot(), amounts)
         try:
             while True:
                 lease = sync.try_acquire(tokens_n, usd=usd_n, requests=0)
