@@ -261,10 +261,6 @@ class TestRefunds:
         assert snap.limits[0].tokens == 9  # the request stays spent
         assert snap.limits[1].tokens == 80
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="known bug: a refund after the bucket refilled to its burst re-adds tokens the clamp already absorbed (contract 2); fix: cap the refund at burst minus the peak level since the grant",
-    )
     async def test_a_refund_after_a_long_hold_does_not_let_an_instant_exceed_the_burst(
         self,
     ) -> None:
@@ -287,6 +283,37 @@ class TestRefunds:
         await a.commit(tokens=0)
         c = await limiter.try_acquire(10)
         assert c is None, "20 tokens granted at one instant on a burst of 10"
+
+    async def test_a_refund_is_cut_by_a_later_take_from_a_partly_refilled_bucket(
+        self,
+    ) -> None:
+        """A takes the burst (10) at 0 s; by 8 s the bucket holds 8, which B
+        takes. Had A used nothing, the bucket would have held 10 at 8 s (2
+        tokens lost to the clamp), 2 after B: so A's refund brings back 2,
+        not 10, and not the 10 - 0 the current level alone would allow.
+        """
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=10), clock=clock)  # 1 token/s
+        a = await limiter.acquire(10)
+        clock.advance(8)
+        b = await limiter.try_acquire(8)
+        assert b is not None
+        await a.commit(tokens=0)
+        assert await tokens_now(limiter) == 2
+        assert await limiter.try_acquire(3) is None
+        assert await limiter.try_acquire(2) is not None
+
+    async def test_a_refund_soon_after_the_grant_comes_back_whole(self) -> None:
+        """No clamp in between: the refund is exact, whatever came after."""
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=10), clock=clock)
+        a = await limiter.acquire(6)  # 4 left
+        clock.advance(1)  # 5
+        b = await limiter.acquire(3)  # 2
+        await a.commit(tokens=1)  # 5 back: 7
+        assert await tokens_now(limiter) == 7
+        await b.commit(tokens=3)
+        assert await tokens_now(limiter) == 7
 
 
 class TestRateTokensStaySpent:

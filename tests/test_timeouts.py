@@ -144,10 +144,6 @@ class TestFailFast:
             await limiter.acquire(100, requests=0, timeout=0.5)  # tokens take 1 s
         assert info.value.retry_after == pytest.approx(1.0, abs=1e-9)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="known limitation: with several rates the foreseen wait is a lower bound (max over rates of the queued need), not the sequential schedule; the caller times out at its deadline instead of at once",
-    )
     async def test_a_wait_foreseeable_across_two_rates_fails_fast(self) -> None:
         """Contract 4 with RPM + TPM.
 
@@ -178,6 +174,57 @@ class TestFailFast:
         assert at == 0, (
             f"next slept until {at} ns and then timed out; 10.1 s was foreseeable"
         )
+
+    async def test_a_cancelled_waiter_no_longer_counts_in_the_forecast(
+        self,
+    ) -> None:
+        """The queue's schedule is replayed and cached; a waiter leaving the
+        queue must drop it, or a later caller is refused for a wait that is
+        no longer there.
+        """
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        await limiter.acquire(10)
+        outcomes = Outcomes(limiter, clock)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(outcomes.acquirer("head", 5))  # 0.5 s
+            await settle()
+            scope = anyio.CancelScope()
+
+            async def middle_task() -> None:
+                with scope:
+                    await limiter.acquire(10, timeout=5)  # 1.5 s: forecast cached
+
+            tg.start_soon(middle_task)
+            await settle()
+            scope.cancel()
+            await settle()
+            # without the middle waiter: 0.5 s + 0.5 s = 1 s, within 1.2 s
+            tg.start_soon(outcomes.acquirer("last", 5, timeout=1.2))
+            await settle()
+            assert "last" not in outcomes.failed, "refused on a stale forecast"
+            await run_out(clock)
+        assert outcomes.granted == {"head": NS // 2, "last": NS}
+
+    async def test_a_refund_shortens_the_forecast(self) -> None:
+        clock = FakeClock()
+        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        big = await limiter.acquire(10)
+        outcomes = Outcomes(limiter, clock)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(outcomes.acquirer("head", 10, timeout=2))  # 1 s
+            await settle()
+            tg.start_soon(outcomes.acquirer("second", 10, timeout=3))  # 2 s
+            await settle()
+            await big.commit(tokens=0)  # head served at once; second at 1 s
+            await settle()
+            assert outcomes.granted == {"head": 0}
+            # 1.5 s now; the forecast made before the refund said 2.5 s
+            tg.start_soon(outcomes.acquirer("next", 5, timeout=1.6))
+            await settle()
+            assert "next" not in outcomes.failed, "refused on a stale forecast"
+            await run_out(clock)
+        assert outcomes.granted == {"head": 0, "second": NS, "next": 3 * NS // 2}
 
 
 class TestTimeoutWhileWaiting:

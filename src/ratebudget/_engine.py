@@ -68,8 +68,26 @@ class Waiter:
         """Wake the sleeper (outside the engine lock, from any thread)."""
 
 
+_PEAKS_KEPT: Final = 32
+
+
 class _RateSlot:
-    __slots__ = ("capacity", "last", "level", "per", "queued", "rate", "spec")
+    """One token bucket, plus what a refund needs to know about its past.
+
+    A refund (a commit below the estimate, a grant given back) must not mint
+    tokens that the bucket's clamp at its burst already absorbed: had the
+    lease taken only what it used, the extra tokens would have been lost to
+    the clamp as soon as the bucket filled up. So the refund is cut to
+    ``capacity - peak``, where ``peak`` is the highest level the bucket held
+    since the grant. Levels peak just before a take, so each take records
+    ``(take id, level before it)`` on a stack kept strictly decreasing in
+    level (a later, higher peak hides earlier, lower ones), and ``full`` is
+    the id of the last take made from a full bucket (every grant before it
+    gets no refund). Take ids grow with time, so the first entry whose id is
+    above the lease's is the peak since the lease.
+    """
+
+    __slots__ = ("capacity", "full", "last", "level", "peaks", "per", "rate", "spec")
 
     def __init__(self, spec: Rate, now: int) -> None:
         self.spec = spec
@@ -78,7 +96,51 @@ class _RateSlot:
         self.capacity = spec._burst_units * spec._per_ns
         self.level = self.capacity
         self.last = now
-        self.queued = 0  # unit-ns wanted by waiters in the queue
+        self.full = 0
+        self.peaks: list[tuple[int, int]] = []
+
+    def mark(self, take: int) -> None:
+        """Record the (refilled) level just before take ``take``."""
+        level = self.level
+        if level >= self.capacity:
+            self.full = take
+            if self.peaks:
+                self.peaks.clear()
+            return
+        peaks = self.peaks
+        while peaks and peaks[-1][1] <= level:
+            peaks.pop()
+        peaks.append((take, level))
+        if len(peaks) > _PEAKS_KEPT:
+            # forget the oldest entry by lending its (higher) peak to the next:
+            # leases older than that see a higher peak, so a smaller refund
+            peaks[1] = (peaks[1][0], peaks[0][1])
+            del peaks[0]
+
+    def refund(self, since: int, amount: int, now: int) -> None:
+        """Give back ``amount`` unit-ns of the take ``since``, clamp-aware."""
+        level = refill(self.level, self.last, now, self.rate, self.capacity)
+        self.last = now
+        if self.full > since:
+            self.level = level
+            return
+        peak = level
+        for take, before in self.peaks:
+            if take > since:
+                if before > peak:
+                    peak = before
+                break
+        room = self.capacity - peak
+        if room > 0:
+            level += amount if amount < room else room
+        self.level = level
+
+    def charge(self, amount: int, now: int) -> None:
+        """Take ``amount`` unit-ns (usage above an estimate): may go into debt."""
+        self.level = refill(self.level, self.last, now, self.rate, self.capacity)
+        self.last = now
+        self.mark(next(_ids))
+        self.level -= amount
 
 
 class _CapSlot:
@@ -146,6 +208,7 @@ class Engine:
         )
         self.hard_caps = tuple((i, s) for i, s in self.caps if s.hard)
         self.queue: OrderedDict[Waiter, None] = OrderedDict()
+        self._projection: tuple[int, list[int]] | None = None
         self._next_roll = math.inf
         self._set_next_roll()
 
@@ -183,13 +246,13 @@ class Engine:
                 return False
         return True
 
-    def _rate_wait(self, req: tuple[int, ...], now: int, queued: bool) -> int:
-        """Refill every rate; the wait until all can serve ``req`` (after the queue)."""
+    def _rate_wait(self, req: tuple[int, ...], now: int) -> int:
+        """Refill every rate; the wait until all can serve ``req``."""
         longest = 0
         for i, r in self.rates:
             r.level = refill(r.level, r.last, now, r.rate, r.capacity)
             r.last = now
-            need = req[i] * r.per + (r.queued if queued else 0)
+            need = req[i] * r.per
             if need:
                 w = wait_ns(r.level, need, r.rate)
                 if w > longest:
@@ -197,35 +260,76 @@ class Engine:
         return longest
 
     def _take(self, req: tuple[int, ...]) -> int:
+        """Take ``req`` from rates refilled to now; reserve it on the caps."""
+        take = next(_ids)
         for i, r in self.rates:
-            if req[i]:
-                r.level -= req[i] * r.per
+            n = req[i]
+            if n:
+                r.mark(take)
+                r.level -= n * r.per
         for i, cap in self.caps:
             cap.reserved += req[i]
-        return next(_ids)
+        return take
 
-    def _give_back(self, req: tuple[int, ...], now: int, rates: bool) -> None:
-        if rates:
-            for i, r in self.rates:
-                if req[i]:
-                    level = (
-                        refill(r.level, r.last, now, r.rate, r.capacity)
-                        + req[i] * r.per
-                    )
-                    r.level = min(level, r.capacity)
-                    r.last = now
-        for i, cap in self.caps:
-            cap.reserved -= req[i]
+    # -- the foreseeable schedule of the queue ------------------------------
+
+    def _step(self, at: int, levels: list[int], req: tuple[int, ...]) -> int:
+        """Advance a projection: when ``req`` is served after ``at``.
+
+        ``levels`` are the rates' levels at ``at``; they become the levels
+        just after ``req`` is taken, at the returned time.
+        """
+        grant = at
+        for k, (i, r) in enumerate(self.rates):
+            need = req[i] * r.per
+            if need:
+                t = at + wait_ns(levels[k], need, r.rate)
+                if t > grant:
+                    grant = t
+        for k, (i, r) in enumerate(self.rates):
+            levels[k] = (
+                refill(levels[k], at, grant, r.rate, r.capacity) - req[i] * r.per
+            )
+        return grant
+
+    def _tail(self, now: int) -> tuple[int, list[int]]:
+        """The projected time and rate levels once every queued waiter is served.
+
+        Waiters are served one after another, so with several rates one of
+        them may sit clamped at its burst while the queue waits on another;
+        summing what the queue wants per rate would miss those lost tokens.
+        So the queue is replayed in order (cached, and extended as waiters
+        join; anything that could make the replay wrong, a refund, a charge
+        or a waiter leaving early, drops the cache).
+        """
+        tail = self._projection
+        if tail is None or not self.queue:
+            for _, r in self.rates:
+                r.level = refill(r.level, r.last, now, r.rate, r.capacity)
+                r.last = now
+            at, levels = now, [r.level for _, r in self.rates]
+            for w in self.queue:
+                at = self._step(at, levels, w.req)
+            self._projection = tail = (at, levels)
+        return tail
+
+    def _foresee(self, req: tuple[int, ...], now: int) -> int:
+        """The wait (ns) until ``req`` could be served behind the queue."""
+        at, levels = self._tail(now)
+        return self._step(at, list(levels), req) - now
 
     def _enqueue(self, w: Waiter) -> None:
+        if not self.queue:
+            self._projection = None
         self.queue[w] = None
-        for i, r in self.rates:
-            r.queued += w.req[i] * r.per
+        tail = self._projection
+        if tail is not None:
+            self._projection = (self._step(tail[0], tail[1], w.req), tail[1])
 
-    def _dequeue(self, w: Waiter) -> None:
+    def _dequeue(self, w: Waiter, served: bool = False) -> None:
         del self.queue[w]
-        for i, r in self.rates:
-            r.queued -= w.req[i] * r.per
+        if not served:
+            self._projection = None
 
     def _cap_blocked_until(
         self, req: tuple[int, ...], now: int, wall: float
@@ -273,9 +377,9 @@ class Engine:
                 woken.append(w)
                 continue
             if self._caps_fit(w.req):
-                wait = self._rate_wait(w.req, now, queued=False)
+                wait = self._rate_wait(w.req, now)
                 if wait == 0:
-                    self._dequeue(w)
+                    self._dequeue(w, served=True)
                     w.lease_id = self._take(w.req)
                     w.state = GRANTED
                     w.notified = True
@@ -331,12 +435,15 @@ class Engine:
                             break
                 else:
                     return self._take(req)
-            foreseen: int | None = None
-            if not queue or self._caps_fit(next(iter(queue)).req):
-                if self._caps_fit(req):
-                    foreseen = self._rate_wait(req, now, queued=True)
             if waiter is None:
                 return None
+            foreseen: int | None = None
+            if timeout_ns is not None:
+                # only a timeout needs the forecast (a new head's deadline
+                # comes from ``service`` below; others wait their turn)
+                if not queue or self._caps_fit(next(iter(queue)).req):
+                    if self._caps_fit(req):
+                        foreseen = self._foresee(req, now)
             if timeout_ns is not None and (
                 timeout_ns == 0 or (foreseen is not None and foreseen > timeout_ns)
             ):
@@ -348,7 +455,6 @@ class Engine:
                 )
             w = waiter()
             w.req = req
-            w.deadline = None if foreseen is None else now + foreseen
             w.timeout_at = None if timeout_ns is None else now + timeout_ns
             self._enqueue(w)
             if len(queue) == 1:
@@ -405,14 +511,19 @@ class Engine:
                 return self._leave(w, now, wall)
             if w.state == GRANTED:  # granted on its behalf, never claimed
                 w.state = CLAIMED
-                self._give_back(w.req, now, rates=True)
+                self._projection = None
+                for i, r in self.rates:
+                    if w.req[i]:
+                        r.refund(w.lease_id, w.req[i] * r.per, now)
+                for i, cap in self.caps:
+                    cap.reserved -= w.req[i]
                 return self.service(now, wall)
             return []
 
     def settle(
-        self, est: tuple[int, ...], actual: tuple[int, ...] | None
+        self, lease_id: int, est: tuple[int, ...], actual: tuple[int, ...] | None
     ) -> tuple[list[Waiter], list[Alert], list[str]]:
-        """Commit ``actual`` in place of ``est`` (``None``: release).
+        """Commit ``actual`` in place of lease ``lease_id``'s ``est`` (``None``: release).
 
         Returns the waiters to wake, the alerts to deliver and overrun notes.
         """
@@ -423,14 +534,17 @@ class Engine:
             alerts: list[Alert] = []
             overruns: list[str] = []
             if actual is None:
-                self._give_back(est, now, rates=False)
+                for i, cap in self.caps:
+                    cap.reserved -= est[i]
             else:
                 for i, r in self.rates:
                     delta = actual[i] - est[i]
                     if delta:
-                        level = refill(r.level, r.last, now, r.rate, r.capacity)
-                        r.level = min(level - delta * r.per, r.capacity)
-                        r.last = now
+                        self._projection = None
+                        if delta < 0:
+                            r.refund(lease_id, -delta * r.per, now)
+                        else:
+                            r.charge(delta * r.per, now)
                 for i, cap in self.caps:
                     cap.reserved -= est[i]
                     if actual[i]:
@@ -466,11 +580,8 @@ class Engine:
             alerts: list[Alert] = []
             for i, r in self.rates:
                 if req[i]:
-                    r.level = (
-                        refill(r.level, r.last, now, r.rate, r.capacity)
-                        - req[i] * r.per
-                    )
-                    r.last = now
+                    self._projection = None
+                    r.charge(req[i] * r.per, now)
             for i, cap in self.caps:
                 if req[i]:
                     cap.used += req[i]

@@ -372,11 +372,11 @@ class Lease:
         if not engine.caps:  # rates keep what they granted either way
             return
         if exc_type is None:
-            woken, alerts, overruns = engine.settle(self._req, self._req)
+            woken, alerts, overruns = engine.settle(self._id, self._req, self._req)
             wake_all(woken)
             await self._limiter._deliver(alerts, overruns)
         else:
-            woken, _, _ = engine.settle(self._req, None)
+            woken, _, _ = engine.settle(self._id, self._req, None)
             wake_all(woken)
 
     @property
@@ -415,7 +415,7 @@ class Lease:
     ) -> tuple[list[Alert], list[str]]:
         req = self._actual(actual)
         self._state = _SETTLED
-        woken, alerts, overruns = self._limiter._engine.settle(self._req, req)
+        woken, alerts, overruns = self._limiter._engine.settle(self._id, self._req, req)
         wake_all(woken)
         return alerts, overruns
 
@@ -436,7 +436,7 @@ class Lease:
         if self._state == _SETTLED:
             return
         self._state = _SETTLED
-        woken, _, _ = self._limiter._engine.settle(self._req, None)
+        woken, _, _ = self._limiter._engine.settle(self._id, self._req, None)
         wake_all(woken)
 
     async def release(self) -> None:
