@@ -15,6 +15,7 @@ second, with honest tolerances; everything else runs on a ``FakeClock``.
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -386,3 +387,56 @@ class TestSyncFacade:
         clock.advance(0.5)
         thread.join(JOIN)
         assert granted_at == [500_000_000]
+
+
+class TestBiasedLocking:
+    """The engine's creating thread skips the lock on the hot path until
+    another thread shows up (``Engine._guard``). Threads are switched every
+    microsecond here so that a broken handshake would lose updates.
+    """
+
+    @pytest.mark.parametrize("others", [1, 3])
+    def test_the_owner_and_other_threads_never_grant_more_than_there_is(
+        self, others: int
+    ) -> None:
+        total = 3_000
+        limiter = Limiter(
+            Rate(tokens=total, per="hour"), Cap(requests=2 * total), clock=FakeClock()
+        )
+        granted: list[int] = []
+        start = threading.Barrier(others + 1)
+
+        def drain() -> None:
+            start.wait()
+            n = 0
+            while (lease := limiter.sync.try_acquire(1)) is not None:
+                lease.commit()
+                n += 1
+            granted.append(n)
+
+        old = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            threads = [threading.Thread(target=drain) for _ in range(others)]
+            for t in threads:
+                t.start()
+            drain()  # this thread built the limiter: it holds the bias
+            for t in threads:
+                t.join(JOIN)
+        finally:
+            sys.setswitchinterval(old)
+        assert not any(t.is_alive() for t in threads), "a thread deadlocked"
+        assert sum(granted) == total, granted
+        snap = limiter.sync.snapshot()
+        assert snap.limits[0].tokens == 0
+        assert snap.limits[1].used == total
+        assert snap.limits[1].reserved == 0
+        assert limiter._engine._owner is None  # the bias was dropped
+
+    async def test_a_single_thread_keeps_the_bias(self) -> None:
+        limiter = Limiter(Rate(tokens=10, per=1), clock=FakeClock())
+        for _ in range(5):
+            async with limiter.acquire(1):
+                pass
+        assert limiter._engine._owner == threading.get_ident()
+        assert (await limiter.snapshot()).limits[0].tokens == 5

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from decimal import Decimal
+from threading import get_ident
 from typing import Final
 
 from ._amounts import from_units
@@ -37,6 +40,9 @@ FAILED: Final = 2
 CLAIMED: Final = 3  # granted and claimed, or gone (timed out, cancelled)
 
 _ids = itertools.count(1)
+
+# Biased locking needs the GIL's sequentially consistent attribute access.
+_GIL: Final = bool(getattr(sys, "_is_gil_enabled", lambda: True)())
 
 
 class Waiter:
@@ -91,9 +97,12 @@ class _RateSlot:
 
     def __init__(self, spec: Rate, now: int) -> None:
         self.spec = spec
-        self.rate = spec._limit_units  # unit-ns refilled per ns
-        self.per = spec._per_ns
-        self.capacity = spec._burst_units * spec._per_ns
+        # a level counts units x ``per``, refilled by ``rate`` per ns: exact
+        # integers, reduced by their gcd so they stay small (and fast)
+        g = math.gcd(spec._limit_units, spec._per_ns)
+        self.rate = spec._limit_units // g
+        self.per = spec._per_ns // g
+        self.capacity = spec._burst_units * self.per
         self.level = self.capacity
         self.last = now
         self.full = 0
@@ -195,6 +204,16 @@ class Engine:
         self.clock = clock
         self._monotonic_ns = clock.monotonic_ns
         self.lock = threading.Lock()
+        # Biased locking. The thread that built the engine (usually the one
+        # running the event loop) skips the lock in ``begin``, the hot path;
+        # a threading.Lock costs as much as the rest of an acquisition on
+        # CPython 3.11. It raises ``_busy`` first and then checks it still
+        # owns the bias; another thread drops the bias (``_owner = None``),
+        # then waits for ``_busy`` to fall, then locks, and from then on
+        # everyone locks. Under the GIL one of the two always sees the
+        # other's write (Dekker's handshake), so they never overlap.
+        self._owner: int | None = get_ident() if _GIL else None
+        self._busy = False
         now, wall = clock.monotonic_ns(), clock.time()
         self.slots: tuple[_RateSlot | _CapSlot, ...] = tuple(
             _RateSlot(s, now) if isinstance(s, Rate) else _CapSlot(s, wall)
@@ -211,6 +230,17 @@ class Engine:
         self._projection: tuple[int, list[int]] | None = None
         self._next_roll = math.inf
         self._set_next_roll()
+
+    # -- locking --------------------------------------------------------------
+
+    def _guard(self) -> threading.Lock:
+        """The lock to hold, once the bias is dropped if this thread lacks it."""
+        owner = self._owner
+        if owner is not None and owner != get_ident():
+            self._owner = None
+            while self._busy:  # the owner is inside ``begin``: let it finish
+                time.sleep(0)
+        return self.lock
 
     # -- calendar periods ---------------------------------------------------
 
@@ -265,10 +295,17 @@ class Engine:
         for i, r in self.rates:
             n = req[i]
             if n:
-                r.mark(take)
-                r.level -= n * r.per
-        for i, cap in self.caps:
-            cap.reserved += req[i]
+                level = r.level
+                if level >= r.capacity:  # ``r.mark(take)``, its common case inlined
+                    r.full = take
+                    if r.peaks:
+                        r.peaks.clear()
+                else:
+                    r.mark(take)
+                r.level = level - n * r.per
+        if self.caps:
+            for i, cap in self.caps:
+                cap.reserved += req[i]
         return take
 
     # -- the foreseeable schedule of the queue ------------------------------
@@ -407,34 +444,66 @@ class Engine:
         Raises ``BudgetExceeded`` or ``AcquireTimeout``. With ``waiter=None``
         (``try_acquire``) returns ``None`` instead of waiting.
         """
-        clock = self.clock
-        with self.lock:
+        if self._owner == get_ident():
+            self._busy = True
+            biased = self._owner is not None  # else: dropped meanwhile
+            if not biased:
+                self._busy = False
+                self.lock.acquire()
+        else:
+            biased = False
+            self._guard().acquire()
+        try:
             now = self._monotonic_ns()
-            if self._next_roll != math.inf:
-                wall = clock.time()
-                if wall >= self._next_roll:
-                    self._roll(wall)
-            if self.hard_caps:
-                error = self._certain_overrun(req, "acquiring")
-                if error is not None:
-                    raise error
+            fits = True
+            if self.caps:
+                if self._next_roll != math.inf:
+                    wall = self.clock.time()
+                    if wall >= self._next_roll:
+                        self._roll(wall)
+                if self.hard_caps:
+                    error = self._certain_overrun(req, "acquiring")
+                    if error is not None:
+                        raise error
+                    fits = self._caps_fit(req)
             queue = self.queue
-            if not queue and (not self.hard_caps or self._caps_fit(req)):
-                # the hot path, inlined: refill the rates involved and take
-                for i, r in self.rates:
+            if fits and not queue:
+                # the hot path, inlined: refill each rate involved, note its
+                # level for refunds (``_RateSlot.mark``, common case inlined)
+                # and take; if one falls short, put back what was taken
+                take = next(_ids)
+                rates = self.rates
+                for i, r in rates:
                     n = req[i]
                     if n:
                         level = r.level
-                        if level < r.capacity:
+                        capacity = r.capacity
+                        if level < capacity:
                             level += r.rate * (now - r.last)
-                            if level > r.capacity:
-                                level = r.capacity
-                            r.level = level
+                            if level > capacity:
+                                level = capacity
                         r.last = now
-                        if level < n * r.per:
+                        if level >= capacity:
+                            r.full = take
+                            if r.peaks:
+                                r.peaks.clear()
+                        else:
+                            r.level = level
+                            r.mark(take)
+                        need = n * r.per
+                        if level < need:
+                            r.level = level
+                            for i2, r2 in rates:
+                                if r2 is r:
+                                    break
+                                r2.level += req[i2] * r2.per
                             break
+                        r.level = level - need
                 else:
-                    return self._take(req)
+                    if self.caps:
+                        for i, cap in self.caps:
+                            cap.reserved += req[i]
+                    return take
             if waiter is None:
                 return None
             foreseen: int | None = None
@@ -458,8 +527,13 @@ class Engine:
             w.timeout_at = None if timeout_ns is None else now + timeout_ns
             self._enqueue(w)
             if len(queue) == 1:
-                self.service(now, clock.time())
+                self.service(now, self.clock.time())
             return w
+        finally:
+            if biased:
+                self._busy = False
+            else:
+                self.lock.release()
 
     def poll(self, w: Waiter) -> tuple[list[Waiter], int | None]:
         """A waiter looks at its state: run the queue, arm its next sleep.
@@ -469,7 +543,7 @@ class Engine:
         ``FAILED`` (raise ``w.error``) or ``WAITING`` (sleep).
         """
         clock = self.clock
-        with self.lock:
+        with self._guard():
             now = clock.monotonic_ns()
             woken = self.service(now, clock.time())
             w.notified = False
@@ -505,7 +579,7 @@ class Engine:
     def abort(self, w: Waiter) -> list[Waiter]:
         """A waiter leaves by cancellation: give back whatever it was promised."""
         clock = self.clock
-        with self.lock:
+        with self._guard():
             now, wall = clock.monotonic_ns(), clock.time()
             if w.state == WAITING:
                 return self._leave(w, now, wall)
@@ -528,7 +602,7 @@ class Engine:
         Returns the waiters to wake, the alerts to deliver and overrun notes.
         """
         clock = self.clock
-        with self.lock:
+        with self._guard():
             now, wall = clock.monotonic_ns(), clock.time()
             self._roll(wall)
             alerts: list[Alert] = []
@@ -569,7 +643,7 @@ class Engine:
         reservations outstanding on it, so every granted estimate still fits.
         """
         clock = self.clock
-        with self.lock:
+        with self._guard():
             now, wall = clock.monotonic_ns(), clock.time()
             self._roll(wall)
             # outstanding reservations count: a granted estimate must still fit
@@ -594,7 +668,7 @@ class Engine:
     def reset(self) -> list[Waiter]:
         """Zero every cap's usage this period (reservations stay)."""
         clock = self.clock
-        with self.lock:
+        with self._guard():
             now, wall = clock.monotonic_ns(), clock.time()
             self._roll(wall)
             for _, cap in self.caps:
@@ -619,7 +693,7 @@ class Engine:
 
     def snapshot(self) -> Snapshot:
         clock = self.clock
-        with self.lock:
+        with self._guard():
             now, wall = clock.monotonic_ns(), clock.time()
             self._roll(wall)
             out: list[LimitSnapshot] = []

@@ -31,6 +31,11 @@ logger: Final = logging.getLogger("ratebudget")
 AlertHandler = Callable[[Alert], Awaitable[None] | None]
 """``on_alert``: a plain or async callable taking an ``Alert``."""
 
+_new: Final = object.__new__
+
+
+_FAST_KEPT: Final = 1024  # token counts whose request tuple is cached
+
 _PENDING: Final = 0
 _ACTIVE: Final = 1
 _SETTLED: Final = 2
@@ -96,10 +101,9 @@ class Limiter:
         "_axes",
         "_clock",
         "_engine",
+        "_fast",
         "_index",
-        "_kinds",
         "_limits",
-        "_max_tokens",
         "_n",
         "_on_alert",
         "_sync",
@@ -129,18 +133,8 @@ class Limiter:
         self._index = {axis: tuple(ix) for axis, ix in index.items()}
         self._axes = frozenset(index) | STANDARD_AXES
         self._sync: SyncLimiter | None = None
-        # the hot path, acquire(n): per limit 1 if it counts tokens, 2 if requests
-        self._kinds = tuple(
-            {"tokens": 1, "requests": 2}.get(limit.axis, 0) for limit in limits
-        )
-        self._max_tokens = min(
-            (
-                limit._burst_units
-                for limit in limits
-                if isinstance(limit, Rate) and limit.axis == "tokens"
-            ),
-            default=math.inf,
-        )
+        # the hot path: acquire(n) with no other amounts, validated once per n
+        self._fast: dict[int, tuple[int, ...]] = {}
 
     @property
     def limits(self) -> tuple[Rate | Cap, ...]:
@@ -214,6 +208,21 @@ class Limiter:
         request unless ``requests=`` is given. An uncontended grant returns
         without yielding to the event loop.
         """
+        if not amounts and type(tokens) is int:
+            req = self._fast.get(tokens)
+            if req is None:
+                req = self._request(self._units(tokens, amounts, True), True)
+                if len(self._fast) < _FAST_KEPT:
+                    self._fast[tokens] = req
+            # ``Lease(...)`` without the call to ``__init__`` (a third cheaper)
+            lease = _new(Lease)
+            lease._limiter = self
+            lease._units = tokens
+            lease._req = req
+            lease._timeout = None if timeout is None else self._timeout_ns(timeout)
+            lease._state = _PENDING
+            lease._id = 0
+            return lease
         units = self._units(tokens, amounts, True)
         return Lease(self, units, self._request(units, True), self._timeout_ns(timeout))
 
@@ -312,12 +321,12 @@ class Lease:
     def __init__(
         self,
         limiter: Limiter,
-        units: dict[str, int],
+        units: dict[str, int] | int,
         req: tuple[int, ...],
         timeout: int | None,
     ) -> None:
         self._limiter = limiter
-        self._units = units
+        self._units = units  # an int: ``acquire(tokens)`` alone (see ``_amounts``)
         self._req = req
         self._timeout = timeout
         self._state = _PENDING
@@ -352,10 +361,11 @@ class Lease:
                 f"lease {self.id} was already settled; call limiter.acquire() again"
             )
         got = self._limiter._engine.begin(self._req, self._timeout, _TaskWaiter)
-        if isinstance(got, Waiter):
+        if type(got) is not int:
+            assert isinstance(got, Waiter)
             await self._limiter._wait(got)
             got = got.lease_id
-        self._id = got  # type: ignore[assignment]
+        self._id = got
         self._state = _ACTIVE
         return self
 
@@ -387,7 +397,14 @@ class Lease:
     @property
     def amounts(self) -> dict[str, int | Decimal]:
         """The reserved estimate per axis (``requests`` included)."""
-        return {axis: from_units(axis, n) for axis, n in self._units.items()}
+        return {axis: from_units(axis, n) for axis, n in self._unit_amounts().items()}
+
+    def _unit_amounts(self) -> dict[str, int]:
+        units = self._units
+        if type(units) is int:  # acquire(tokens) took the fast path
+            units = self._units = self._limiter._units(units, {}, True)
+        assert isinstance(units, dict)
+        return units
 
     @property
     def settled(self) -> bool:
@@ -399,7 +416,7 @@ class Lease:
             raise InvalidRequest("this lease has not been acquired yet: await it first")
         if self._state == _SETTLED:
             raise InvalidRequest(f"lease {self.id} was already committed or released")
-        units = dict(self._units)
+        units = dict(self._unit_amounts())
         limiter = self._limiter
         for axis, value in actual.items():
             if axis not in limiter._axes:
