@@ -196,4 +196,15 @@ class TestPackaging:
             "_clock.py",
         ):
             source = (root / name).read_text(encoding="utf-8")
-            assert "import asyncio" not in source, name
+            # one probe is allowed: it returns None outside asyncio, and the
+            # code then takes its anyio path (the trio runs of the suite)
+            lines = [
+                line.strip()
+                for line in source.splitlines()
+                if "asyncio" in line and "import" in line
+            ]
+            for line in lines:
+                assert line in (
+                    "from asyncio import _get_running_loop as _running_loop",
+                    "from asyncio import Future",  # under TYPE_CHECKING
+                ), (name, line)

@@ -12,6 +12,7 @@ absolute caps in tokens, requests or exact USD on top::
 from __future__ import annotations
 
 from ._clock import Clock as Clock
+from ._clock import Sleeper as Sleeper
 from ._clock import SystemClock as SystemClock
 from ._exceptions import AcquireTimeout as AcquireTimeout
 from ._exceptions import BudgetExceeded as BudgetExceeded
@@ -42,6 +43,7 @@ __all__ = (
     "Limiter",
     "Rate",
     "RateBudgetError",
+    "Sleeper",
     "Snapshot",
     "StoreUnavailable",
     "SyncLease",

@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import threading
 import time
+from asyncio import _get_running_loop as _running_loop
+from collections.abc import Awaitable
 from typing import Protocol, runtime_checkable
 
 import anyio
+import anyio.lowlevel
 
-__all__ = ("Clock", "SystemClock")
+__all__ = ("Clock", "Sleeper", "SystemClock")
+
+
+class Sleeper(Protocol):
+    """What ``Clock.wait`` sleeps on: an event of the running event loop."""
+
+    def set(self) -> None:
+        """End the sleep (called in the sleeper's own thread)."""
+        ...
+
+    def wait(self) -> Awaitable[object]:
+        """An awaitable that completes once ``set()`` was called."""
+        ...
 
 
 @runtime_checkable
@@ -32,6 +47,13 @@ class Clock(Protocol):
         """Sleep until ``monotonic_ns() >= deadline_ns`` (``None``: forever)."""
         ...
 
+    async def wait(self, event: Sleeper, deadline_ns: int | None) -> None:
+        """Wait until ``event`` is set or the deadline passes (``None``: no deadline).
+
+        ``event`` may be an ``anyio.Event``.
+        """
+        ...
+
     def wait_until(self, event: threading.Event, deadline_ns: int | None) -> None:
         """Block the thread until ``event`` is set or the deadline passes."""
         ...
@@ -51,6 +73,25 @@ class SystemClock:
             await anyio.sleep_forever()
         else:
             await anyio.sleep(max(0, deadline_ns - time.monotonic_ns()) / 1e9)
+
+    async def wait(self, event: Sleeper, deadline_ns: int | None) -> None:
+        if deadline_ns is None:
+            await event.wait()
+            return
+        delay = (deadline_ns - time.monotonic_ns()) / 1e9
+        if delay <= 0:
+            await anyio.lowlevel.checkpoint()
+            return
+        loop = _running_loop()
+        if loop is not None:  # asyncio: a timer that sets the event, no cancel scope
+            handle = loop.call_at(loop.time() + delay, event.set)
+            try:
+                await event.wait()
+            finally:
+                handle.cancel()
+            return
+        with anyio.move_on_after(delay):
+            await event.wait()
 
     def wait_until(self, event: threading.Event, deadline_ns: int | None) -> None:
         if deadline_ns is None:

@@ -67,6 +67,13 @@ class Waiter:
         self.error: BaseException | None = None
         self.lease_id = 0
 
+    def sleep_deadline(self) -> int | None:
+        """When to look again, fresh from ``begin``: its turn or its timeout."""
+        deadline, timeout_at = self.deadline, self.timeout_at
+        if timeout_at is not None and (deadline is None or timeout_at < deadline):
+            return timeout_at
+        return deadline
+
     def arm(self) -> None:
         """Prepare to sleep (under the engine lock): later wakes must land."""
 
@@ -453,8 +460,15 @@ class Engine:
         else:
             biased = False
             self._guard().acquire()
+        woken: list[Waiter] | None = None
         try:
             now = self._monotonic_ns()
+            queue = self.queue
+            if queue:
+                # serve whoever is due first: under a storm of arrivals the
+                # head's own wake-up may come late, and tokens that pile up
+                # past the burst in the meantime would be lost
+                woken = self.service(now, self.clock.time())
             fits = True
             if self.caps:
                 if self._next_roll != math.inf:
@@ -466,7 +480,6 @@ class Engine:
                     if error is not None:
                         raise error
                     fits = self._caps_fit(req)
-            queue = self.queue
             if fits and not queue:
                 # the hot path, inlined: refill each rate involved, note its
                 # level for refunds (``_RateSlot.mark``, common case inlined)
@@ -526,14 +539,18 @@ class Engine:
             w.req = req
             w.timeout_at = None if timeout_ns is None else now + timeout_ns
             self._enqueue(w)
-            if len(queue) == 1:
+            if len(queue) == 1:  # the new head: ``service`` sets its deadline
                 self.service(now, self.clock.time())
+            w.arm()  # ready to sleep until ``w.sleep_deadline()``: no first poll
             return w
         finally:
             if biased:
                 self._busy = False
             else:
                 self.lock.release()
+            if woken:
+                for other in woken:
+                    other.wake()
 
     def poll(self, w: Waiter) -> tuple[list[Waiter], int | None]:
         """A waiter looks at its state: run the queue, arm its next sleep.

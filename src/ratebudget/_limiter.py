@@ -5,7 +5,9 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import sys
 import threading
+from asyncio import _get_running_loop as _running_loop
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from decimal import Decimal
 from types import TracebackType
@@ -15,13 +17,15 @@ import anyio
 import anyio.lowlevel
 
 from ._amounts import STANDARD_AXES, Amount, from_units, to_units
-from ._clock import SYSTEM_CLOCK, Clock
+from ._clock import SYSTEM_CLOCK, Clock, Sleeper
 from ._engine import CLAIMED, FAILED, Engine, Waiter
 from ._exceptions import InvalidRequest
 from ._limits import Cap, Rate
 from ._snapshot import Alert, Snapshot
 
 if TYPE_CHECKING:
+    from asyncio import Future
+
     from ._sync import SyncLimiter
 
 __all__ = ("AlertHandler", "Lease", "Limiter")
@@ -42,34 +46,73 @@ _SETTLED: Final = 2
 
 
 class _TaskWaiter(Waiter):
-    """A waiter that is an async task: it sleeps in a cancel scope."""
+    """A waiter that is an async task; it is also the event it sleeps on.
 
-    __slots__ = ("call_soon", "scope", "thread")
+    On asyncio it sleeps on a bare future (no ``asyncio.Event``, no cancel
+    scope: a waiter allocates little, which keeps the garbage collector
+    quiet with thousands queued); elsewhere on the backend's own event.
+    """
+
+    __slots__ = ("call_soon", "event", "fut", "loop", "thread")
 
     def __init__(self) -> None:
         super().__init__()
-        self.scope: anyio.CancelScope | None = None
         self.thread = threading.get_ident()
-        native = anyio.lowlevel.current_token().native_token
-        call_soon = getattr(native, "call_soon_threadsafe", None)
-        self.call_soon: Callable[[Callable[[], object]], object] = (
-            call_soon if call_soon is not None else native.run_sync_soon  # type: ignore[attr-defined]
-        )
+        self.fut: Future[None] | None = None
+        self.event: Sleeper | None = None
+        # how another thread wakes this one: asyncio's loop, found cheaply,
+        # else whatever anyio's token says (trio's ``run_sync_soon``)
+        loop = self.loop = _running_loop()
+        if loop is not None:
+            self.call_soon: Callable[[Callable[[], object]], object] = (
+                loop.call_soon_threadsafe
+            )
+        else:
+            native = anyio.lowlevel.current_token().native_token
+            call_soon = getattr(native, "call_soon_threadsafe", None)
+            self.call_soon = (
+                call_soon if call_soon is not None else native.run_sync_soon  # type: ignore[attr-defined]
+            )
 
     def arm(self) -> None:
-        self.scope = anyio.CancelScope()
+        if self.loop is not None:
+            self.fut = self.loop.create_future()
+        else:
+            self.event = _new_event()
+
+    def set(self) -> None:
+        """End the current sleep (in the waiter's own thread)."""
+        fut = self.fut
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(None)
+        elif self.event is not None:
+            self.event.set()
+
+    def wait(self) -> Awaitable[object]:
+        """The current sleep, to await (see ``Clock.wait``)."""
+        if self.fut is not None:
+            return self.fut
+        assert self.event is not None
+        return self.event.wait()
 
     def wake(self) -> None:
-        scope = self.scope
-        if scope is None:
-            return
         if threading.get_ident() == self.thread:
-            scope.cancel()
+            self.set()
         else:
             try:
-                self.call_soon(scope.cancel)
+                self.call_soon(self.set)
             except RuntimeError:  # its event loop has closed: nobody to wake
                 pass
+
+
+def _new_event() -> Sleeper:
+    """The running backend's own event (trio's, without anyio's dispatch)."""
+    trio = sys.modules.get("trio")
+    if trio is not None and trio.lowlevel.in_trio_run():
+        event: Sleeper = trio.Event()
+        return event
+    return anyio.Event()
 
 
 def wake_all(woken: Iterable[Waiter], but: Waiter | None = None) -> None:
@@ -268,9 +311,15 @@ class Limiter:
 
     async def _wait(self, w: Waiter) -> None:
         engine = self._engine
-        sleep_until = self._clock.sleep_until
+        wait = self._clock.wait
+        assert isinstance(w, _TaskWaiter)
+        deadline = w.sleep_deadline()  # ``begin`` armed it
         try:
             while True:
+                await wait(w, deadline)
+                # a cancellation that came while we slept wins over a grant
+                # made on our behalf meanwhile (which ``abort`` gives back)
+                await anyio.lowlevel.checkpoint_if_cancelled()
                 woken, deadline = engine.poll(w)
                 wake_all(woken, but=w)
                 if w.state == CLAIMED:
@@ -278,10 +327,6 @@ class Limiter:
                 if w.state == FAILED:
                     assert w.error is not None
                     raise w.error
-                assert isinstance(w, _TaskWaiter)
-                assert w.scope is not None
-                with w.scope:
-                    await sleep_until(deadline)
         except BaseException:
             wake_all(engine.abort(w))
             raise

@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 import anyio
 import anyio.lowlevel
 
+from ._clock import Sleeper
+
 __all__ = ("FakeClock",)
 
 _NS = 1_000_000_000
@@ -71,10 +73,15 @@ class FakeClock:
         if deadline_ns is None:
             await anyio.sleep_forever()
             return
+        await self.wait(anyio.Event(), deadline_ns)
+
+    async def wait(self, event: Sleeper, deadline_ns: int | None) -> None:
+        if deadline_ns is None:
+            await event.wait()
+            return
         if deadline_ns <= self._now:
             await anyio.lowlevel.checkpoint()
             return
-        event = anyio.Event()
         entry = self._register(deadline_ns, event.set)
         try:
             await event.wait()

@@ -1,0 +1,55 @@
+"""The benchmark suite's own arithmetic (no timing is asserted anywhere).
+
+``benchmarks/stats.py`` turns measurements into the figures the docs
+publish: medians with their spread, per-round ratios and the busiest
+window. Wrong arithmetic there would publish wrong numbers, so it is tested
+like the library. The suite itself runs in CI as ``--quick``.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from benchmarks.stats import max_in_window, ratios, summarize
+
+
+class TestSummaries:
+    def test_median_and_spread(self) -> None:
+        s = summarize([3.0, 1.0, 2.0, 10.0])
+        assert (s.median, s.low, s.high, s.n) == (2.5, 1.0, 10.0, 4)
+        assert s.fmt(".1f", " ns") == "2.5 ns (1.0–10.0)"
+
+    def test_one_measurement_has_no_spread_to_show(self) -> None:
+        assert summarize([7.0]).fmt(".0f") == "7"
+
+    def test_nothing_to_summarize_is_an_error(self) -> None:
+        with pytest.raises(ValueError, match="nothing"):
+            summarize([])
+
+    def test_ratios_pair_rounds_not_medians(self) -> None:
+        """A slow round slows both sides: its ratio is still 2."""
+        r = ratios([2.0, 20.0, 4.0], [1.0, 10.0, 2.0])
+        assert (r.median, r.low, r.high) == (2.0, 2.0, 2.0)
+
+    def test_ratios_need_one_measurement_per_round_on_each_side(self) -> None:
+        with pytest.raises(ValueError, match="per round"):
+            ratios([1.0], [1.0, 2.0])
+
+
+class TestBusiestWindow:
+    def test_counts_events_in_a_closed_window(self) -> None:
+        assert max_in_window([0.0, 0.05, 0.1, 0.2], 0.1) == 3
+        assert max_in_window([0.0, 0.11, 0.22], 0.1) == 1
+        assert max_in_window([], 0.1) == 0
+
+    @given(st.lists(st.floats(0, 10, allow_nan=False), max_size=60))
+    def test_matches_counting_every_window_by_brute_force(
+        self, times: list[float]
+    ) -> None:
+        window = 0.5
+        brute = max(
+            (sum(t <= x <= t + window for x in times) for t in times), default=0
+        )
+        assert max_in_window(times, window) == brute
