@@ -396,9 +396,13 @@ class TestBiasedLocking:
     """
 
     @pytest.mark.parametrize("others", [1, 3])
+    @pytest.mark.parametrize("attempt", range(4))
     def test_the_owner_and_other_threads_never_grant_more_than_there_is(
-        self, others: int
+        self, others: int, attempt: int
     ) -> None:
+        """A third thread arriving after the bias was dropped, while the owner
+        was still in its last lock-free section, once slipped in beside it
+        (3,015 grants of 3,000); several attempts make such a race show."""
         total = 3_000
         limiter = Limiter(
             Rate(tokens=total, per="hour"), Cap(requests=2 * total), clock=FakeClock()
@@ -440,3 +444,33 @@ class TestBiasedLocking:
                 pass
         assert limiter._engine._owner == threading.get_ident()
         assert (await limiter.snapshot()).limits[0].tokens == 5
+
+    def test_a_thread_arriving_after_the_bias_was_dropped_waits_for_the_owner(
+        self,
+    ) -> None:
+        """The owner is inside its lock-free section (``_busy``) when B drops
+        the bias; C, arriving after that, must wait for the owner too, not
+        just take the lock that the owner is not holding."""
+        limiter = Limiter(Rate(tokens=10, per=1), clock=FakeClock())
+        engine = limiter._engine
+        engine._busy = True  # as if the owner (this thread) were mid-``begin``
+        b_done, c_done = threading.Event(), threading.Event()
+
+        def snapshot_then(done: threading.Event) -> None:
+            limiter.sync.snapshot()
+            done.set()
+
+        b = threading.Thread(target=snapshot_then, args=(b_done,))
+        b.start()
+        wait_for(lambda: engine._owner is None)  # B dropped the bias
+        c = threading.Thread(target=snapshot_then, args=(c_done,))
+        c.start()
+        try:
+            assert not c_done.wait(0.2), "C went in beside the owner"
+            assert not b_done.is_set()
+        finally:
+            engine._busy = False  # the owner leaves its section
+            b.join(JOIN)
+            c.join(JOIN)
+        assert b_done.is_set()
+        assert c_done.is_set()

@@ -245,8 +245,11 @@ class Engine:
         owner = self._owner
         if owner is not None and owner != get_ident():
             self._owner = None
-            while self._busy:  # the owner is inside ``begin``: let it finish
-                time.sleep(0)
+        # Whoever dropped the bias, the owner may still be in its last
+        # lock-free section (it raised ``_busy`` before it could see
+        # ``_owner`` change): let it finish. It cannot start another.
+        while self._busy:
+            time.sleep(0)
         return self.lock
 
     # -- calendar periods ---------------------------------------------------
