@@ -53,7 +53,7 @@ class _TaskWaiter(Waiter):
     quiet with thousands queued); elsewhere on the backend's own event.
     """
 
-    __slots__ = ("call_soon", "event", "fut", "loop", "thread")
+    __slots__ = ("call_soon", "event", "fut", "loop", "new_event", "thread")
 
     def __init__(self) -> None:
         super().__init__()
@@ -63,22 +63,29 @@ class _TaskWaiter(Waiter):
         # how another thread wakes this one: asyncio's loop, found cheaply,
         # else whatever anyio's token says (trio's ``run_sync_soon``)
         loop = self.loop = _running_loop()
+        self.new_event: Callable[[], Sleeper] = anyio.Event
         if loop is not None:
             self.call_soon: Callable[[Callable[[], object]], object] = (
                 loop.call_soon_threadsafe
             )
-        else:
-            native = anyio.lowlevel.current_token().native_token
-            call_soon = getattr(native, "call_soon_threadsafe", None)
-            self.call_soon = (
-                call_soon if call_soon is not None else native.run_sync_soon  # type: ignore[attr-defined]
-            )
+            return
+        trio = sys.modules.get("trio")
+        if trio is not None and trio.lowlevel.in_trio_run():
+            # trio's own token and event, without anyio's backend dispatch
+            self.call_soon = trio.lowlevel.current_trio_token().run_sync_soon
+            self.new_event = trio.Event
+            return
+        native = anyio.lowlevel.current_token().native_token
+        call_soon = getattr(native, "call_soon_threadsafe", None)
+        self.call_soon = (
+            call_soon if call_soon is not None else native.run_sync_soon  # type: ignore[attr-defined]
+        )
 
     def arm(self) -> None:
         if self.loop is not None:
             self.fut = self.loop.create_future()
         else:
-            self.event = _new_event()
+            self.event = self.new_event()
 
     def set(self) -> None:
         """End the current sleep (in the waiter's own thread)."""
@@ -104,15 +111,6 @@ class _TaskWaiter(Waiter):
                 self.call_soon(self.set)
             except RuntimeError:  # its event loop has closed: nobody to wake
                 pass
-
-
-def _new_event() -> Sleeper:
-    """The running backend's own event (trio's, without anyio's dispatch)."""
-    trio = sys.modules.get("trio")
-    if trio is not None and trio.lowlevel.in_trio_run():
-        event: Sleeper = trio.Event()
-        return event
-    return anyio.Event()
 
 
 def wake_all(woken: Iterable[Waiter], but: Waiter | None = None) -> None:
