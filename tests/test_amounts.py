@@ -212,6 +212,33 @@ class TestInvalidAmountsChangeNothing:
         assert isinstance(lease.amounts["tokens"], int)
         await lease.release()
 
+    @pytest.mark.parametrize(
+        ("good", "bad"),
+        [
+            ({"usd": 1}, {"usd": True}),
+            ({"requests": 1}, {"requests": True}),
+            ({"requests": 2}, {"requests": 2.5}),
+            ({"usd": "0.5"}, {"usd": "-0.5"}),
+        ],
+    )
+    async def test_an_amount_validated_once_does_not_vouch_for_a_lookalike(
+        self, good: dict[str, Any], bad: dict[str, Any]
+    ) -> None:
+        """``acquire()`` remembers the requests it validated; ``True == 1``
+        and ``hash(True) == hash(1)``, so the memory must tell them apart."""
+        limiter = make_limiter()
+        for _ in range(2):  # the second call is served from memory
+            await (await limiter.acquire(1, **good)).release()
+        with pytest.raises(InvalidRequest):
+            limiter.acquire(1, **bad)
+        with pytest.raises(InvalidRequest):
+            limiter.acquire(True, **good)
+
+    async def test_an_unhashable_amount_is_rejected_not_remembered(self) -> None:
+        limiter = make_limiter()
+        with pytest.raises(InvalidRequest):
+            limiter.acquire(1, usd=[1])  # type: ignore[arg-type]
+
     @pytest.mark.parametrize("timeout", [-1, -0.001, math.nan, "5", True, [1]])
     async def test_bad_timeouts_are_rejected_at_the_call(self, timeout: Any) -> None:
         limiter = make_limiter()

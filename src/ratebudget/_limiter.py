@@ -8,7 +8,14 @@ import math
 import sys
 import threading
 from asyncio import _get_running_loop as _running_loop
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Generator,
+    Hashable,
+    Iterable,
+    Mapping,
+)
 from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -147,6 +154,7 @@ class Limiter:
         "_limits",
         "_n",
         "_on_alert",
+        "_seen",
         "_sync",
     )
 
@@ -176,6 +184,7 @@ class Limiter:
         self._sync: SyncLimiter | None = None
         # the hot path: acquire(n) with no other amounts, validated once per n
         self._fast: dict[int, tuple[int, ...]] = {}
+        self._seen: dict[Hashable, tuple[dict[str, int], tuple[int, ...]]] = {}
 
     @property
     def limits(self) -> tuple[Rate | Cap, ...]:
@@ -264,8 +273,25 @@ class Limiter:
             lease._state = _PENDING
             lease._id = 0
             return lease
-        units = self._units(tokens, amounts, True)
-        return Lease(self, units, self._request(units, True), self._timeout_ns(timeout))
+        # other amounts: validated once per distinct call, like ``_fast``; the
+        # types are part of the key so that ``usd=True`` never hits ``usd=1``
+        try:
+            key: Hashable = (
+                tokens,
+                type(tokens),
+                tuple(amounts.items()),
+                tuple(map(type, amounts.values())),
+            )
+            hit = self._seen.get(key)
+        except TypeError:  # an unhashable amount: validation will say why
+            key = hit = None
+        if hit is None:
+            units = self._units(tokens, amounts, True)
+            hit = units, self._request(units, True)
+            if key is not None and len(self._seen) < _FAST_KEPT:
+                self._seen[key] = hit
+        # the units dict is shared by the leases of one key: never mutated
+        return Lease(self, hit[0], hit[1], self._timeout_ns(timeout))
 
     async def try_acquire(self, tokens: Amount = 0, **amounts: Amount) -> Lease | None:
         """Like ``acquire`` but never waits: a granted ``Lease``, or ``None``.
