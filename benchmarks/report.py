@@ -264,7 +264,8 @@ def _cancellation_section(res: Results) -> str:
     return (
         "## 5. Cancellation\n\n"
         f"{cfg.cancel_waiters} waiters on a drained bucket "
-        f"({cfg.cancel_rate:g}/s, burst 1); at {cfg.cancel_at:g} s half of "
+        f"({cfg.cancel_rate:g}/s, burst 10, drained first); at "
+        f"{cfg.cancel_at:g} s half of "
         "those still waiting are cancelled. Capacity lost: the units the "
         "bucket refilled from the drain to the last grant, minus the units "
         "granted (about 0 when cancelled waiters take nothing; one unit is "

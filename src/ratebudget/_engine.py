@@ -631,7 +631,7 @@ class Engine:
                 for i, cap in self.caps:
                     cap.reserved -= est[i]
             else:
-                for i, r in self.rates:
+                for i, r in self.rates if actual is not est else ():
                     delta = actual[i] - est[i]
                     if delta:
                         self._projection = None

@@ -259,8 +259,9 @@ class Limiter:
         without yielding to the event loop.
         """
         if not amounts and type(tokens) is int:
-            req = self._fast.get(tokens)
-            if req is None:
+            try:
+                req = self._fast[tokens]
+            except KeyError:
                 req = self._request(self._units(tokens, amounts, True), True)
                 if len(self._fast) < _FAST_KEPT:
                     self._fast[tokens] = req
@@ -453,7 +454,8 @@ class Lease:
         if exc_type is None:
             woken, alerts, overruns = engine.settle(self._id, self._req, self._req)
             wake_all(woken)
-            await self._limiter._deliver(alerts, overruns)
+            if alerts or overruns:
+                await self._limiter._deliver(alerts, overruns)
         else:
             woken, _, _ = engine.settle(self._id, self._req, None)
             wake_all(woken)
