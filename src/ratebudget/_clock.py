@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from asyncio import _get_running_loop as _running_loop
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 import anyio
 import anyio.lowlevel
 
-__all__ = ("Clock", "Sleeper", "SystemClock")
+__all__ = ("Clock", "Schedule", "Sleeper", "SystemClock")
 
 
 class Sleeper(Protocol):
@@ -24,6 +24,10 @@ class Sleeper(Protocol):
     def wait(self) -> Awaitable[object]:
         """An awaitable that completes once ``set()`` was called."""
         ...
+
+
+Schedule = Callable[[int, Callable[[], None]], Callable[[], object] | None]
+"""``clock.schedule(deadline_ns, callback)``: a cancel function, or ``None``."""
 
 
 @runtime_checkable
@@ -92,6 +96,21 @@ class SystemClock:
             return
         with anyio.move_on_after(delay):
             await event.wait()
+
+    def schedule(
+        self, deadline_ns: int, callback: Callable[[], None]
+    ) -> Callable[[], object] | None:
+        """Call ``callback`` in this thread's event loop at the deadline.
+
+        Returns a function that cancels the call, or ``None`` where that is
+        not possible (outside asyncio): the caller then wakes the sleeper,
+        which sets its own deadline. Optional for custom clocks.
+        """
+        loop = _running_loop()
+        if loop is None:
+            return None
+        delay = (deadline_ns - time.monotonic_ns()) / 1e9
+        return loop.call_at(loop.time() + delay, callback).cancel
 
     def wait_until(self, event: threading.Event, deadline_ns: int | None) -> None:
         if deadline_ns is None:

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from threading import get_ident
 from typing import Final
@@ -447,7 +447,10 @@ class Engine:
     # -- operations (each takes the lock) -----------------------------------
 
     def begin(
-        self, req: tuple[int, ...], timeout_ns: int | None, waiter: type[Waiter] | None
+        self,
+        req: tuple[int, ...],
+        timeout_ns: int | None,
+        waiter: Callable[[], Waiter] | None,
     ) -> int | Waiter | None:
         """Grant at once (a lease id), enqueue (a ``Waiter``) or refuse.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -24,8 +25,8 @@ import anyio
 import anyio.lowlevel
 
 from ._amounts import STANDARD_AXES, Amount, from_units, to_units
-from ._clock import SYSTEM_CLOCK, Clock, Sleeper
-from ._engine import CLAIMED, FAILED, Engine, Waiter
+from ._clock import SYSTEM_CLOCK, Clock, Schedule, Sleeper
+from ._engine import CLAIMED, FAILED, WAITING, Engine, Waiter
 from ._exceptions import InvalidRequest
 from ._limits import Cap, Rate
 from ._snapshot import Alert, Snapshot
@@ -60,10 +61,21 @@ class _TaskWaiter(Waiter):
     quiet with thousands queued); elsewhere on the backend's own event.
     """
 
-    __slots__ = ("call_soon", "event", "fut", "loop", "new_event", "thread")
+    __slots__ = (
+        "call_soon",
+        "event",
+        "fut",
+        "loop",
+        "new_event",
+        "schedule",
+        "thread",
+        "timer",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, schedule: Schedule | None = None) -> None:
         super().__init__()
+        self.schedule = schedule
+        self.timer: Callable[[], object] | None = None
         self.thread = threading.get_ident()
         self.fut: Future[None] | None = None
         self.event: Sleeper | None = None
@@ -89,10 +101,18 @@ class _TaskWaiter(Waiter):
         )
 
     def arm(self) -> None:
+        self.disarm()
         if self.loop is not None:
             self.fut = self.loop.create_future()
         else:
             self.event = self.new_event()
+
+    def disarm(self) -> None:
+        """Cancel the timer ``wake`` may have set (the waiter looks anyway)."""
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            timer()
 
     def set(self) -> None:
         """End the current sleep (in the waiter's own thread)."""
@@ -112,6 +132,20 @@ class _TaskWaiter(Waiter):
 
     def wake(self) -> None:
         if threading.get_ident() == self.thread:
+            deadline = self.deadline
+            if (
+                self.state == WAITING
+                and deadline is not None
+                and self.schedule is not None
+            ):
+                # woken only to learn its turn (it became the head): rather
+                # than wake it now to set its own timer, set the timer for
+                # it, so it wakes once, when its turn comes
+                timer = self.schedule(deadline, self.set)
+                if timer is not None:
+                    self.disarm()
+                    self.timer = timer
+                    return
             self.set()
         else:
             try:
@@ -156,6 +190,7 @@ class Limiter:
         "_on_alert",
         "_seen",
         "_sync",
+        "_task_waiter",
     )
 
     def __init__(
@@ -184,6 +219,9 @@ class Limiter:
         self._sync: SyncLimiter | None = None
         # the hot path: acquire(n) with no other amounts, validated once per n
         self._fast: dict[int, tuple[int, ...]] = {}
+        self._task_waiter = functools.partial(
+            _TaskWaiter, getattr(self._clock, "schedule", None)
+        )
         self._seen: dict[Hashable, tuple[dict[str, int], tuple[int, ...]]] = {}
 
     @property
@@ -355,6 +393,8 @@ class Limiter:
         except BaseException:
             wake_all(engine.abort(w))
             raise
+        finally:
+            w.disarm()
 
     async def _deliver(self, alerts: list[Alert], overruns: list[str]) -> None:
         if not alerts and not overruns:
@@ -411,7 +451,9 @@ class Lease:
             raise InvalidRequest(
                 "this lease was already acquired; call limiter.acquire() again"
             )
-        got = self._limiter._engine.begin(self._req, self._timeout, _TaskWaiter)
+        got = self._limiter._engine.begin(
+            self._req, self._timeout, self._limiter._task_waiter
+        )
         if isinstance(got, Waiter):
             await self._limiter._wait(got)
             got = got.lease_id
@@ -430,7 +472,9 @@ class Lease:
             raise InvalidRequest(
                 f"lease {self.id} was already settled; call limiter.acquire() again"
             )
-        got = self._limiter._engine.begin(self._req, self._timeout, _TaskWaiter)
+        got = self._limiter._engine.begin(
+            self._req, self._timeout, self._limiter._task_waiter
+        )
         if type(got) is not int:
             assert isinstance(got, Waiter)
             await self._limiter._wait(got)

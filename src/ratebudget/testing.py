@@ -88,6 +88,13 @@ class FakeClock:
         finally:
             self._unregister(entry)
 
+    def schedule(
+        self, deadline_ns: int, callback: Callable[[], None]
+    ) -> Callable[[], object]:
+        """Call ``callback`` when fake time reaches the deadline (in ``advance``)."""
+        entry = self._register(deadline_ns, callback)
+        return lambda: self._unregister(entry)
+
     async def sleep(self, seconds: float) -> None:
         """Sleep ``seconds`` of fake time."""
         await self.sleep_until(self._now + math.ceil(seconds * _NS))
