@@ -10,7 +10,7 @@ from typing import Any
 from benchmarks.run import BACKENDS, Results
 from benchmarks.stats import Summary, ratios, summarize
 
-__all__ = ("headlines", "write")
+__all__ = ("headlines", "update_readme", "write")
 
 REF = "ratebudget"
 AIOLIMITER = "aiolimiter"
@@ -410,6 +410,29 @@ def _chart_accuracy(res: Results, path: Path) -> None:
     plt.close(fig)
 
 
+README_START = "<!-- benchmarks:start -->"
+README_END = "<!-- benchmarks:end -->"
+
+
+def update_readme(readme: Path, res: Results) -> None:
+    """Replace the headline block of README.md with this run's headlines."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{readme}: no {README_START} ... {README_END} block")
+    when = dt.datetime.fromtimestamp(res.started, dt.timezone.utc)
+    lines = [
+        README_START,
+        f"In the run published in [docs/benchmarks.md](docs/benchmarks.md) "
+        f"({when:%Y-%m-%d}, `python -m benchmarks`, ratios measured in one "
+        "run):",
+        "",
+        *[f"- {h}" for h in headlines(res)],
+        "",
+    ]
+    readme.write_text(text[:start] + "\n".join(lines) + text[end:])
+
+
 def write(
     res: Results, out: Path, *, command: str, machine: str, versions: dict[str, str]
 ) -> Path:
@@ -429,7 +452,8 @@ def write(
         f"- **Machine**: {machine}",
         f"- **Versions**: {vers}",
         f"- **Rounds**: every figure is the median of {res.config.rounds} "
-        "runs (fewer for the slow workloads), with min–max in parentheses\n",
+        f"runs ({res.config.hot_rounds} for the uncontended ones, fewer for "
+        "the slowest), with min–max in parentheses\n",
         "## Headlines\n",
         *[f"- {h}" for h in headlines(res)],
         "",

@@ -45,6 +45,7 @@ class Config:
 
     quick: bool
     rounds: int  # repetitions of every measurement
+    hot_rounds: int  # the uncontended ones: short, so more of them
     hot_n: int  # acquisitions per uncontended round
     contended_n: tuple[int, ...]
     contended_rate: float = 20_000
@@ -67,13 +68,20 @@ class Config:
 
     @classmethod
     def full(cls) -> Config:
-        return cls(quick=False, rounds=5, hot_n=100_000, contended_n=(1_000, 10_000))
+        return cls(
+            quick=False,
+            rounds=5,
+            hot_rounds=11,
+            hot_n=50_000,
+            contended_n=(1_000, 10_000),
+        )
 
     @classmethod
     def smoke(cls) -> Config:
         return cls(
             quick=True,
             rounds=1,
+            hot_rounds=1,
             hot_n=3_000,
             contended_n=(1_000, 10_000),
             accuracy_s=0.3,
@@ -127,7 +135,7 @@ def _log(msg: str) -> None:
 def _bench_hot(cfg: Config, res: Results) -> None:
     candidates = [p for p in res.peers if p.hot is not None] + res.baselines
     for backend in BACKENDS:
-        for _ in range(cfg.rounds):  # interleaved: one round of everyone at a time
+        for _ in range(cfg.hot_rounds):  # interleaved: one round of everyone at a time
             for peer in candidates:
                 if backend not in peer.backends:
                     continue
@@ -141,7 +149,7 @@ def _bench_multi(cfg: Config, res: Results) -> None:
 
     cands = candidates()
     for backend in BACKENDS:
-        for _ in range(cfg.rounds):
+        for _ in range(cfg.hot_rounds):
             for name, (backends, run) in cands.items():
                 if backend in backends:
                     ns = _run(backend, run, cfg.hot_n)
@@ -334,10 +342,13 @@ def main(argv: list[str] | None = None) -> int:
         step(cfg, res)
     res.elapsed = time.perf_counter() - started
 
-    from benchmarks.report import write
+    from benchmarks.report import update_readme, write
 
     command = "python -m benchmarks" + (" --quick" if args.quick else "")
     page = write(res, out, command=command, machine=machine(), versions=versions())
+    root = Path(__file__).resolve().parent.parent
+    if not args.quick and not args.only and not args.peer and out == root / "docs":
+        update_readme(root / "README.md", res)  # a full run: its headlines
     print(page)
     return 0
 

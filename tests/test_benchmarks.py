@@ -8,10 +8,14 @@ like the library. The suite itself runs in CI as ``--quick``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from benchmarks.report import README_END, README_START, update_readme
+from benchmarks.run import Config, Results
 from benchmarks.stats import max_in_window, ratios, summarize
 
 
@@ -53,3 +57,31 @@ class TestBusiestWindow:
             (sum(t <= x <= t + window for x in times) for t in times), default=0
         )
         assert max_in_window(times, window) == brute
+
+
+class TestReadmeHeadlines:
+    def _results(self) -> Results:
+        return Results(Config.smoke(), peers=[], baselines=[])
+
+    def test_the_block_between_the_markers_is_replaced_and_nothing_else(
+        self, tmp_path: Path
+    ) -> None:
+        readme = tmp_path / "README.md"
+        readme.write_text(f"intro\n{README_START}\nold numbers\n{README_END}\noutro\n")
+        update_readme(readme, self._results())
+        text = readme.read_text()
+        assert text.startswith(f"intro\n{README_START}\n")
+        assert text.endswith(f"{README_END}\noutro\n")
+        assert "old numbers" not in text
+        assert "docs/benchmarks.md" in text
+
+    def test_a_readme_without_the_markers_is_an_error(self, tmp_path: Path) -> None:
+        readme = tmp_path / "README.md"
+        readme.write_text("no markers\n")
+        with pytest.raises(ValueError, match="benchmarks:start"):
+            update_readme(readme, self._results())
+        assert readme.read_text() == "no markers\n"
+
+    def test_the_real_readme_has_the_block(self) -> None:
+        text = (Path(__file__).parent.parent / "README.md").read_text()
+        assert text.index(README_START) < text.index(README_END)
