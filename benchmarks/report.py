@@ -410,6 +410,24 @@ def _chart_accuracy(res: Results, path: Path) -> None:
     plt.close(fig)
 
 
+_READING = """## Reading the numbers
+
+- A rate limiter that finishes the contended workload **faster than the
+  ideal** (wall / ideal below 1) or posts a tiny CPU per grant has granted
+  more than the rate allows, not worked faster: limits keeps windows of
+  whole seconds, so it lets a second's worth through at once (see its
+  most-grants-in-100-ms column). Read CPU per grant next to accuracy.
+- `anyio.CapacityLimiter (FIFO hand-off)` is no rate limiter: it is the
+  cost of one fair hand-off between tasks, the least a FIFO limiter can
+  spend per grant. Its wall time means nothing.
+- throttled-py's waiters sleep at least 0.2 s between tries, and its token
+  bucket refills in whole seconds: under contention it passes about a
+  burst per 0.2 s (GCRA) or per second (token bucket), whatever the rate.
+- ratebudget also counts one request per acquisition, keeps a lease per
+  acquisition for reserve/commit, and is thread-safe; aiolimiter, its
+  closest peer on the uncontended path, does none of that.
+"""
+
 README_START = "<!-- benchmarks:start -->"
 README_END = "<!-- benchmarks:end -->"
 
@@ -461,6 +479,7 @@ def write(
         "`asyncio.Lock` and anyio's `fast_acquire`); see "
         "[Concepts](concepts.md#uncontended-acquisitions-do-not-yield).\n",
     ]
+    parts.append(_READING)
     rel = "img"
     if res.hot:
         parts.append(_hot_section(res, img, rel))
