@@ -86,13 +86,12 @@ class SystemClock:
         if delay <= 0:
             await anyio.lowlevel.checkpoint()
             return
-        loop = _running_loop()
-        if loop is not None:  # asyncio: a timer that sets the event, no cancel scope
-            handle = loop.call_at(loop.time() + delay, event.set)
+        cancel = self.schedule(deadline_ns, event.set)
+        if cancel is not None:  # a timer that sets the event: no cancel scope
             try:
                 await event.wait()
             finally:
-                handle.cancel()
+                cancel()
             return
         with anyio.move_on_after(delay):
             await event.wait()

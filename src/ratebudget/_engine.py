@@ -52,7 +52,6 @@ class Waiter:
         "deadline",
         "error",
         "lease_id",
-        "notified",
         "req",
         "state",
         "timeout_at",
@@ -63,7 +62,6 @@ class Waiter:
         self.state = WAITING
         self.deadline: int | None = None  # when it should next look (monotonic ns)
         self.timeout_at: int | None = None
-        self.notified = False
         self.error: BaseException | None = None
         self.lease_id = 0
 
@@ -405,7 +403,6 @@ class Engine:
             if error is not None:
                 self._dequeue(w)
                 w.state, w.error = FAILED, error
-                w.notified = True
                 failed.append(w)
         return failed
 
@@ -420,7 +417,6 @@ class Engine:
             if error is not None:
                 self._dequeue(w)
                 w.state, w.error = FAILED, error
-                w.notified = True
                 woken.append(w)
                 continue
             if self._caps_fit(w.req):
@@ -429,7 +425,6 @@ class Engine:
                     self._dequeue(w, served=True)
                     w.lease_id = self._take(w.req)
                     w.state = GRANTED
-                    w.notified = True
                     woken.append(w)
                     continue
                 deadline: int | None = now + wait
@@ -439,7 +434,6 @@ class Engine:
             if deadline != old:
                 w.deadline = deadline
                 if old is None or (deadline is not None and deadline < old):
-                    w.notified = True
                     woken.append(w)
             break
         return woken
@@ -569,7 +563,6 @@ class Engine:
         with self._guard():
             now = clock.monotonic_ns()
             woken = self.service(now, clock.time())
-            w.notified = False
             if w.state == GRANTED:
                 w.state = CLAIMED
                 return woken, None

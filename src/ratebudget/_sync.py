@@ -71,8 +71,10 @@ class SyncLimiter:
         engine = self._limiter._engine
         wait_until = self._limiter._clock.wait_until
         assert isinstance(w, _ThreadWaiter)
+        deadline = w.sleep_deadline()  # ``begin`` armed it
         try:
             while True:
+                wait_until(w.event, deadline)
                 woken, deadline = engine.poll(w)
                 wake_all(woken, but=w)
                 if w.state == CLAIMED:
@@ -80,7 +82,6 @@ class SyncLimiter:
                 if w.state == FAILED:
                     assert w.error is not None
                     raise w.error
-                wait_until(w.event, deadline)
         except BaseException:
             wake_all(engine.abort(w))
             raise
