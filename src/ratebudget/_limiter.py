@@ -27,14 +27,16 @@ import anyio.lowlevel
 from ._amounts import STANDARD_AXES, Amount, from_units, to_units
 from ._clock import SYSTEM_CLOCK, Clock, Schedule, Sleeper
 from ._engine import CLAIMED, FAILED, WAITING, Engine, Waiter
-from ._exceptions import InvalidRequest
+from ._exceptions import AcquireTimeout, InvalidRequest, StoreUnavailable
 from ._limits import Cap, Rate
 from ._snapshot import Alert, Snapshot
 
 if TYPE_CHECKING:
     from asyncio import Future
 
+    from ._remote import Remote
     from ._sync import SyncLimiter
+    from .stores import MemoryStore, Store
 
 __all__ = ("AlertHandler", "Lease", "Limiter")
 
@@ -185,10 +187,14 @@ class Limiter:
         "_engine",
         "_fast",
         "_index",
+        "_lease_type",
         "_limits",
         "_n",
+        "_name",
         "_on_alert",
+        "_remote",
         "_seen",
+        "_store",
         "_sync",
         "_task_waiter",
     )
@@ -196,6 +202,10 @@ class Limiter:
     def __init__(
         self,
         *limits: Rate | Cap,
+        store: str | Store | MemoryStore | None = None,
+        name: str | None = None,
+        lease_ttl: float = 600.0,
+        on_store_error: str = "raise",
         clock: Clock | None = None,
         on_alert: AlertHandler | None = None,
     ) -> None:
@@ -206,10 +216,64 @@ class Limiter:
                 )
         if on_alert is not None and not callable(on_alert):
             raise InvalidRequest(f"on_alert={on_alert!r} is not callable")
+        if name is not None and (
+            not isinstance(name, str)
+            or not name
+            or len(name) > 200
+            or not all(c.isalnum() or c in "-_.:/@" for c in name)
+        ):
+            raise InvalidRequest(
+                f"name={name!r}: use up to 200 letters, digits and - _ . : / @"
+            )
+        if (
+            isinstance(lease_ttl, bool)
+            or not isinstance(lease_ttl, (int, float))
+            or not math.isfinite(lease_ttl)
+            or lease_ttl <= 0
+        ):
+            raise InvalidRequest(f"lease_ttl={lease_ttl!r}: expected seconds > 0")
+        if on_store_error not in ("raise", "allow"):
+            raise InvalidRequest(
+                f"on_store_error={on_store_error!r}: use 'raise' (fail closed) "
+                "or 'allow' (fail open)"
+            )
         self._limits = limits
         self._clock: Clock = SYSTEM_CLOCK if clock is None else clock
         self._on_alert = on_alert
-        self._engine = Engine(limits, self._clock)
+        self._name = name
+        self._remote: Remote | None = None
+        self._lease_type: type[Lease] = Lease
+        from .stores import MemoryStore, open_store
+
+        resolved = open_store(store) if isinstance(store, str) else store
+        self._store = resolved
+        if resolved is None:
+            self._engine = Engine(limits, self._clock)
+        elif isinstance(resolved, MemoryStore):
+            if name is None:
+                self._engine = Engine(limits, self._clock)
+            else:
+                self._engine = resolved.engine(
+                    name, limits, lambda: Engine(limits, self._clock)
+                )
+        else:
+            from ._remote import Remote
+            from .stores import Store as _Store
+
+            if not isinstance(resolved, _Store):
+                raise InvalidRequest(
+                    f"store={store!r}: expected a URL or a store object"
+                )
+            if name is None:
+                raise InvalidRequest(
+                    f"a shared store ({resolved.url}) needs name=: limiters of "
+                    "one name share their state, in every process"
+                )
+            self._remote = Remote(
+                resolved, name, limits, self._clock, lease_ttl, on_store_error
+            )
+            self._lease_type = _RemoteLease
+            self._engine = Engine(limits, self._clock)  # validation only
         self._n = len(limits)
         index: dict[str, list[int]] = {}
         for i, limit in enumerate(limits):
@@ -304,7 +368,7 @@ class Limiter:
                 if len(self._fast) < _FAST_KEPT:
                     self._fast[tokens] = req
             # ``Lease(...)`` without the call to ``__init__`` (a third cheaper)
-            lease = _new(Lease)
+            lease = _new(self._lease_type)
             lease._limiter = self
             lease._units = tokens
             lease._req = req
@@ -330,7 +394,7 @@ class Limiter:
             if key is not None and len(self._seen) < _FAST_KEPT:
                 self._seen[key] = hit
         # the units dict is shared by the leases of one key: never mutated
-        return Lease(self, hit[0], hit[1], self._timeout_ns(timeout))
+        return self._lease_type(self, hit[0], hit[1], self._timeout_ns(timeout))
 
     async def try_acquire(self, tokens: Amount = 0, **amounts: Amount) -> Lease | None:
         """Like ``acquire`` but never waits: a granted ``Lease``, or ``None``.
@@ -339,6 +403,13 @@ class Limiter:
         """
         units = self._units(tokens, amounts, True)
         req = self._request(units, True)
+        if self._remote is not None:
+            lease: Lease = _RemoteLease(self, units, req, 0)
+            try:
+                await lease._acquire()
+            except AcquireTimeout:
+                return None
+            return lease
         got = self._engine.begin(req, 0, None)
         if got is None:
             return None
@@ -354,12 +425,30 @@ class Limiter:
         crossed. Counts no request unless ``requests=`` is given.
         """
         units = self._units(tokens, amounts, False)
-        woken, alerts = self._engine.record(self._request(units, False))
+        req = self._request(units, False)
+        remote = self._remote
+        if remote is not None:
+            try:
+                r = await remote.call(["record", list(req), remote.periods()])
+            except StoreUnavailable as e:
+                if remote.unavailable(e, "a record"):
+                    return
+                raise
+            if r[0] == "exceeded":
+                raise remote.exceeded(int(r[1]), int(r[2]), int(r[3]), req, "recording")
+            await self._deliver(remote.alerts(r[1]), [])
+            return
+        woken, alerts = self._engine.record(req)
         wake_all(woken)
         await self._deliver(alerts, [])
 
     async def snapshot(self) -> Snapshot:
         """Every limit's state now (see ``Snapshot``)."""
+        remote = self._remote
+        if remote is not None:
+            return remote.snapshot_from(
+                await remote.call(["snapshot", remote.periods()])
+            )
         return self._engine.snapshot()
 
     async def reset(self) -> None:
@@ -368,7 +457,22 @@ class Limiter:
         Outstanding reservations stay reserved: their commit or release still
         settles exactly what they hold.
         """
+        remote = self._remote
+        if remote is not None:
+            await remote.call(["reset", remote.periods()])
+            remote.changed()
+            return
         wake_all(self._engine.reset())
+
+    @property
+    def name(self) -> str | None:
+        """The name limiters share state under on a store (``None``: not shared)."""
+        return self._name
+
+    @property
+    def store(self) -> Store | MemoryStore | None:
+        """The store holding this limiter's state (``None``: its own memory)."""
+        return self._store
 
     # -- internals --------------------------------------------------------------
 
@@ -413,6 +517,9 @@ class Limiter:
                 logger.exception("ratebudget: on_alert handler failed for %s", alert)
 
     def __repr__(self) -> str:
+        if self._remote is not None:
+            limits = ", ".join(map(repr, self._limits))
+            return f"<Limiter {self._name!r} on {self._remote.store.url}: {limits}>"
         return f"<Limiter {self._engine.describe()}>"
 
 
@@ -582,3 +689,112 @@ class Lease:
         state = ("pending", "active", "settled")[self._state]
         amounts = ", ".join(f"{k}={v}" for k, v in self.amounts.items())
         return f"<Lease {self.id} {state} {amounts}>"
+
+
+class _RemoteLease(Lease):
+    """A lease on a persistent store: its id is the store's lease id."""
+
+    __slots__ = ()
+
+    @property
+    def id(self) -> str:
+        return str(self._id) if self._id else "unmetered"
+
+    async def _acquire(self) -> Lease:
+        if self._state != _PENDING:
+            raise InvalidRequest(
+                "this lease was already acquired; call limiter.acquire() again"
+            )
+        remote = self._limiter._remote
+        assert remote is not None
+        lease_id, _ = await remote.acquire(self._req, self._timeout)
+        self._id = lease_id  # type: ignore[assignment]
+        self._state = _ACTIVE
+        return self
+
+    async def __aenter__(self) -> Lease:
+        if self._state != _PENDING:
+            if self._state == _ACTIVE:
+                return self
+            raise InvalidRequest(
+                f"lease {self.id} was already settled; call limiter.acquire() again"
+            )
+        return await self._acquire()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state != _ACTIVE:
+            return
+        self._state = _SETTLED
+        remote = self._limiter._remote
+        assert remote is not None
+        if exc_type is None:
+            if not remote.has_caps:
+                # rates keep their tokens either way: the record expires by itself
+                return
+            await self._settle(self._req)
+        else:
+            with anyio.CancelScope(shield=True):
+                await remote.release(str(self._id))
+
+    async def _settle(self, actual: tuple[int, ...]) -> None:
+        remote = self._limiter._remote
+        assert remote is not None
+        alerts, overruns = await remote.settle(str(self._id), actual)
+        if alerts or overruns:
+            await self._limiter._deliver(alerts, overruns)
+
+    async def commit(self, **actual: Amount) -> None:
+        req = self._actual(actual)
+        self._state = _SETTLED
+        await self._settle(req)
+
+    async def release(self) -> None:
+        if self._state == _PENDING:
+            raise InvalidRequest("this lease has not been acquired yet: await it first")
+        if self._state == _SETTLED:
+            return
+        self._state = _SETTLED
+        remote = self._limiter._remote
+        assert remote is not None
+        await remote.release(str(self._id))
+
+    async def extend(self, ttl: float | None = None) -> None:
+        """Push this lease's expiry ``ttl`` seconds (default: the limiter's
+        ``lease_ttl``) from now, for calls that outlive it (long streams)."""
+        if self._state != _ACTIVE:
+            raise InvalidRequest(f"lease {self.id} is not active")
+        remote = self._limiter._remote
+        assert remote is not None
+        ttl_us = remote.ttl_us if ttl is None else math.ceil(ttl * 1e6)
+        if ttl_us <= 0:
+            raise InvalidRequest(f"ttl={ttl!r}: expected seconds > 0")
+        r = await remote.call(["extend", str(self._id), ttl_us])
+        if r[0] != "ok":
+            raise InvalidRequest(
+                f"lease {self.id} expired before it was extended: its reservation "
+                "was reclaimed (raise lease_ttl, or extend sooner)"
+            )
+
+    def _commit_nowait(
+        self, actual: Mapping[str, Amount]
+    ) -> tuple[list[Alert], list[str]]:
+        req = self._actual(actual)
+        self._state = _SETTLED
+        remote = self._limiter._remote
+        assert remote is not None
+        return remote.settle_sync(str(self._id), req)
+
+    def _release_nowait(self) -> None:
+        if self._state == _PENDING:
+            raise InvalidRequest("this lease has not been acquired yet: await it first")
+        if self._state == _SETTLED:
+            return
+        self._state = _SETTLED
+        remote = self._limiter._remote
+        assert remote is not None
+        remote.settle_sync(str(self._id), None)

@@ -59,6 +59,10 @@ class SyncLimiter:
         """Block until granted; return a ``SyncLease`` (also a context manager)."""
         limiter = self._limiter
         lease = limiter.acquire(tokens, timeout=timeout, **amounts)
+        remote = limiter._remote
+        if remote is not None:
+            lease._granted(remote.acquire_sync(lease._req, lease._timeout))  # type: ignore[arg-type]
+            return SyncLease(self, lease)
         got = limiter._engine.begin(lease._req, lease._timeout, _ThreadWaiter)
         if isinstance(got, Waiter):
             self._wait(got)
@@ -90,7 +94,16 @@ class SyncLimiter:
         """A granted ``SyncLease`` now, or ``None``; never blocks."""
         limiter = self._limiter
         units = limiter._units(tokens, amounts, True)
-        lease = Lease(limiter, units, limiter._request(units, True), 0)
+        lease = limiter._lease_type(limiter, units, limiter._request(units, True), 0)
+        remote = limiter._remote
+        if remote is not None:
+            from ._exceptions import AcquireTimeout
+
+            try:
+                lease._granted(remote.acquire_sync(lease._req, 0))  # type: ignore[arg-type]
+            except AcquireTimeout:
+                return None
+            return SyncLease(self, lease)
         got = limiter._engine.begin(lease._req, 0, None)
         if got is None:
             return None
@@ -102,16 +115,32 @@ class SyncLimiter:
         """Charge usage after the fact (see ``Limiter.record``)."""
         limiter = self._limiter
         units = limiter._units(tokens, amounts, False)
-        woken, alerts = limiter._engine.record(limiter._request(units, False))
+        req = limiter._request(units, False)
+        remote = limiter._remote
+        if remote is not None:
+            (r,) = remote.execute([["record", list(req), remote.periods()]])
+            if r[0] == "exceeded":
+                raise remote.exceeded(int(r[1]), int(r[2]), int(r[3]), req, "recording")
+            self._deliver(remote.alerts(r[1]), [])
+            return
+        woken, alerts = limiter._engine.record(req)
         wake_all(woken)
         self._deliver(alerts, [])
 
     def snapshot(self) -> Snapshot:
         """Every limit's state now."""
+        remote = self._limiter._remote
+        if remote is not None:
+            (r,) = remote.execute([["snapshot", remote.periods()]])
+            return remote.snapshot_from(r)
         return self._limiter._engine.snapshot()
 
     def reset(self) -> None:
         """Zero every cap's usage for its current period."""
+        remote = self._limiter._remote
+        if remote is not None:
+            remote.execute([["reset", remote.periods()]])
+            return
         wake_all(self._limiter._engine.reset())
 
     def _deliver(self, alerts: list[Alert], overruns: list[str]) -> None:

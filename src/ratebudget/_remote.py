@@ -1,0 +1,470 @@
+"""A limiter's client side of a persistent store (SQLite, Redis).
+
+Every decision is one store call (one transaction, one script). Store calls
+are blocking and run in a worker thread, so they work on asyncio and trio
+alike. Calls from the tasks of one event loop are *coalesced*: the first
+caller sends its operation at once; callers that arrive while a call is in
+flight queue up and go together, in arrival order, in the next call (group
+commit). So one caller alone pays one round trip and no added wait, and many
+callers share round trips.
+
+Waiting for a rate is a local sleep until the moment the store scheduled;
+waiting on a hard cap that other callers' reservations block is a bounded
+poll, cut short when a lease of this process settles.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any, Final
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+from ._amounts import from_units
+from ._clock import SYSTEM_CLOCK, Clock
+from ._exceptions import AcquireTimeout, BudgetExceeded, StoreUnavailable
+from ._limits import Cap, Rate
+from ._periods import period_window
+from ._snapshot import Alert, LimitSnapshot, Snapshot
+from .stores import periods_of, plan_of, spec_of
+from .stores._base import Store
+
+__all__ = ("Remote",)
+
+logger: Final = logging.getLogger("ratebudget")
+
+_POLL_MIN: Final = 0.005  # s: first re-check of a cap blocked by reservations
+_POLL_MAX: Final = 0.25  # s: the longest a blocked caller goes without a look
+
+
+class _Call:
+    __slots__ = ("abandoned", "done", "error", "event", "lead", "op", "result")
+
+    def __init__(self, op: list[Any]) -> None:
+        self.op = op
+        self.event: anyio.Event | None = None
+        self.done = False
+        self.lead = False
+        self.abandoned = False
+        self.result: list[Any] = []
+        self.error: BaseException | None = None
+
+
+class _Batcher:
+    """The calls of one thread's event loop waiting for the store."""
+
+    __slots__ = ("pending", "running")
+
+    def __init__(self) -> None:
+        self.pending: list[_Call] = []
+        self.running = False
+
+
+class Remote:
+    """The store, name and plan of one limiter, and its coalescing client."""
+
+    def __init__(
+        self,
+        store: Store,
+        name: str,
+        limits: tuple[Rate | Cap, ...],
+        clock: Clock,
+        lease_ttl: float,
+        on_store_error: str,
+    ) -> None:
+        self.store = store
+        self.name = name
+        self.limits = limits
+        self.plan = plan_of(limits)
+        self.clock = clock
+        self.fake_time = clock is not SYSTEM_CLOCK
+        self.ttl_us = math.ceil(lease_ttl * 1e6)
+        self.keep_us = self.ttl_us
+        self.fail_open = on_store_error == "allow"
+        self.has_caps = any(isinstance(x, Cap) for x in limits)
+        self.hard = [isinstance(x, Cap) and not x.soft for x in limits]
+        self._local = threading.local()
+        self._registered = False
+        self._calls = 0  # store calls under way, from every thread
+        self._reg_lock = threading.Lock()
+
+    # -- the store ----------------------------------------------------------
+
+    def periods(self) -> list[str]:
+        return periods_of(self.limits, self.clock.time())
+
+    def _register(self) -> None:
+        if self._registered:
+            return
+        with self._reg_lock:
+            if self._registered:
+                return
+            for warning in self.store.register(self.name, spec_of(self.limits)):
+                logger.warning("ratebudget: %s", warning)
+            self._registered = True
+
+    def execute(self, ops: list[list[Any]]) -> list[list[Any]]:
+        """Run ``ops`` in one store call, here (blocking)."""
+        self._register()
+        now = round(self.clock.time() * 1e6) if self.fake_time else None
+        return self.store.execute(
+            self.name, self.plan, ops, keep_us=self.keep_us, now_us=now
+        )
+
+    def busy(self) -> bool:
+        """Whether a store call is under way (for tests that settle time)."""
+        return self._calls > 0
+
+    async def call(self, op: list[Any]) -> list[Any]:
+        """Run ``op``, coalesced with the other calls of this event loop."""
+        self._calls += 1
+        try:
+            return await self._call(op)
+        finally:
+            self._calls -= 1
+
+    async def _call(self, op: list[Any]) -> list[Any]:
+        b: _Batcher | None = getattr(self._local, "batcher", None)
+        if b is None:
+            b = self._local.batcher = _Batcher()
+        c = _Call(op)
+        b.pending.append(c)
+        if b.running:
+            c.event = anyio.Event()
+            try:
+                await c.event.wait()
+            except BaseException:
+                if not c.done and not c.lead:
+                    if c in b.pending:  # not sent: it never happened
+                        b.pending.remove(c)
+                    else:  # in flight: its leader settles what it got
+                        c.abandoned = True
+                elif c.lead:
+                    self._hand_over(b)
+                raise
+            if c.done:
+                if c.error is not None:
+                    raise c.error
+                return c.result
+            assert c.lead
+        await self._lead(b)
+        if c.error is not None:
+            raise c.error
+        return c.result
+
+    async def _lead(self, b: _Batcher) -> None:
+        """Send what is pending (this caller's op among it), then hand over."""
+        b.running = True
+        while True:
+            batch, b.pending = b.pending, []
+            try:
+                # shielded: a store call is bounded by the store's timeout, and
+                # its results belong to every caller in the batch
+                with anyio.CancelScope(shield=True):
+                    results = await anyio.to_thread.run_sync(
+                        self.execute, [c.op for c in batch]
+                    )
+            except Exception as e:
+                for c in batch:
+                    c.error = e
+            else:
+                for c, r in zip(batch, results, strict=True):
+                    c.result = r
+                    if c.abandoned and c.op[0] == "acquire" and r[0] == "ok":
+                        # its caller left while the grant was in flight
+                        b.pending.append(_Call(self._release_op(c.op[1])))
+            for c in batch:
+                c.done = True
+                if c.event is not None:
+                    c.event.set()
+            if not b.pending or any(c.event is not None for c in b.pending):
+                break
+            # only the releases of callers that left: send them too
+        self._hand_over(b)
+
+    def _hand_over(self, b: _Batcher) -> None:
+        """Make the first waiting caller the next leader, or go idle."""
+        for c in b.pending:
+            if c.event is not None:
+                c.lead = True
+                c.event.set()
+                return
+        b.running = False  # releases left over go with the next call
+
+    # -- operations ---------------------------------------------------------
+
+    def _release_op(self, lease_id: str) -> list[Any]:
+        return ["settle", lease_id, None, self.ttl_us, self.periods()]
+
+    def acquire_op(self, lease_id: str, req: tuple[int, ...], timeout_us: int) -> list[Any]:
+        return ["acquire", lease_id, list(req), timeout_us, self.ttl_us, self.periods()]
+
+    def settle_op(self, lease_id: str, actual: tuple[int, ...] | None) -> list[Any]:
+        return [
+            "settle",
+            lease_id,
+            None if actual is None else list(actual),
+            self.ttl_us,
+            self.periods(),
+        ]
+
+    def unavailable(self, e: StoreUnavailable, what: str) -> bool:
+        """Whether to go on without the store (``on_store_error="allow"``)."""
+        if not self.fail_open:
+            return False
+        logger.error(
+            "ratebudget: store %s unavailable, %s NOT METERED (on_store_error='allow'): %s",
+            self.store.url,
+            what,
+            e,
+        )
+        return True
+
+    def changed(self) -> None:
+        """A lease of this process settled: blocked callers look again now."""
+        event = getattr(self._local, "changed", None)
+        if event is not None:  # this thread's waiters; others poll
+            self._local.changed = None
+            event.set()
+
+    async def acquire(
+        self, req: tuple[int, ...], timeout_ns: int | None
+    ) -> tuple[str, int]:
+        """Reserve ``req``: the lease id once it may proceed (and its wait)."""
+        lease_id = os.urandom(9).hex()
+        clock = self.clock
+        start = clock.monotonic_ns()
+        deadline = None if timeout_ns is None else start + timeout_ns
+        poll = _POLL_MIN
+        while True:
+            left = None if deadline is None else deadline - clock.monotonic_ns()
+            timeout_us = -1 if left is None else max(0, left // 1000)
+            try:
+                r = await self.call(self.acquire_op(lease_id, req, timeout_us))
+            except StoreUnavailable as e:
+                if self.unavailable(e, "an acquisition"):
+                    return "", 0
+                raise
+            kind = r[0]
+            if kind == "ok":
+                wait_us = int(r[1])
+                try:
+                    if wait_us:
+                        await clock.sleep_until(clock.monotonic_ns() + wait_us * 1000)
+                    else:
+                        await anyio.lowlevel.checkpoint_if_cancelled()
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await self.release(lease_id)
+                    raise
+                return lease_id, wait_us
+            if kind == "timeout":
+                retry = int(r[1]) / 1e6
+                raise AcquireTimeout(
+                    f"acquisition needs {retry:.3f}s; timeout is "
+                    f"{(timeout_ns or 0) / 1e9:g}s",
+                    retry_after=retry,
+                )
+            if kind == "exceeded":
+                raise self.exceeded(int(r[1]), int(r[2]), int(r[3]), req, "acquiring")
+            assert kind == "blocked", r
+            # a hard cap is held by outstanding reservations: look again when
+            # one of ours settles, or after a bounded, growing poll
+            if deadline is not None and clock.monotonic_ns() >= deadline:
+                raise AcquireTimeout(
+                    "acquisition was not granted within its timeout: a cap is "
+                    "held by other callers' reservations",
+                    retry_after=None,
+                )
+            event = getattr(self._local, "changed", None)
+            if event is None:
+                event = self._local.changed = anyio.Event()
+            until = clock.monotonic_ns() + int(poll * 1e9)
+            if deadline is not None and deadline < until:
+                until = deadline
+            with anyio.move_on_after(poll):
+                await clock.wait(event, until)
+            poll = min(poll * 2, _POLL_MAX)
+
+    async def release(self, lease_id: str) -> None:
+        if not lease_id:
+            return
+        await self.settle(lease_id, None)
+
+    async def settle(
+        self, lease_id: str, actual: tuple[int, ...] | None
+    ) -> tuple[list[Alert], list[str]]:
+        """Commit ``actual`` (``None``: release); the alerts and overruns it caused."""
+        if not lease_id:  # granted without the store (fail open)
+            return [], []
+        try:
+            r = await self.call(self.settle_op(lease_id, actual))
+        except StoreUnavailable as e:
+            if self.unavailable(e, "a commit"):
+                return [], []
+            raise
+        self.changed()
+        if r[0] != "ok":
+            return [], []
+        return self.alerts(r[1]), self.overruns(r[1])
+
+    def alerts(self, crossed: list[list[int]]) -> list[Alert]:
+        """Alerts for thresholds a commit's usage crossed (each fires once)."""
+        out: list[Alert] = []
+        wall = self.clock.time()
+        for i, before, after in crossed:
+            spec = self.limits[int(i)]
+            assert isinstance(spec, Cap)
+            for t in spec.alert_at:
+                units = math.ceil(Decimal(repr(t)) * spec._limit_units)
+                if int(before) < units <= int(after):
+                    window = period_window(spec.per, spec.tz, wall) if spec.per else None
+                    out.append(
+                        Alert(
+                            limit=spec,
+                            threshold=t,
+                            used=from_units(spec.axis, int(after)),
+                            period=window.key if window else None,
+                            resets_at=window.end if window else None,
+                        )
+                    )
+        return out
+
+    def overruns(self, crossed: list[list[int]]) -> list[str]:
+        notes = []
+        for i, _before, after in crossed:
+            spec = self.limits[int(i)]
+            if self.hard[int(i)] and int(after) > spec._limit_units:
+                notes.append(
+                    f"commit pushed {spec!r} over its limit: used "
+                    f"{from_units(spec.axis, int(after))}"
+                )
+        return notes
+
+    def exceeded(
+        self, i: int, used: int, reserved: int, req: tuple[int, ...], kind: str
+    ) -> BudgetExceeded:
+        spec = self.limits[i]
+        assert isinstance(spec, Cap)
+        axis = spec.axis
+        window = (
+            period_window(spec.per, spec.tz, self.clock.time()) if spec.per else None
+        )
+        period = f" this {spec.per}" if spec.per else ""
+        resets = f"; it resets at {window.end.isoformat()}" if window else ""
+        return BudgetExceeded(
+            f"{kind} {axis}={from_units(axis, req[i])} would push {spec!r} past its "
+            f"limit: {from_units(axis, used)} of {spec.limit} used{period}{resets}",
+            axis=axis,
+            limit=spec.limit,
+            used=from_units(axis, used),
+            reserved=from_units(axis, reserved),
+            requested=from_units(axis, req[i]),
+            resets_at=window.end if window else None,
+        )
+
+    def snapshot_from(self, r: list[Any]) -> Snapshot:
+        out: list[LimitSnapshot] = []
+        wall = self.clock.time()
+        for spec, p, vals in zip(self.limits, self.plan.slots, r[1], strict=True):
+            axis = spec.axis
+            if isinstance(spec, Rate):
+                per = getattr(p, "per", 1)
+                level = int(vals[0])
+                tokens = level // per
+                burst = spec._burst_units
+                out.append(
+                    LimitSnapshot(
+                        limit=spec,
+                        kind="rate",
+                        axis=axis,
+                        limit_amount=spec.limit,
+                        used=from_units(axis, burst - tokens),
+                        reserved=from_units(axis, 0),
+                        remaining=from_units(axis, max(tokens, 0)),
+                        tokens=from_units(axis, tokens),
+                    )
+                )
+            else:
+                used, reserved = int(vals[0]), int(vals[1])
+                window = period_window(spec.per, spec.tz, wall) if spec.per else None
+                out.append(
+                    LimitSnapshot(
+                        limit=spec,
+                        kind="cap",
+                        axis=axis,
+                        limit_amount=spec.limit,
+                        used=from_units(axis, used),
+                        reserved=from_units(axis, reserved),
+                        remaining=from_units(
+                            axis, max(0, spec._limit_units - used - reserved)
+                        ),
+                        period=window.key if window else None,
+                        resets_at=window.end if window else None,
+                    )
+                )
+        return Snapshot(limits=tuple(out), waiting=0)
+
+    # -- the blocking facade --------------------------------------------------
+
+    def acquire_sync(
+        self,
+        req: tuple[int, ...],
+        timeout_ns: int | None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> str:
+        lease_id = os.urandom(9).hex()
+        clock = self.clock
+        deadline = None if timeout_ns is None else clock.monotonic_ns() + timeout_ns
+        poll = _POLL_MIN
+        while True:
+            left = None if deadline is None else deadline - clock.monotonic_ns()
+            timeout_us = -1 if left is None else max(0, left // 1000)
+            try:
+                (r,) = self.execute([self.acquire_op(lease_id, req, timeout_us)])
+            except StoreUnavailable as e:
+                if self.unavailable(e, "an acquisition"):
+                    return ""
+                raise
+            if r[0] == "ok":
+                if int(r[1]):
+                    sleep(int(r[1]) / 1e6)
+                return lease_id
+            if r[0] == "timeout":
+                raise AcquireTimeout(
+                    f"acquisition needs {int(r[1]) / 1e6:.3f}s",
+                    retry_after=int(r[1]) / 1e6,
+                )
+            if r[0] == "exceeded":
+                raise self.exceeded(int(r[1]), int(r[2]), int(r[3]), req, "acquiring")
+            if deadline is not None and clock.monotonic_ns() >= deadline:
+                raise AcquireTimeout(
+                    "acquisition was not granted within its timeout: a cap is "
+                    "held by other callers' reservations",
+                    retry_after=None,
+                )
+            sleep(poll)
+            poll = min(poll * 2, _POLL_MAX)
+
+    def settle_sync(
+        self, lease_id: str, actual: tuple[int, ...] | None
+    ) -> tuple[list[Alert], list[str]]:
+        if not lease_id:
+            return [], []
+        try:
+            (r,) = self.execute([self.settle_op(lease_id, actual)])
+        except StoreUnavailable as e:
+            if self.unavailable(e, "a commit"):
+                return [], []
+            raise
+        if r[0] != "ok":
+            return [], []
+        return self.alerts(r[1]), self.overruns(r[1])
