@@ -1,0 +1,77 @@
+"""A worker process for the multi-process and crash tests.
+
+``python tests/mp_worker.py MODE URL NAME [ARGS...]``; it prints one line per
+event and flushes, so the parent can follow it (and kill it mid-way).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import anyio
+
+from ratebudget import BudgetExceeded, Cap, Limiter, Rate
+
+
+async def cap(url: str, name: str, limit: int, each: int, tasks: int) -> None:
+    """Hammer a hard cap until it refuses: print every committed amount."""
+    lim = Limiter(Cap(tokens=limit), store=url, name=name)
+    done = anyio.Event()
+
+    async def one() -> None:
+        while not done.is_set():
+            try:
+                async with lim.acquire(each, timeout=30) as lease:
+                    await lease.commit(tokens=each)
+                print("committed", each, flush=True)
+            except BudgetExceeded:
+                done.set()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(tasks):
+            tg.start_soon(one)
+
+
+async def rate(url: str, name: str, limit: int, burst: int, count: int) -> None:
+    """Take ``count`` grants of one token from a shared rate."""
+    lim = Limiter(Rate(tokens=limit, per="second", burst=burst), store=url, name=name)
+    for _ in range(count):
+        await lim.acquire(1)
+        print("granted", time.time(), flush=True)
+
+
+async def hold(url: str, name: str, ttl: float) -> None:
+    """Reserve 80 of a cap of 100, say so, and never settle."""
+    lim = Limiter(Cap(tokens=100), store=url, name=name, lease_ttl=ttl)
+    await lim.acquire(80)
+    print("held", time.time(), flush=True)
+    await anyio.sleep_forever()
+
+
+async def commits(url: str, name: str) -> None:
+    """Record one token at a time, printing after each record returns."""
+    lim = Limiter(Cap(tokens=10**9), store=url, name=name)
+    n = 0
+    while True:
+        await lim.record(tokens=1)
+        n += 1
+        print(n, flush=True)
+
+
+def main() -> None:
+    mode, url, name, *args = sys.argv[1:]
+    if mode == "cap":
+        anyio.run(cap, url, name, int(args[0]), int(args[1]), int(args[2]))
+    elif mode == "rate":
+        anyio.run(rate, url, name, int(args[0]), int(args[1]), int(args[2]))
+    elif mode == "hold":
+        anyio.run(hold, url, name, float(args[0]))
+    elif mode == "commits":
+        anyio.run(commits, url, name)
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main()

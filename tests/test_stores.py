@@ -1,0 +1,163 @@
+"""Choosing a store, redeclared limits, coalescing and the failure policy."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from ratebudget import (
+    Cap,
+    InvalidRequest,
+    Limiter,
+    Rate,
+    StoreUnavailable,
+)
+from ratebudget.stores import MemoryStore, SQLiteStore, open_store
+from ratebudget.stores._core import Plan
+
+
+def test_urls_name_their_store(tmp_path: Path) -> None:
+    assert isinstance(open_store("memory://"), MemoryStore)
+    store = open_store(f"sqlite:///{tmp_path / 'b.db'}")
+    assert isinstance(store, SQLiteStore)
+    assert store.path == str(tmp_path / "b.db")
+    assert open_store("sqlite:///rel.db").path == "rel.db"  # type: ignore[union-attr]
+    for bad in ("nope", "ftp://x", "sqlite://", 42):
+        with pytest.raises(InvalidRequest):
+            open_store(bad)  # type: ignore[arg-type]
+
+
+def test_a_shared_store_needs_a_name(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    with pytest.raises(InvalidRequest, match="needs name="):
+        Limiter(Cap(tokens=1), store=url)
+    for bad in ("", "a b", "{x}", "x" * 201, 3):
+        with pytest.raises(InvalidRequest):
+            Limiter(Cap(tokens=1), store=url, name=bad)  # type: ignore[arg-type]
+    for ttl in (0, -1, float("inf"), float("nan"), True):
+        with pytest.raises(InvalidRequest):
+            Limiter(Cap(tokens=1), store=url, name="x", lease_ttl=ttl)
+    with pytest.raises(InvalidRequest):
+        Limiter(Cap(tokens=1), store=url, name="x", on_store_error="ignore")
+
+
+def test_a_rate_of_fractional_microseconds_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest, match="microseconds"):
+        Limiter(
+            Rate(tokens=1, per=1e-9 * 1500), store=f"sqlite:///{tmp_path / 'b.db'}", name="x"
+        )
+
+
+def test_memory_limiters_of_one_name_share_one_engine() -> None:
+    store = MemoryStore()
+    a = Limiter(Cap(tokens=10), store=store, name="n")
+    b = Limiter(Cap(tokens=10), store=store, name="n")
+    assert a._engine is b._engine
+    c = Limiter(Cap(tokens=20), store=store, name="n")  # other limits: its own
+    assert c._engine is not a._engine
+
+
+async def test_a_redeclared_cap_applies_to_the_usage_so_far(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    old = Limiter(Cap(usd="10", per="day"), store=url, name="prod")
+    await old.record(usd="8")
+    lowered = Limiter(Cap(usd="5", per="day"), store=url, name="prod")
+    snap = await lowered.snapshot()
+    assert snap[0].used == 8
+    assert snap[0].remaining == 0
+    raised = Limiter(Cap(usd="20", per="day"), store=url, name="prod")
+    async with raised.acquire(usd="11"):
+        pass
+    assert (await old.snapshot())[0].used == 19  # one counter for all three
+
+
+async def test_a_redeclared_rate_starts_a_fresh_bucket(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    old = Limiter(Rate(tokens=100, per="minute"), store=url, name="prod")
+    await old.acquire(100)
+    new = Limiter(Rate(tokens=200, per="minute"), store=url, name="prod")
+    assert (await new.snapshot())[0].tokens == 200
+    assert (await old.snapshot())[0].tokens == 0
+
+
+class CountingStore(SQLiteStore):
+    """An SQLite store that counts its transactions."""
+
+    calls = 0
+    ops = 0
+
+    def execute(self, *args: Any, **kw: Any) -> list[list[Any]]:
+        self.calls += 1
+        self.ops += len(args[2])
+        return super().execute(*args, **kw)
+
+
+async def test_concurrent_calls_share_transactions(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "b.db")
+    lim = Limiter(Rate(tokens=1000, per="second"), store=store, name="x")
+    await lim.acquire(1)  # registers and creates the schema
+    store.calls = store.ops = 0
+    async with anyio.create_task_group() as tg:
+        for _ in range(64):
+            tg.start_soon(lambda: lim.acquire(1)._acquire())
+    assert store.ops == 64
+    assert store.calls < 64 // 4  # coalesced, in order, into few transactions
+    alone = store.calls
+    await lim.acquire(1)
+    assert store.calls == alone + 1  # one caller: one transaction, no wait
+
+
+async def test_a_locked_database_is_unavailable_within_the_timeout(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "b.db"
+    store = SQLiteStore(path, timeout=0.2)
+    lim = Limiter(Cap(tokens=10), store=store, name="x")
+    await lim.record(tokens=1)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with anyio.fail_after(5), pytest.raises(StoreUnavailable, match="locked"):
+            await lim.acquire(1)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    async with lim.acquire(1):
+        pass
+
+
+async def test_fail_open_is_opt_in_and_loud(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path / 'missing' / 'b.db'}"
+    closed = Limiter(Cap(tokens=10), store=url, name="x")
+    with pytest.raises(StoreUnavailable):
+        await closed.acquire(1)
+    opened = Limiter(Cap(tokens=10), store=url, name="x", on_store_error="allow")
+    with caplog.at_level(logging.ERROR, logger="ratebudget"):
+        async with opened.acquire(5) as lease:
+            await lease.commit(tokens=4)
+    assert "NOT METERED" in caplog.text
+
+
+def test_the_plan_keys_name_what_they_count() -> None:
+    from ratebudget.stores import plan_of
+
+    plan: Plan = plan_of(
+        (
+            Rate(tokens=90_000, per="minute"),
+            Cap(usd="25", per="day"),
+            Cap(usd="25", per="day"),
+            Cap(usd="30", per="day", soft=True),
+        )
+    )
+    keys = [s.key for s in plan.slots]
+    assert keys[0] == "r:tokens:90000:90000:60000000"
+    assert keys[1] == "c:usd:day:UTC:hard"
+    assert keys[2] == "c:usd:day:UTC:hard#2"  # never one counter counted twice
+    assert keys[3] == "c:usd:day:UTC:soft"
