@@ -1,0 +1,211 @@
+"""The Redis store against its own ``redis-server``: round trips, faults, restarts.
+
+Each test starts a private server (``tests/redis_server.py``) so it can read
+its command statistics, stop it and start it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+from ratebudget import Cap, Limiter, Rate, StoreUnavailable
+from redis_server import RedisServer, redis_server_or_skip
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    with redis_server_or_skip() as s:
+        yield s
+
+
+@pytest.fixture
+def aof_server() -> Iterator[RedisServer]:
+    with redis_server_or_skip(appendonly=True, appendfsync="always") as s:
+        yield s
+
+
+class Monitor:
+    """The commands clients send (``MONITOR``), not those scripts run."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.server = server
+        self.commands: list[str] = []
+
+    def __enter__(self) -> Monitor:
+        self.client = self.server.client()
+        self.monitor = self.client.monitor().__enter__()
+        self.thread = threading.Thread(target=self._read)
+        self.thread.start()
+        return self
+
+    def _read(self) -> None:
+        while True:
+            got = self.monitor.next_command()
+            if got["client_type"] == "lua":
+                continue
+            command = got["command"]
+            if command == "ECHO monitor-done":
+                return
+            name = command.split()[0].upper()
+            if name not in ("HELLO", "CLIENT"):  # a new connection's handshake
+                self.commands.append(name)
+
+    def __exit__(self, *exc: object) -> None:
+        poke = self.server.client()
+        try:
+            poke.echo("monitor-done")
+        finally:
+            poke.close()
+        self.thread.join(10)
+        self.monitor.__exit__()
+        self.client.close()
+
+
+def script_calls(server: RedisServer) -> int:
+    """Redis' own count of script calls (``INFO commandstats``)."""
+    stats = server.info_commandstats()
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
+
+
+async def test_one_script_call_per_uncontended_acquisition(server: RedisServer) -> None:
+    lim = Limiter(Rate(tokens=10_000, per="second"), store=server.url, name="rt")
+    async with lim.acquire(1):  # registers the limiter, loads the script
+        pass
+    with Monitor(server) as sent:
+        for _ in range(50):
+            async with lim.acquire(1):
+                pass
+    assert sent.commands == ["EVALSHA"] * 50
+    before = script_calls(server)
+    for _ in range(10):
+        await lim.acquire(1)
+    assert script_calls(server) - before == 10
+
+
+async def test_a_capped_acquisition_is_two_calls_reserve_and_commit(
+    server: RedisServer,
+) -> None:
+    lim = Limiter(Cap(usd="100"), store=server.url, name="rt2")
+    await lim.record(usd="0.01")
+    with Monitor(server) as sent:
+        for _ in range(20):
+            async with lim.acquire(usd="0.01") as lease:
+                await lease.commit(usd="0.005")
+    assert sent.commands == ["EVALSHA"] * 40
+
+
+async def test_concurrent_tasks_share_script_calls(server: RedisServer) -> None:
+    lim = Limiter(Rate(tokens=1_000, per="hour"), store=server.url, name="co")
+    await lim.acquire(1)
+    with Monitor(server) as sent:
+        async with anyio.create_task_group() as tg:
+            for _ in range(64):
+                tg.start_soon(lambda: lim.acquire(1)._acquire())
+    assert set(sent.commands) == {"EVALSHA"}
+    assert len(sent.commands) < 16  # coalesced
+    assert (await lim.snapshot())[0].tokens == 1_000 - 65
+
+
+async def test_a_flushed_script_cache_is_reloaded(server: RedisServer) -> None:
+    lim = Limiter(Cap(tokens=100), store=server.url, name="flush")
+    await lim.record(tokens=1)
+    client = server.client()
+    try:
+        client.script_flush()
+    finally:
+        client.close()
+    await lim.record(tokens=1)
+    assert (await lim.snapshot())[0].used == 2
+
+
+async def test_a_stopped_server_is_unavailable_within_the_timeout(
+    aof_server: RedisServer,
+) -> None:
+    from ratebudget.stores import RedisStore
+
+    store = RedisStore(aof_server.url, timeout=0.5)
+    lim = Limiter(Cap(usd="10", per="month"), store=store, name="fault")
+    async with lim.acquire(usd="1") as lease:
+        await lease.commit(usd="2.5")
+    aof_server.stop()
+    for _ in range(3):
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            async with lim.acquire(usd="1"):
+                pytest.fail("granted without its store")
+        assert time.monotonic() - started < 0.5 * 2 + 1  # connect + read, bounded
+        with pytest.raises(StoreUnavailable):
+            await lim.record(usd="1")
+    aof_server.start()
+    snap = await lim.snapshot()  # the AOF kept the month's usage
+    assert snap[0].used == 2.5
+    async with lim.acquire(usd="1"):
+        pass
+    assert (await lim.snapshot())[0].used == 3.5
+
+
+async def test_a_killed_server_keeps_what_the_aof_had(aof_server: RedisServer) -> None:
+    lim = Limiter(Cap(tokens=1000, per="day"), store=aof_server.url, name="kill")
+    for _ in range(10):
+        await lim.record(tokens=7)
+    aof_server.kill()
+    aof_server.start()
+    assert (await lim.snapshot())[0].used == 70
+
+
+async def test_fail_open_grants_without_the_server(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ratebudget.stores import RedisStore
+
+    store = RedisStore(server.url, timeout=0.3)
+    lim = Limiter(Cap(tokens=10), store=store, name="open", on_store_error="allow")
+    server.stop()
+    with caplog.at_level(logging.ERROR, logger="ratebudget"):
+        async with lim.acquire(5) as lease:
+            await lease.commit(tokens=5)
+    assert "NOT METERED" in caplog.text
+
+
+async def test_caps_on_a_redis_without_persistence_warn_once(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="ratebudget"):
+        lim = Limiter(Cap(usd="25", per="month"), store=server.url, name="volatile")
+        await lim.record(usd="1")
+        await lim.record(usd="1")
+        rates = Limiter(Rate(tokens=10, per="second"), store=server.url, name="r")
+        await rates.acquire(1)
+    warnings = [r for r in caplog.records if "appendonly" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+async def test_caps_on_a_persistent_redis_do_not_warn(
+    aof_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="ratebudget"):
+        lim = Limiter(Cap(usd="25", per="month"), store=aof_server.url, name="safe")
+        await lim.record(usd="1")
+    assert not [r for r in caplog.records if "appendonly" in r.getMessage()]
+
+
+async def test_keys_live_in_one_slot_and_expire(server: RedisServer) -> None:
+    lim = Limiter(
+        Rate(tokens=10, per="second"), Cap(tokens=100, per="day"), store=server.url, name="keys"
+    )
+    async with lim.acquire(1):
+        pass
+    client = server.client()
+    try:
+        keys = sorted(k.decode() for k in client.keys("{keys}*"))
+        assert keys and all(k.startswith("{keys}:") for k in keys)
+        for key in keys:
+            assert client.pttl(key) > 0, key  # idle limiters cost nothing
+    finally:
+        client.close()
