@@ -85,10 +85,13 @@ def collect() -> list[Example]:
 EXAMPLES = collect()
 
 
-def run(example: Example, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run(
+    example: Example, cwd: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     script = cwd / "example.py"
     script.write_text(example.code, encoding="utf-8")
     env = dict(os.environ)
+    env.update(extra_env or {})
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p
     )
@@ -111,8 +114,13 @@ def test_examples_are_collected() -> None:
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[ex.name for ex in EXAMPLES])
-def test_example_runs(example: Example, tmp_path: Path) -> None:
-    result = run(example, tmp_path)
+def test_example_runs(
+    example: Example, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    extra = {}
+    if "RATEBUDGET_REDIS_URL" in example.code:  # the tests' own Redis server
+        extra["RATEBUDGET_REDIS_URL"] = request.getfixturevalue("redis_url")
+    result = run(example, tmp_path, extra)
     if result.returncode != 0:
         pytest.fail(
             f"{example.name} exited with {result.returncode}\n"

@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -49,8 +48,8 @@ def finish(procs: list[subprocess.Popen[str]], timeout: float = 60) -> list[str]
 
 
 @pytest.fixture
-def name(request: pytest.FixtureRequest) -> Iterator[str]:
-    yield f"mp-{os.getpid()}-{request.node.name}".replace("[", "-").replace("]", "")
+def name(request: pytest.FixtureRequest) -> str:
+    return f"mp-{os.getpid()}-{request.node.name}".replace("[", "-").replace("]", "")
 
 
 def test_eight_processes_never_overspend_a_hard_cap(store_url: str, name: str) -> None:

@@ -70,7 +70,9 @@ class Monitor:
 def script_calls(server: RedisServer) -> int:
     """Redis' own count of script calls (``INFO commandstats``)."""
     stats = server.info_commandstats()
-    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
+    return sum(
+        int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval")
+    )
 
 
 async def test_one_script_call_per_uncontended_acquisition(server: RedisServer) -> None:
@@ -197,14 +199,18 @@ async def test_caps_on_a_persistent_redis_do_not_warn(
 
 async def test_keys_live_in_one_slot_and_expire(server: RedisServer) -> None:
     lim = Limiter(
-        Rate(tokens=10, per="second"), Cap(tokens=100, per="day"), store=server.url, name="keys"
+        Rate(tokens=10, per="second"),
+        Cap(tokens=100, per="day"),
+        store=server.url,
+        name="keys",
     )
     async with lim.acquire(1):
         pass
     client = server.client()
     try:
         keys = sorted(k.decode() for k in client.keys("{keys}*"))
-        assert keys and all(k.startswith("{keys}:") for k in keys)
+        assert keys
+        assert all(k.startswith("{keys}:") for k in keys)
         for key in keys:
             assert client.pttl(key) > 0, key  # idle limiters cost nothing
     finally:

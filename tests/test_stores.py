@@ -49,7 +49,9 @@ def test_a_shared_store_needs_a_name(tmp_path: Path) -> None:
 def test_a_rate_of_fractional_microseconds_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest, match="microseconds"):
         Limiter(
-            Rate(tokens=1, per=1e-9 * 1500), store=f"sqlite:///{tmp_path / 'b.db'}", name="x"
+            Rate(tokens=1, per=1e-9 * 1500),
+            store=f"sqlite:///{tmp_path / 'b.db'}",
+            name="x",
         )
 
 

@@ -685,6 +685,25 @@ class Lease:
         """
         self._release_nowait()
 
+    async def extend(self, ttl: float | None = None) -> None:
+        """Keep this lease's reservation for ``ttl`` more seconds (default: the
+        limiter's ``lease_ttl``), for calls that may outlive it (long streams).
+
+        On a shared store an unsettled lease gives its cap reservation back
+        ``lease_ttl`` seconds after its grant; memory leases never expire, so
+        there this only checks the lease is active. Raises ``InvalidRequest``
+        if the lease is not active, or was already reclaimed.
+        """
+        if self._state != _ACTIVE:
+            raise InvalidRequest(f"lease {self.id} is not active")
+        if ttl is not None and (
+            isinstance(ttl, bool)
+            or not isinstance(ttl, (int, float))
+            or not math.isfinite(ttl)
+            or ttl <= 0
+        ):
+            raise InvalidRequest(f"ttl={ttl!r}: expected seconds > 0")
+
     def __repr__(self) -> str:
         state = ("pending", "active", "settled")[self._state]
         amounts = ", ".join(f"{k}={v}" for k, v in self.amounts.items())
@@ -764,15 +783,10 @@ class _RemoteLease(Lease):
         await remote.release(str(self._id))
 
     async def extend(self, ttl: float | None = None) -> None:
-        """Push this lease's expiry ``ttl`` seconds (default: the limiter's
-        ``lease_ttl``) from now, for calls that outlive it (long streams)."""
-        if self._state != _ACTIVE:
-            raise InvalidRequest(f"lease {self.id} is not active")
+        await super().extend(ttl)
         remote = self._limiter._remote
         assert remote is not None
         ttl_us = remote.ttl_us if ttl is None else math.ceil(ttl * 1e6)
-        if ttl_us <= 0:
-            raise InvalidRequest(f"ttl={ttl!r}: expected seconds > 0")
         r = await remote.call(["extend", str(self._id), ttl_us])
         if r[0] != "ok":
             raise InvalidRequest(

@@ -204,7 +204,9 @@ class Remote:
     def _release_op(self, lease_id: str) -> list[Any]:
         return ["settle", lease_id, None, self.ttl_us, self.periods()]
 
-    def acquire_op(self, lease_id: str, req: tuple[int, ...], timeout_us: int) -> list[Any]:
+    def acquire_op(
+        self, lease_id: str, req: tuple[int, ...], timeout_us: int
+    ) -> list[Any]:
         return ["acquire", lease_id, list(req), timeout_us, self.ttl_us, self.periods()]
 
     def settle_op(self, lease_id: str, actual: tuple[int, ...] | None) -> list[Any]:
@@ -326,7 +328,9 @@ class Remote:
             for t in spec.alert_at:
                 units = math.ceil(Decimal(repr(t)) * spec._limit_units)
                 if int(before) < units <= int(after):
-                    window = period_window(spec.per, spec.tz, wall) if spec.per else None
+                    window = (
+                        period_window(spec.per, spec.tz, wall) if spec.per else None
+                    )
                     out.append(
                         Alert(
                             limit=spec,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
+from datetime import timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import InvalidRequest
@@ -46,9 +47,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._engines: dict[str, tuple[tuple[Rate | Cap, ...], Engine]] = {}
 
-    def engine(
-        self, name: str, limits: tuple[Rate | Cap, ...], make: Any
-    ) -> Engine:
+    def engine(self, name: str, limits: tuple[Rate | Cap, ...], make: Any) -> Engine:
         """The engine of limiter ``name``, made by ``make()`` the first time."""
         with self._lock:
             got = self._engines.get(name)
@@ -107,7 +106,17 @@ def open_store(url: str) -> Store | MemoryStore:
 
 
 def _tz_name(tz: object) -> str:
+    """A zone's IANA key, or its fixed offset as ``UTC+02:00``."""
     return str(getattr(tz, "key", None) or tz)
+
+
+def _tz_of(name: str) -> str | tzinfo:
+    """The inverse of ``_tz_name``."""
+    if name.startswith("UTC") and len(name) > 3:  # a fixed offset: UTC+02:00
+        sign = -1 if name[3] == "-" else 1
+        hours, _, minutes = name[4:].partition(":")
+        return timezone(sign * timedelta(hours=int(hours), minutes=int(minutes or 0)))
+    return name
 
 
 def plan_of(limits: tuple[Rate | Cap, ...]) -> Plan:
@@ -198,7 +207,7 @@ def limits_of(spec: dict[str, Any]) -> tuple[Rate | Cap, ...]:
             out.append(
                 Cap(
                     per=x["per"],
-                    tz=x["tz"],
+                    tz=_tz_of(x["tz"]),
                     soft=x["soft"],
                     alert_at=tuple(x["alert_at"]),
                     **{x["axis"]: x["limit"]},

@@ -33,6 +33,7 @@ __all__ = (
     "Plan",
     "RateP",
     "State",
+    "periods_of_op",
     "run",
 )
 
@@ -341,6 +342,20 @@ def _reset(st: State, plan: Plan, periods: list[str]) -> list[Any]:
             st.used[key] = 0
             st.dirty_used.add(key)
     return ["ok"]
+
+
+def periods_of_op(op: list[Any]) -> list[str]:
+    """The period keys an operation names (its last field), if any."""
+    last = op[-1] if op else None
+    if isinstance(last, list) and op[0] in (
+        "acquire",
+        "settle",
+        "record",
+        "snapshot",
+        "reset",
+    ):
+        return [str(p) for p in last]
+    return []
 
 
 def run(

@@ -20,7 +20,7 @@ from typing import Any, Final
 from .._exceptions import InvalidRequest, StoreUnavailable
 from . import _core
 from ._base import Store
-from ._core import ACTIVE, CapP, Plan, RateP, State
+from ._core import ACTIVE, CapP, Plan, RateP, State, periods_of_op
 
 __all__ = ("SQLiteStore",)
 
@@ -81,6 +81,7 @@ class SQLiteStore(Store):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
+        conn = None
         try:
             conn = sqlite3.connect(
                 self.path, timeout=self.timeout, isolation_level=None
@@ -94,6 +95,8 @@ class SQLiteStore(Store):
                         conn.executescript(_SCHEMA)  # commits
                         self._ready = True
         except sqlite3.Error as e:
+            if conn is not None:
+                conn.close()
             raise StoreUnavailable(f"cannot open SQLite store {self.path}: {e}") from e
         self._local.conn = conn
         with self._lock:
@@ -181,7 +184,7 @@ class SQLiteStore(Store):
         used_keys = {
             f"{p.key}|{period}"
             for op in ops
-            for p, period in zip(plan.slots, _periods(op), strict=False)
+            for p, period in zip(plan.slots, periods_of_op(op), strict=False)
             if isinstance(p, CapP)
         }
         for key in rate_keys:
@@ -213,11 +216,11 @@ class SQLiteStore(Store):
                     (name, op[1]),
                 ).fetchone()
                 st.leases[op[1]] = None if got is None else json.loads(got[0])
+        # a lease may hold reservations on caps this process does not declare
         reserved_keys = set(cap_keys)
-        for lease_id in st.expiring:
-            rec = st.leases[lease_id]
-            assert rec is not None
-            reserved_keys.update(rec["caps"])
+        for rec in st.leases.values():
+            if rec is not None:
+                reserved_keys.update(rec["caps"])
         for key in reserved_keys:
             got = conn.execute(
                 "SELECT reserved FROM rb_reserved WHERE name = ? AND key = ?",
@@ -259,17 +262,3 @@ class SQLiteStore(Store):
             (name, ACTIVE, st.clock),
         )
         return out
-
-
-def _periods(op: list[Any]) -> list[str]:
-    """The period keys an operation names (its last field), if any."""
-    last = op[-1] if op else None
-    if isinstance(last, list) and op[0] in (
-        "acquire",
-        "settle",
-        "record",
-        "snapshot",
-        "reset",
-    ):
-        return [str(p) for p in last]
-    return []

@@ -1,0 +1,239 @@
+"""What ``ratebudget status`` reports: every limiter a persistent store knows.
+
+:func:`status` reads the limiters registered on a store (SQLite, Redis), or
+one of them, and returns a :class:`LimiterStatus` per limiter: the state of
+each of its limits now, from the same ``snapshot`` operation a limiter's own
+``snapshot()`` runs. The command line only renders these.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Literal
+
+from ._clock import SYSTEM_CLOCK
+from ._exceptions import InvalidRequest, StoreUnavailable
+from ._limits import Cap, Rate
+from ._remote import Remote
+from ._snapshot import LimitSnapshot
+from .stores import MemoryStore, Store, limits_of, open_store
+
+__all__ = ("LimitStatus", "LimiterStatus", "UnknownLimiter", "status")
+
+_NAMED_PERIODS = {60 * 60 * 24: "day", 60 * 60: "hour", 60: "minute", 1: "second"}
+_LEASE_TTL = 600.0  # s: how long the snapshot keeps a lease it reclaims
+
+
+class UnknownLimiter(InvalidRequest):
+    """No limiter of the name asked for is registered on the store."""
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, Decimal):
+        return f"{value:f}"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def _per_name(per_ns: int) -> str:
+    """``"minute"`` for a named period, else seconds: ``"90s"``, ``"0.5s"``."""
+    if per_ns % 1_000_000_000 == 0 and per_ns // 1_000_000_000 in _NAMED_PERIODS:
+        return _NAMED_PERIODS[per_ns // 1_000_000_000]
+    return f"{per_ns / 1e9:g}s"
+
+
+def _tz_name(tz: object) -> str:
+    return str(getattr(tz, "key", None) or tz)
+
+
+@dataclass(frozen=True)
+class LimitStatus:
+    """One limit of a limiter, now.
+
+    For a rate, ``limit`` is what refills per ``per``, ``burst`` what the
+    bucket holds at most, ``available`` what it holds now (negative while in
+    debt), ``used`` the drawn part of the burst and ``remaining`` what a
+    caller could take at once; ``reserved`` is always zero. For a cap,
+    ``per`` is its calendar period (``None``: lifetime), ``used`` what was
+    committed this period, ``reserved`` what outstanding leases hold,
+    ``remaining`` what is left, ``period`` the period's key and ``resets_at``
+    when it ends.
+    """
+
+    kind: Literal["rate", "cap"]
+    axis: str
+    limit: int | Decimal
+    per: str | None
+    per_seconds: float | None
+    burst: int | Decimal | None
+    soft: bool
+    tz: str | None
+    used: int | Decimal
+    reserved: int | Decimal
+    remaining: int | Decimal
+    available: int | Decimal | None
+    period: str | None
+    resets_at: datetime | None
+
+    @classmethod
+    def from_snapshot(cls, snap: LimitSnapshot) -> LimitStatus:
+        spec = snap.limit
+        if isinstance(spec, Rate):
+            return cls(
+                kind="rate",
+                axis=snap.axis,
+                limit=spec.limit,
+                per=_per_name(spec._per_ns),
+                per_seconds=spec.per_seconds,
+                burst=spec.burst,
+                soft=False,
+                tz=None,
+                used=snap.used,
+                reserved=snap.reserved,
+                remaining=snap.remaining,
+                available=snap.tokens,
+                period=None,
+                resets_at=None,
+            )
+        assert isinstance(spec, Cap)
+        return cls(
+            kind="cap",
+            axis=snap.axis,
+            limit=spec.limit,
+            per=spec.per,
+            per_seconds=None,
+            burst=None,
+            soft=spec.soft,
+            tz=_tz_name(spec.tz),
+            used=snap.used,
+            reserved=snap.reserved,
+            remaining=snap.remaining,
+            available=None,
+            period=snap.period,
+            resets_at=snap.resets_at,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict: Decimals as strings, datetimes as ISO 8601."""
+        return {
+            "kind": self.kind,
+            "axis": self.axis,
+            "limit": _json_value(self.limit),
+            "per": self.per,
+            "per_seconds": self.per_seconds,
+            "burst": _json_value(self.burst),
+            "soft": self.soft,
+            "tz": self.tz,
+            "used": _json_value(self.used),
+            "reserved": _json_value(self.reserved),
+            "remaining": _json_value(self.remaining),
+            "available": _json_value(self.available),
+            "period": self.period,
+            "resets_at": _json_value(self.resets_at),
+        }
+
+
+@dataclass(frozen=True)
+class LimiterStatus:
+    """A limiter registered on a store and the state of its limits.
+
+    ``at`` is the store's clock when the state was read. ``error`` says why
+    the limits could not be read (a spec this version cannot rebuild); then
+    ``limits`` is empty.
+    """
+
+    name: str
+    limits: tuple[LimitStatus, ...]
+    at: datetime | None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict: Decimals as strings, datetimes as ISO 8601."""
+        return {
+            "name": self.name,
+            "at": _json_value(self.at),
+            "error": self.error,
+            "limits": [limit.to_json() for limit in self.limits],
+        }
+
+
+def _check_exists(store: Store) -> None:
+    """A status must not create an SQLite file where there was none."""
+    from .stores.sqlite import SQLiteStore
+
+    if (
+        isinstance(store, SQLiteStore)
+        and store.path != ":memory:"
+        and not os.path.exists(store.path)
+    ):
+        raise StoreUnavailable(
+            f"no SQLite store at {store.path}: the file does not exist"
+        )
+
+
+def _read(store: Store, name: str, spec: dict[str, Any]) -> LimiterStatus:
+    try:
+        limits = limits_of(spec)
+    except (InvalidRequest, KeyError, TypeError, ValueError) as e:
+        return LimiterStatus(
+            name, (), None, f"cannot rebuild its limits from {spec!r}: {e}"
+        )
+    remote = Remote(
+        store, name, limits, SYSTEM_CLOCK, lease_ttl=_LEASE_TTL, on_store_error="raise"
+    )
+    # store.execute, not remote.execute: a status reads, so it does not
+    # register the spec again over one a limiter may have just redeclared
+    (r,) = store.execute(
+        name, remote.plan, [["snapshot", remote.periods()]], keep_us=remote.keep_us
+    )
+    snap = remote.snapshot_from(r)
+    at = datetime.fromtimestamp(int(r[2]) / 1e6, timezone.utc)
+    return LimiterStatus(
+        name, tuple(LimitStatus.from_snapshot(s) for s in snap.limits), at
+    )
+
+
+def status(
+    store_url_or_store: str | Store | MemoryStore, name: str | None = None
+) -> list[LimiterStatus]:
+    """The state of every limiter registered on a store, or of limiter ``name``.
+
+    Takes a URL (``"sqlite:///budgets.db"``, ``"redis://..."``) or a store
+    object; a store this function opened from a URL is closed again. Raises
+    ``InvalidRequest`` for a URL it cannot use or a ``memory://`` store
+    (its state lives inside one process), ``UnknownLimiter`` when ``name``
+    is not registered, and ``StoreUnavailable`` when the store cannot be
+    read (a missing SQLite file included: a status creates nothing).
+    """
+    if isinstance(store_url_or_store, str):
+        store = open_store(store_url_or_store)
+        owned = True
+    else:
+        store, owned = store_url_or_store, False
+    if isinstance(store, MemoryStore):
+        raise InvalidRequest(
+            "memory:// keeps a limiter's state inside its own process: there "
+            "is nothing to show from outside it; use a sqlite:/// or redis:// store"
+        )
+    if not isinstance(store, Store):
+        raise InvalidRequest(
+            f"store={store_url_or_store!r}: expected a URL or a store object"
+        )
+    try:
+        _check_exists(store)
+        specs = store.limiters()
+        if name is not None:
+            if name not in specs:
+                known = ", ".join(repr(n) for n in specs) or "none"
+                raise UnknownLimiter(
+                    f"no limiter named {name!r} on {store.url} (limiters: {known})"
+                )
+            specs = {name: specs[name]}
+        return [_read(store, n, spec) for n, spec in specs.items()]
+    finally:
+        if owned:
+            store.close()
