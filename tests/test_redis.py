@@ -215,3 +215,41 @@ async def test_keys_live_in_one_slot_and_expire(server: RedisServer) -> None:
             assert client.pttl(key) > 0, key  # idle limiters cost nothing
     finally:
         client.close()
+
+
+async def test_a_settle_in_another_process_wakes_a_blocked_caller(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ratebudget import _remote
+    from ratebudget.stores import RedisStore
+
+    # polls so slow that only the pub/sub wake-up can serve it in time
+    monkeypatch.setattr(_remote, "_POLL_MIN", 30.0)
+    monkeypatch.setattr(_remote, "_POLL_MAX", 30.0)
+    here, there = RedisStore(server.url), RedisStore(server.url)  # two "processes"
+    try:
+        holder = Limiter(Cap(tokens=100), store=there, name="wake")
+        waiter = Limiter(Cap(tokens=100), store=here, name="wake")
+        lease = await holder.acquire(80)
+        got: list[str] = []
+
+        async def blocked() -> None:
+            async with waiter.acquire(50, timeout=20) as mine:
+                got.append(mine.id)
+
+        client = server.client()
+        try:
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(blocked)
+                    while client.execute_command("PUBSUB", "NUMPAT") < 1:
+                        await anyio.sleep(0.01)  # the listener has subscribed
+                    await anyio.sleep(0.05)
+                    assert got == []
+                    await lease.release()
+        finally:
+            client.close()
+        assert len(got) == 1
+    finally:
+        here.close()
+        there.close()

@@ -163,3 +163,18 @@ def test_the_plan_keys_name_what_they_count() -> None:
     assert keys[1] == "c:usd:day:UTC:hard"
     assert keys[2] == "c:usd:day:UTC:hard#2"  # never one counter counted twice
     assert keys[3] == "c:usd:day:UTC:soft"
+
+
+async def test_rate_only_leases_settle_with_the_next_call(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    lim = Limiter(Rate(tokens=1000, per="second"), store=f"sqlite:///{path}", name="x")
+    for _ in range(20):
+        async with lim.acquire(1):
+            pass
+    with sqlite3.connect(path) as conn:
+        (active,) = conn.execute("SELECT count(*) FROM rb_lease WHERE s = 1").fetchone()
+    assert active == 1  # only the last: its settle waits for the next call
+    await lim.snapshot()
+    with sqlite3.connect(path) as conn:
+        (active,) = conn.execute("SELECT count(*) FROM rb_lease WHERE s = 1").fetchone()
+    assert active == 0

@@ -753,7 +753,9 @@ class _RemoteLease(Lease):
         assert remote is not None
         if exc_type is None:
             if not remote.has_caps:
-                # rates keep their tokens either way: the record expires by itself
+                # the estimate changes nothing on rates: mark the lease settled
+                # with the next store call rather than a round trip of its own
+                remote.defer(remote.settle_op(str(self._id), self._req))
                 return
             await self._settle(self._req)
         else:

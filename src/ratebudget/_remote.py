@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import threading
-import time
+from asyncio import _get_running_loop as _running_loop
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Final
@@ -43,6 +43,7 @@ logger: Final = logging.getLogger("ratebudget")
 
 _POLL_MIN: Final = 0.005  # s: first re-check of a cap blocked by reservations
 _POLL_MAX: Final = 0.25  # s: the longest a blocked caller goes without a look
+_SETTLED_KEPT_US: Final = 60_000_000  # a settled lease's record, for retries
 
 
 class _Call:
@@ -94,6 +95,13 @@ class Remote:
         self._local = threading.local()
         self._registered = False
         self._calls = 0  # store calls under way, from every thread
+        # callers blocked on a cap, woken when a lease settles (here, or in
+        # another process when the store can tell: Redis pub/sub)
+        self._watch_lock = threading.Lock()
+        self._watchers: set[Callable[[], None]] = set()
+        self._subscribed = False
+        # settles sent with the next store call (estimates of rate-only leases)
+        self._deferred: list[list[Any]] = []
         self._reg_lock = threading.Lock()
 
     # -- the store ----------------------------------------------------------
@@ -112,12 +120,25 @@ class Remote:
             self._registered = True
 
     def execute(self, ops: list[list[Any]]) -> list[list[Any]]:
-        """Run ``ops`` in one store call, here (blocking)."""
+        """Run ``ops`` in one store call, here (blocking).
+
+        Deferred settles ride along, ahead of ``ops``; their results are dropped.
+        """
         self._register()
         now = round(self.clock.time() * 1e6) if self.fake_time else None
-        return self.store.execute(
-            self.name, self.plan, ops, keep_us=self.keep_us, now_us=now
+        with self._watch_lock:
+            extra, self._deferred = self._deferred, []
+        out = self.store.execute(
+            self.name, self.plan, extra + ops, keep_us=self.keep_us, now_us=now
         )
+        return out[len(extra) :]
+
+    def defer(self, op: list[Any]) -> None:
+        """Send ``op`` with the next store call (no round trip of its own)."""
+        with self._watch_lock:
+            # bounded: past that, a lease left unsettled expires after its TTL
+            if len(self._deferred) < 1024:
+                self._deferred.append(op)
 
     def busy(self) -> bool:
         """Whether a store call is under way (for tests that settle time)."""
@@ -202,7 +223,10 @@ class Remote:
     # -- operations ---------------------------------------------------------
 
     def _release_op(self, lease_id: str) -> list[Any]:
-        return ["settle", lease_id, None, self.ttl_us, self.periods()]
+        return ["settle", lease_id, None, self._kept(), self.periods()]
+
+    def _kept(self) -> int:
+        return min(self.ttl_us, _SETTLED_KEPT_US)
 
     def acquire_op(
         self, lease_id: str, req: tuple[int, ...], timeout_us: int
@@ -214,7 +238,7 @@ class Remote:
             "settle",
             lease_id,
             None if actual is None else list(actual),
-            self.ttl_us,
+            self._kept(),
             self.periods(),
         ]
 
@@ -231,11 +255,38 @@ class Remote:
         return True
 
     def changed(self) -> None:
-        """A lease of this process settled: blocked callers look again now."""
-        event = getattr(self._local, "changed", None)
-        if event is not None:  # this thread's waiters; others poll
-            self._local.changed = None
-            event.set()
+        """A lease settled: callers blocked on a cap look again now."""
+        with self._watch_lock:
+            watchers = list(self._watchers)
+        for wake in watchers:
+            wake()
+
+    def _watch(self, event: anyio.Event) -> Callable[[], None]:
+        """Have ``changed`` set ``event`` (from any thread); returns the undo."""
+        loop = _running_loop()
+        if loop is not None:
+            soon: Callable[[Callable[[], object]], object] = loop.call_soon_threadsafe
+        else:
+            native = anyio.lowlevel.current_token().native_token
+            soon = getattr(native, "call_soon_threadsafe", None) or native.run_sync_soon  # type: ignore[attr-defined]
+
+        def wake() -> None:
+            try:
+                soon(event.set)
+            except RuntimeError:  # its event loop has closed
+                pass
+
+        with self._watch_lock:
+            self._watchers.add(wake)
+            subscribe = not self._subscribed
+            self._subscribed = True
+        if subscribe:
+            self.store.subscribe(self.name, self.changed)
+        return lambda: self._unwatch(wake)
+
+    def _unwatch(self, wake: Callable[[], None]) -> None:
+        with self._watch_lock:
+            self._watchers.discard(wake)
 
     async def acquire(
         self, req: tuple[int, ...], timeout_ns: int | None
@@ -286,14 +337,16 @@ class Remote:
                     "held by other callers' reservations",
                     retry_after=None,
                 )
-            event = getattr(self._local, "changed", None)
-            if event is None:
-                event = self._local.changed = anyio.Event()
-            until = clock.monotonic_ns() + int(poll * 1e9)
-            if deadline is not None and deadline < until:
-                until = deadline
-            with anyio.move_on_after(poll):
-                await clock.wait(event, until)
+            event = anyio.Event()
+            unwatch = self._watch(event)
+            try:
+                until = clock.monotonic_ns() + int(poll * 1e9)
+                if deadline is not None and deadline < until:
+                    until = deadline
+                with anyio.move_on_after(poll):
+                    await clock.wait(event, until)
+            finally:
+                unwatch()
             poll = min(poll * 2, _POLL_MAX)
 
     async def release(self, lease_id: str) -> None:
@@ -419,12 +472,7 @@ class Remote:
 
     # -- the blocking facade --------------------------------------------------
 
-    def acquire_sync(
-        self,
-        req: tuple[int, ...],
-        timeout_ns: int | None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> str:
+    def acquire_sync(self, req: tuple[int, ...], timeout_ns: int | None) -> str:
         lease_id = os.urandom(9).hex()
         clock = self.clock
         deadline = None if timeout_ns is None else clock.monotonic_ns() + timeout_ns
@@ -440,7 +488,9 @@ class Remote:
                 raise
             if r[0] == "ok":
                 if int(r[1]):
-                    sleep(int(r[1]) / 1e6)
+                    clock.wait_until(
+                        threading.Event(), clock.monotonic_ns() + int(r[1]) * 1000
+                    )
                 return lease_id
             if r[0] == "timeout":
                 raise AcquireTimeout(
@@ -455,7 +505,10 @@ class Remote:
                     "held by other callers' reservations",
                     retry_after=None,
                 )
-            sleep(poll)
+            until = clock.monotonic_ns() + int(poll * 1e9)
+            if deadline is not None and deadline < until:
+                until = deadline
+            clock.wait_until(threading.Event(), until)
             poll = min(poll * 2, _POLL_MAX)
 
     def settle_sync(

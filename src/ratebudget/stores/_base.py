@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import Any
 
 from ._core import Plan
@@ -49,6 +50,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def limiters(self) -> dict[str, dict[str, Any]]:
         """Every limiter registered on this store: name -> its spec."""
+
+    def subscribe(self, name: str, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` (from any thread) when another process settles a
+        lease of limiter ``name`` that a blocked caller may be waiting for.
+
+        Returns whether the store can: callers blocked on a cap poll anyway,
+        this only makes their wake-up prompt.
+        """
+        return False
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -27,6 +27,7 @@ import importlib.resources
 import json
 import re
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from .._exceptions import InvalidRequest, StoreUnavailable
@@ -138,6 +139,11 @@ class RedisStore(Store):
         # plans seen, by identity: id -> (the plan, kept alive; its JSON)
         self._plans: dict[int, tuple[Plan, str]] = {}
         self._volatile: bool | None = None  # None: not checked yet, or unknown
+        # wake-ups: one listener thread per store, started by the first subscriber
+        self._wake_lock = threading.Lock()
+        self._callbacks: dict[str, list[Callable[[], None]]] = {}
+        self._listener: threading.Thread | None = None
+        self._closing = threading.Event()
 
     # -- the interface ------------------------------------------------------
 
@@ -176,7 +182,50 @@ class RedisStore(Store):
             raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
         return {_text(k): json.loads(_text(v)) for k, v in sorted(got.items())}
 
+    def subscribe(self, name: str, callback: Callable[[], None]) -> bool:
+        with self._wake_lock:
+            self._callbacks.setdefault(f"{{{name}}}:wake", []).append(callback)
+            if self._listener is None or not self._listener.is_alive():
+                self._closing.clear()
+                self._listener = threading.Thread(
+                    target=self._listen, name="ratebudget-redis-wake", daemon=True
+                )
+                self._listener.start()
+        return True
+
+    def _listen(self) -> None:
+        """Relay ``{name}:wake`` messages to subscribers; reconnect on errors."""
+        while not self._closing.is_set():
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                pubsub.psubscribe("{*}:wake")
+                while not self._closing.is_set():
+                    message = pubsub.get_message(timeout=0.2)
+                    if message is None:
+                        continue
+                    channel = _text(message.get("channel"))
+                    with self._wake_lock:
+                        callbacks = list(self._callbacks.get(channel, ()))
+                    for callback in callbacks:
+                        try:
+                            callback()
+                        except Exception:  # a subscriber's loop has closed
+                            pass
+            except self._errors:
+                # blocked callers still poll: retry the subscription shortly
+                self._closing.wait(min(self.timeout, 1.0))
+            finally:
+                try:
+                    pubsub.close()
+                except self._errors:
+                    pass
+
     def close(self) -> None:
+        self._closing.set()
+        listener = self._listener
+        if listener is not None and listener is not threading.current_thread():
+            listener.join(timeout=self.timeout + 1)
+        self._listener = None
         if self._owned:
             self._redis.connection_pool.disconnect()
 
