@@ -242,8 +242,9 @@ async def test_a_settle_in_another_process_wakes_a_blocked_caller(
             with anyio.fail_after(5):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(blocked)
-                    while client.execute_command("PUBSUB", "NUMPAT") < 1:
-                        await anyio.sleep(0.01)  # the listener has subscribed
+                    # until the listener has subscribed (a server-side state)
+                    while client.execute_command("PUBSUB", "NUMPAT") < 1:  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
                     await anyio.sleep(0.05)
                     assert got == []
                     await lease.release()
