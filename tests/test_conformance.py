@@ -215,6 +215,39 @@ async def test_a_cancelled_waiter_gives_everything_back(
     assert snap[1].reserved == 10  # the first lease's 10 only
 
 
+async def test_nobody_overtakes_a_waiter_after_a_cancellation(
+    make: Make, clock: FakeClock
+) -> None:
+    lim = make(Rate(tokens=10, per="second"))
+    await lim.acquire(10)
+    at: dict[str, int] = {}
+
+    async def one(name: str, n: int) -> None:
+        await lim.acquire(n)
+        at[name] = clock.monotonic_ns()
+
+    big = anyio.CancelScope()
+
+    async def cancellable() -> None:
+        with big:
+            await one("big", 8)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(cancellable)
+        await calm(lim)
+        tg.start_soon(one, "b", 1)
+        await calm(lim)
+        big.cancel()
+        await calm(lim)
+        tg.start_soon(one, "c", 1)
+        await calm(lim)
+        while len(at) < 2:
+            await run_out(clock)
+            await calm(lim)
+    assert "big" not in at
+    assert at["b"] <= at["c"]
+
+
 async def test_a_cancelled_caller_releases_its_cap_reservation(make: Make) -> None:
     lim = make(Cap(usd="1"))
     with anyio.CancelScope() as scope:

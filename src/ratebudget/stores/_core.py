@@ -13,8 +13,10 @@ so refilling adds ``rate`` per microsecond and every quantity is an integer.
 
 Scheduling is the reservation scheme of ``golang.org/x/time/rate``: an
 acquisition takes its amounts at once (a rate may go into debt) and learns
-the moment it may proceed, so waiting is a local sleep and FIFO order is the
-order of arrival at the store. With several rates, the take on a rate that
+the moment it may proceed, so waiting is a local sleep. No grant proceeds
+before one that arrived at the store earlier (``tail``), whatever rates each
+involves, so order is first come, first served even when a waiter ahead is
+cancelled and its tokens go back. With several rates, the take on a rate that
 could serve at once is booked as if made at the proceed time (the bucket
 keeps nothing that would have been clamped away by then), so a grant that
 waits on one rate never lets another rate burst past its limit.
@@ -81,6 +83,7 @@ class State:
     """
 
     clock: int = 0
+    tail: int = 0  # the latest proceed time granted: later arrivals go after it
     rates: dict[str, list[int]] = field(default_factory=dict)  # key: [level, last]
     used: dict[str, int] = field(default_factory=dict)  # "capkey|period": used
     reserved: dict[str, int] = field(default_factory=dict)  # capkey: reserved
@@ -182,8 +185,11 @@ def _acquire(
                 w = -((level - need) // p.rate)
                 if w > wait:
                     wait = w
+    if now + wait < st.tail:  # first come, first served: never before the last grant
+        wait = st.tail - now
     if timeout >= 0 and wait > timeout:
         return ["timeout", wait]
+    st.tail = now + wait
     rates: dict[str, list[int]] = {}
     caps: dict[str, int] = {}
     k = 0
@@ -221,21 +227,29 @@ def _acquire(
 
 
 def _give_back(st: State, p: RateP, rec: dict[str, Any], amount: int, now: int) -> None:
-    """Refund ``amount`` level units of ``rec``'s take, no more than the clamp allows.
+    """Refund ``amount`` level units of ``rec``'s take, no more than is safe.
 
     The bucket has held at most ``after + rate x (now - at)`` since the take
     (takes only lower it), so a bucket that never took the refunded part
-    would have lost anything above the burst to the clamp.
+    would have lost anything above the burst to the clamp. And grants that
+    are scheduled after this lease (up to ``tail``) were scheduled without
+    the refunded tokens: had they been there, those grants would have come
+    earlier, so the tokens refilled in that backlog are not given back.
     """
     _n, _taken, after = rec["rates"][p.key]
     level = _level(st, p, now)
+    # grants already scheduled behind this lease counted on the tokens that
+    # refill meanwhile: those are not given back (as golang.org/x/time/rate)
+    backlog = st.tail - rec["go"]
+    if backlog > 0:
+        amount -= p.rate * backlog
     peak = after + p.rate * (now - rec["at"])
     if peak > p.cap:
         peak = p.cap
     room = p.cap - peak
     if level > peak:  # other refunds lifted it: never above the burst
         room = p.cap - level
-    if room > 0:
+    if room > 0 and amount > 0:
         level += amount if amount < room else room
     _put(st, p, level, now)
 

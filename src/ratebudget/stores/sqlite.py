@@ -26,7 +26,8 @@ __all__ = ("SQLiteStore",)
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS rb_limiter (
-    name TEXT PRIMARY KEY, clock INTEGER NOT NULL, spec TEXT NOT NULL
+    name TEXT PRIMARY KEY, clock INTEGER NOT NULL, spec TEXT NOT NULL,
+    tail INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS rb_rate (
     name TEXT, key TEXT, level TEXT NOT NULL, last INTEGER NOT NULL,
@@ -176,9 +177,10 @@ class SQLiteStore(Store):
     ) -> list[list[Any]]:
         st = State()
         row = conn.execute(
-            "SELECT clock FROM rb_limiter WHERE name = ?", (name,)
+            "SELECT clock, tail FROM rb_limiter WHERE name = ?", (name,)
         ).fetchone()
-        st.clock = 0 if row is None else row[0]
+        if row is not None:
+            st.clock, st.tail = row
         rate_keys = [p.key for p in plan.slots if isinstance(p, RateP)]
         cap_keys = [p.key for p in plan.slots if isinstance(p, CapP)]
         used_keys = {
@@ -232,9 +234,10 @@ class SQLiteStore(Store):
         out = _core.run(st, plan, now, keep, ops)
 
         conn.execute(
-            "INSERT INTO rb_limiter (name, clock, spec) VALUES (?, ?, '{}') "
-            "ON CONFLICT (name) DO UPDATE SET clock = excluded.clock",
-            (name, st.clock),
+            "INSERT INTO rb_limiter (name, clock, spec, tail) VALUES (?, ?, '{}', ?) "
+            "ON CONFLICT (name) DO UPDATE SET clock = excluded.clock, "
+            "tail = excluded.tail",
+            (name, st.clock, st.tail),
         )
         conn.executemany(
             "INSERT OR REPLACE INTO rb_rate (name, key, level, last) VALUES (?, ?, ?, ?)",

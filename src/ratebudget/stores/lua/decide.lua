@@ -8,7 +8,8 @@ through both, and through the SQLite store. Change them together.
 Keys (every key of limiter <name> carries the hash tag {<name>}, so they all
 live in one Redis Cluster slot):
 
-  KEYS[1]  {<name>}:s  hash: "clock" (µs, never runs backwards),
+  KEYS[1]  {<name>}:s  hash: "clock" (µs, never runs backwards), "tail"
+                       (the latest proceed time granted: FIFO order),
                        "r:<ratekey>" = "<level>:<last>",
                        "v:<capkey>" = reserved (absent: 0),
                        "blk" = when an acquire last answered "blocked" (µs)
@@ -89,6 +90,7 @@ end
 -- the state: loaded on first use, written back at the end -------------------
 
 local clock = tonumber(redis.call('HGET', S, 'clock')) or 0
+local tail = tonumber(redis.call('HGET', S, 'tail')) or 0  -- latest proceed time
 local rates, dirty_rates = {}, {}  -- ratekey: {level, last} | false
 local used, dirty_used = {}, {}  -- "capkey|period": used
 local reserved, dirty_reserved = {}, {}  -- capkey: reserved
@@ -250,9 +252,13 @@ local function _acquire(now, id, req, timeout, ttl, periods)
             end
         end
     end
+    if now + wait < tail then  -- first come, first served
+        wait = tail - now
+    end
     if timeout >= 0 and wait > timeout then
         return { 'timeout', wait }
     end
+    tail = now + wait
     local rates_rec, caps_rec = {}, {}
     local k = 0
     for i, p in ipairs(plan) do
@@ -290,6 +296,12 @@ end
 local function _give_back(p, rec, amount, now)
     local after = rec.rates[p.key][3]
     local level = _level(p, now)
+    -- grants already scheduled behind this lease counted on the tokens that
+    -- refill meanwhile: those are not given back (as golang.org/x/time/rate)
+    local backlog = tail - rec.go
+    if backlog > 0 then
+        amount = amount - p.rate * backlog
+    end
     local peak = after + p.rate * (now - rec.at)
     if peak > p.cap then
         peak = p.cap
@@ -298,7 +310,7 @@ local function _give_back(p, rec, amount, now)
     if level > peak then  -- other refunds lifted it: never above the burst
         room = p.cap - level
     end
-    if room > 0 then
+    if room > 0 and amount > 0 then
         if amount < room then
             level = level + amount
         else
@@ -457,7 +469,7 @@ end
 
 -- save ----------------------------------------------------------------------
 
-redis.call('HSET', S, 'clock', fmt(clock))
+redis.call('HSET', S, 'clock', fmt(clock), 'tail', fmt(tail))
 for key in pairs(dirty_rates) do
     local got = rates[key]
     redis.call('HSET', S, 'r:' .. key, fmt(got[1]) .. ':' .. fmt(got[2]))
