@@ -765,7 +765,11 @@ class _RemoteLease(Lease):
     async def _settle(self, actual: tuple[int, ...]) -> None:
         remote = self._limiter._remote
         assert remote is not None
-        alerts, overruns = await remote.settle(str(self._id), actual)
+        # shielded, as a memory store's commit cannot be interrupted either:
+        # the lease is settled already, so the store must hear of it (the
+        # call is bounded by the store's timeout)
+        with anyio.CancelScope(shield=True):
+            alerts, overruns = await remote.settle(str(self._id), actual)
         if alerts or overruns:
             await self._limiter._deliver(alerts, overruns)
 
@@ -782,7 +786,8 @@ class _RemoteLease(Lease):
         self._state = _SETTLED
         remote = self._limiter._remote
         assert remote is not None
-        await remote.release(str(self._id))
+        with anyio.CancelScope(shield=True):
+            await remote.release(str(self._id))
 
     async def extend(self, ttl: float | None = None) -> None:
         await super().extend(ttl)

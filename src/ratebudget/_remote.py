@@ -163,13 +163,15 @@ class Remote:
             try:
                 await c.event.wait()
             except BaseException:
-                if not c.done and not c.lead:
-                    if c in b.pending:  # not sent: it never happened
-                        b.pending.remove(c)
-                    else:  # in flight: its leader settles what it got
-                        c.abandoned = True
-                elif c.lead:
-                    self._hand_over(b)
+                if c.done:  # answered as it left: give back a grant
+                    if op[0] == "acquire" and c.result[:1] == ["ok"]:
+                        self.defer(self._release_op(op[1]))
+                elif c in b.pending:  # not sent: it never happened
+                    b.pending.remove(c)
+                    if c.lead:  # it was to lead the next call: pass that on
+                        self._hand_over(b)
+                else:  # in flight: its leader releases what it gets
+                    c.abandoned = True
                 raise
             if c.done:
                 if c.error is not None:
