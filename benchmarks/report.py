@@ -495,6 +495,10 @@ def write(
         parts.append(_threads_section(res))
     if res.multi:
         parts.append(_multi_section(res))
+    if res.stores is not None:
+        from benchmarks.stores import section
+
+        parts.append(section(res))
     parts.append(_cannot_section(res))
     page = out / "benchmarks.md"
     page.write_text("\n".join(parts))

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if __package__ in (None, ""):  # ``python benchmarks/run.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,6 +32,9 @@ import anyio
 from benchmarks import workloads as w
 from benchmarks.peers import Peer, baselines, peers
 from benchmarks.stats import Summary, ratios, summarize
+
+if TYPE_CHECKING:
+    from benchmarks.stores import StoreResults
 
 __all__ = ("Config", "Results", "main")
 
@@ -65,6 +68,16 @@ class Config:
     threads_rate: float = 2_000
     threads_burst: int = 20
     threads_s: float = 2.0
+    store_rounds: int = 5  # workload 8 (benchmarks/stores.py)
+    store_s: float = 2.0  # the counting window of one run
+    store_warm_s: float = 0.5
+    store_lead_s: float = 0.3  # for the worker processes to get ready
+    store_procs: int = 8
+    store_tasks: int = 16  # per process, with store_procs processes
+    store_many: int = 64  # tasks in one process
+    sqlite_procs: tuple[int, ...] = (1, 4)
+    sqlite_tasks: tuple[int, ...] = (1, 16)
+    store_latency_n: int = 2_000
 
     @classmethod
     def full(cls) -> Config:
@@ -88,6 +101,13 @@ class Config:
             fair_s=1.2,
             cancel_waiters=40,
             threads_s=0.3,
+            store_rounds=1,
+            store_s=0.1,
+            store_warm_s=0.05,
+            store_lead_s=0.1,
+            store_procs=2,
+            sqlite_procs=(1, 2),
+            store_latency_n=200,
         )
 
 
@@ -113,6 +133,7 @@ class Results:
         default_factory=dict
     )
     threads: dict[str, list[w.ThreadsResult]] = field(default_factory=dict)
+    stores: StoreResults | None = None
     started: float = field(default_factory=time.time)
     elapsed: float = 0.0
 
@@ -259,6 +280,12 @@ def _bench_threads(cfg: Config, res: Results) -> None:
     _log("  threads: done")
 
 
+def _bench_stores(cfg: Config, res: Results) -> None:
+    from benchmarks.stores import bench
+
+    res.stores = bench(cfg, _log)
+
+
 STEPS: dict[str, Callable[[Config, Results], None]] = {
     "uncontended": _bench_hot,
     "multi": _bench_multi,
@@ -267,6 +294,7 @@ STEPS: dict[str, Callable[[Config, Results], None]] = {
     "fairness": _bench_fairness,
     "cancellation": _bench_cancellation,
     "threads": _bench_threads,
+    "stores": _bench_stores,
 }
 
 

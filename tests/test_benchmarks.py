@@ -8,6 +8,7 @@ like the library. The suite itself runs in CI as ``--quick``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,76 @@ class TestReadmeHeadlines:
     def test_the_real_readme_has_the_block(self) -> None:
         text = (Path(__file__).parent.parent / "README.md").read_text()
         assert text.index(README_START) < text.index(README_END)
+
+
+class TestStoreArithmetic:
+    """``benchmarks/stores.py``: the per-acquisition figures of the store runs."""
+
+    def test_processes_add_up_each_over_its_own_window(self) -> None:
+        from benchmarks.stores import Shot, combine
+
+        s = combine(
+            [Shot(100, 2.0, 0.5, 0.0), Shot(300, 1.5, 0.25, 0.01)],
+            server_cpu=0.2,
+            requests=50,
+        )
+        assert (s.acquisitions, s.per_second, s.client_cpu) == (400, 250.0, 0.75)
+        assert s.late == 0.01
+        assert s.client_us == pytest.approx(1875.0)
+        assert s.server_us == pytest.approx(500.0)
+        assert s.round_trips == 0.125
+
+    def test_no_server_no_server_figures(self) -> None:
+        from benchmarks.stores import Shot, combine
+
+        s = combine([Shot(10, 1.0, 0.001, 0.0)], server_cpu=None, requests=None)
+        assert s.server_us is None
+        assert s.round_trips is None
+        assert s.client_us == pytest.approx(100.0)
+
+    def test_no_acquisitions_is_not_a_division_error(self) -> None:
+        from benchmarks.stores import Shot, combine
+
+        s = combine([Shot(0, 0.0, 0.1, 0.0)], server_cpu=0.1, requests=3)
+        assert s.per_second == 0
+        assert math.isnan(s.client_us)
+        assert s.round_trips is not None
+        assert math.isnan(s.round_trips)
+
+    def test_server_delta_leaves_out_the_second_info_request(self) -> None:
+        from benchmarks.stores import server_delta
+
+        before = {
+            "used_cpu_sys": 1.5,
+            "used_cpu_user": 2.0,
+            "total_reads_processed": 1000,
+        }
+        after = {
+            "used_cpu_sys": 1.75,
+            "used_cpu_user": 2.5,
+            "total_reads_processed": 1101,
+        }
+        cpu, reads = server_delta(before, after)
+        assert cpu == pytest.approx(0.75)
+        assert reads == 100
+
+    def test_best_ratio_is_to_each_rounds_best(self) -> None:
+        from benchmarks.stores import best_ratios
+
+        r = best_ratios([20.0, 30.0, 40.0], [[10.0, 15.0, 5.0], [5.0, 20.0, 10.0]])
+        assert (r.median, r.low, r.high) == (2.0, 1.5, 4.0)
+        with pytest.raises(ValueError, match="no one"):
+            best_ratios([1.0], [])
+
+    def test_percentile_is_nearest_rank(self) -> None:
+        from benchmarks.stores import percentile
+
+        values = [float(x) for x in range(100, 0, -1)]  # 100 .. 1
+        assert percentile(values, 99) == 99.0
+        assert percentile(values, 100) == 100.0
+        assert percentile(values, 50) == 50.0
+        assert percentile([3.0], 99) == 3.0
+        with pytest.raises(ValueError, match="no values"):
+            percentile([], 50)
+        with pytest.raises(ValueError, match="q="):
+            percentile([1.0], 0)
