@@ -14,6 +14,7 @@ vectors check that), so what holds here holds in every persistent store:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -55,6 +56,7 @@ events = st.lists(
         st.sampled_from(["keep", "commit-less", "cancel"]),
         st.integers(0, 100),  # the share (%) a commit keeps
         st.integers(0, 3_000_000),  # how long after its grant a commit comes
+        st.booleans(),  # whether it reserves the cap (else the store keeps no record)
     ),
     min_size=1,
     max_size=40,
@@ -66,13 +68,13 @@ events = st.lists(
 @example(  # a refund must not return tokens the bucket's clamp already dropped
     specs=[Spec(1, 1_000, 10)],
     events=[
-        (0, [10, 0, 0], "commit-less", 0, 20_000),  # commits 20 ms later
-        (20_000, [10, 0, 0], "keep", 0, 0),  # takes the refilled bucket first
-        (0, [10, 0, 0], "keep", 0, 0),
+        (0, [10, 0, 0], "commit-less", 0, 20_000, True),  # commits 20 ms later
+        (20_000, [10, 0, 0], "keep", 0, 0, False),  # takes the refilled bucket
+        (0, [10, 0, 0], "keep", 0, 0, False),
     ],
 )
 def test_no_rate_window_is_ever_exceeded_and_order_is_kept(
-    specs: list[Spec], events: list[tuple[int, list[int], str, int, int]]
+    specs: list[Spec], events: list[tuple[int, list[int], str, int, int, bool]]
 ) -> None:
     plan = plan_of(specs)
     n = len(specs)
@@ -82,23 +84,30 @@ def test_no_rate_window_is_ever_exceeded_and_order_is_kept(
     periods = [""] * (n + 1)
     grants: list[tuple[int, list[int]]] = []  # (proceed time, used per rate)
     gos: list[int] = []
-    pending: list[tuple[int, str, list[int]]] = []  # commits due: (time, id, actual)
+    # commits due: (time, id, actual, what an unrecorded lease's holder keeps)
+    pending: list[tuple[int, str, list[int], list[Any] | None]] = []
     reserved = used = 0
+
+    def settle(t: int, lease: str, actual: list[int] | None, inline: Any) -> None:
+        op = ["settle", lease, actual, keep, periods]
+        (r,) = run(state, plan, t, keep, [op if inline is None else [*op, inline]])
+        assert r[0] == "ok"
 
     def commit_due(until: int) -> None:
         nonlocal used, reserved
-        pending.sort()
+        pending.sort(key=lambda p: p[0])
         while pending and pending[0][0] <= until:
-            t, lease, actual = pending.pop(0)
-            (r,) = run(state, plan, t, keep, [["settle", lease, actual, keep, periods]])
-            assert r[0] == "ok"
-            used += 1
-            reserved -= 1
+            t, lease, actual, inline = pending.pop(0)
+            settle(t, lease, actual, inline)
+            if inline is None:  # it held the cap
+                used += 1
+                reserved -= 1
 
-    for k, (step, amounts, fate, share, later) in enumerate(events):
+    for k, (step, amounts, fate, share, later, capped) in enumerate(events):
         now += step
         commit_due(now)  # commits interleave with later arrivals
-        req = [min(a, s.burst) for a, s in zip(amounts, specs, strict=False)] + [1]
+        cap = 1 if capped else 0
+        req = [min(a, s.burst) for a, s in zip(amounts, specs, strict=False)] + [cap]
         lease = f"l{k}"
         (got,) = run(
             state, plan, now, keep, [["acquire", lease, req, -1, keep, periods]]
@@ -106,14 +115,16 @@ def test_no_rate_window_is_ever_exceeded_and_order_is_kept(
         assert got[0] == "ok"
         go = now + got[1]
         gos.append(go)
+        inline = None if len(got) == 2 else [got[2], go, got[3]]
+        assert (inline is None) == capped  # recorded exactly when it holds a cap
         if fate == "cancel" and go > now:
-            run(state, plan, now, keep, [["settle", lease, None, keep, periods]])
+            settle(now, lease, None, inline)
             continue
-        reserved += 1
+        reserved += cap
         actual = req
         if fate == "commit-less":
-            actual = [a * share // 100 for a in req[:n]] + [1]
-            pending.append((go + later, lease, actual))
+            actual = [a * share // 100 for a in req[:n]] + [cap]
+            pending.append((go + later, lease, actual, inline))
         grants.append((go, actual[:n]))
     commit_due(10**18)
     now = max([now, *gos])

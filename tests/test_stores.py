@@ -166,19 +166,24 @@ def test_the_plan_keys_name_what_they_count() -> None:
     assert keys[3] == "c:usd:day:UTC:soft"
 
 
-async def test_rate_only_leases_settle_with_the_next_call(tmp_path: Path) -> None:
+async def test_leases_that_reserve_no_cap_leave_no_record(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
-    lim = Limiter(Rate(tokens=1000, per="second"), store=f"sqlite:///{path}", name="x")
+    lim = Limiter(
+        Rate(tokens=1000, per="day"), Cap(usd="1"), store=f"sqlite:///{path}", name="x"
+    )
     for _ in range(20):
         async with lim.acquire(1):
             pass
+    lease = await lim.acquire(10)
+    await lease.commit(tokens=4)  # the refund still reaches the bucket
+    assert (await lim.snapshot())[0].tokens == 1000 - 20 - 4
     with sqlite3.connect(path) as conn:
-        (active,) = conn.execute("SELECT count(*) FROM rb_lease WHERE s = 1").fetchone()
-    assert active == 1  # only the last: its settle waits for the next call
-    await lim.snapshot()
-    with sqlite3.connect(path) as conn:
-        (active,) = conn.execute("SELECT count(*) FROM rb_lease WHERE s = 1").fetchone()
-    assert active == 0
+        (records,) = conn.execute("SELECT count(*) FROM rb_lease").fetchone()
+    assert records == 0  # nothing to reclaim, nothing kept
+    async with lim.acquire(1, usd="0.1"):  # a cap reservation is recorded
+        with sqlite3.connect(path) as conn:
+            (records,) = conn.execute("SELECT count(*) FROM rb_lease").fetchone()
+        assert records == 1
 
 
 @pytest.fixture(params=["sqlite", "redis"])

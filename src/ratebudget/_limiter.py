@@ -711,25 +711,37 @@ class Lease:
 
 
 class _RemoteLease(Lease):
-    """A lease on a persistent store: its id is the store's lease id."""
+    """A lease on a shared store: its id is the store's lease id.
 
-    __slots__ = ()
+    A lease that reserves no cap is not recorded by the store (nothing would
+    need reclaiming); it keeps ``_inline``, what the store answered, and
+    sends it with a commit that changes something.
+    """
+
+    __slots__ = ("_inline",)
 
     @property
     def id(self) -> str:
         return str(self._id) if self._id else "unmetered"
+
+    def _remote(self) -> Remote:
+        remote = self._limiter._remote
+        assert remote is not None
+        return remote
 
     async def _acquire(self) -> Lease:
         if self._state != _PENDING:
             raise InvalidRequest(
                 "this lease was already acquired; call limiter.acquire() again"
             )
-        remote = self._limiter._remote
-        assert remote is not None
-        lease_id, _ = await remote.acquire(self._req, self._timeout)
+        lease_id, self._inline = await self._remote().acquire(self._req, self._timeout)
         self._id = lease_id  # type: ignore[assignment]
         self._state = _ACTIVE
         return self
+
+    def _granted_sync(self, got: tuple[str, list[Any] | None]) -> None:
+        self._id, self._inline = got  # type: ignore[assignment]
+        self._state = _ACTIVE
 
     async def __aenter__(self) -> Lease:
         if self._state != _PENDING:
@@ -749,27 +761,25 @@ class _RemoteLease(Lease):
         if self._state != _ACTIVE:
             return
         self._state = _SETTLED
-        remote = self._limiter._remote
-        assert remote is not None
+        if self._inline is not None:
+            # no cap reserved, and its time has come: committing the estimate
+            # or releasing changes nothing in the store
+            return
         if exc_type is None:
-            if not remote.has_caps:
-                # the estimate changes nothing on rates: mark the lease settled
-                # with the next store call rather than a round trip of its own
-                remote.defer(remote.settle_op(str(self._id), self._req))
-                return
             await self._settle(self._req)
         else:
             with anyio.CancelScope(shield=True):
-                await remote.release(str(self._id))
+                await self._remote().release(str(self._id))
 
     async def _settle(self, actual: tuple[int, ...]) -> None:
-        remote = self._limiter._remote
-        assert remote is not None
+        remote = self._remote()
+        if self._inline is not None and actual == self._req:
+            return  # the estimate, on rates only: nothing to change
         # shielded, as a memory store's commit cannot be interrupted either:
         # the lease is settled already, so the store must hear of it (the
         # call is bounded by the store's timeout)
         with anyio.CancelScope(shield=True):
-            alerts, overruns = await remote.settle(str(self._id), actual)
+            alerts, overruns = await remote.settle(str(self._id), actual, self._inline)
         if alerts or overruns:
             await self._limiter._deliver(alerts, overruns)
 
@@ -784,15 +794,16 @@ class _RemoteLease(Lease):
         if self._state == _SETTLED:
             return
         self._state = _SETTLED
-        remote = self._limiter._remote
-        assert remote is not None
+        if self._inline is not None:
+            return  # its rate tokens stay spent; it reserved nothing else
         with anyio.CancelScope(shield=True):
-            await remote.release(str(self._id))
+            await self._remote().release(str(self._id))
 
     async def extend(self, ttl: float | None = None) -> None:
         await super().extend(ttl)
-        remote = self._limiter._remote
-        assert remote is not None
+        if self._inline is not None or not self._id:
+            return  # nothing in the store expires
+        remote = self._remote()
         ttl_us = remote.ttl_us if ttl is None else math.ceil(ttl * 1e6)
         r = await remote.call(["extend", str(self._id), ttl_us])
         if r[0] != "ok":
@@ -806,9 +817,9 @@ class _RemoteLease(Lease):
     ) -> tuple[list[Alert], list[str]]:
         req = self._actual(actual)
         self._state = _SETTLED
-        remote = self._limiter._remote
-        assert remote is not None
-        return remote.settle_sync(str(self._id), req)
+        if self._inline is not None and req == self._req:
+            return [], []
+        return self._remote().settle_sync(str(self._id), req, self._inline)
 
     def _release_nowait(self) -> None:
         if self._state == _PENDING:
@@ -816,6 +827,6 @@ class _RemoteLease(Lease):
         if self._state == _SETTLED:
             return
         self._state = _SETTLED
-        remote = self._limiter._remote
-        assert remote is not None
-        remote.settle_sync(str(self._id), None)
+        if self._inline is not None:
+            return
+        self._remote().settle_sync(str(self._id), None)

@@ -46,6 +46,15 @@ _POLL_MAX: Final = 0.25  # s: the longest a blocked caller goes without a look
 _SETTLED_KEPT_US: Final = 60_000_000  # a settled lease's record, for retries
 
 
+def inline_of(r: list[Any]) -> list[Any] | None:
+    """From an acquire's answer: what a lease the store keeps no record of
+    (it reserves no cap) must send with its commit or release."""
+    if len(r) < 4:
+        return None
+    at = int(r[2])
+    return [at, at + int(r[1]), r[3]]
+
+
 class _Call:
     __slots__ = ("abandoned", "done", "error", "event", "lead", "op", "result")
 
@@ -165,7 +174,7 @@ class Remote:
             except BaseException:
                 if c.done:  # answered as it left: give back a grant
                     if op[0] == "acquire" and c.result[:1] == ["ok"]:
-                        self.defer(self._release_op(op[1]))
+                        self.defer(self._release_op(op[1], inline_of(c.result)))
                 elif c in b.pending:  # not sent: it never happened
                     b.pending.remove(c)
                     if c.lead:  # it was to lead the next call: pass that on
@@ -178,6 +187,9 @@ class Remote:
                     raise c.error
                 return c.result
             assert c.lead
+            # handed the lead by a batch that just finished: its callers are
+            # about to queue their next calls; let them, so they go together
+            await anyio.lowlevel.cancel_shielded_checkpoint()
         await self._lead(b)
         if c.error is not None:
             raise c.error
@@ -203,7 +215,8 @@ class Remote:
                     c.result = r
                     if c.abandoned and c.op[0] == "acquire" and r[0] == "ok":
                         # its caller left while the grant was in flight
-                        b.pending.append(_Call(self._release_op(c.op[1])))
+                        release = self._release_op(c.op[1], inline_of(r))
+                        b.pending.append(_Call(release))
             for c in batch:
                 c.done = True
                 if c.event is not None:
@@ -224,8 +237,8 @@ class Remote:
 
     # -- operations ---------------------------------------------------------
 
-    def _release_op(self, lease_id: str) -> list[Any]:
-        return ["settle", lease_id, None, self._kept(), self.periods()]
+    def _release_op(self, lease_id: str, inline: list[Any] | None) -> list[Any]:
+        return self.settle_op(lease_id, None, inline)
 
     def _kept(self) -> int:
         return min(self.ttl_us, _SETTLED_KEPT_US)
@@ -235,14 +248,22 @@ class Remote:
     ) -> list[Any]:
         return ["acquire", lease_id, list(req), timeout_us, self.ttl_us, self.periods()]
 
-    def settle_op(self, lease_id: str, actual: tuple[int, ...] | None) -> list[Any]:
-        return [
+    def settle_op(
+        self,
+        lease_id: str,
+        actual: tuple[int, ...] | None,
+        inline: list[Any] | None = None,
+    ) -> list[Any]:
+        op = [
             "settle",
             lease_id,
             None if actual is None else list(actual),
             self._kept(),
             self.periods(),
         ]
+        if inline is not None:
+            op.append(inline)
+        return op
 
     def unavailable(self, e: StoreUnavailable, what: str) -> bool:
         """Whether to go on without the store (``on_store_error="allow"``)."""
@@ -292,8 +313,10 @@ class Remote:
 
     async def acquire(
         self, req: tuple[int, ...], timeout_ns: int | None
-    ) -> tuple[str, int]:
-        """Reserve ``req``: the lease id once it may proceed (and its wait)."""
+    ) -> tuple[str, list[Any] | None]:
+        """Reserve ``req``; once it may proceed, the lease id and, for a lease
+        the store keeps no record of (it reserves no cap), what a commit or
+        a release of it must send along."""
         lease_id = os.urandom(9).hex()
         clock = self.clock
         start = clock.monotonic_ns()
@@ -306,11 +329,12 @@ class Remote:
                 r = await self.call(self.acquire_op(lease_id, req, timeout_us))
             except StoreUnavailable as e:
                 if self.unavailable(e, "an acquisition"):
-                    return "", 0
+                    return "", None
                 raise
             kind = r[0]
             if kind == "ok":
                 wait_us = int(r[1])
+                inline = inline_of(r)
                 try:
                     if wait_us:
                         await clock.sleep_until(clock.monotonic_ns() + wait_us * 1000)
@@ -318,9 +342,9 @@ class Remote:
                         await anyio.lowlevel.checkpoint_if_cancelled()
                 except BaseException:
                     with anyio.CancelScope(shield=True):
-                        await self.release(lease_id)
+                        await self.release(lease_id, inline)
                     raise
-                return lease_id, wait_us
+                return lease_id, inline
             if kind == "timeout":
                 retry = int(r[1]) / 1e6
                 raise AcquireTimeout(
@@ -351,19 +375,22 @@ class Remote:
                 unwatch()
             poll = min(poll * 2, _POLL_MAX)
 
-    async def release(self, lease_id: str) -> None:
+    async def release(self, lease_id: str, inline: list[Any] | None = None) -> None:
         if not lease_id:
             return
-        await self.settle(lease_id, None)
+        await self.settle(lease_id, None, inline)
 
     async def settle(
-        self, lease_id: str, actual: tuple[int, ...] | None
+        self,
+        lease_id: str,
+        actual: tuple[int, ...] | None,
+        inline: list[Any] | None = None,
     ) -> tuple[list[Alert], list[str]]:
         """Commit ``actual`` (``None``: release); the alerts and overruns it caused."""
         if not lease_id:  # granted without the store (fail open)
             return [], []
         try:
-            r = await self.call(self.settle_op(lease_id, actual))
+            r = await self.call(self.settle_op(lease_id, actual, inline))
         except StoreUnavailable as e:
             if self.unavailable(e, "a commit"):
                 return [], []
@@ -474,7 +501,9 @@ class Remote:
 
     # -- the blocking facade --------------------------------------------------
 
-    def acquire_sync(self, req: tuple[int, ...], timeout_ns: int | None) -> str:
+    def acquire_sync(
+        self, req: tuple[int, ...], timeout_ns: int | None
+    ) -> tuple[str, list[Any] | None]:
         lease_id = os.urandom(9).hex()
         clock = self.clock
         deadline = None if timeout_ns is None else clock.monotonic_ns() + timeout_ns
@@ -486,14 +515,14 @@ class Remote:
                 (r,) = self.execute([self.acquire_op(lease_id, req, timeout_us)])
             except StoreUnavailable as e:
                 if self.unavailable(e, "an acquisition"):
-                    return ""
+                    return "", None
                 raise
             if r[0] == "ok":
                 if int(r[1]):
                     clock.wait_until(
                         threading.Event(), clock.monotonic_ns() + int(r[1]) * 1000
                     )
-                return lease_id
+                return lease_id, inline_of(r)
             if r[0] == "timeout":
                 raise AcquireTimeout(
                     f"acquisition needs {int(r[1]) / 1e6:.3f}s",
@@ -514,12 +543,15 @@ class Remote:
             poll = min(poll * 2, _POLL_MAX)
 
     def settle_sync(
-        self, lease_id: str, actual: tuple[int, ...] | None
+        self,
+        lease_id: str,
+        actual: tuple[int, ...] | None,
+        inline: list[Any] | None = None,
     ) -> tuple[list[Alert], list[str]]:
         if not lease_id:
             return [], []
         try:
-            (r,) = self.execute([self.settle_op(lease_id, actual)])
+            (r,) = self.execute([self.settle_op(lease_id, actual, inline)])
         except StoreUnavailable as e:
             if self.unavailable(e, "a commit"):
                 return [], []

@@ -61,7 +61,7 @@ class SyncLimiter:
         lease = limiter.acquire(tokens, timeout=timeout, **amounts)
         remote = limiter._remote
         if remote is not None:
-            lease._granted(remote.acquire_sync(lease._req, lease._timeout))  # type: ignore[arg-type]
+            lease._granted_sync(remote.acquire_sync(lease._req, lease._timeout))  # type: ignore[attr-defined]
             return SyncLease(self, lease)
         got = limiter._engine.begin(lease._req, lease._timeout, _ThreadWaiter)
         if isinstance(got, Waiter):
@@ -100,7 +100,7 @@ class SyncLimiter:
             from ._exceptions import AcquireTimeout
 
             try:
-                lease._granted(remote.acquire_sync(lease._req, 0))  # type: ignore[arg-type]
+                lease._granted_sync(remote.acquire_sync(lease._req, 0))  # type: ignore[attr-defined]
             except AcquireTimeout:
                 return None
             return SyncLease(self, lease)

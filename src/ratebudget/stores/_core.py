@@ -191,6 +191,7 @@ def _acquire(
         return ["timeout", wait]
     st.tail = now + wait
     rates: dict[str, list[int]] = {}
+    inline: list[list[Any]] = []
     caps: dict[str, int] = {}
     k = 0
     for i, p in enumerate(plan.slots):
@@ -207,10 +208,15 @@ def _acquire(
                 level = top
             after = level - n * p.per
             rates[p.key] = [n, levels[k - 1] - after, after]
+            inline.append([p.key, n, levels[k - 1] - after, after])
             _put(st, p, after, now)
         else:
             caps[p.key] = n
             _add_reserved(st, p.key, n)
+    if not caps:
+        # it reserves no cap, so nothing needs reclaiming: no record; its
+        # holder keeps what a commit or a release needs and sends it along
+        return ["ok", wait, now, inline]
     _save_lease(
         st,
         lease_id,
@@ -262,8 +268,19 @@ def _settle(
     actual: list[int] | None,
     ttl: int,
     periods: list[str],
+    inline: list[Any] | None = None,
 ) -> list[Any]:
     rec = st.leases.get(lease_id)
+    unrecorded = rec is None and inline is not None
+    if unrecorded:  # a lease that reserved no cap: its holder says what it took
+        assert inline is not None
+        rec = {
+            "s": ACTIVE,
+            "at": inline[0],
+            "go": inline[1],
+            "rates": {key: [n, taken, after] for key, n, taken, after in inline[2]},
+            "caps": {},
+        }
     if rec is None or rec["s"] == SETTLED:
         return ["gone"]
     active = rec["s"] == ACTIVE
@@ -293,6 +310,8 @@ def _settle(
     if active:
         for key, n in rec["caps"].items():
             _add_reserved(st, key, -n)
+    if unrecorded:
+        return ["ok", crossed]
     rec["s"] = SETTLED
     rec["exp"] = now + ttl
     _save_lease(st, lease_id, rec)
@@ -358,18 +377,15 @@ def _reset(st: State, plan: Plan, periods: list[str]) -> list[Any]:
     return ["ok"]
 
 
+_PERIODS_AT = {"acquire": 5, "settle": 4, "record": 2, "snapshot": 1, "reset": 1}
+
+
 def periods_of_op(op: list[Any]) -> list[str]:
-    """The period keys an operation names (its last field), if any."""
-    last = op[-1] if op else None
-    if isinstance(last, list) and op[0] in (
-        "acquire",
-        "settle",
-        "record",
-        "snapshot",
-        "reset",
-    ):
-        return [str(p) for p in last]
-    return []
+    """The period keys an operation names, if any."""
+    at = _PERIODS_AT.get(op[0]) if op else None
+    if at is None or len(op) <= at or not isinstance(op[at], list):
+        return []
+    return [str(p) for p in op[at]]
 
 
 def run(
@@ -380,8 +396,14 @@ def run(
     ``keep`` is how long (µs) an expired or settled lease's record is kept so
     that retries stay idempotent. Each op is a list:
 
-    - ``["acquire", id, req, timeout_us (-1: none), ttl_us, periods]``
-    - ``["settle", id, actual or None (release), ttl_us, periods]``
+    - ``["acquire", id, req, timeout_us (-1: none), ttl_us, periods]``:
+      ``["ok", wait_us]`` (a recorded lease), ``["ok", wait_us, at, rates]``
+      (a lease that reserves no cap, unrecorded), ``["timeout", wait_us]``,
+      ``["exceeded" | "blocked", slot, used, reserved]``
+    - ``["settle", id, actual or None (release), ttl_us, periods, inline?]``
+      (``inline``: ``[at, go, [[ratekey, n, taken, after], ...]]``, what an
+      acquire of a lease that reserved no cap answered, since the store kept
+      no record of it)
     - ``["extend", id, ttl_us]``
     - ``["record", req, periods]``
     - ``["snapshot", periods]``
@@ -400,7 +422,8 @@ def run(
         if kind == "acquire":
             out.append(_acquire(st, plan, now, op[1], op[2], op[3], op[4], op[5]))
         elif kind == "settle":
-            out.append(_settle(st, plan, now, op[1], op[2], op[3], op[4]))
+            inline = op[5] if len(op) > 5 else None
+            out.append(_settle(st, plan, now, op[1], op[2], op[3], op[4], inline))
         elif kind == "extend":
             out.append(_extend(st, now, op[1], op[2]))
         elif kind == "record":

@@ -87,7 +87,17 @@ class SQLiteStore(Store):
             conn = sqlite3.connect(
                 self.path, timeout=self.timeout, isolation_level=None
             )
-            conn.execute("PRAGMA journal_mode=WAL")
+            # switching a new file to WAL does not wait on the busy handler:
+            # several processes opening it at once retry until the timeout
+            deadline = time.monotonic() + self.timeout
+            while True:
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.005)
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             if not self._ready:
                 with self._lock:

@@ -260,6 +260,8 @@ local function _acquire(now, id, req, timeout, ttl, periods)
     end
     tail = now + wait
     local rates_rec, caps_rec = {}, {}
+    local inline = {}
+    local any_cap = false
     local k = 0
     for i, p in ipairs(plan) do
         local n = req[i]
@@ -275,12 +277,19 @@ local function _acquire(now, id, req, timeout, ttl, periods)
                 end
                 local after = level - n * p.per
                 rates_rec[p.key] = { n, levels[k] - after, after }
+                inline[#inline + 1] = { p.key, n, levels[k] - after, after }
                 _put(p, after, now)
             else
                 caps_rec[p.key] = n
+                any_cap = true
                 _add_reserved(p.key, n)
             end
         end
+    end
+    if not any_cap then
+        -- it reserves no cap, so nothing needs reclaiming: no record; its
+        -- holder keeps what a commit or a release needs and sends it along
+        return { 'ok', wait, now, inline }
     end
     _save_lease(id, {
         s = ACTIVE,
@@ -320,8 +329,16 @@ local function _give_back(p, rec, amount, now)
     _put(p, level, now)
 end
 
-local function _settle(now, id, actual, ttl, periods)
+local function _settle(now, id, actual, ttl, periods, inline)
     local rec = get_lease(id)
+    local unrecorded = (not rec) and inline ~= nil and inline ~= NULL
+    if unrecorded then  -- a lease that reserved no cap: its holder says what it took
+        local rates_rec = {}
+        for _, r in ipairs(inline[3]) do
+            rates_rec[r[1]] = { r[2], r[3], r[4] }
+        end
+        rec = { s = ACTIVE, at = inline[1], go = inline[2], rates = rates_rec, caps = {} }
+    end
     if not rec or rec.s == SETTLED then
         return { 'gone' }
     end
@@ -363,6 +380,9 @@ local function _settle(now, id, actual, ttl, periods)
         for key, n in pairs(rec.caps) do
             _add_reserved(key, -n)
         end
+    end
+    if unrecorded then
+        return { 'ok', crossed }
     end
     rec.s = SETTLED
     rec.exp = now + ttl
@@ -453,7 +473,7 @@ for j, op in ipairs(args.ops) do
     if kind == 'acquire' then
         out[j] = _acquire(now, op[2], op[3], op[4], op[5], op[6])
     elseif kind == 'settle' then
-        out[j] = _settle(now, op[2], op[3], op[4], op[5])
+        out[j] = _settle(now, op[2], op[3], op[4], op[5], op[6])
     elseif kind == 'extend' then
         out[j] = _extend(now, op[2], op[3])
     elseif kind == 'record' then
