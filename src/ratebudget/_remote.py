@@ -22,20 +22,23 @@ import threading
 from asyncio import _get_running_loop as _running_loop
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
 from ._amounts import from_units
-from ._clock import SYSTEM_CLOCK, Clock
+from ._clock import SYSTEM_CLOCK, Clock, Sleeper
 from ._exceptions import AcquireTimeout, BudgetExceeded, StoreUnavailable
 from ._limits import Cap, Rate
 from ._periods import period_window
 from ._snapshot import Alert, LimitSnapshot, Snapshot
 from .stores import periods_of, plan_of, spec_of
 from .stores._base import Store
+
+if TYPE_CHECKING:
+    from asyncio import Future
 
 __all__ = ("Remote",)
 
@@ -55,12 +58,36 @@ def inline_of(r: list[Any]) -> list[Any] | None:
     return [at, at + int(r[1]), r[3]]
 
 
+class _FutureEvent:
+    """An event for one waiter of an asyncio loop: a bare future (an
+    ``anyio.Event`` costs several times more, and a batch wakes many)."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self, fut: Future[None]) -> None:
+        self.fut = fut
+
+    def set(self) -> None:
+        if not self.fut.done():
+            self.fut.set_result(None)
+
+    def wait(self) -> Future[None]:
+        return self.fut
+
+
+def _event() -> Sleeper:
+    loop = _running_loop()
+    if loop is not None:
+        return _FutureEvent(loop.create_future())
+    return anyio.Event()
+
+
 class _Call:
     __slots__ = ("abandoned", "done", "error", "event", "lead", "op", "result")
 
     def __init__(self, op: list[Any]) -> None:
         self.op = op
-        self.event: anyio.Event | None = None
+        self.event: Sleeper | None = None
         self.done = False
         self.lead = False
         self.abandoned = False
@@ -71,11 +98,12 @@ class _Call:
 class _Batcher:
     """The calls of one thread's event loop waiting for the store."""
 
-    __slots__ = ("pending", "running")
+    __slots__ = ("hot", "pending", "running")
 
     def __init__(self) -> None:
         self.pending: list[_Call] = []
         self.running = False
+        self.hot = False  # the last call carried several: more are coming
 
 
 class Remote:
@@ -101,6 +129,9 @@ class Remote:
         self.fail_open = on_store_error == "allow"
         self.has_caps = any(isinstance(x, Cap) for x in limits)
         self.hard = [isinstance(x, Cap) and not x.soft for x in limits]
+        # no calendar cap: the period keys never change
+        calendar = any(isinstance(x, Cap) and x.per is not None for x in limits)
+        self._static_periods = None if calendar else [""] * len(limits)
         self._local = threading.local()
         self._registered = False
         self._calls = 0  # store calls under way, from every thread
@@ -116,6 +147,8 @@ class Remote:
     # -- the store ----------------------------------------------------------
 
     def periods(self) -> list[str]:
+        if self._static_periods is not None:
+            return self._static_periods
         return periods_of(self.limits, self.clock.time())
 
     def _register(self) -> None:
@@ -167,8 +200,15 @@ class Remote:
             b = self._local.batcher = _Batcher()
         c = _Call(op)
         b.pending.append(c)
-        if b.running:
-            c.event = anyio.Event()
+        if not b.running and b.hot:
+            # a batch of several just came back and its callers are about to
+            # call again: let them queue, so they go together (a caller
+            # alone never gets here: it goes at once)
+            b.running = True
+            b.hot = False
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+        elif b.running:
+            c.event = _event()
             try:
                 await c.event.wait()
             except BaseException:
@@ -193,6 +233,14 @@ class Remote:
         await self._lead(b)
         if c.error is not None:
             raise c.error
+        try:
+            # the leader's call was shielded: a cancellation that came
+            # meanwhile lands here (a follower's lands in its wait above)
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            if op[0] == "acquire" and c.result[:1] == ["ok"]:
+                self.defer(self._release_op(op[1], inline_of(c.result)))
+            raise
         return c.result
 
     async def _lead(self, b: _Batcher) -> None:
@@ -217,6 +265,7 @@ class Remote:
                         # its caller left while the grant was in flight
                         release = self._release_op(c.op[1], inline_of(r))
                         b.pending.append(_Call(release))
+            b.hot = len(batch) > 1
             for c in batch:
                 c.done = True
                 if c.event is not None:
@@ -338,8 +387,6 @@ class Remote:
                 try:
                     if wait_us:
                         await clock.sleep_until(clock.monotonic_ns() + wait_us * 1000)
-                    else:
-                        await anyio.lowlevel.checkpoint_if_cancelled()
                 except BaseException:
                     with anyio.CancelScope(shield=True):
                         await self.release(lease_id, inline)
