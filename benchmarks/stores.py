@@ -40,6 +40,7 @@ from __future__ import annotations
 import gc
 import math
 import multiprocessing
+import shutil
 import statistics
 import tempfile
 import time
@@ -58,8 +59,8 @@ if TYPE_CHECKING:
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
 
-    from benchmarks.redisserver import RedisServer
     from benchmarks.run import Config, Results
+    from ratebudget.testing import RedisServer
 
 __all__ = (
     "LatencySample",
@@ -640,10 +641,10 @@ async def _latency(candidate: str, url: str, n: int) -> LatencySample:
 
 def bench(cfg: Config, log: Callable[[str], None]) -> StoreResults:
     """Run every store workload of ``cfg``."""
-    from benchmarks import redisserver
+    from ratebudget.testing import RedisServer
 
     redis_sc, sqlite_sc = _scenarios(cfg)
-    exe = redisserver.binary()
+    exe = shutil.which("redis-server")
     redis_cands = available(REDIS_CANDIDATES) if exe else []
     if not exe:
         log("  stores: no redis-server on PATH, Redis runs skipped")
@@ -659,7 +660,7 @@ def bench(cfg: Config, log: Callable[[str], None]) -> StoreResults:
     pool = _Pool(procs)
     try:
         if redis_cands:
-            with redisserver.RedisServer() as server:
+            with RedisServer(options={"maxclients": "10000"}) as server:
                 out.redis_version = server.version()
                 _bench_redis(cfg, out, pool, server, redis_cands, log)
                 _bench_latency(cfg, out, server.url, log)
