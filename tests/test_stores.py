@@ -219,3 +219,38 @@ async def test_cancellation_in_coalesced_calls_never_leaks(shared_url: str) -> N
     assert snap[0].reserved == 0
     assert snap[0].used == committed
     assert committed > 0
+
+
+async def test_asyncio_task_cancel_through_coalesced_calls(
+    shared_url: str, anyio_backend: str
+) -> None:
+    """``asyncio.wait_for`` cancels with ``Task.cancel``, which no anyio shield
+    stops: no caller may hang, and nothing may leak."""
+    if anyio_backend != "asyncio":
+        pytest.skip("asyncio.Task.cancel exists only on asyncio")
+    import asyncio
+    import random
+
+    rng = random.Random(7)
+    lim = Limiter(
+        Cap(tokens=10**6), store=shared_url, name=f"native-{os.urandom(6).hex()}"
+    )
+    committed = 0
+
+    async def one() -> None:
+        nonlocal committed
+        try:
+            lease = await asyncio.wait_for(
+                lim.acquire(1)._acquire(), rng.choice([0.0001, 0.001, 0.003, 10])
+            )
+        except asyncio.TimeoutError:
+            return
+        await lease.commit(tokens=1)
+        committed += 1
+
+    with anyio.fail_after(30):
+        for _ in range(5):
+            await asyncio.gather(*(one() for _ in range(30)))
+    snap = await lim.snapshot()
+    assert snap[0].reserved == 0
+    assert snap[0].used == committed

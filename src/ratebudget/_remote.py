@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import queue
 import threading
 from asyncio import _get_running_loop as _running_loop
 from collections.abc import Callable
@@ -26,7 +27,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.lowlevel
-import anyio.to_thread
 
 from ._amounts import from_units
 from ._clock import SYSTEM_CLOCK, Clock, Sleeper
@@ -47,6 +47,7 @@ logger: Final = logging.getLogger("ratebudget")
 _POLL_MIN: Final = 0.005  # s: first re-check of a cap blocked by reservations
 _POLL_MAX: Final = 0.25  # s: the longest a blocked caller goes without a look
 _SETTLED_KEPT_US: Final = 60_000_000  # a settled lease's record, for retries
+_WORKER_IDLE: Final = 10.0  # s: a store worker thread this idle exits
 
 
 def inline_of(r: list[Any]) -> list[Any] | None:
@@ -95,15 +96,73 @@ class _Call:
         self.error: BaseException | None = None
 
 
-class _Batcher:
-    """The calls of one thread's event loop waiting for the store."""
+class _Worker:
+    """A thread that runs one event loop's store calls, one at a time.
 
-    __slots__ = ("hot", "pending", "running")
+    It hands each answer back to the loop itself, so no task has to stay to
+    collect it: a caller cancelled in any way (an anyio scope, trio,
+    ``asyncio.Task.cancel``) just stops waiting. It exits when idle.
+    """
+
+    __slots__ = ("alive", "lock", "queue")
 
     def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[tuple[Callable[[], Any], Callable[..., None]]]
+        self.queue = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.alive = False
+
+    def submit(self, work: Callable[[], Any], done: Callable[..., None]) -> None:
+        with self.lock:
+            self.queue.put((work, done))
+            if not self.alive:
+                self.alive = True
+                threading.Thread(
+                    target=self._run, name="ratebudget-store", daemon=True
+                ).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                work, done = self.queue.get(timeout=_WORKER_IDLE)
+            except queue.Empty:
+                with self.lock:
+                    if self.queue.empty():
+                        self.alive = False
+                        return
+                continue
+            try:
+                result = work()
+            except BaseException as e:  # delivered to the callers
+                done(None, e)
+            else:
+                done(result, None)
+
+
+class _Batcher:
+    """The calls of one event loop: waiting to go, or on their way."""
+
+    __slots__ = ("hot", "loop", "pending", "running", "soon", "worker")
+
+    def __init__(
+        self, loop: object, soon: Callable[[Callable[[], object]], object]
+    ) -> None:
+        self.loop = loop  # the event loop (asyncio) or trio token it serves
+        self.soon = soon  # run a callback in that loop, from any thread
         self.pending: list[_Call] = []
-        self.running = False
+        self.running = False  # a store call is on its way
         self.hot = False  # the last call carried several: more are coming
+        self.worker = _Worker()
+
+
+def _loop_and_soon() -> tuple[object, Callable[[Callable[[], object]], object]]:
+    loop = _running_loop()
+    if loop is not None:
+        return loop, loop.call_soon_threadsafe
+    token = anyio.lowlevel.current_token()
+    native = token.native_token
+    soon = getattr(native, "call_soon_threadsafe", None) or native.run_sync_soon  # type: ignore[attr-defined]
+    return native, soon
 
 
 class Remote:
@@ -194,95 +253,96 @@ class Remote:
         finally:
             self._calls -= 1
 
-    async def _call(self, op: list[Any]) -> list[Any]:
+    def _batcher(self) -> _Batcher:
         b: _Batcher | None = getattr(self._local, "batcher", None)
-        if b is None:
-            b = self._local.batcher = _Batcher()
+        if b is None or b.loop is not _loop_and_soon()[0]:
+            # this thread's first call, or a new event loop in it
+            loop, soon = _loop_and_soon()
+            b = self._local.batcher = _Batcher(loop, soon)
+        return b
+
+    async def _call(self, op: list[Any]) -> list[Any]:
+        b = self._batcher()
         c = _Call(op)
+        c.event = event = _event()
         b.pending.append(c)
-        if not b.running and b.hot:
-            # a batch of several just came back and its callers are about to
-            # call again: let them queue, so they go together (a caller
-            # alone never gets here: it goes at once)
+        if not b.running:
             b.running = True
-            b.hot = False
-            await anyio.lowlevel.cancel_shielded_checkpoint()
-        elif b.running:
-            c.event = _event()
-            try:
-                await c.event.wait()
-            except BaseException:
-                if c.done:  # answered as it left: give back a grant
-                    if op[0] == "acquire" and c.result[:1] == ["ok"]:
-                        self.defer(self._release_op(op[1], inline_of(c.result)))
-                elif c in b.pending:  # not sent: it never happened
+            if b.hot:
+                # a call of several just came back and its callers are about
+                # to call again: let them queue first, so they go together
+                # (a caller alone never waits for company: it goes at once)
+                b.hot = False
+                b.soon(lambda: self._flush(b))
+            else:
+                self._flush(b)
+        try:
+            await event.wait()
+        except BaseException:
+            if c.done:  # answered as it left: give back a grant
+                if op[0] == "acquire" and c.result[:1] == ["ok"]:
+                    self.defer(self._release_op(op[1], inline_of(c.result)))
+            elif c in b.pending:
+                if op[0] == "acquire":  # not sent: it never happened
                     b.pending.remove(c)
-                    if c.lead:  # it was to lead the next call: pass that on
-                        self._hand_over(b)
-                else:  # in flight: its leader releases what it gets
-                    c.abandoned = True
-                raise
-            if c.done:
-                if c.error is not None:
-                    raise c.error
-                return c.result
-            assert c.lead
-            # handed the lead by a batch that just finished: its callers are
-            # about to queue their next calls; let them, so they go together
-            await anyio.lowlevel.cancel_shielded_checkpoint()
-        await self._lead(b)
+                # a settle or a record asked for is sent all the same
+            else:  # on its way: what it gets is released when it lands
+                c.abandoned = True
+            raise
         if c.error is not None:
             raise c.error
-        try:
-            # the leader's call was shielded: a cancellation that came
-            # meanwhile lands here (a follower's lands in its wait above)
-            await anyio.lowlevel.checkpoint_if_cancelled()
-        except BaseException:
-            if op[0] == "acquire" and c.result[:1] == ["ok"]:
-                self.defer(self._release_op(op[1], inline_of(c.result)))
-            raise
         return c.result
 
-    async def _lead(self, b: _Batcher) -> None:
-        """Send what is pending (this caller's op among it), then hand over."""
-        b.running = True
-        while True:
-            batch, b.pending = b.pending, []
-            try:
-                # shielded: a store call is bounded by the store's timeout, and
-                # its results belong to every caller in the batch
-                with anyio.CancelScope(shield=True):
-                    results = await anyio.to_thread.run_sync(
-                        self.execute, [c.op for c in batch]
-                    )
-            except Exception as e:
-                for c in batch:
-                    c.error = e
-            else:
-                for c, r in zip(batch, results, strict=True):
-                    c.result = r
-                    if c.abandoned and c.op[0] == "acquire" and r[0] == "ok":
-                        # its caller left while the grant was in flight
-                        release = self._release_op(c.op[1], inline_of(r))
-                        b.pending.append(_Call(release))
-            b.hot = len(batch) > 1
-            for c in batch:
-                c.done = True
-                if c.event is not None:
-                    c.event.set()
-            if not b.pending or any(c.event is not None for c in b.pending):
-                break
-            # only the releases of callers that left: send them too
-        self._hand_over(b)
+    def _flush(self, b: _Batcher) -> None:
+        """Send what is pending in one store call (in the loop's thread)."""
+        batch, b.pending = b.pending, []
+        if not batch:
+            b.running = False
+            return
+        ops = [c.op for c in batch]
 
-    def _hand_over(self, b: _Batcher) -> None:
-        """Make the first waiting caller the next leader, or go idle."""
-        for c in b.pending:
+        def landed(
+            results: list[list[Any]] | None, error: BaseException | None
+        ) -> None:
+            try:  # in the worker thread: hand the answers to the loop
+                b.soon(lambda: self._deliver(b, batch, results, error))
+            except RuntimeError:  # the loop has closed: nobody is waiting
+                pass
+
+        b.worker.submit(lambda: self.execute(ops), landed)
+
+    def _deliver(
+        self,
+        b: _Batcher,
+        batch: list[_Call],
+        results: list[list[Any]] | None,
+        error: BaseException | None,
+    ) -> None:
+        """A store call came back: wake its callers, send what queued meanwhile."""
+        if results is None:
+            for c in batch:
+                c.error = (
+                    error
+                    if isinstance(error, Exception)
+                    else StoreUnavailable(f"the store call was interrupted: {error!r}")
+                )
+        else:
+            for c, r in zip(batch, results, strict=True):
+                c.result = r
+                if c.abandoned and c.op[0] == "acquire" and r[0] == "ok":
+                    # its caller left while the grant was on its way
+                    b.pending.append(_Call(self._release_op(c.op[1], inline_of(r))))
+        for c in batch:
+            c.done = True
             if c.event is not None:
-                c.lead = True
                 c.event.set()
-                return
-        b.running = False  # releases left over go with the next call
+        b.hot = len(batch) > 1
+        if not b.pending:
+            b.running = False
+        elif b.hot:
+            b.soon(lambda: self._flush(b))
+        else:
+            self._flush(b)
 
     # -- operations ---------------------------------------------------------
 
