@@ -1,12 +1,14 @@
 """A limiter's client side of a persistent store (SQLite, Redis).
 
 Every decision is one store call (one transaction, one script). Store calls
-are blocking and run in a worker thread, so they work on asyncio and trio
-alike. Calls from the tasks of one event loop are *coalesced*: the first
-caller sends its operation at once; callers that arrive while a call is in
-flight queue up and go together, in arrival order, in the next call (group
-commit). So one caller alone pays one round trip and no added wait, and many
-callers share round trips.
+are blocking; each event loop's run on a worker thread of its own, which
+hands the answers back to the loop, so they work on asyncio and trio alike
+and no caller has to stay to collect an answer (any cancellation just stops
+its wait). Calls from the tasks of one event loop are *coalesced*: the first
+caller's operation goes at once; calls that arrive while one is on its way
+queue up and go together, in arrival order, in the next call (group commit).
+So one caller alone pays one round trip and no added wait, and many callers
+share round trips.
 
 Waiting for a rate is a local sleep until the moment the store scheduled;
 waiting on a hard cap that other callers' reservations block is a bounded
