@@ -182,6 +182,7 @@ class Limiter:
     """
 
     __slots__ = (
+        "__weakref__",  # integrations keep per-limiter state in weak maps
         "_axes",
         "_clock",
         "_engine",

@@ -33,8 +33,9 @@ import anyio
 import anyio.lowlevel
 
 from ._clock import Sleeper
+from ._fake_provider import FakeProvider
 
-__all__ = ("FakeClock", "RedisServer")
+__all__ = ("FakeClock", "FakeProvider", "RedisServer")
 
 _NS = 1_000_000_000
 

@@ -1,0 +1,381 @@
+"""``BudgetTransport``: meter every LLM call an httpx client makes.
+
+::
+
+    client = AsyncOpenAI(http_client=httpx.AsyncClient(transport=BudgetTransport(limiter)))
+
+Per request to a known endpoint (see ``usage.classify``; anything else passes
+through untouched):
+
+1. estimate it before it is sent: input tokens, the most output it may
+   produce, and (when the limiter counts ``usd``) the USD of that estimate;
+2. acquire a lease for ``requests``, ``tokens``, ``input_tokens``,
+   ``output_tokens`` and ``usd``: the caller waits for the rates, and a hard
+   cap refuses with ``BudgetExceeded`` *before* anything is sent;
+3. read the real usage from the response, JSON or streamed (SSE), and commit
+   it when the body is closed; a stream cut short commits what the provider
+   reported so far, and at least the input;
+4. release on an error response; on a ``429``, hold every later caller of
+   this limiter for its ``Retry-After``.
+
+One implementation serves ``httpx`` and ``httpx2`` (which current ``openai``
+and ``anthropic`` SDKs are built on): the transport only uses what both
+packages share, and builds its requests and responses with the classes of
+the request it was given.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Mapping
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+
+from .._exceptions import InvalidRequest
+from .._limiter import Lease, Limiter
+from .usage import (
+    DEFAULT_MAX_OUTPUT,
+    Endpoint,
+    Estimate,
+    StreamUsage,
+    Usage,
+    classify,
+    estimate,
+    usage_from_json,
+)
+
+__all__ = ("BudgetTransport",)
+
+_CHARS_PER_TOKEN: Final = 4
+_MAX_BODY: Final = (
+    64 * 1024 * 1024
+)  # a JSON answer larger than this is not read for usage
+
+# limiter -> monotonic time before which no call may start (a provider's 429)
+_held: weakref.WeakKeyDictionary[Limiter, float] = weakref.WeakKeyDictionary()
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds from a ``Retry-After`` (or ``retry-after-ms``) header."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+if TYPE_CHECKING:  # one class, typed as a transport of both packages
+    import httpx
+    import httpx2
+
+    class _Transport(httpx.AsyncBaseTransport, httpx2.AsyncBaseTransport): ...  # type: ignore[misc]
+
+else:
+    _Transport = object
+
+
+class BudgetTransport(_Transport):
+    """An async httpx (or httpx2) transport that meters LLM calls.
+
+    ``transport`` is the inner transport (default: the HTTP transport of the
+    package the client uses). ``base_path`` names an OpenAI-compatible
+    server's API root (``"/openai/v1"``); ``count_tokens`` counts a text's
+    tokens (default: about four characters per token); ``timeout`` bounds the
+    wait for the limiter (``AcquireTimeout``); ``unknown_model`` is what to
+    do with a model the price table does not know, when the limiter counts
+    ``usd``: ``"raise"`` (``InvalidRequest``, before anything is sent) or a
+    rate in USD per million tokens, like ``{"input_mtok": "1", "output_mtok": "4"}``.
+    ``provider`` names the price table's provider (``"openai"``,
+    ``"anthropic"``, ``"groq"``...); by default the API's own (OpenAI's for
+    the OpenAI endpoints, Anthropic's for messages): give it for an
+    OpenAI-compatible server that serves another provider's models.
+    """
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        transport: Any = None,
+        *,
+        base_path: str = "",
+        count_tokens: Callable[[str], int] | None = None,
+        default_max_output: int = DEFAULT_MAX_OUTPUT,
+        timeout: float | None = None,
+        unknown_model: str | Mapping[str, Decimal | str] = "raise",
+        provider: str | None = None,
+    ) -> None:
+        if not isinstance(limiter, Limiter):
+            raise InvalidRequest(f"BudgetTransport needs a Limiter, not {limiter!r}")
+        self.limiter = limiter
+        self._inner = transport
+        self.base_path = base_path
+        self.count_tokens = count_tokens
+        self.default_max_output = default_max_output
+        self.timeout = timeout
+        self.unknown_model = unknown_model
+        self.provider = provider
+        self._priced = "usd" in {limit.axis for limit in limiter.limits}
+        if self._priced:
+            from . import prices  # noqa: F401  (fails early without genai-prices)
+
+    # -- the transport interface (httpx and httpx2 alike) --------------------
+
+    def _transport(self, request: Any) -> Any:
+        if self._inner is None:
+            self._inner = _package(request).AsyncHTTPTransport()
+        return self._inner
+
+    async def __aenter__(self) -> BudgetTransport:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._inner is not None:
+            await self._inner.aclose()
+
+    async def handle_async_request(self, request: Any) -> Any:
+        inner = self._transport(request)
+        endpoint = classify(request.method, request.url.path, self.base_path)
+        if endpoint is None:
+            return await inner.handle_async_request(request)
+        raw = await request.aread()
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            return await inner.handle_async_request(request)
+        if not isinstance(body, dict):
+            return await inner.handle_async_request(request)
+        if (
+            endpoint is Endpoint.OPENAI_CHAT
+            and body.get("stream")
+            and not (body.get("stream_options") or {}).get("include_usage")
+        ):
+            # without it a chat stream never says what it used
+            body["stream_options"] = {
+                **(body.get("stream_options") or {}),
+                "include_usage": True,
+            }
+            request = self._with_body(request, body)
+        est = estimate(
+            endpoint,
+            body,
+            self.count_tokens,
+            default_max_output=self.default_max_output,
+        )
+        family = self.provider or endpoint.value.split(".")[0]
+        await self._wait_out_hold()
+        lease = await self.limiter.acquire(
+            timeout=self.timeout, **self._amounts(est, family)
+        )
+        try:
+            response = await inner.handle_async_request(request)
+        except BaseException as e:
+            with anyio.CancelScope(shield=True):
+                package = _package(request)
+                if isinstance(e, (package.ConnectError, package.ConnectTimeout)):
+                    await lease.release()  # it never left
+                else:  # it may have reached the provider: its input counts
+                    await self.commit(lease, est, family, None, None, 0)
+            raise
+        if response.status_code >= 400:
+            if response.status_code == 429:
+                self._hold(_retry_after(response.headers))
+            with anyio.CancelScope(shield=True):
+                await lease.release()
+            return response
+        stream = _stream_class(request)(
+            self, endpoint, est, family, lease, response.stream, _is_sse(response)
+        )
+        return type(response)(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=stream,
+            extensions=response.extensions,
+            request=request,
+        )
+
+    # -- internals ----------------------------------------------------------
+
+    @staticmethod
+    def _with_body(request: Any, body: Mapping[str, Any]) -> Any:
+        content = json.dumps(body, separators=(",", ":")).encode()
+        headers = [
+            (k, v) for k, v in request.headers.raw if k.lower() != b"content-length"
+        ]
+        return type(request)(
+            request.method,
+            request.url,
+            headers=headers,
+            content=content,
+            extensions=request.extensions,
+        )
+
+    def _amounts(self, est: Estimate, family: str) -> dict[str, Any]:
+        output = est.max_output_tokens * max(est.n, 1)
+        amounts: dict[str, Any] = {
+            "tokens": est.input_tokens + output,
+            "input_tokens": est.input_tokens,
+            "output_tokens": output,
+        }
+        if self._priced:
+            amounts["usd"] = self._price_estimate(est, family)
+        return amounts
+
+    def _price_estimate(self, est: Estimate, family: str) -> Decimal:
+        from .prices import estimate_cost
+
+        if est.model is None:
+            raise InvalidRequest("the request names no model: it cannot be priced")
+        return estimate_cost(est.model, est, provider=family, unknown=self._unknown())
+
+    def _price(self, model: str | None, usage: Usage, family: str) -> Decimal:
+        from .prices import price
+
+        if model is None:
+            raise InvalidRequest("the response names no model: it cannot be priced")
+        return price(model, usage, provider=family, unknown=self._unknown())
+
+    def _unknown(self) -> Any:
+        return self.unknown_model
+
+    def _hold(self, seconds: float | None) -> None:
+        if seconds is None:
+            seconds = 1.0
+        until = time.monotonic() + seconds
+        if _held.get(self.limiter, 0.0) < until:
+            _held[self.limiter] = until
+
+    async def _wait_out_hold(self) -> None:
+        while True:
+            left = _held.get(self.limiter, 0.0) - time.monotonic()
+            if left <= 0:
+                return
+            await anyio.sleep(left)
+
+    async def commit(
+        self,
+        lease: Lease,
+        est: Estimate,
+        family: str,
+        usage: Usage | None,
+        model: str | None,
+        text_chars: int,
+    ) -> None:
+        """Commit what a finished (or interrupted) response used."""
+        if usage is None:
+            # the provider said nothing (a stream cut short before its usage
+            # event): the input as estimated, plus the output seen so far
+            usage = Usage(
+                input_tokens=est.input_tokens,
+                output_tokens=math.ceil(text_chars / _CHARS_PER_TOKEN),
+            )
+        actual: dict[str, Any] = {
+            "tokens": usage.total_tokens,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+        }
+        if self._priced:
+            actual["usd"] = self._price(est.model or model, usage, family)
+        await lease.commit(**actual)
+
+
+def _package(request: Any) -> Any:
+    """The module (``httpx`` or ``httpx2``) that ``request`` comes from."""
+    return sys.modules[type(request).__module__.split(".")[0]]
+
+
+_stream_classes: dict[type, type[_Metered]] = {}
+
+
+def _stream_class(request: Any) -> type[_Metered]:
+    """``_Metered`` as a subclass of the client's own ``AsyncByteStream``
+    (the client checks that a response's stream is one)."""
+    base: type = _package(request).AsyncByteStream
+    cls = _stream_classes.get(base)
+    if cls is None:
+        cls = _stream_classes[base] = type("MeteredStream", (_Metered, base), {})
+    return cls
+
+
+def _is_sse(response: Any) -> bool:
+    return "text/event-stream" in response.headers.get("content-type", "")
+
+
+class _Metered:
+    """A response body that reads usage as it streams, and commits on close."""
+
+    def __init__(
+        self,
+        transport: BudgetTransport,
+        endpoint: Endpoint,
+        est: Estimate,
+        family: str,
+        lease: Lease,
+        inner: Any,
+        sse: bool,
+    ) -> None:
+        self.transport = transport
+        self.endpoint = endpoint
+        self.est = est
+        self.family = family
+        self.lease = lease
+        self.inner = inner
+        self.stream = StreamUsage(endpoint) if sse else None
+        self.body = bytearray()
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.inner:
+            if self.stream is not None:
+                self.stream.feed(chunk)
+            elif len(self.body) + len(chunk) <= _MAX_BODY:
+                self.body += chunk
+            yield chunk
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.inner.aclose()
+            finally:
+                usage, model, chars = self._usage()
+                await self.transport.commit(
+                    self.lease, self.est, self.family, usage, model, chars
+                )
+
+    def _usage(self) -> tuple[Usage | None, str | None, int]:
+        if self.stream is not None:
+            return self.stream.usage, self.stream.model, self.stream.text_chars
+        try:
+            body = json.loads(bytes(self.body))
+        except ValueError:
+            return None, None, 0
+        if not isinstance(body, dict):
+            return None, None, 0
+        model = body.get("model")
+        return (
+            usage_from_json(self.endpoint, body),
+            (model if isinstance(model, str) else None),
+            0,
+        )
