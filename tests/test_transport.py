@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from ratebudget import BudgetExceeded, Cap, Limiter, Rate
-from ratebudget.integrations.httpx import BudgetTransport
+from ratebudget.integrations.httpx import BudgetSyncTransport, BudgetTransport
 from ratebudget.integrations.prices import price
 from ratebudget.integrations.usage import Usage
 from ratebudget.testing import FakeProvider
@@ -223,3 +223,43 @@ async def test_the_transport_runs_on_any_backend(pkg: Any) -> None:
     snap = await limiter.snapshot()
     assert snap[0].used == provider.usage_total().total_tokens
     assert len(provider.requests) == 2 or len(provider.requests) == 1
+
+
+def test_the_sync_transport_with_the_sync_sdks() -> None:
+    provider = FakeProvider()
+    limiter = Limiter(Cap(tokens=10**6), Cap(usd="10"))
+    broke = Limiter(Cap(usd="0.0000001"))
+    messages: Any = [{"role": "user", "content": "count these few words"}]
+    with (
+        provider.serve_in_thread() as url,
+        httpx2.Client(transport=BudgetSyncTransport(limiter)) as http,
+        httpx2.Client(transport=BudgetSyncTransport(broke)) as poor_http,
+    ):
+        oa = openai.OpenAI(
+            api_key="x", base_url=url + "/v1", max_retries=2, http_client=http
+        )
+        oa.chat.completions.create(model="gpt-4o", messages=messages, max_tokens=20)
+        with oa.chat.completions.create(
+            model="gpt-4o", messages=messages, max_tokens=20, stream=True
+        ) as stream:
+            for _ in stream:
+                pass
+        an = anthropic.Anthropic(
+            api_key="x", base_url=url, max_retries=2, http_client=http
+        )
+        an.messages.create(
+            model="claude-3-5-sonnet-latest", max_tokens=20, messages=messages
+        )
+        sent = len(provider.requests)
+        poor = openai.OpenAI(
+            api_key="x", base_url=url + "/v1", max_retries=2, http_client=poor_http
+        )
+        with pytest.raises(BudgetExceeded):
+            poor.chat.completions.create(
+                model="gpt-4o", messages=messages, max_tokens=20
+            )
+        assert len(provider.requests) == sent  # refused before anything went out
+    snap = limiter.sync.snapshot()
+    assert snap[0].used == provider.usage_total().total_tokens
+    assert snap[1].used == logged_cost(provider)
+    assert (snap[0].reserved, snap[1].reserved) == (0, 0)

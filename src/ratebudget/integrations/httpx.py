@@ -31,7 +31,7 @@ import math
 import sys
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 
 from .._exceptions import InvalidRequest
-from .._limiter import Lease, Limiter
+from .._limiter import Limiter
 from .usage import (
     DEFAULT_MAX_OUTPUT,
     Endpoint,
@@ -51,7 +51,7 @@ from .usage import (
     usage_from_json,
 )
 
-__all__ = ("BudgetTransport",)
+__all__ = ("BudgetSyncTransport", "BudgetTransport")
 
 _CHARS_PER_TOKEN: Final = 4
 _MAX_BODY: Final = (
@@ -82,17 +82,187 @@ def _retry_after(headers: Any) -> float | None:
             return None
 
 
-if TYPE_CHECKING:  # one class, typed as a transport of both packages
+if TYPE_CHECKING:  # one class each, typed as a transport of both packages
     import httpx
     import httpx2
 
     class _Transport(httpx.AsyncBaseTransport, httpx2.AsyncBaseTransport): ...  # type: ignore[misc]
 
+    class _SyncTransport(httpx.BaseTransport, httpx2.BaseTransport): ...  # type: ignore[misc]
+
 else:
-    _Transport = object
+    _Transport = _SyncTransport = object
 
 
-class BudgetTransport(_Transport):
+class _Meter:
+    """What both transports share: reading a request, and the amounts."""
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        transport: Any = None,
+        *,
+        base_path: str = "",
+        count_tokens: Callable[[str], int] | None = None,
+        default_max_output: int = DEFAULT_MAX_OUTPUT,
+        timeout: float | None = None,
+        unknown_model: str | Mapping[str, Decimal | str] = "raise",
+        provider: str | None = None,
+    ) -> None:
+        if not isinstance(limiter, Limiter):
+            raise InvalidRequest(
+                f"{type(self).__name__} needs a Limiter, not {limiter!r}"
+            )
+        self.limiter = limiter
+        self._inner = transport
+        self.base_path = base_path
+        self.count_tokens = count_tokens
+        self.default_max_output = default_max_output
+        self.timeout = timeout
+        self.unknown_model = unknown_model
+        self.provider = provider
+        self._priced = "usd" in {limit.axis for limit in limiter.limits}
+        if self._priced:
+            from . import prices  # noqa: F401  (fails early without genai-prices)
+
+    def _plan(self, request: Any, raw: bytes) -> _Planned | None:
+        """What to reserve for ``request`` (``None``: pass it through)."""
+        endpoint = classify(request.method, request.url.path, self.base_path)
+        if endpoint is None:
+            return None
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            return None
+        if not isinstance(body, dict):
+            return None
+        if (
+            endpoint is Endpoint.OPENAI_CHAT
+            and body.get("stream")
+            and not (body.get("stream_options") or {}).get("include_usage")
+        ):
+            # without it a chat stream never says what it used
+            body["stream_options"] = {
+                **(body.get("stream_options") or {}),
+                "include_usage": True,
+            }
+            request = _with_body(request, body)
+        est = estimate(
+            endpoint,
+            body,
+            self.count_tokens,
+            default_max_output=self.default_max_output,
+        )
+        family = self.provider or endpoint.value.split(".")[0]
+        return _Planned(request, endpoint, est, family, self._amounts(est, family))
+
+    def _amounts(self, est: Estimate, family: str) -> dict[str, Any]:
+        output = est.max_output_tokens * max(est.n, 1)
+        amounts: dict[str, Any] = {
+            "tokens": est.input_tokens + output,
+            "input_tokens": est.input_tokens,
+            "output_tokens": output,
+        }
+        if self._priced:
+            from .prices import estimate_cost
+
+            if est.model is None:
+                raise InvalidRequest("the request names no model: it cannot be priced")
+            amounts["usd"] = estimate_cost(
+                est.model, est, provider=family, unknown=self._unknown()
+            )
+        return amounts
+
+    def _unknown(self) -> Any:
+        return self.unknown_model
+
+    def actual(
+        self,
+        est: Estimate,
+        family: str,
+        usage: Usage | None,
+        model: str | None,
+        text_chars: int,
+    ) -> dict[str, Any]:
+        """The amounts to commit for what a response used."""
+        if usage is None:
+            # the provider said nothing (a stream cut short before its usage
+            # event): the input as estimated, plus the output seen so far
+            usage = Usage(
+                input_tokens=est.input_tokens,
+                output_tokens=math.ceil(text_chars / _CHARS_PER_TOKEN),
+            )
+        amounts: dict[str, Any] = {
+            "tokens": usage.total_tokens,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+        }
+        if self._priced:
+            from .prices import price
+
+            name = est.model or model
+            if name is None:
+                raise InvalidRequest("the response names no model: it cannot be priced")
+            amounts["usd"] = price(
+                name, usage, provider=family, unknown=self._unknown()
+            )
+        return amounts
+
+    def _hold(self, seconds: float | None) -> None:
+        until = time.monotonic() + (1.0 if seconds is None else seconds)
+        if _held.get(self.limiter, 0.0) < until:
+            _held[self.limiter] = until
+
+    def _held_for(self) -> float:
+        return _held.get(self.limiter, 0.0) - time.monotonic()
+
+
+class _Planned:
+    __slots__ = ("amounts", "endpoint", "est", "family", "request")
+
+    def __init__(
+        self,
+        request: Any,
+        endpoint: Endpoint,
+        est: Estimate,
+        family: str,
+        amounts: dict[str, Any],
+    ) -> None:
+        self.request = request
+        self.endpoint = endpoint
+        self.est = est
+        self.family = family
+        self.amounts = amounts
+
+
+def _with_body(request: Any, body: Mapping[str, Any]) -> Any:
+    content = json.dumps(body, separators=(",", ":")).encode()
+    headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"content-length"]
+    return type(request)(
+        request.method,
+        request.url,
+        headers=headers,
+        content=content,
+        extensions=request.extensions,
+    )
+
+
+def _never_left(request: Any, error: BaseException) -> bool:
+    package = _package(request)
+    return isinstance(error, (package.ConnectError, package.ConnectTimeout))
+
+
+def _respond(response: Any, request: Any, stream: Any) -> Any:
+    return type(response)(
+        status_code=response.status_code,
+        headers=response.headers,
+        stream=stream,
+        extensions=response.extensions,
+        request=request,
+    )
+
+
+class BudgetTransport(_Meter, _Transport):
     """An async httpx (or httpx2) transport that meters LLM calls.
 
     ``transport`` is the inner transport (default: the HTTP transport of the
@@ -108,34 +278,6 @@ class BudgetTransport(_Transport):
     the OpenAI endpoints, Anthropic's for messages): give it for an
     OpenAI-compatible server that serves another provider's models.
     """
-
-    def __init__(
-        self,
-        limiter: Limiter,
-        transport: Any = None,
-        *,
-        base_path: str = "",
-        count_tokens: Callable[[str], int] | None = None,
-        default_max_output: int = DEFAULT_MAX_OUTPUT,
-        timeout: float | None = None,
-        unknown_model: str | Mapping[str, Decimal | str] = "raise",
-        provider: str | None = None,
-    ) -> None:
-        if not isinstance(limiter, Limiter):
-            raise InvalidRequest(f"BudgetTransport needs a Limiter, not {limiter!r}")
-        self.limiter = limiter
-        self._inner = transport
-        self.base_path = base_path
-        self.count_tokens = count_tokens
-        self.default_max_output = default_max_output
-        self.timeout = timeout
-        self.unknown_model = unknown_model
-        self.provider = provider
-        self._priced = "usd" in {limit.axis for limit in limiter.limits}
-        if self._priced:
-            from . import prices  # noqa: F401  (fails early without genai-prices)
-
-    # -- the transport interface (httpx and httpx2 alike) --------------------
 
     def _transport(self, request: Any) -> Any:
         if self._inner is None:
@@ -154,47 +296,27 @@ class BudgetTransport(_Transport):
 
     async def handle_async_request(self, request: Any) -> Any:
         inner = self._transport(request)
-        endpoint = classify(request.method, request.url.path, self.base_path)
-        if endpoint is None:
+        if classify(request.method, request.url.path, self.base_path) is None:
             return await inner.handle_async_request(request)
-        raw = await request.aread()
-        try:
-            body = json.loads(raw) if raw else {}
-        except ValueError:
+        planned = self._plan(request, await request.aread())
+        if planned is None:
             return await inner.handle_async_request(request)
-        if not isinstance(body, dict):
-            return await inner.handle_async_request(request)
-        if (
-            endpoint is Endpoint.OPENAI_CHAT
-            and body.get("stream")
-            and not (body.get("stream_options") or {}).get("include_usage")
-        ):
-            # without it a chat stream never says what it used
-            body["stream_options"] = {
-                **(body.get("stream_options") or {}),
-                "include_usage": True,
-            }
-            request = self._with_body(request, body)
-        est = estimate(
-            endpoint,
-            body,
-            self.count_tokens,
-            default_max_output=self.default_max_output,
-        )
-        family = self.provider or endpoint.value.split(".")[0]
-        await self._wait_out_hold()
-        lease = await self.limiter.acquire(
-            timeout=self.timeout, **self._amounts(est, family)
-        )
+        request = planned.request
+        # a provider's 429 said wait (a later 429 may extend it: look again)
+        while (left := self._held_for()) > 0:  # noqa: ASYNC110
+            await anyio.sleep(left)
+        lease = await self.limiter.acquire(timeout=self.timeout, **planned.amounts)
         try:
             response = await inner.handle_async_request(request)
         except BaseException as e:
             with anyio.CancelScope(shield=True):
-                package = _package(request)
-                if isinstance(e, (package.ConnectError, package.ConnectTimeout)):
-                    await lease.release()  # it never left
+                if _never_left(request, e):
+                    await lease.release()
                 else:  # it may have reached the provider: its input counts
-                    await self.commit(lease, est, family, None, None, 0)
+                    est = planned.est
+                    await lease.commit(
+                        **self.actual(est, planned.family, None, None, 0)
+                    )
             raise
         if response.status_code >= 400:
             if response.status_code == 429:
@@ -202,100 +324,62 @@ class BudgetTransport(_Transport):
             with anyio.CancelScope(shield=True):
                 await lease.release()
             return response
-        stream = _stream_class(request)(
-            self, endpoint, est, family, lease, response.stream, _is_sse(response)
+        stream = _stream_class(request, _AsyncMetered, "AsyncByteStream")(
+            self, planned, lease, response.stream, _is_sse(response)
         )
-        return type(response)(
-            status_code=response.status_code,
-            headers=response.headers,
-            stream=stream,
-            extensions=response.extensions,
-            request=request,
+        return _respond(response, request, stream)
+
+
+class BudgetSyncTransport(_Meter, _SyncTransport):
+    """``BudgetTransport`` for blocking clients (``OpenAI``, ``Anthropic``).
+
+    ``httpx2.Client(transport=BudgetSyncTransport(limiter))``; it waits in
+    ``limiter.sync`` and takes the same arguments as ``BudgetTransport``.
+    """
+
+    def _transport(self, request: Any) -> Any:
+        if self._inner is None:
+            self._inner = _package(request).HTTPTransport()
+        return self._inner
+
+    def __enter__(self) -> BudgetSyncTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+
+    def handle_request(self, request: Any) -> Any:
+        inner = self._transport(request)
+        if classify(request.method, request.url.path, self.base_path) is None:
+            return inner.handle_request(request)
+        planned = self._plan(request, request.read())
+        if planned is None:
+            return inner.handle_request(request)
+        request = planned.request
+        while (left := self._held_for()) > 0:  # a provider's 429 said wait
+            time.sleep(left)
+        lease = self.limiter.sync.acquire(timeout=self.timeout, **planned.amounts)
+        try:
+            response = inner.handle_request(request)
+        except BaseException as e:
+            if _never_left(request, e):
+                lease.release()
+            else:
+                lease.commit(**self.actual(planned.est, planned.family, None, None, 0))
+            raise
+        if response.status_code >= 400:
+            if response.status_code == 429:
+                self._hold(_retry_after(response.headers))
+            lease.release()
+            return response
+        stream = _stream_class(request, _SyncMetered, "SyncByteStream")(
+            self, planned, lease, response.stream, _is_sse(response)
         )
-
-    # -- internals ----------------------------------------------------------
-
-    @staticmethod
-    def _with_body(request: Any, body: Mapping[str, Any]) -> Any:
-        content = json.dumps(body, separators=(",", ":")).encode()
-        headers = [
-            (k, v) for k, v in request.headers.raw if k.lower() != b"content-length"
-        ]
-        return type(request)(
-            request.method,
-            request.url,
-            headers=headers,
-            content=content,
-            extensions=request.extensions,
-        )
-
-    def _amounts(self, est: Estimate, family: str) -> dict[str, Any]:
-        output = est.max_output_tokens * max(est.n, 1)
-        amounts: dict[str, Any] = {
-            "tokens": est.input_tokens + output,
-            "input_tokens": est.input_tokens,
-            "output_tokens": output,
-        }
-        if self._priced:
-            amounts["usd"] = self._price_estimate(est, family)
-        return amounts
-
-    def _price_estimate(self, est: Estimate, family: str) -> Decimal:
-        from .prices import estimate_cost
-
-        if est.model is None:
-            raise InvalidRequest("the request names no model: it cannot be priced")
-        return estimate_cost(est.model, est, provider=family, unknown=self._unknown())
-
-    def _price(self, model: str | None, usage: Usage, family: str) -> Decimal:
-        from .prices import price
-
-        if model is None:
-            raise InvalidRequest("the response names no model: it cannot be priced")
-        return price(model, usage, provider=family, unknown=self._unknown())
-
-    def _unknown(self) -> Any:
-        return self.unknown_model
-
-    def _hold(self, seconds: float | None) -> None:
-        if seconds is None:
-            seconds = 1.0
-        until = time.monotonic() + seconds
-        if _held.get(self.limiter, 0.0) < until:
-            _held[self.limiter] = until
-
-    async def _wait_out_hold(self) -> None:
-        while True:
-            left = _held.get(self.limiter, 0.0) - time.monotonic()
-            if left <= 0:
-                return
-            await anyio.sleep(left)
-
-    async def commit(
-        self,
-        lease: Lease,
-        est: Estimate,
-        family: str,
-        usage: Usage | None,
-        model: str | None,
-        text_chars: int,
-    ) -> None:
-        """Commit what a finished (or interrupted) response used."""
-        if usage is None:
-            # the provider said nothing (a stream cut short before its usage
-            # event): the input as estimated, plus the output seen so far
-            usage = Usage(
-                input_tokens=est.input_tokens,
-                output_tokens=math.ceil(text_chars / _CHARS_PER_TOKEN),
-            )
-        actual: dict[str, Any] = {
-            "tokens": usage.total_tokens,
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-        }
-        if self._priced:
-            actual["usd"] = self._price(est.model or model, usage, family)
-        await lease.commit(**actual)
+        return _respond(response, request, stream)
 
 
 def _package(request: Any) -> Any:
@@ -303,16 +387,16 @@ def _package(request: Any) -> Any:
     return sys.modules[type(request).__module__.split(".")[0]]
 
 
-_stream_classes: dict[type, type[_Metered]] = {}
+_stream_classes: dict[tuple[type, type], type] = {}
 
 
-def _stream_class(request: Any) -> type[_Metered]:
-    """``_Metered`` as a subclass of the client's own ``AsyncByteStream``
+def _stream_class(request: Any, kind: type, base_name: str) -> Any:
+    """``kind`` as a subclass of the client package's own byte stream class
     (the client checks that a response's stream is one)."""
-    base: type = _package(request).AsyncByteStream
-    cls = _stream_classes.get(base)
+    base: type = getattr(_package(request), base_name)
+    cls = _stream_classes.get((kind, base))
     if cls is None:
-        cls = _stream_classes[base] = type("MeteredStream", (_Metered, base), {})
+        cls = _stream_classes[(kind, base)] = type(kind.__name__, (kind, base), {})
     return cls
 
 
@@ -321,48 +405,30 @@ def _is_sse(response: Any) -> bool:
 
 
 class _Metered:
-    """A response body that reads usage as it streams, and commits on close."""
+    """A response body that reads usage as it passes, and commits on close."""
 
     def __init__(
-        self,
-        transport: BudgetTransport,
-        endpoint: Endpoint,
-        est: Estimate,
-        family: str,
-        lease: Lease,
-        inner: Any,
-        sse: bool,
+        self, meter: _Meter, planned: _Planned, lease: Any, inner: Any, sse: bool
     ) -> None:
-        self.transport = transport
-        self.endpoint = endpoint
-        self.est = est
-        self.family = family
+        self.meter = meter
+        self.planned = planned
         self.lease = lease
         self.inner = inner
-        self.stream = StreamUsage(endpoint) if sse else None
+        self.stream = StreamUsage(planned.endpoint) if sse else None
         self.body = bytearray()
         self.closed = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self.inner:
-            if self.stream is not None:
-                self.stream.feed(chunk)
-            elif len(self.body) + len(chunk) <= _MAX_BODY:
-                self.body += chunk
-            yield chunk
+    def _see(self, chunk: bytes) -> None:
+        if self.stream is not None:
+            self.stream.feed(chunk)
+        elif len(self.body) + len(chunk) <= _MAX_BODY:
+            self.body += chunk
 
-    async def aclose(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.inner.aclose()
-            finally:
-                usage, model, chars = self._usage()
-                await self.transport.commit(
-                    self.lease, self.est, self.family, usage, model, chars
-                )
+    def _actual(self) -> dict[str, Any]:
+        usage, model, chars = self._usage()
+        return self.meter.actual(
+            self.planned.est, self.planned.family, usage, model, chars
+        )
 
     def _usage(self) -> tuple[Usage | None, str | None, int]:
         if self.stream is not None:
@@ -375,7 +441,40 @@ class _Metered:
             return None, None, 0
         model = body.get("model")
         return (
-            usage_from_json(self.endpoint, body),
+            usage_from_json(self.planned.endpoint, body),
             (model if isinstance(model, str) else None),
             0,
         )
+
+
+class _AsyncMetered(_Metered):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.inner:
+            self._see(chunk)
+            yield chunk
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.inner.aclose()
+            finally:
+                await self.lease.commit(**self._actual())
+
+
+class _SyncMetered(_Metered):
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.inner:
+            self._see(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.inner.close()
+        finally:
+            self.lease.commit(**self._actual())
