@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from ._remote import Remote
     from ._sync import SyncLimiter
+    from .integrations.meter import Meter
     from .stores import MemoryStore, Store
 
 __all__ = ("AlertHandler", "Lease", "Limiter")
@@ -464,6 +465,20 @@ class Limiter:
             remote.changed()
             return
         wake_all(self._engine.reset())
+
+    def meter(self, *, model: str, **call: Any) -> Meter:
+        """Meter one LLM call made without the httpx transport.
+
+        ``async with limiter.meter(model="gpt-4o", messages=msgs, max_tokens=500) as m:``
+        reserves the call's estimate; ``await m.settle(reply)`` commits the
+        usage an OpenAI or Anthropic SDK response reports. Keywords:
+        ``messages``, ``prompt``, ``system``, ``max_tokens``, ``n``,
+        ``provider``, ``timeout``, ``count_tokens``, ``unknown_model`` (see
+        ``ratebudget.integrations.meter.Meter``).
+        """
+        from .integrations.meter import Meter
+
+        return Meter(self, model=model, **call)
 
     @property
     def name(self) -> str | None:

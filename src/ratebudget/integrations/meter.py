@@ -1,0 +1,201 @@
+"""``limiter.meter()``: meter a call made without the httpx transport.
+
+::
+
+    async with limiter.meter(model="gpt-4o", messages=messages, max_tokens=500) as m:
+        reply = await client.chat.completions.create(
+            model="gpt-4o", messages=messages, max_tokens=500
+        )
+        await m.settle(reply)
+
+The block reserves an estimate (as the transport does: the prompt's tokens,
+the most output the call may produce, and its USD when the limiter counts
+``usd``); ``settle`` reads the usage from the SDK's response object (OpenAI
+chat completion, response, completion or embeddings; Anthropic message) and
+commits it. Leaving the block without ``settle`` commits the estimate;
+leaving it by an exception releases the reservation, as a lease does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from .._exceptions import InvalidRequest
+from .usage import (
+    DEFAULT_MAX_OUTPUT,
+    Endpoint,
+    Estimate,
+    Usage,
+    estimate,
+    usage_from_json,
+)
+
+if TYPE_CHECKING:
+    from .._limiter import Lease, Limiter
+
+__all__ = ("Meter",)
+
+
+def _endpoint_of(body: Mapping[str, Any]) -> Endpoint | None:
+    """Which API a response body came from, by its own ``type``/``object``."""
+    kind = body.get("object") or body.get("type")
+    if kind == "message":
+        return Endpoint.ANTHROPIC_MESSAGES
+    if kind in ("chat.completion", "chat.completion.chunk"):
+        return Endpoint.OPENAI_CHAT
+    if kind == "response":
+        return Endpoint.OPENAI_RESPONSES
+    if kind == "text_completion":
+        return Endpoint.OPENAI_COMPLETIONS
+    if kind == "list":
+        return Endpoint.OPENAI_EMBEDDINGS
+    return None
+
+
+def _as_dict(response: object) -> Mapping[str, Any]:
+    if isinstance(response, Mapping):
+        return response
+    dump = getattr(response, "model_dump", None)  # the SDKs' pydantic models
+    if callable(dump):
+        got = dump()
+        if isinstance(got, Mapping):
+            return got
+    raise InvalidRequest(
+        f"settle() takes an SDK response (or its JSON as a dict), not {type(response).__name__}"
+    )
+
+
+class Meter:
+    """One metered call: ``async with limiter.meter(...) as m: ...; await m.settle(reply)``."""
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        *,
+        model: str,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        prompt: str | None = None,
+        system: str | None = None,
+        max_tokens: int | None = None,
+        n: int = 1,
+        provider: str | None = None,
+        timeout: float | None = None,
+        count_tokens: Callable[[str], int] | None = None,
+        unknown_model: Literal["raise"] | Mapping[str, Decimal | str] = "raise",
+    ) -> None:
+        if not isinstance(model, str) or not model:
+            raise InvalidRequest(f"model={model!r}: name the model the call uses")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InvalidRequest(f"n={n!r}: expected a count >= 1")
+        self.limiter = limiter
+        self.model = model
+        self.provider = provider
+        self.timeout = timeout
+        self.unknown_model = unknown_model
+        endpoint = (
+            Endpoint.ANTHROPIC_MESSAGES
+            if provider == "anthropic"
+            else Endpoint.OPENAI_CHAT
+        )
+        body: dict[str, Any] = {"model": model, "n": n}
+        if messages is not None:
+            body["messages"] = list(messages)
+        if prompt is not None:
+            body.setdefault("messages", []).append({"role": "user", "content": prompt})
+        if system is not None:
+            body["system"] = system
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        self.estimate: Estimate = estimate(
+            endpoint,
+            body,
+            count_tokens,
+            default_max_output=DEFAULT_MAX_OUTPUT,
+        )
+        self._priced = "usd" in {limit.axis for limit in limiter.limits}
+        self._lease: Lease | None = None
+        self.usage: Usage | None = None
+
+    def _family(self, endpoint: Endpoint | None = None) -> str:
+        if self.provider:
+            return self.provider
+        if endpoint is not None:
+            return endpoint.value.split(".")[0]
+        return "openai"
+
+    def _reserve(self) -> dict[str, Any]:
+        est = self.estimate
+        output = est.max_output_tokens * max(est.n, 1)
+        amounts: dict[str, Any] = {
+            "tokens": est.input_tokens + output,
+            "input_tokens": est.input_tokens,
+            "output_tokens": output,
+        }
+        if self._priced:
+            from .prices import estimate_cost
+
+            amounts["usd"] = estimate_cost(
+                self.model, est, provider=self._family(), unknown=self.unknown_model
+            )
+        return amounts
+
+    async def __aenter__(self) -> Meter:
+        if self._lease is not None:
+            raise InvalidRequest(
+                "this meter was already entered; call limiter.meter() again"
+            )
+        self._lease = await self.limiter.acquire(
+            timeout=self.timeout, **self._reserve()
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        lease = self._lease
+        if lease is not None and not lease.settled:
+            await lease.__aexit__(exc_type, exc, tb)
+
+    async def settle(self, response: object) -> Usage:
+        """Commit the usage ``response`` reports; returns it.
+
+        ``response`` is an SDK response object (or its JSON as a dict).
+        Raises ``InvalidRequest`` if it reports no usage.
+        """
+        lease = self._lease
+        if lease is None:
+            raise InvalidRequest(
+                "settle() belongs inside `async with limiter.meter(...)`"
+            )
+        body = _as_dict(response)
+        endpoint = _endpoint_of(body)
+        usage = None if endpoint is None else usage_from_json(endpoint, body)
+        if usage is None:
+            raise InvalidRequest(
+                "the response reports no usage: commit it by hand with "
+                "limiter.acquire(...) and lease.commit(...)"
+            )
+        actual: dict[str, Any] = {
+            "tokens": usage.total_tokens,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+        }
+        if self._priced:
+            from .prices import price
+
+            model = self.model
+            actual["usd"] = price(
+                model,
+                usage,
+                provider=self._family(endpoint),
+                unknown=self.unknown_model,
+            )
+        await lease.commit(**actual)
+        self.usage = usage
+        return usage
