@@ -40,6 +40,7 @@ import anyio
 
 from .._exceptions import InvalidRequest
 from .._limiter import Limiter
+from ._amounts import commit_amounts, reserve_amounts
 from .usage import (
     DEFAULT_MAX_OUTPUT,
     Endpoint,
@@ -157,21 +158,13 @@ class _Meter:
         return _Planned(request, endpoint, est, family, self._amounts(est, family))
 
     def _amounts(self, est: Estimate, family: str) -> dict[str, Any]:
-        output = est.max_output_tokens * max(est.n, 1)
-        amounts: dict[str, Any] = {
-            "tokens": est.input_tokens + output,
-            "input_tokens": est.input_tokens,
-            "output_tokens": output,
-        }
-        if self._priced:
-            from .prices import estimate_cost
-
-            if est.model is None:
-                raise InvalidRequest("the request names no model: it cannot be priced")
-            amounts["usd"] = estimate_cost(
-                est.model, est, provider=family, unknown=self._unknown()
-            )
-        return amounts
+        return reserve_amounts(
+            est,
+            priced=self._priced,
+            model=est.model,
+            provider=family,
+            unknown=self._unknown(),
+        )
 
     def _unknown(self) -> Any:
         return self.unknown_model
@@ -192,21 +185,13 @@ class _Meter:
                 input_tokens=est.input_tokens,
                 output_tokens=math.ceil(text_chars / _CHARS_PER_TOKEN),
             )
-        amounts: dict[str, Any] = {
-            "tokens": usage.total_tokens,
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-        }
-        if self._priced:
-            from .prices import price
-
-            name = est.model or model
-            if name is None:
-                raise InvalidRequest("the response names no model: it cannot be priced")
-            amounts["usd"] = price(
-                name, usage, provider=family, unknown=self._unknown()
-            )
-        return amounts
+        return commit_amounts(
+            usage,
+            priced=self._priced,
+            model=est.model or model,
+            provider=family,
+            unknown=self._unknown(),
+        )
 
     def _hold(self, seconds: float | None) -> None:
         until = time.monotonic() + (1.0 if seconds is None else seconds)

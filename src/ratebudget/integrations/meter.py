@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._exceptions import InvalidRequest
+from ._amounts import commit_amounts, reserve_amounts
 from .usage import (
     DEFAULT_MAX_OUTPUT,
     Endpoint,
@@ -127,20 +128,13 @@ class Meter:
         return "openai"
 
     def _reserve(self) -> dict[str, Any]:
-        est = self.estimate
-        output = est.max_output_tokens * max(est.n, 1)
-        amounts: dict[str, Any] = {
-            "tokens": est.input_tokens + output,
-            "input_tokens": est.input_tokens,
-            "output_tokens": output,
-        }
-        if self._priced:
-            from .prices import estimate_cost
-
-            amounts["usd"] = estimate_cost(
-                self.model, est, provider=self._family(), unknown=self.unknown_model
-            )
-        return amounts
+        return reserve_amounts(
+            self.estimate,
+            priced=self._priced,
+            model=self.model,
+            provider=self._family(),
+            unknown=self.unknown_model,
+        )
 
     async def __aenter__(self) -> Meter:
         if self._lease is not None:
@@ -181,21 +175,13 @@ class Meter:
                 "the response reports no usage: commit it by hand with "
                 "limiter.acquire(...) and lease.commit(...)"
             )
-        actual: dict[str, Any] = {
-            "tokens": usage.total_tokens,
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-        }
-        if self._priced:
-            from .prices import price
-
-            model = self.model
-            actual["usd"] = price(
-                model,
-                usage,
-                provider=self._family(endpoint),
-                unknown=self.unknown_model,
-            )
+        actual = commit_amounts(
+            usage,
+            priced=self._priced,
+            model=self.model,
+            provider=self._family(endpoint),
+            unknown=self.unknown_model,
+        )
         await lease.commit(**actual)
         self.usage = usage
         return usage
