@@ -263,3 +263,76 @@ def test_the_sync_transport_with_the_sync_sdks() -> None:
     assert snap[0].used == provider.usage_total().total_tokens
     assert snap[1].used == logged_cost(provider)
     assert (snap[0].reserved, snap[1].reserved) == (0, 0)
+
+
+async def chat(client: Any) -> int:
+    r = await client.post(
+        "/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    return int(r.status_code)
+
+
+@pytest.mark.parametrize("adapt", [True, False])
+async def test_clients_sharing_a_key_converge_on_the_providers_headers(
+    adapt: bool,
+) -> None:
+    from ratebudget import AcquireTimeout
+
+    provider = FakeProvider(rpm=20)
+    statuses: list[int] = []
+    timeouts = 0
+
+    def client(limiter: Limiter) -> Any:
+        transport = BudgetTransport(
+            limiter,
+            transport=httpx2.ASGITransport(app=provider),
+            timeout=0,
+            adapt=adapt,
+        )
+        return httpx2.AsyncClient(transport=transport, base_url="http://fake")
+
+    # two processes, one API key: each thinks it has all 20 requests a minute
+    a, b = (Limiter(Rate(requests=20, per="minute")) for _ in range(2))
+    async with client(a) as first, client(b) as second:
+        statuses.extend([await chat(first) for _ in range(15)])
+        for _ in range(11):
+            try:
+                statuses.append(await chat(second))
+            except AcquireTimeout:  # it would have to wait: the budget is spent
+                timeouts += 1
+    if adapt:
+        # b read what remains from its first answer, and waits instead of
+        # getting the provider's 429s
+        assert 429 not in statuses
+        assert statuses.count(200) == 20
+        assert timeouts == 6
+    else:
+        # b sends until the provider refuses; the 429's Retry-After then
+        # holds its other calls, which fail at once with timeout=0
+        assert statuses.count(429) == 1
+        assert timeouts == 5
+
+
+async def test_lower_only_ever_lowers_the_matching_rates(tmp_path: Any) -> None:
+    from ratebudget.testing import FakeClock
+
+    clock = FakeClock()
+    limiter = Limiter(
+        Rate(tokens=100, per="minute"), Rate(tokens=1_000, per="hour"), clock=clock
+    )
+    limiter.lower(per=60, tokens=30)
+    snap = await limiter.snapshot()
+    assert (snap[0].tokens, snap[1].tokens) == (30, 1_000)
+    limiter.lower(per=60, tokens=80)  # never raised
+    assert (await limiter.snapshot())[0].tokens == 30
+    clock.advance(6)  # refills as usual: 100 per minute
+    assert (await limiter.snapshot())[0].tokens == 40
+    limiter.lower(tokens=5)  # every period
+    snap = await limiter.snapshot()
+    assert (snap[0].tokens, snap[1].tokens) == (5, 5)
+    shared = Limiter(
+        Rate(tokens=100, per="minute"), store=f"sqlite:///{tmp_path}/b.db", name="x"
+    )
+    shared.lower(tokens=1)  # a shared store's clients share one bucket already
+    assert (await shared.snapshot())[0].tokens == 100

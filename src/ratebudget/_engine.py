@@ -681,6 +681,20 @@ class Engine:
                 woken = self._fail_certain() + self.service(now, wall)
             return woken, alerts
 
+    def lower(self, i: int, units: int) -> None:
+        """Lower rate ``i`` to hold at most ``units`` now (never raise it)."""
+        clock = self.clock
+        with self._guard():
+            now = clock.monotonic_ns()
+            r = self.slots[i]
+            assert isinstance(r, _RateSlot)
+            r.level = refill(r.level, r.last, now, r.rate, r.capacity)
+            r.last = now
+            top = units * r.per
+            if r.level > top:
+                r.level = top
+                self._projection = None
+
     def reset(self) -> list[Waiter]:
         """Zero every cap's usage this period (reservations stay)."""
         clock = self.clock

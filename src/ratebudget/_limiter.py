@@ -466,6 +466,27 @@ class Limiter:
             return
         wake_all(self._engine.reset())
 
+    def lower(self, *, per: float | None = None, **remaining: Amount) -> None:
+        """Lower the rates on each axis to hold at most ``remaining`` now.
+
+        For what a provider says remains (its ``x-ratelimit-remaining-*``
+        headers), so that clients sharing one API key converge: a rate is
+        only ever lowered, never raised, and refills as usual afterwards.
+        ``per`` (seconds) limits it to the rates of that period (a provider's
+        per-minute limits: ``per=60``). On a shared store this does nothing:
+        its clients already share one bucket.
+        """
+        units = {axis: to_units(axis, value) for axis, value in remaining.items()}
+        if self._remote is not None:
+            return
+        for axis, n in units.items():
+            for i in self._index.get(axis, ()):
+                limit = self._limits[i]
+                if isinstance(limit, Rate) and (
+                    per is None or limit._per_ns == round(per * 1e9)
+                ):
+                    self._engine.lower(i, n)
+
     def meter(self, *, model: str, **call: Any) -> Meter:
         """Meter one LLM call made without the httpx transport.
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
-from .._exceptions import InvalidRequest
+from .._exceptions import AcquireTimeout, InvalidRequest
 from .._limiter import Limiter
 from ._amounts import commit_amounts, reserve_amounts
 from .usage import (
@@ -58,6 +58,16 @@ _CHARS_PER_TOKEN: Final = 4
 _MAX_BODY: Final = (
     64 * 1024 * 1024
 )  # a JSON answer larger than this is not read for usage
+
+# what a provider says remains of its per-minute limits, by axis
+_REMAINING: Final = (
+    ("x-ratelimit-remaining-requests", "requests"),
+    ("x-ratelimit-remaining-tokens", "tokens"),
+    ("anthropic-ratelimit-requests-remaining", "requests"),
+    ("anthropic-ratelimit-tokens-remaining", "tokens"),
+    ("anthropic-ratelimit-input-tokens-remaining", "input_tokens"),
+    ("anthropic-ratelimit-output-tokens-remaining", "output_tokens"),
+)
 
 # limiter -> monotonic time before which no call may start (a provider's 429)
 _held: weakref.WeakKeyDictionary[Limiter, float] = weakref.WeakKeyDictionary()
@@ -109,6 +119,7 @@ class _Meter:
         timeout: float | None = None,
         unknown_model: str | Mapping[str, Decimal | str] = "raise",
         provider: str | None = None,
+        adapt: bool = True,
     ) -> None:
         if not isinstance(limiter, Limiter):
             raise InvalidRequest(
@@ -122,6 +133,7 @@ class _Meter:
         self.timeout = timeout
         self.unknown_model = unknown_model
         self.provider = provider
+        self.adapt = adapt
         self._priced = "usd" in {limit.axis for limit in limiter.limits}
         if self._priced:
             from . import prices  # noqa: F401  (fails early without genai-prices)
@@ -193,10 +205,35 @@ class _Meter:
             unknown=self._unknown(),
         )
 
+    def _observe(self, response: Any) -> None:
+        """Pull the per-minute rates down to what the provider says remains."""
+        if not self.adapt:
+            return
+        remaining: dict[str, int] = {}
+        headers = response.headers
+        for header, axis in _REMAINING:
+            value = headers.get(header)
+            if value is not None:
+                try:
+                    remaining[axis] = max(0, int(float(value)))
+                except ValueError:
+                    continue
+        if remaining:
+            self.limiter.lower(per=60, **remaining)
+
     def _hold(self, seconds: float | None) -> None:
         until = time.monotonic() + (1.0 if seconds is None else seconds)
         if _held.get(self.limiter, 0.0) < until:
             _held[self.limiter] = until
+
+    def _check_hold(self, left: float) -> None:
+        """A hold longer than the caller's timeout fails at once (contract 4)."""
+        if self.timeout is not None and left > self.timeout:
+            raise AcquireTimeout(
+                f"the provider asked to wait {left:.3f}s (429 Retry-After); "
+                f"timeout is {self.timeout:g}s",
+                retry_after=left,
+            )
 
     def _held_for(self) -> float:
         return _held.get(self.limiter, 0.0) - time.monotonic()
@@ -262,6 +299,10 @@ class BudgetTransport(_Meter, _Transport):
     ``"anthropic"``, ``"groq"``...); by default the API's own (OpenAI's for
     the OpenAI endpoints, Anthropic's for messages): give it for an
     OpenAI-compatible server that serves another provider's models.
+    ``adapt`` (default on): after each response, pull the limiter's
+    per-minute rates down to what the provider's ``x-ratelimit-remaining-*``
+    (``anthropic-ratelimit-*-remaining``) headers say remains, so clients
+    sharing one API key converge (``Limiter.lower``; a memory store only).
     """
 
     def _transport(self, request: Any) -> Any:
@@ -288,7 +329,8 @@ class BudgetTransport(_Meter, _Transport):
             return await inner.handle_async_request(request)
         request = planned.request
         # a provider's 429 said wait (a later 429 may extend it: look again)
-        while (left := self._held_for()) > 0:  # noqa: ASYNC110
+        while (left := self._held_for()) > 0:
+            self._check_hold(left)
             await anyio.sleep(left)
         lease = await self.limiter.acquire(timeout=self.timeout, **planned.amounts)
         try:
@@ -303,6 +345,7 @@ class BudgetTransport(_Meter, _Transport):
                         **self.actual(est, planned.family, None, None, 0)
                     )
             raise
+        self._observe(response)
         if response.status_code >= 400:
             if response.status_code == 429:
                 self._hold(_retry_after(response.headers))
@@ -346,6 +389,7 @@ class BudgetSyncTransport(_Meter, _SyncTransport):
             return inner.handle_request(request)
         request = planned.request
         while (left := self._held_for()) > 0:  # a provider's 429 said wait
+            self._check_hold(left)
             time.sleep(left)
         lease = self.limiter.sync.acquire(timeout=self.timeout, **planned.amounts)
         try:
@@ -356,6 +400,7 @@ class BudgetSyncTransport(_Meter, _SyncTransport):
             else:
                 lease.commit(**self.actual(planned.est, planned.family, None, None, 0))
             raise
+        self._observe(response)
         if response.status_code >= 400:
             if response.status_code == 429:
                 self._hold(_retry_after(response.headers))
