@@ -413,3 +413,20 @@ class TestMain:
         assert capsys.readouterr().out.startswith("ratebudget ")
         assert main(["demo", "--help"]) == 0
         assert "--backend" in capsys.readouterr().out
+
+
+def test_demo_http_drives_the_openai_sdk_on_loopback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("openai")
+    pytest.importorskip("genai_prices")
+    from ratebudget.cli import main
+
+    assert main(["demo", "--http", "--calls", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "40 chat completions through the openai SDK" in out
+    assert "answered 0 with 429" in out
+    answered = int(out.split("answered ")[1].split(",")[0])
+    refused = int(out.split("refused before sending ")[1].split(" ")[0])
+    assert answered + refused == 40
+    assert answered > 0

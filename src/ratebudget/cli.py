@@ -1107,10 +1107,35 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     demo.add_argument(
         "--plain", action="store_true", help="plain text even when rich is installed"
     )
+    demo.add_argument(
+        "--http",
+        action="store_true",
+        help="drive the real openai SDK against a fake provider on loopback "
+        "(needs openai and genai-prices)",
+    )
     demo.set_defaults(handler=_run_demo_command)
 
 
+def _run_http_demo(args: argparse.Namespace) -> int:
+    missing = [
+        m for m in ("openai", "genai_prices") if importlib.util.find_spec(m) is None
+    ]
+    if missing:
+        sys.stderr.write(
+            f"ratebudget demo --http: error: needs {', '.join(missing)} "
+            "(pip install openai 'ratebudget[prices]')\n"
+        )
+        return 2
+    from ._http_demo import render, run_http_demo
+
+    report = anyio.run(run_http_demo, min(args.calls, 200))
+    render(report, sys.stdout)
+    return 0 if report.throttled == 0 else 1
+
+
 def _run_demo_command(args: argparse.Namespace) -> int:
+    if args.http:
+        return _run_http_demo(args)
     err = sys.stderr
     try:
         config = DemoConfig(
