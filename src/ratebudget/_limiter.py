@@ -275,7 +275,9 @@ class Limiter:
                 resolved, name, limits, self._clock, lease_ttl, on_store_error
             )
             self._lease_type = _RemoteLease
-            self._engine = Engine(limits, self._clock)  # validation only
+            # the memory paths' engine, never used on a shared store (it keeps
+            # ``_engine`` of one type, and holds nothing but empty buckets)
+            self._engine = Engine(limits, self._clock)
         self._n = len(limits)
         index: dict[str, list[int]] = {}
         for i, limit in enumerate(limits):
@@ -706,12 +708,18 @@ class Lease:
         alerts, overruns = self._commit_nowait(actual)
         await self._limiter._deliver(alerts, overruns)
 
-    def _release_nowait(self) -> None:
+    def _to_release(self) -> bool:
+        """Whether a release has anything to do (it marks the lease settled)."""
         if self._state == _PENDING:
             raise InvalidRequest("this lease has not been acquired yet: await it first")
         if self._state == _SETTLED:
-            return
+            return False
         self._state = _SETTLED
+        return True
+
+    def _release_nowait(self) -> None:
+        if not self._to_release():
+            return
         woken, _, _ = self._limiter._engine.settle(self._id, self._req, None)
         wake_all(woken)
 
@@ -826,13 +834,8 @@ class _RemoteLease(Lease):
         await self._settle(req)
 
     async def release(self) -> None:
-        if self._state == _PENDING:
-            raise InvalidRequest("this lease has not been acquired yet: await it first")
-        if self._state == _SETTLED:
-            return
-        self._state = _SETTLED
-        if self._inline is not None:
-            return  # its rate tokens stay spent; it reserved nothing else
+        if not self._to_release() or self._inline is not None:
+            return  # an unrecorded lease: its rate tokens stay spent, nothing else
         with anyio.CancelScope(shield=True):
             await self._remote().release(str(self._id))
 
@@ -859,11 +862,6 @@ class _RemoteLease(Lease):
         return self._remote().settle_sync(str(self._id), req, self._inline)
 
     def _release_nowait(self) -> None:
-        if self._state == _PENDING:
-            raise InvalidRequest("this lease has not been acquired yet: await it first")
-        if self._state == _SETTLED:
-            return
-        self._state = _SETTLED
-        if self._inline is not None:
+        if not self._to_release() or self._inline is not None:
             return
         self._remote().settle_sync(str(self._id), None)

@@ -12,7 +12,7 @@ share round trips.
 
 Waiting for a rate is a local sleep until the moment the store scheduled;
 waiting on a hard cap that other callers' reservations block is a bounded
-poll, cut short when a lease of this process settles.
+poll, cut short when a lease settles here or (Redis pub/sub) in another process.
 """
 
 from __future__ import annotations
@@ -86,13 +86,12 @@ def _event() -> Sleeper:
 
 
 class _Call:
-    __slots__ = ("abandoned", "done", "error", "event", "lead", "op", "result")
+    __slots__ = ("abandoned", "done", "error", "event", "op", "result")
 
     def __init__(self, op: list[Any]) -> None:
         self.op = op
         self.event: Sleeper | None = None
         self.done = False
-        self.lead = False
         self.abandoned = False
         self.result: list[Any] = []
         self.error: BaseException | None = None
@@ -188,7 +187,6 @@ class Remote:
         self.ttl_us = math.ceil(lease_ttl * 1e6)
         self.keep_us = self.ttl_us
         self.fail_open = on_store_error == "allow"
-        self.has_caps = any(isinstance(x, Cap) for x in limits)
         self.hard = [isinstance(x, Cap) and not x.soft for x in limits]
         # no calendar cap: the period keys never change
         calendar = any(isinstance(x, Cap) and x.per is not None for x in limits)
@@ -201,7 +199,7 @@ class Remote:
         self._watch_lock = threading.Lock()
         self._watchers: set[Callable[[], None]] = set()
         self._subscribed = False
-        # settles sent with the next store call (estimates of rate-only leases)
+        # releases sent with the next store call (grants whose caller left)
         self._deferred: list[list[Any]] = []
         self._reg_lock = threading.Lock()
 
@@ -257,9 +255,9 @@ class Remote:
 
     def _batcher(self) -> _Batcher:
         b: _Batcher | None = getattr(self._local, "batcher", None)
-        if b is None or b.loop is not _loop_and_soon()[0]:
+        loop, soon = _loop_and_soon()
+        if b is None or b.loop is not loop:
             # this thread's first call, or a new event loop in it
-            loop, soon = _loop_and_soon()
             b = self._local.batcher = _Batcher(loop, soon)
         return b
 
@@ -397,12 +395,7 @@ class Remote:
 
     def _watch(self, event: anyio.Event) -> Callable[[], None]:
         """Have ``changed`` set ``event`` (from any thread); returns the undo."""
-        loop = _running_loop()
-        if loop is not None:
-            soon: Callable[[Callable[[], object]], object] = loop.call_soon_threadsafe
-        else:
-            native = anyio.lowlevel.current_token().native_token
-            soon = getattr(native, "call_soon_threadsafe", None) or native.run_sync_soon  # type: ignore[attr-defined]
+        soon = _loop_and_soon()[1]
 
         def wake() -> None:
             try:
@@ -430,8 +423,7 @@ class Remote:
         a release of it must send along."""
         lease_id = os.urandom(9).hex()
         clock = self.clock
-        start = clock.monotonic_ns()
-        deadline = None if timeout_ns is None else start + timeout_ns
+        deadline = None if timeout_ns is None else clock.monotonic_ns() + timeout_ns
         poll = _POLL_MIN
         while True:
             left = None if deadline is None else deadline - clock.monotonic_ns()
@@ -442,8 +434,7 @@ class Remote:
                 if self.unavailable(e, "an acquisition"):
                     return "", None
                 raise
-            kind = r[0]
-            if kind == "ok":
+            if r[0] == "ok":
                 wait_us = int(r[1])
                 inline = inline_of(r)
                 try:
@@ -454,35 +445,47 @@ class Remote:
                         await self.release(lease_id, inline)
                     raise
                 return lease_id, inline
-            if kind == "timeout":
-                retry = int(r[1]) / 1e6
-                raise AcquireTimeout(
-                    f"acquisition needs {retry:.3f}s; timeout is "
-                    f"{(timeout_ns or 0) / 1e9:g}s",
-                    retry_after=retry,
-                )
-            if kind == "exceeded":
-                raise self.exceeded(int(r[1]), int(r[2]), int(r[3]), req, "acquiring")
-            assert kind == "blocked", r
+            until = self._refuse_or_poll(r, req, timeout_ns, deadline, poll)
             # a hard cap is held by outstanding reservations: look again when
-            # one of ours settles, or after a bounded, growing poll
-            if deadline is not None and clock.monotonic_ns() >= deadline:
-                raise AcquireTimeout(
-                    "acquisition was not granted within its timeout: a cap is "
-                    "held by other callers' reservations",
-                    retry_after=None,
-                )
+            # a lease settles, or after a bounded, growing poll
             event = anyio.Event()
             unwatch = self._watch(event)
             try:
-                until = clock.monotonic_ns() + int(poll * 1e9)
-                if deadline is not None and deadline < until:
-                    until = deadline
                 with anyio.move_on_after(poll):
                     await clock.wait(event, until)
             finally:
                 unwatch()
             poll = min(poll * 2, _POLL_MAX)
+
+    def _refuse_or_poll(
+        self,
+        r: list[Any],
+        req: tuple[int, ...],
+        timeout_ns: int | None,
+        deadline: int | None,
+        poll: float,
+    ) -> int:
+        """Raise for an acquire's refusal; for "blocked", when to look again."""
+        kind = r[0]
+        if kind == "timeout":
+            retry = int(r[1]) / 1e6
+            raise AcquireTimeout(
+                f"acquisition needs {retry:.3f}s; timeout is "
+                f"{(timeout_ns or 0) / 1e9:g}s",
+                retry_after=retry,
+            )
+        if kind == "exceeded":
+            raise self.exceeded(int(r[1]), int(r[2]), int(r[3]), req, "acquiring")
+        assert kind == "blocked", r
+        now = self.clock.monotonic_ns()
+        if deadline is not None and now >= deadline:
+            raise AcquireTimeout(
+                "acquisition was not granted within its timeout: a cap is "
+                "held by other callers' reservations",
+                retry_after=None,
+            )
+        until = now + int(poll * 1e9)
+        return until if deadline is None or until < deadline else deadline
 
     async def release(self, lease_id: str, inline: list[Any] | None = None) -> None:
         if not lease_id:
@@ -504,6 +507,10 @@ class Remote:
             if self.unavailable(e, "a commit"):
                 return [], []
             raise
+        return self._settled(r)
+
+    def _settled(self, r: list[Any]) -> tuple[list[Alert], list[str]]:
+        """After a settle: wake callers blocked on a cap; its alerts and overruns."""
         self.changed()
         if r[0] != "ok":
             return [], []
@@ -632,22 +639,7 @@ class Remote:
                         threading.Event(), clock.monotonic_ns() + int(r[1]) * 1000
                     )
                 return lease_id, inline_of(r)
-            if r[0] == "timeout":
-                raise AcquireTimeout(
-                    f"acquisition needs {int(r[1]) / 1e6:.3f}s",
-                    retry_after=int(r[1]) / 1e6,
-                )
-            if r[0] == "exceeded":
-                raise self.exceeded(int(r[1]), int(r[2]), int(r[3]), req, "acquiring")
-            if deadline is not None and clock.monotonic_ns() >= deadline:
-                raise AcquireTimeout(
-                    "acquisition was not granted within its timeout: a cap is "
-                    "held by other callers' reservations",
-                    retry_after=None,
-                )
-            until = clock.monotonic_ns() + int(poll * 1e9)
-            if deadline is not None and deadline < until:
-                until = deadline
+            until = self._refuse_or_poll(r, req, timeout_ns, deadline, poll)
             clock.wait_until(threading.Event(), until)
             poll = min(poll * 2, _POLL_MAX)
 
@@ -665,6 +657,4 @@ class Remote:
             if self.unavailable(e, "a commit"):
                 return [], []
             raise
-        if r[0] != "ok":
-            return [], []
-        return self.alerts(r[1]), self.overruns(r[1])
+        return self._settled(r)

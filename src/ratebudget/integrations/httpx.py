@@ -138,11 +138,11 @@ class _Meter:
         if self._priced:
             from . import prices  # noqa: F401  (fails early without genai-prices)
 
-    def _plan(self, request: Any, raw: bytes) -> _Planned | None:
+    def _endpoint(self, request: Any) -> Endpoint | None:
+        return classify(request.method, request.url.path, self.base_path)
+
+    def _plan(self, request: Any, endpoint: Endpoint, raw: bytes) -> _Planned | None:
         """What to reserve for ``request`` (``None``: pass it through)."""
-        endpoint = classify(request.method, request.url.path, self.base_path)
-        if endpoint is None:
-            return None
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:
@@ -175,11 +175,8 @@ class _Meter:
             priced=self._priced,
             model=est.model,
             provider=family,
-            unknown=self._unknown(),
+            unknown=self.unknown_model,
         )
-
-    def _unknown(self) -> Any:
-        return self.unknown_model
 
     def actual(
         self,
@@ -202,7 +199,7 @@ class _Meter:
             priced=self._priced,
             model=est.model or model,
             provider=family,
-            unknown=self._unknown(),
+            unknown=self.unknown_model,
         )
 
     def _observe(self, response: Any) -> None:
@@ -322,9 +319,10 @@ class BudgetTransport(_Meter, _Transport):
 
     async def handle_async_request(self, request: Any) -> Any:
         inner = self._transport(request)
-        if classify(request.method, request.url.path, self.base_path) is None:
+        endpoint = self._endpoint(request)
+        if endpoint is None:
             return await inner.handle_async_request(request)
-        planned = self._plan(request, await request.aread())
+        planned = self._plan(request, endpoint, await request.aread())
         if planned is None:
             return await inner.handle_async_request(request)
         request = planned.request
@@ -382,9 +380,10 @@ class BudgetSyncTransport(_Meter, _SyncTransport):
 
     def handle_request(self, request: Any) -> Any:
         inner = self._transport(request)
-        if classify(request.method, request.url.path, self.base_path) is None:
+        endpoint = self._endpoint(request)
+        if endpoint is None:
             return inner.handle_request(request)
-        planned = self._plan(request, request.read())
+        planned = self._plan(request, endpoint, request.read())
         if planned is None:
             return inner.handle_request(request)
         request = planned.request
