@@ -22,8 +22,8 @@ import httpx
 import openai
 import pytest
 
-from ratebudget._fake_provider import _go_duration
 from ratebudget.testing import FakeProvider
+from ratebudget.testing._provider_openai import _go_duration
 
 tokens = FakeProvider.count_tokens
 
