@@ -41,16 +41,10 @@ import anyio
 from .._exceptions import AcquireTimeout, InvalidRequest
 from .._limiter import Limiter
 from ._amounts import commit_amounts, reserve_amounts
-from .usage import (
-    DEFAULT_MAX_OUTPUT,
-    Endpoint,
-    Estimate,
-    StreamUsage,
-    Usage,
-    classify,
-    estimate,
-    usage_from_json,
-)
+from ._classify import Endpoint, classify
+from ._estimate import DEFAULT_MAX_OUTPUT, Estimate, estimate
+from ._parse import Usage, usage_from_json
+from ._sse import StreamUsage
 
 __all__ = ("BudgetSyncTransport", "BudgetTransport")
 
