@@ -40,7 +40,7 @@ import anyio
 
 from .._exceptions import AcquireTimeout, InvalidRequest
 from .._limiter import Limiter
-from ._amounts import commit_amounts, reserve_amounts
+from ._call_amounts import commit_amounts, reserve_amounts
 from ._classify import Endpoint, classify
 from ._estimate import DEFAULT_MAX_OUTPUT, Estimate, estimate
 from ._parse import Usage, usage_from_json
