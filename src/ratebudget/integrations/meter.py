@@ -30,7 +30,7 @@ from ._estimate import DEFAULT_MAX_OUTPUT, Estimate, estimate
 from ._parse import Usage, usage_from_json
 
 if TYPE_CHECKING:
-    from .._limiter import Lease, Limiter
+    from .. import Lease, Limiter
 
 __all__ = ("Meter",)
 
