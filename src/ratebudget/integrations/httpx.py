@@ -39,18 +39,14 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 
 from .._exceptions import AcquireTimeout, InvalidRequest
-from .._limiter import Limiter
-from ._amounts import commit_amounts, reserve_amounts
-from .usage import (
-    DEFAULT_MAX_OUTPUT,
-    Endpoint,
-    Estimate,
-    StreamUsage,
-    Usage,
-    classify,
-    estimate,
-    usage_from_json,
-)
+from ._call_amounts import commit_amounts, reserve_amounts
+from ._classify import Endpoint, classify
+from ._estimate import DEFAULT_MAX_OUTPUT, Estimate, estimate
+from ._parse import Usage, usage_from_json
+from ._sse import StreamUsage
+
+if TYPE_CHECKING:
+    from .. import Limiter
 
 __all__ = ("BudgetSyncTransport", "BudgetTransport")
 
@@ -121,6 +117,8 @@ class _Meter:
         provider: str | None = None,
         adapt: bool = True,
     ) -> None:
+        from .. import Limiter  # at the call: no import of the limiter at load
+
         if not isinstance(limiter, Limiter):
             raise InvalidRequest(
                 f"{type(self).__name__} needs a Limiter, not {limiter!r}"

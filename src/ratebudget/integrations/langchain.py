@@ -16,11 +16,13 @@ the calls themselves: give the chat model an HTTP client with
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._amounts import Amount
 from .._exceptions import InvalidRequest
-from .._limiter import Limiter
+
+if TYPE_CHECKING:
+    from .. import Limiter
+    from .._amounts import Amount
 
 try:
     from langchain_core.rate_limiters import BaseRateLimiter
@@ -44,6 +46,8 @@ class LangChainRateLimiter(BaseRateLimiter):
     def __init__(
         self, limiter: Limiter, *, timeout: float | None = None, **amounts: Amount
     ) -> None:
+        from .. import Limiter  # at the call: no import of the limiter at load
+
         if not isinstance(limiter, Limiter):
             raise InvalidRequest(
                 f"LangChainRateLimiter needs a Limiter, not {limiter!r}"

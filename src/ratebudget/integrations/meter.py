@@ -24,18 +24,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._exceptions import InvalidRequest
-from ._amounts import commit_amounts, reserve_amounts
-from .usage import (
-    DEFAULT_MAX_OUTPUT,
-    Endpoint,
-    Estimate,
-    Usage,
-    estimate,
-    usage_from_json,
-)
+from ._call_amounts import commit_amounts, reserve_amounts
+from ._classify import Endpoint
+from ._estimate import DEFAULT_MAX_OUTPUT, Estimate, estimate
+from ._parse import Usage, usage_from_json
 
 if TYPE_CHECKING:
-    from .._limiter import Lease, Limiter
+    from .. import Lease, Limiter
 
 __all__ = ("Meter",)
 

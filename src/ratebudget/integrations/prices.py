@@ -16,7 +16,8 @@ from decimal import Context, Decimal, InvalidOperation, localcontext
 from typing import Final, Literal
 
 from .._exceptions import InvalidRequest
-from .usage import Estimate, Usage
+from ._estimate import Estimate
+from ._parse import Usage
 
 __all__ = ("RATE_KEYS", "estimate_cost", "price")
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from .._exceptions import InvalidRequest
-from .usage import Estimate, Usage
+from ._estimate import Estimate
+from ._parse import Usage
 
 __all__ = ("commit_amounts", "reserve_amounts")
 
