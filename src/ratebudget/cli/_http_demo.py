@@ -16,9 +16,9 @@ from typing import TextIO
 
 import anyio
 
-from ._exceptions import BudgetExceeded
-from ._limiter import Limiter
-from ._limits import Cap, Rate
+from .._exceptions import BudgetExceeded
+from .._limiter import Limiter
+from .._limits import Cap, Rate
 
 __all__ = ("HttpDemoReport", "run_http_demo")
 
@@ -42,8 +42,8 @@ async def run_http_demo(
     import httpx2
     from openai import AsyncOpenAI
 
-    from .integrations.httpx import BudgetTransport
-    from .testing import FakeProvider
+    from ..integrations.httpx import BudgetTransport
+    from ..testing import FakeProvider
 
     provider = FakeProvider(rpm=rpm)
     limiter = Limiter(

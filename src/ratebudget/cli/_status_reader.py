@@ -14,12 +14,12 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Literal
 
-from ._clock import SYSTEM_CLOCK
-from ._exceptions import InvalidRequest, StoreUnavailable
-from ._limits import Cap, Rate
-from ._remote import Remote
-from ._snapshot import LimitSnapshot
-from .stores import MemoryStore, Store, limits_of, open_store
+from .._clock import SYSTEM_CLOCK
+from .._exceptions import InvalidRequest, StoreUnavailable
+from .._limits import Cap, Rate
+from .._remote import Remote
+from .._snapshot import LimitSnapshot
+from ..stores import MemoryStore, Store, limits_of, open_store
 
 __all__ = ("LimitStatus", "LimiterStatus", "UnknownLimiter", "status")
 
@@ -163,7 +163,7 @@ class LimiterStatus:
 
 def _check_exists(store: Store) -> None:
     """A status must not create an SQLite file where there was none."""
-    from .stores.sqlite import SQLiteStore
+    from ..stores.sqlite import SQLiteStore
 
     if (
         isinstance(store, SQLiteStore)

@@ -1,0 +1,231 @@
+"""``ratebudget demo``: its options, and the command that runs and renders it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import sys
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ._demo_render import PlainProgress, format_usd, render_plain, render_rich
+from ._simulate import DemoProgress, DemoReport, run_demo
+from ._workload import DemoConfig, default_cap, plan_calls
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _usd_amount(text: str) -> Decimal:
+    try:
+        value = Decimal(text.lstrip("$"))
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not an amount of USD: {text!r}") from None
+    if not (value.is_finite() and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive amount, got {text}")
+    return value
+
+
+def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``demo`` to the subcommands; its handler runs the demo."""
+    defaults = DemoConfig()
+    demo = commands.add_parser(
+        "demo",
+        help="run simulated LLM calls through a limiter and show what happened",
+        description=(
+            "Fan out simulated LLM calls (no network) through a Limiter with a "
+            "TPM rate, an RPM rate and a hard USD cap, in compressed time, and "
+            "report the rates, bursts, spend and waits that actually occurred."
+        ),
+    )
+    demo.add_argument(
+        "--calls",
+        type=_positive_int,
+        default=defaults.calls,
+        help="number of calls (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="random seed of the workload (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--speed",
+        type=_positive_float,
+        default=defaults.speed,
+        help="simulated seconds per real second (default: %(default)g)",
+    )
+    demo.add_argument(
+        "--tpm",
+        type=_positive_int,
+        default=defaults.tpm,
+        help="tokens per minute (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--tpm-burst",
+        type=_positive_int,
+        default=defaults.tpm_burst,
+        help="token burst (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--rpm",
+        type=_positive_int,
+        default=defaults.rpm,
+        help="requests per minute (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--rpm-burst",
+        type=_positive_int,
+        default=defaults.rpm_burst,
+        help="request burst (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--cap",
+        type=_usd_amount,
+        default=None,
+        metavar="USD",
+        help="hard spend cap (default: 90%% of the workload's cost)",
+    )
+    demo.add_argument(
+        "--backend",
+        choices=("asyncio", "trio"),
+        default="asyncio",
+        help="anyio backend (default: %(default)s)",
+    )
+    demo.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no live progress, only the final table",
+    )
+    demo.add_argument(
+        "--plain", action="store_true", help="plain text even when rich is installed"
+    )
+    demo.add_argument(
+        "--http",
+        action="store_true",
+        help="drive the real openai SDK against a fake provider on loopback "
+        "(needs openai and genai-prices)",
+    )
+    demo.set_defaults(handler=_run_demo_command)
+
+
+def _run_http_demo(args: argparse.Namespace) -> int:
+    missing = [
+        m for m in ("openai", "genai_prices") if importlib.util.find_spec(m) is None
+    ]
+    if missing:
+        sys.stderr.write(
+            f"ratebudget demo --http: error: needs {', '.join(missing)} "
+            "(pip install openai 'ratebudget[prices]')\n"
+        )
+        return 2
+    from ._http_demo import render, run_http_demo
+
+    report = anyio.run(run_http_demo, min(args.calls, 200))
+    render(report, sys.stdout)
+    return 0 if report.throttled == 0 else 1
+
+
+def _run_demo_command(args: argparse.Namespace) -> int:
+    if args.http:
+        return _run_http_demo(args)
+    err = sys.stderr
+    try:
+        config = DemoConfig(
+            calls=args.calls,
+            seed=args.seed,
+            speed=args.speed,
+            tpm=args.tpm,
+            tpm_burst=args.tpm_burst,
+            rpm=args.rpm,
+            rpm_burst=args.rpm_burst,
+            cap_usd=args.cap,
+        )
+    except ValueError as exc:
+        err.write(f"ratebudget demo: error: {exc}\n")
+        return 2
+    backend: str = args.backend
+    if backend == "trio" and importlib.util.find_spec("trio") is None:
+        err.write("ratebudget demo: error: trio is not installed (pip install trio)\n")
+        return 2
+    console: Console | None = None
+    if not args.plain and importlib.util.find_spec("rich") is not None:
+        from rich.console import Console
+
+        console = Console(file=sys.stdout)
+    if console is not None and not args.quiet and sys.stdout.isatty():
+        report = _run_live(config, backend, console)
+    elif args.quiet:
+        report = anyio.run(run_demo, config, backend=backend)
+    else:
+        plain = PlainProgress(err)
+        report = anyio.run(lambda: run_demo(config, progress=plain), backend=backend)
+        plain.finish()
+    if console is not None:
+        render_rich(report, console, backend=backend)
+    else:
+        render_plain(report, sys.stdout, backend=backend)
+    return 0
+
+
+def _run_live(config: DemoConfig, backend: str, console: Console) -> DemoReport:
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        SpinnerColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description:<6}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bars:
+        cap = default_cap(config, plan_calls(config))
+        calls = bars.add_task("calls", total=config.calls, detail="")
+        spend = bars.add_task("spend", total=float(cap), detail="")
+
+        def show(s: DemoProgress) -> None:
+            bars.update(
+                calls,
+                completed=s.finished,
+                detail=(
+                    f"{s.finished}/{s.calls}: {s.waiting} waiting, "
+                    f"{s.in_flight} in flight, {s.refused} refused"
+                ),
+            )
+            detail = f"{format_usd(s.spent)} of {format_usd(s.cap)}"
+            bars.update(spend, completed=float(s.spent), detail=detail)
+
+        return anyio.run(lambda: run_demo(config, progress=show), backend=backend)
