@@ -6,21 +6,33 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import anyio
 import trio.lowlevel
 import trio.testing
 
 from ratebudget import Limiter
-from ratebudget.testing import FakeClock
+from ratebudget.testing import FakeClock, store_busy
 
 NS = 1_000_000_000
 
 
 async def settle() -> None:
-    """Wait until every other task is blocked.
+    """Wait until every other task is blocked and no store call is under way.
 
     ``anyio.wait_all_tasks_blocked`` sleeps 0.1 s per call on asyncio; this
     spins on ``sleep(0)`` and looks at each task's pending future instead.
     """
+    for _ in range(100_000):
+        await _blocked()
+        if not store_busy():
+            await _blocked()
+            if not store_busy():
+                return
+        await anyio.sleep(0.0005)
+    raise AssertionError("store calls never finished")
+
+
+async def _blocked() -> None:
     if trio.lowlevel.in_trio_run():
         await trio.testing.wait_all_tasks_blocked()
         return

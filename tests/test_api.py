@@ -189,15 +189,17 @@ class TestPackaging:
         assert version("ratebudget") == ratebudget.__version__
 
     def test_no_asyncio_only_imports_in_the_core(self) -> None:
-        root = importlib.resources.files("ratebudget")
-        testing = sorted(
-            f"testing/{path.name}"
-            for path in (root / "testing").iterdir()
-            if path.name.endswith(".py")
+        root = Path(str(importlib.resources.files("ratebudget")))
+        core = sorted(
+            path
+            for path in root.rglob("*.py")
+            if path.relative_to(root).parts[0] not in ("cli", "integrations")
         )
-        assert "testing/_clock.py" in testing
-        for name in ("_limiter.py", "_engine.py", "_sync.py", *testing, "_clock.py"):
-            source = (root / name).read_text(encoding="utf-8")
+        assert root / "testing" / "_clock.py" in core
+        assert root / "stores" / "memory.py" in core
+        for path in core:
+            name = str(path.relative_to(root))
+            source = path.read_text(encoding="utf-8")
             # one probe is allowed: it returns None outside asyncio, and the
             # code then takes its anyio path (the trio runs of the suite)
             lines = [

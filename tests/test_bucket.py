@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ratebudget import Limiter, Rate
-from ratebudget._bucket import refill, wait_ns
+from ratebudget._decide import refill
+from ratebudget._decide import wait_ticks as wait_ns
 from ratebudget.testing import FakeClock
 
 NS = 1_000_000_000

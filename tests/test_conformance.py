@@ -26,7 +26,7 @@ from ratebudget import (
     Rate,
 )
 from ratebudget.stores import MemoryStore
-from ratebudget.testing import FakeClock
+from ratebudget.testing import FakeClock, store_busy
 
 _names = itertools.count()
 
@@ -68,7 +68,7 @@ async def calm(*limiters: Limiter) -> None:
     """Every task blocked and no store call in flight."""
     for _ in range(10_000):
         await settle()
-        if all(not lim._remote or not lim._remote.busy() for lim in limiters):
+        if not store_busy(*limiters):
             await settle()
             return
         await anyio.sleep(0.001)

@@ -33,6 +33,7 @@ from ratebudget import (
     Rate,
     SyncLease,
 )
+from ratebudget.stores.memory import BiasedLock
 from ratebudget.testing import FakeClock
 
 RATE = 200  # tokens per second
@@ -390,8 +391,8 @@ class TestSyncFacade:
 
 
 class TestBiasedLocking:
-    """The engine's creating thread skips the lock on the hot path until
-    another thread shows up (``Engine._guard``). Threads are switched every
+    """The memory store's lock: the thread that made it skips the lock on the
+    hot path until another thread shows up (``BiasedLock.guard``). Threads are switched every
     microsecond here so that a broken handshake would lose updates.
     """
 
@@ -435,15 +436,24 @@ class TestBiasedLocking:
         assert snap.limits[0].tokens == 0
         assert snap.limits[1].used == total
         assert snap.limits[1].reserved == 0
-        assert limiter._engine._owner is None  # the bias was dropped
 
-    async def test_a_single_thread_keeps_the_bias(self) -> None:
-        limiter = Limiter(Rate(tokens=10, per=1), clock=FakeClock())
+    def test_a_single_thread_keeps_the_bias(self) -> None:
+        lock = BiasedLock()
         for _ in range(5):
-            async with limiter.acquire(1):
-                pass
-        assert limiter._engine._owner == threading.get_ident()
-        assert (await limiter.snapshot()).limits[0].tokens == 5
+            biased = lock.enter()
+            assert biased
+            lock.leave(biased)
+        assert lock.owner == threading.get_ident()
+
+    def test_another_thread_drops_the_bias_for_good(self) -> None:
+        lock = BiasedLock()
+        thread = threading.Thread(target=lambda: lock.leave(lock.enter()))
+        thread.start()
+        thread.join(JOIN)
+        assert lock.owner is None
+        biased = lock.enter()
+        assert not biased  # the owner locks too from now on
+        lock.leave(biased)
 
     def test_a_thread_arriving_after_the_bias_was_dropped_waits_for_the_owner(
         self,
@@ -451,25 +461,24 @@ class TestBiasedLocking:
         """The owner is inside its lock-free section (``_busy``) when B drops
         the bias; C, arriving after that, must wait for the owner too, not
         just take the lock that the owner is not holding."""
-        limiter = Limiter(Rate(tokens=10, per=1), clock=FakeClock())
-        engine = limiter._engine
-        engine._busy = True  # as if the owner (this thread) were mid-``begin``
+        lock = BiasedLock()
+        lock.busy = True  # as if the owner (this thread) were mid-acquisition
         b_done, c_done = threading.Event(), threading.Event()
 
         def snapshot_then(done: threading.Event) -> None:
-            limiter.sync.snapshot()
-            done.set()
+            with lock.guard():
+                done.set()
 
         b = threading.Thread(target=snapshot_then, args=(b_done,))
         b.start()
-        wait_for(lambda: engine._owner is None)  # B dropped the bias
+        wait_for(lambda: lock.owner is None)  # B dropped the bias
         c = threading.Thread(target=snapshot_then, args=(c_done,))
         c.start()
         try:
             assert not c_done.wait(0.2), "C went in beside the owner"
             assert not b_done.is_set()
         finally:
-            engine._busy = False  # the owner leaves its section
+            lock.busy = False  # the owner leaves its section
             b.join(JOIN)
             c.join(JOIN)
         assert b_done.is_set()

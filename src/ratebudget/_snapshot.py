@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Literal
 
+from ._amounts import from_units
+from ._decide import Crossing, Exceeded, SlotView, TooLong
+from ._exceptions import AcquireTimeout, BudgetExceeded
 from ._limits import Cap, Rate
 
-__all__ = ("Alert", "LimitSnapshot", "Snapshot")
+__all__ = (
+    "Alert",
+    "LimitSnapshot",
+    "Snapshot",
+    "alerts_of",
+    "exceeded",
+    "snapshot_of",
+    "timed_out",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +94,125 @@ class Alert:
             f"{self.limit!r} reached {self.threshold:.0%} of its limit{scope}: "
             f"used {self.used} of {self.limit.limit}"
         )
+
+
+# -- the one builder of views, alerts and refusals from raw counts -------------------
+
+
+def _when(end_us: int | None) -> datetime | None:
+    return None if end_us is None else datetime.fromtimestamp(end_us / 1e6, timezone.utc)
+
+
+def _resets_at(cap: Cap, end_us: int | None) -> datetime | None:
+    when = _when(end_us)
+    return None if when is None else when.astimezone(cap.tz)
+
+
+def snapshot_of(
+    limits: tuple[Rate | Cap, ...],
+    views: tuple[SlotView, ...],
+    pers: tuple[int, ...],
+    waiting: int,
+) -> Snapshot:
+    """A ``Snapshot`` from the store's raw view (``pers``: each rate's level
+    units per unit of its axis)."""
+    out: list[LimitSnapshot] = []
+    for spec, view, per in zip(limits, views, pers, strict=True):
+        axis = spec.axis
+        if isinstance(spec, Rate):
+            tokens = view.level // per
+            burst = spec._burst_units
+            out.append(
+                LimitSnapshot(
+                    limit=spec,
+                    kind="rate",
+                    axis=axis,
+                    limit_amount=spec.limit,
+                    used=from_units(axis, burst - tokens),
+                    reserved=from_units(axis, 0),
+                    remaining=from_units(axis, max(tokens, 0)),
+                    tokens=from_units(axis, tokens),
+                )
+            )
+        else:
+            left = max(0, spec._limit_units - view.used - view.reserved)
+            out.append(
+                LimitSnapshot(
+                    limit=spec,
+                    kind="cap",
+                    axis=axis,
+                    limit_amount=spec.limit,
+                    used=from_units(axis, view.used),
+                    reserved=from_units(axis, view.reserved),
+                    remaining=from_units(axis, left),
+                    period=view.period or None,
+                    resets_at=_resets_at(spec, view.end),
+                )
+            )
+    return Snapshot(limits=tuple(out), waiting=waiting)
+
+
+def exceeded(
+    limits: tuple[Rate | Cap, ...], refusal: Exceeded, req: tuple[int, ...], kind: str
+) -> BudgetExceeded:
+    """The ``BudgetExceeded`` for a store's refusal of ``req``."""
+    spec = limits[refusal.slot]
+    assert isinstance(spec, Cap)
+    axis = spec.axis
+    used = from_units(axis, refusal.used)
+    requested = from_units(axis, req[refusal.slot])
+    resets_at = _resets_at(spec, refusal.end)
+    period = f" this {spec.per}" if spec.per else ""
+    resets = f"; it resets at {resets_at.isoformat()}" if resets_at else ""
+    return BudgetExceeded(
+        f"{kind} {axis}={requested} would push {spec!r} past its limit: "
+        f"{used} of {spec.limit} used{period}{resets}",
+        axis=axis,
+        limit=spec.limit,
+        used=used,
+        reserved=from_units(axis, refusal.reserved),
+        requested=requested,
+        resets_at=resets_at,
+    )
+
+
+def timed_out(refusal: TooLong, tick_ns: int, timeout_ns: int | None) -> AcquireTimeout:
+    """The ``AcquireTimeout`` for a wait foreseen (or found) too long."""
+    if refusal.wait is None:
+        return AcquireTimeout(
+            "acquisition was not granted within its timeout", retry_after=None
+        )
+    retry = refusal.wait * tick_ns / 1e9
+    return AcquireTimeout(
+        f"acquisition needs {retry:.3f}s; timeout is {(timeout_ns or 0) / 1e9:g}s",
+        retry_after=retry,
+    )
+
+
+def alerts_of(
+    limits: tuple[Rate | Cap, ...], crossings: list[Crossing]
+) -> tuple[list[Alert], list[str]]:
+    """The alerts a change of usage fired, and notes of hard caps it overran."""
+    alerts: list[Alert] = []
+    overruns: list[str] = []
+    for c in crossings:
+        spec = limits[c.slot]
+        assert isinstance(spec, Cap)
+        for t in spec.alert_at:
+            units = math.ceil(Decimal(repr(t)) * spec._limit_units)
+            if c.before < units <= c.after:
+                alerts.append(
+                    Alert(
+                        limit=spec,
+                        threshold=t,
+                        used=from_units(spec.axis, c.after),
+                        period=c.period or None,
+                        resets_at=_resets_at(spec, c.end),
+                    )
+                )
+        if not spec.soft and c.after > spec._limit_units:
+            overruns.append(
+                f"commit pushed {spec!r} over its limit: "
+                f"used {from_units(spec.axis, c.after)}"
+            )
+    return alerts, overruns

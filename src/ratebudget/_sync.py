@@ -1,45 +1,33 @@
-"""The blocking, thread-safe facade: ``limiter.sync``."""
+"""The blocking, thread-safe facade: ``limiter.sync``.
+
+The same operations as ``Limiter``, through the same binding; only the
+waiting differs: a thread blocks on an event, and a store ``Call`` runs on
+the calling thread (``call.wait()``).
+"""
 
 from __future__ import annotations
 
-import inspect
-import threading
-from collections.abc import Awaitable
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
-import anyio
-
+from ._alerts import deliver_sync
 from ._amounts import Amount
-from ._engine import CLAIMED, FAILED, Waiter
-from ._limiter import Lease, logger, report, wake_all
-from ._snapshot import Alert, Snapshot
+from ._decide import CLAIMED, FAILED, Crossing, Exceeded, TooLong
+from ._snapshot import Snapshot, exceeded, snapshot_of
+from ._waiters import ThreadWaiter, Waiter
+from .stores._base import Call
 
 if TYPE_CHECKING:
-    from ._limiter import Limiter
+    from ._limiter import Lease, Limiter
 
 __all__ = ("SyncLease", "SyncLimiter")
 
-
-class _ThreadWaiter(Waiter):
-    """A waiter that is a plain thread: it blocks on a ``threading.Event``."""
-
-    __slots__ = ("event",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.event = threading.Event()
-
-    def arm(self) -> None:
-        self.event.clear()
-
-    def wake(self) -> None:
-        self.event.set()
+T = TypeVar("T")
 
 
-async def _await(awaitable: Awaitable[Any]) -> None:
-    await awaitable
+def _answer(got: T | Call[T]) -> T:
+    return got.wait() if isinstance(got, Call) else got
 
 
 class SyncLimiter:
@@ -59,104 +47,80 @@ class SyncLimiter:
         """Block until granted; return a ``SyncLease`` (also a context manager)."""
         limiter = self._limiter
         lease = limiter.acquire(tokens, timeout=timeout, **amounts)
-        remote = limiter._remote
-        if remote is not None:
-            lease._granted_sync(remote.acquire_sync(lease._req, lease._timeout))  # type: ignore[attr-defined]
-            return SyncLease(self, lease)
-        got = limiter._engine.begin(lease._req, lease._timeout, _ThreadWaiter)
+        got = limiter._b.acquire(lease._req, lease._timeout, ThreadWaiter)
+        if isinstance(got, Call):
+            lease._key = got.key
+            got = got.wait()
         if isinstance(got, Waiter):
             self._wait(got)
-            got = got.lease_id
-        assert isinstance(got, int)
-        lease._granted(got)
+            lease._key = got.id
+            got = got.take
+        if type(got) is not int:
+            assert isinstance(got, (Exceeded, TooLong))
+            raise limiter._refusal(got, lease._req, lease._timeout)
+        lease._take = got
+        lease._state = 1  # active
         return SyncLease(self, lease)
 
     def _wait(self, w: Waiter) -> None:
-        engine = self._limiter._engine
-        wait_until = self._limiter._clock.wait_until
-        assert isinstance(w, _ThreadWaiter)
-        deadline = w.sleep_deadline()  # ``begin`` armed it
+        limiter = self._limiter
+        b = limiter._b
+        wait_until = limiter._clock.wait_until
+        assert isinstance(w, ThreadWaiter)
+        deadline = w.sleep_deadline()  # ``acquire`` armed it
         try:
             while True:
                 wait_until(w.event, deadline)
-                woken, deadline = engine.poll(w)
-                wake_all(woken, but=w)
+                deadline = _answer(b.poll(w))
                 if w.state == CLAIMED:
                     return
                 if w.state == FAILED:
                     assert w.error is not None
-                    raise w.error
+                    raise limiter._refusal(w.error, w.req, None)
         except BaseException:
-            wake_all(engine.abort(w))
+            b.abort(w)
             raise
 
     def try_acquire(self, tokens: Amount = 0, **amounts: Amount) -> SyncLease | None:
         """A granted ``SyncLease`` now, or ``None``; never blocks."""
         limiter = self._limiter
-        units = limiter._units(tokens, amounts, True)
-        lease = limiter._lease_type(limiter, units, limiter._request(units, True), 0)
-        remote = limiter._remote
-        if remote is not None:
-            from ._exceptions import AcquireTimeout
-
-            try:
-                lease._granted_sync(remote.acquire_sync(lease._req, 0))  # type: ignore[attr-defined]
-            except AcquireTimeout:
-                return None
-            return SyncLease(self, lease)
-        got = limiter._engine.begin(lease._req, 0, None)
-        if got is None:
+        lease = limiter.acquire(tokens, timeout=0, **amounts)
+        got = limiter._b.acquire(lease._req, 0, None)
+        if isinstance(got, Call):
+            lease._key = got.key
+            got = got.wait()
+        if got is None or isinstance(got, TooLong):
             return None
-        assert isinstance(got, int)
-        lease._granted(got)
+        if isinstance(got, Exceeded):
+            raise limiter._refusal(got, lease._req, 0)
+        assert type(got) is int
+        lease._take = got
+        lease._state = 1  # active
         return SyncLease(self, lease)
 
     def record(self, tokens: Amount = 0, **amounts: Amount) -> None:
         """Charge usage after the fact (see ``Limiter.record``)."""
         limiter = self._limiter
-        units = limiter._units(tokens, amounts, False)
-        req = limiter._request(units, False)
-        remote = limiter._remote
-        if remote is not None:
-            (r,) = remote.execute([["record", list(req), remote.periods()]])
-            if r[0] == "exceeded":
-                raise remote.exceeded(int(r[1]), int(r[2]), int(r[3]), req, "recording")
-            self._deliver(remote.alerts(r[1]), [])
-            return
-        woken, alerts = limiter._engine.record(req)
-        wake_all(woken)
-        self._deliver(alerts, [])
+        req = limiter._request(limiter._units(tokens, amounts, False), False)
+        got = _answer(limiter._b.record(req))
+        if isinstance(got, Exceeded):
+            raise exceeded(limiter.limits, got, req, "recording")
+        self._deliver(got)
 
     def snapshot(self) -> Snapshot:
         """Every limit's state now."""
-        remote = self._limiter._remote
-        if remote is not None:
-            (r,) = remote.execute([["snapshot", remote.periods()]])
-            return remote.snapshot_from(r)
-        return self._limiter._engine.snapshot()
+        limiter = self._limiter
+        views, waiting = _answer(limiter._b.snapshot())
+        return snapshot_of(limiter.limits, views, limiter._pers, waiting)
 
     def reset(self) -> None:
         """Zero every cap's usage for its current period."""
-        remote = self._limiter._remote
-        if remote is not None:
-            remote.execute([["reset", remote.periods()]])
-            return
-        wake_all(self._limiter._engine.reset())
+        _answer(self._limiter._b.reset())
 
-    def _deliver(self, alerts: list[Alert], overruns: list[str]) -> None:
-        if not alerts and not overruns:
-            return
-        handler = self._limiter._on_alert
-        report(alerts, overruns, handler is not None)
-        if handler is None:
-            return
-        for alert in alerts:
-            try:
-                result = handler(alert)
-                if inspect.isawaitable(result):
-                    anyio.run(_await, result)
-            except Exception:
-                logger.exception("ratebudget: on_alert handler failed for %s", alert)
+    def _deliver(self, crossings: list[Crossing] | None) -> None:
+        if crossings:
+            limiter = self._limiter
+            deliver_sync(limiter._on_alert, limiter._alerts(crossings))
 
     def __repr__(self) -> str:
         return f"<SyncLimiter of {self._limiter!r}>"
@@ -187,13 +151,27 @@ class SyncLease:
     def settled(self) -> bool:
         return self._lease.settled
 
+    def _settle(self, actual: tuple[int, ...] | None) -> None:
+        lease = self._lease
+        crossings = _answer(lease._settle_op(actual))
+        lease._state = 2  # settled
+        self._sync._deliver(crossings)
+
     def commit(self, **actual: Amount) -> None:
         """Replace the estimate with the real usage (see ``Lease.commit``)."""
-        self._sync._deliver(*self._lease._commit_nowait(actual))
+        self._settle(self._lease._actual(actual))
 
     def release(self) -> None:
         """Give back the cap reservations; idempotent."""
-        self._lease._release_nowait()
+        if self._lease._to_release():
+            self._settle(None)
+
+    def extend(self, ttl: float | None = None) -> None:
+        """Keep the reservation ``ttl`` more seconds (see ``Lease.extend``)."""
+        lease = self._lease
+        ttl_ns = lease._extension(ttl)
+        if not _answer(lease._limiter._b.extend(lease._key, ttl_ns)):
+            raise lease._expired()
 
     def __enter__(self) -> SyncLease:
         return self

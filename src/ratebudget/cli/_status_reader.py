@@ -14,12 +14,13 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Literal
 
-from .._clock import SYSTEM_CLOCK
 from .._exceptions import InvalidRequest, StoreUnavailable
 from .._limits import Cap, Rate
-from .._remote import Remote
-from .._snapshot import LimitSnapshot
+from .._plan import RateSpec, plan_spec
+from .._snapshot import LimitSnapshot, snapshot_of
 from ..stores import MemoryStore, Store, limits_of, open_store
+from ..stores import _ops as ops
+from ..stores._remote import SharedStore
 
 __all__ = ("LimitStatus", "LimiterStatus", "UnknownLimiter", "status")
 
@@ -182,16 +183,18 @@ def _read(store: Store, name: str, spec: dict[str, Any]) -> LimiterStatus:
         return LimiterStatus(
             name, (), None, f"cannot rebuild its limits from {spec!r}: {e}"
         )
-    remote = Remote(
-        store, name, limits, SYSTEM_CLOCK, lease_ttl=_LEASE_TTL, on_store_error="raise"
-    )
-    # store.execute, not remote.execute: a status reads, so it does not
-    # register the spec again over one a limiter may have just redeclared
-    (r,) = store.execute(
-        name, remote.plan, [["snapshot", remote.periods()]], keep_us=remote.keep_us
-    )
-    snap = remote.snapshot_from(r)
-    at = datetime.fromtimestamp(int(r[2]) / 1e6, timezone.utc)
+    assert isinstance(store, SharedStore)
+    spec_ = plan_spec(limits, 1000)
+    # store.execute, not a limiter: a status reads, so it does not register
+    # the spec again over one a limiter may have just redeclared
+    ttl = round(_LEASE_TTL * 1e6)
+    answer = store.execute(name, spec_, [ops.Snapshot()], ttl=ttl, keep=ttl)
+    (got,) = answer.results
+    assert isinstance(got, tuple)
+    views, waiting = got
+    pers = tuple(s.per if isinstance(s, RateSpec) else 1 for s in spec_.slots)
+    snap = snapshot_of(limits, views, pers, waiting)
+    at = datetime.fromtimestamp(answer.now / 1e6, timezone.utc)
     return LimiterStatus(
         name, tuple(LimitStatus.from_snapshot(s) for s in snap.limits), at
     )
@@ -219,7 +222,7 @@ def status(
             "memory:// keeps a limiter's state inside its own process: there "
             "is nothing to show from outside it; use a sqlite:/// or redis:// store"
         )
-    if not isinstance(store, Store):
+    if not isinstance(store, SharedStore):
         raise InvalidRequest(
             f"store={store_url_or_store!r}: expected a URL or a store object"
         )

@@ -1,66 +1,148 @@
-"""The ``Store`` interface the persistent stores implement."""
+"""The seam between a limiter and its store: ``Store``, ``Binding``, ``Call``.
+
+A ``Limiter`` never asks which store it has (as httpx's client never asks
+which transport): it validates a request, calls its ``Binding`` (the store's
+view of one limiter), and sleeps on the answer. Every operation of a binding
+returns the answer itself when the store decides inline (memory), or a
+``Call`` to run (a store across a thread hop or a network): ``await call``
+from async code, ``call.wait()`` from a plain thread.
+"""
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._core import Plan
+from .._decide import Crossing, Exceeded, SlotView, TooLong
+from .._waiters import Waiter
 
-__all__ = ("Store",)
+if TYPE_CHECKING:
+    from .._clock import Clock
+    from .._limits import Cap, Rate
+    from .._plan import PlanSpec
+
+__all__ = ("Binding", "Call", "Store")
+
+T = TypeVar("T")
+
+Acquired = int | Waiter | Exceeded | TooLong | None
+"""What an acquisition gets: a take id (granted now), a ``Waiter`` (queued:
+sleep and ``poll``), a refusal, or ``None`` (``try_acquire`` would wait)."""
+
+
+class Call(Generic[T]):
+    """An operation for a store that does not decide inline.
+
+    ``await call`` runs it from async code (coalesced with the event loop's
+    other calls), ``call.wait()`` from a plain thread (blocking).
+    """
+
+    __slots__ = ()
+
+    key: str = ""  # the lease id an acquisition's call uses
+
+    def __await__(self) -> Generator[Any, None, T]:
+        raise NotImplementedError  # pragma: no cover
+
+    def wait(self) -> T:
+        raise NotImplementedError  # pragma: no cover
+
+
+class Binding(abc.ABC):
+    """One limiter's state on one store: every operation a limiter needs.
+
+    Times are the limiter clock's monotonic nanoseconds; amounts are units
+    per slot of the plan (``req``). Waiters woken by an operation are woken
+    by the binding.
+    """
+
+    spec: PlanSpec
+    tick_ns: int  # nanoseconds per tick of the store's clock (take times, waits)
+
+    @abc.abstractmethod
+    def acquire(
+        self,
+        req: tuple[int, ...],
+        timeout_ns: int | None,
+        waiter: Callable[[], Waiter] | None,
+    ) -> Acquired | Call[Acquired]:
+        """Grant, enqueue (``waiter()`` makes the entry) or refuse."""
+
+    @abc.abstractmethod
+    def poll(self, w: Waiter) -> int | None | Call[int | None]:
+        """A waiter looks: ``w.state`` is updated; its next deadline (ns)."""
+
+    @abc.abstractmethod
+    def abort(self, w: Waiter) -> None:
+        """A waiter leaves (cancelled): it takes nothing. Never blocks."""
+
+    @abc.abstractmethod
+    def settle(
+        self,
+        key: str,
+        take: int,
+        est: tuple[int, ...],
+        actual: tuple[int, ...] | None,
+    ) -> list[Crossing] | None | Call[list[Crossing] | None]:
+        """Commit ``actual`` (``None``: release); ``None`` if already settled."""
+
+    @abc.abstractmethod
+    def record(
+        self, req: tuple[int, ...]
+    ) -> list[Crossing] | Exceeded | Call[list[Crossing] | Exceeded]:
+        """Charge usage after the fact, or refuse (a hard cap)."""
+
+    @abc.abstractmethod
+    def snapshot(
+        self,
+    ) -> tuple[tuple[SlotView, ...], int] | Call[tuple[tuple[SlotView, ...], int]]:
+        """Every slot now, and how many callers wait."""
+
+    @abc.abstractmethod
+    def reset(self) -> None | Call[None]:
+        """Zero every cap's usage this period."""
+
+    @abc.abstractmethod
+    def lower(self, slot: int, units: int) -> None:
+        """Lower rate ``slot`` to hold at most ``units`` now (never blocks: a
+        shared store sends it with its next call)."""
+
+    @abc.abstractmethod
+    def extend(self, key: str, ttl_ns: int | None) -> bool | Call[bool]:
+        """Keep lease ``key`` alive ``ttl_ns`` longer; whether it still was."""
+
+    def busy(self) -> bool:
+        """Whether a store call is under way (for tests that let time settle)."""
+        return False
+
+    def peek(self) -> tuple[tuple[SlotView, ...], int] | None:
+        """``snapshot()`` if it needs no store call, else ``None`` (for ``repr``)."""
+        return None
 
 
 class Store(abc.ABC):
-    """Where a limiter's state lives, shared by every limiter of one name.
-
-    A store is thread-safe. ``execute`` is blocking (the limiter runs it in a
-    worker thread, so it works on every event loop) and runs a batch of
-    operations atomically, in order. Stores raise ``StoreUnavailable`` when
-    they cannot be reached within their timeout.
-    """
+    """Where limiter state lives, shared by every limiter of one name."""
 
     url: str = ""
     #: whether state outlives the process and is shared with other processes
     persistent: bool = True
 
     @abc.abstractmethod
-    def register(self, name: str, spec: dict[str, Any]) -> list[str]:
-        """Note limiter ``name`` and its limits (for ``ratebudget status``).
-
-        Returns warnings to log once (a Redis without persistence, say).
-        """
-
-    @abc.abstractmethod
-    def execute(
+    def bind(
         self,
-        name: str,
-        plan: Plan,
-        ops: list[list[Any]],
-        *,
-        keep_us: int,
-        now_us: int | None = None,
-    ) -> list[list[Any]]:
-        """Run ``ops`` (see ``_core.run``) atomically; one result per op.
+        name: str | None,
+        limits: tuple[Rate | Cap, ...],
+        clock: Clock,
+        lease_ttl: float,
+        on_store_error: str,
+    ) -> Binding:
+        """The binding of limiter ``name`` (``None``: a private state)."""
 
-        ``now_us`` overrides the store's clock (tests with a fake clock);
-        ``keep_us`` is how long settled and expired lease records are kept.
-        """
-
-    @abc.abstractmethod
     def limiters(self) -> dict[str, dict[str, Any]]:
         """Every limiter registered on this store: name -> its spec."""
+        return {}
 
-    def subscribe(self, name: str, callback: Callable[[], None]) -> bool:
-        """Call ``callback`` (from any thread) when another process settles a
-        lease of limiter ``name`` that a blocked caller may be waiting for.
-
-        Returns whether the store can: callers blocked on a cap poll anyway,
-        this only makes their wake-up prompt.
-        """
-        return False
-
-    @abc.abstractmethod
     def close(self) -> None:
         """Release connections; the store may be used again afterwards."""
 

@@ -1,48 +1,39 @@
 """``RedisStore``: limiter state shared by every process of every host.
 
-Each batch of decisions is one ``EVALSHA`` of ``lua/decide.lua`` (a
-line-by-line mirror of ``_core.run``), so it is atomic and costs one round
-trip; the script is sent with ``EVAL`` only when the server does not know it
-yet. The sync ``redis`` client is used from the limiter's worker threads (its
-connection pool is thread-safe), without retries: a batch is not idempotent,
-and a failure surfaces at once as ``StoreUnavailable``.
+Each batch of decisions runs the decision core on the name's state in one
+optimistic transaction (``WATCH`` the state, decide, ``MULTI``/``EXEC``;
+retried when another process changed it meanwhile), so it is atomic. The
+sync ``redis`` client is used from the limiter's worker threads (its
+connection pool is thread-safe), without retries of its own: a failure
+surfaces at once as ``StoreUnavailable``.
 
 Keys of limiter ``<name>`` all carry the hash tag ``{<name>}`` so they share
-one Redis Cluster slot (see the top of ``decide.lua``); they expire once the
-limiter has been idle long enough that they no longer matter, except a cap's
-usage counters: a period's counter (``{<name>}:u:<cap>|2026-11``) names its
-period, so it simply expires 400 days after its last write, and a lifetime
-cap's counter never expires. The registry of limiters (``ratebudget status``)
-is the hash ``ratebudget:limiters``, one global key outside the limiters'
-slots.
-
-Redis' Lua numbers are doubles, exact for integers below 2**53: ``validate``
-refuses a plan whose bursts or cap limits could leave that range.
+one Redis Cluster slot: ``{<name>}:s`` (the state document, see
+``stores/_state.py``), ``{<name>}:r`` (lease records by id) and
+``{<name>}:x`` (their expiry times). They expire once the limiter has been
+idle long enough that they no longer matter. The registry of limiters
+(``ratebudget status``) is the hash ``ratebudget:limiters``, one global key
+outside the limiters' slots.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.resources
 import json
 import re
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from .._decide import State
 from .._exceptions import InvalidRequest, StoreUnavailable
-from ._base import Store
-from ._core import CapP, Plan, RateP, periods_of_op
+from .._plan import PlanSpec, RateSpec
+from . import _ops as ops
+from ._remote import SharedStore, wake
+from ._state import cap_specs, dump, dump_record, load
 
 if TYPE_CHECKING:
     import redis
 
-__all__ = ("SCRIPT_PATH", "RedisStore")
-
-#: the script every batch runs
-SCRIPT_PATH: Final = (
-    importlib.resources.files("ratebudget.stores") / "lua" / "decide.lua"
-)
+__all__ = ("REGISTRY_KEY", "RedisStore")
 
 #: the global hash of registered limiters: name -> JSON spec
 REGISTRY_KEY: Final = "ratebudget:limiters"
@@ -50,40 +41,8 @@ REGISTRY_KEY: Final = "ratebudget:limiters"
 _EXACT: Final = 2**53
 # room for a debt of three bursts (or a cap's usage up to 4x its limit)
 _HEADROOM: Final = 4
-# a period's usage counter names its period: old periods simply age out
-_PERIOD_TTL_MS: Final = 400 * 86_400 * 1000
-# a limiter's keys outlive its last write by this much at least (the script
-# keeps them longer while leases, their records or a bucket's debt remain)
+# a limiter's keys outlive its last write by this much (plus the lease TTL)
 _IDLE_TTL_MS: Final = 3_600_000
-# settles publish {<name>}:wake this long after an acquire was "blocked"
-_WAKE_US: Final = 60_000_000
-_PLANS_KEPT: Final = 64
-_KINDS: Final = frozenset(
-    ("acquire", "settle", "extend", "record", "snapshot", "reset")
-)
-
-_script_text: str | None = None
-_script_sha: str | None = None
-
-
-def _script() -> tuple[str, str]:
-    global _script_text, _script_sha
-    if _script_text is None or _script_sha is None:
-        text = SCRIPT_PATH.read_text(encoding="utf-8")
-        _script_sha = hashlib.sha1(
-            text.encode("utf-8"), usedforsecurity=False
-        ).hexdigest()
-        _script_text = text
-    return _script_text, _script_sha
-
-
-def _decode(value: Any) -> Any:
-    """A script reply as ``_core.run`` returns it: bytes become str."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    return value
 
 
 def _text(value: Any) -> str:
@@ -95,7 +54,7 @@ def _redact(url: str) -> str:
     return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
-class RedisStore(Store):
+class RedisStore(SharedStore):
     """Limiter state in Redis: ``RedisStore("redis://localhost:6379/0")``.
 
     ``timeout`` (seconds) bounds connecting and every call; ``client`` is an
@@ -137,11 +96,10 @@ class RedisStore(Store):
         self._redis: redis.Redis = client
         self._lock = threading.Lock()
         # plans seen, by identity: id -> (the plan, kept alive; its JSON)
-        self._plans: dict[int, tuple[Plan, str]] = {}
         self._volatile: bool | None = None  # None: not checked yet, or unknown
         # wake-ups: one listener thread per store, started by the first subscriber
         self._wake_lock = threading.Lock()
-        self._callbacks: dict[str, list[Callable[[], None]]] = {}
+        self._names: set[str] = set()
         self._listener: threading.Thread | None = None
         self._closing = threading.Event()
 
@@ -182,9 +140,9 @@ class RedisStore(Store):
             raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
         return {_text(k): json.loads(_text(v)) for k, v in sorted(got.items())}
 
-    def subscribe(self, name: str, callback: Callable[[], None]) -> bool:
+    def subscribe(self, name: str) -> bool:
         with self._wake_lock:
-            self._callbacks.setdefault(f"{{{name}}}:wake", []).append(callback)
+            self._names.add(name)
             if self._listener is None or not self._listener.is_alive():
                 self._closing.clear()
                 self._listener = threading.Thread(
@@ -194,9 +152,10 @@ class RedisStore(Store):
         return True
 
     def _listen(self) -> None:
-        """Relay ``{name}:wake`` messages to subscribers; reconnect on errors."""
+        """Relay ``{name}:wake`` messages to this process's waiters; reconnect
+        on errors."""
         while not self._closing.is_set():
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.psubscribe("{*}:wake")
                 while not self._closing.is_set():
@@ -204,15 +163,11 @@ class RedisStore(Store):
                     if message is None:
                         continue
                     channel = _text(message.get("channel"))
-                    with self._wake_lock:
-                        callbacks = list(self._callbacks.get(channel, ()))
-                    for callback in callbacks:
-                        try:
-                            callback()
-                        except Exception:  # a subscriber's loop has closed
-                            pass
+                    name = channel[1 : channel.rfind("}")]
+                    if name in self._names:
+                        wake(self.url, name, json.loads(_text(message["data"])))
             except self._errors:
-                # blocked callers still poll: retry the subscription shortly
+                # waiters still look on their own: retry the subscription shortly
                 self._closing.wait(min(self.timeout, 1.0))
             finally:
                 try:
@@ -229,10 +184,11 @@ class RedisStore(Store):
         if self._owned:
             self._redis.connection_pool.disconnect()
 
-    def validate(self, plan: Plan) -> None:
-        """Refuse a plan the script's double arithmetic could not keep exact."""
-        for p in plan.slots:
-            if isinstance(p, RateP):
+    def validate(self, spec: PlanSpec) -> None:
+        """Refuse a plan whose numbers could leave the range Redis' Lua
+        numbers (doubles) hold exactly."""
+        for p in spec.slots:
+            if isinstance(p, RateSpec):
                 if p.cap * _HEADROOM > _EXACT or p.rate > _EXACT:
                     raise InvalidRequest(
                         f"rate {p.key!r}: its burst ({p.cap} units x period) "
@@ -249,62 +205,93 @@ class RedisStore(Store):
                     "a smaller limit"
                 )
 
-    def _plan_json(self, plan: Plan) -> str:
-        got = self._plans.get(id(plan))
-        if got is not None and got[0] is plan:
-            return got[1]
-        self.validate(plan)
-        text = json.dumps(plan.to_json(), separators=(",", ":"))
-        with self._lock:
-            if len(self._plans) >= _PLANS_KEPT:  # plans made afresh per call
-                self._plans.clear()
-            self._plans[id(plan)] = (plan, text)
-        return text
-
     def execute(
         self,
         name: str,
-        plan: Plan,
-        ops: list[list[Any]],
+        spec: PlanSpec,
+        batch: list[ops.Op],
         *,
-        keep_us: int,
+        ttl: int,
+        keep: int,
         now_us: int | None = None,
-    ) -> list[list[Any]]:
+    ) -> ops.Answer:
         if not name:
             raise InvalidRequest("a Redis limiter needs a non-empty name")
         if now_us is not None and now_us < 0:
             raise InvalidRequest(f"now_us={now_us}: store time starts at 0")
-        plan_json = self._plan_json(plan)
-        for op in ops:
-            if op[0] not in _KINDS:
-                raise ValueError(f"unknown store operation {op[0]!r}")
         tag = "{" + name + "}"
-        used: dict[str, int] = {}
-        for op in ops:
-            for p, period in zip(plan.slots, periods_of_op(op), strict=False):
-                if isinstance(p, CapP):
-                    used.setdefault(
-                        f"{p.key}|{period}", -1 if period == "" else _PERIOD_TTL_MS
-                    )
-        keys = [f"{tag}:s", f"{tag}:l", f"{tag}:e", f"{tag}:t"]
-        keys.extend(f"{tag}:u:{k}" for k in used)
-        doc = (
-            '{"plan":'
-            + plan_json
-            + ',"ops":'
-            + json.dumps(ops, separators=(",", ":"))
-            + ',"used":'
-            + json.dumps(list(used.items()), separators=(",", ":"))
-            + f',"keep":{int(keep_us)},"now":{-1 if now_us is None else int(now_us)}'
-            + f',"idle":{_IDLE_TTL_MS},"wake":{_WAKE_US}}}'
-        )
-        text, sha = _script()
+        keys = (f"{tag}:s", f"{tag}:r", f"{tag}:x")
+        import redis as redis_py
+
         try:
-            try:
-                reply = self._redis.evalsha(sha, len(keys), *keys, doc)
-            except self._noscript:
-                reply = self._redis.eval(text, len(keys), *keys, doc)
+            for _ in range(_ATTEMPTS):
+                with self._redis.pipeline(transaction=True) as pipe:
+                    try:
+                        return self._attempt(pipe, name, keys, spec, batch, ttl, keep, now_us)
+                    except redis_py.WatchError:
+                        continue
         except self._errors as e:
             raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
-        out: list[list[Any]] = _decode(reply)
-        return out
+        except (ValueError, TypeError, KeyError) as e:
+            raise StoreUnavailable(
+                f"Redis store {self.url}: the state of {name!r} is unreadable "
+                f"({type(e).__name__}: {e})"
+            ) from e
+        raise StoreUnavailable(
+            f"Redis store {self.url}: {name!r} changed under every one of "
+            f"{_ATTEMPTS} attempts (too much contention)"
+        )
+
+    def _attempt(
+        self,
+        pipe: Any,
+        name: str,
+        keys: tuple[str, str, str],
+        spec: PlanSpec,
+        batch: list[ops.Op],
+        ttl: int,
+        keep: int,
+        now_us: int | None,
+    ) -> ops.Answer:
+        s_key, r_key, x_key = keys
+        pipe.watch(s_key)
+        raw = pipe.get(s_key)
+        doc = json.loads(raw) if raw else None
+        if now_us is None:
+            sec, usec = pipe.time()
+            now = int(sec) * 1_000_000 + int(usec)
+        else:
+            now = now_us
+        clock = max(now, doc["clock"]) if doc else now
+        wanted = [_text(k) for k in pipe.zrangebyscore(x_key, "-inf", clock)]
+        wanted += [op.key for op in batch if isinstance(op, _KEYED)]
+        records: dict[str, list[Any]] = {}
+        if wanted:
+            for key, data in zip(wanted, pipe.hmget(r_key, wanted), strict=True):
+                if data is not None:
+                    records[key] = json.loads(data)
+        st = State(ttl=ttl, keep=keep, live=ttl)
+        plan, ids = load(doc, records, spec, st, now)
+        results, woken = ops.run(st, plan, batch, now)
+        pipe.multi()
+        pipe.set(s_key, json.dumps(dump(st, ids, cap_specs(doc, spec))))
+        gone = [key for key in records if key not in st.records]
+        if gone:
+            pipe.hdel(r_key, *gone)
+            pipe.zrem(x_key, *gone)
+        if st.records:
+            pipe.hset(
+                r_key,
+                mapping={k: json.dumps(dump_record(r)) for k, r in st.records.items()},
+            )
+            pipe.zadd(x_key, {k: r.exp for k, r in st.records.items()})
+        for key in keys:
+            pipe.pexpire(key, _IDLE_TTL_MS + ttl // 1000)
+        if woken:
+            pipe.publish(f"{{{name}}}:wake", json.dumps([w.key for w in woken]))
+        pipe.execute()
+        return ops.Answer(results, st.clock, woken)
+
+
+_KEYED: Final = (ops.Poll, ops.Leave, ops.Settle, ops.Extend)
+_ATTEMPTS: Final = 1000

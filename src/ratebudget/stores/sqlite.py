@@ -17,37 +17,28 @@ import threading
 import time
 from typing import Any, Final
 
+from .._decide import State
 from .._exceptions import InvalidRequest, StoreUnavailable
-from . import _core
-from ._base import Store
-from ._core import ACTIVE, CapP, Plan, RateP, State, periods_of_op
+from .._plan import PlanSpec
+from . import _ops as ops
+from ._remote import SharedStore
+from ._state import cap_specs, dump, dump_record, load
 
 __all__ = ("SQLiteStore",)
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS rb_limiter (
-    name TEXT PRIMARY KEY, clock INTEGER NOT NULL, spec TEXT NOT NULL,
-    tail INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS rb_rate (
-    name TEXT, key TEXT, level TEXT NOT NULL, last INTEGER NOT NULL,
-    PRIMARY KEY (name, key)
-);
-CREATE TABLE IF NOT EXISTS rb_used (
-    name TEXT, key TEXT, used TEXT NOT NULL, PRIMARY KEY (name, key)
-);
-CREATE TABLE IF NOT EXISTS rb_reserved (
-    name TEXT, key TEXT, reserved TEXT NOT NULL, PRIMARY KEY (name, key)
+    name TEXT PRIMARY KEY, spec TEXT NOT NULL DEFAULT '{}', state TEXT
 );
 CREATE TABLE IF NOT EXISTS rb_lease (
-    name TEXT, id TEXT, s INTEGER NOT NULL, exp INTEGER NOT NULL,
-    data TEXT NOT NULL, PRIMARY KEY (name, id)
+    name TEXT, id TEXT, exp INTEGER NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (name, id)
 );
-CREATE INDEX IF NOT EXISTS rb_lease_exp ON rb_lease (name, s, exp);
+CREATE INDEX IF NOT EXISTS rb_lease_exp ON rb_lease (name, exp);
 """
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SharedStore):
     """Limiter state in one SQLite file: ``SQLiteStore("budgets.db")``.
 
     ``timeout`` bounds how long a decision waits for another process's
@@ -61,13 +52,32 @@ class SQLiteStore(Store):
         timeout: float = 5.0,
         synchronous: str = "NORMAL",
     ) -> None:
-        if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
+        if not isinstance(synchronous, str) or synchronous.upper() not in (
+            "NORMAL",
+            "FULL",
+            "EXTRA",
+        ):
             raise InvalidRequest(
                 f"synchronous={synchronous!r}: use 'NORMAL', 'FULL' or 'EXTRA'"
             )
-        if not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise InvalidRequest(f"timeout={timeout!r}: expected seconds > 0")
-        self.path = os.fspath(path)
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not 0 < timeout <= _MAX_TIMEOUT
+        ):
+            raise InvalidRequest(
+                f"timeout={timeout!r}: expected seconds > 0 (at most {_MAX_TIMEOUT:g})"
+            )
+        path = os.fspath(path)
+        if not isinstance(path, str) or not path or path == ":memory:" or (
+            path.startswith("file:") and "mode=memory" in path
+        ):
+            raise InvalidRequest(
+                f"SQLiteStore({path!r}): a store shared by processes needs a file "
+                "(an in-memory SQLite database is private to one connection); "
+                "for one process, use the memory store"
+            )
+        self.path = path
         self.url = f"sqlite:///{self.path}"
         self.timeout = float(timeout)
         self.synchronous = synchronous.upper()
@@ -75,12 +85,14 @@ class SQLiteStore(Store):
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._ready = False
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file
 
     # -- connections --------------------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
+            self._check_file()
             return conn
         conn = None
         try:
@@ -105,14 +117,41 @@ class SQLiteStore(Store):
                         conn.execute("BEGIN IMMEDIATE")
                         conn.executescript(_SCHEMA)  # commits
                         self._ready = True
-        except sqlite3.Error as e:
+            ident = self._identity()
+        except (sqlite3.Error, OSError) as e:
             if conn is not None:
                 conn.close()
             raise StoreUnavailable(f"cannot open SQLite store {self.path}: {e}") from e
+        with self._lock:
+            if self._file is None:
+                self._file = ident
+        if ident != self._file:
+            conn.close()
+            raise self._replaced()
         self._local.conn = conn
         with self._lock:
             self._conns.append(conn)
         return conn
+
+    def _identity(self) -> tuple[int, int]:
+        st = os.stat(self.path)
+        return st.st_dev, st.st_ino
+
+    def _replaced(self) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"SQLite store {self.path}: the file at this path is no longer the one "
+            "this store opened (deleted, moved or replaced): its budgets would "
+            "start again from zero; open the store again to use the new file"
+        )
+
+    def _check_file(self) -> None:
+        """Fail loudly if the file was deleted or replaced under us."""
+        try:
+            ident = self._identity()
+        except OSError as e:
+            raise self._replaced() from e
+        if ident != self._file:
+            raise self._replaced()
 
     def close(self) -> None:
         with self._lock:
@@ -130,7 +169,7 @@ class SQLiteStore(Store):
         conn = self._conn()
         try:
             conn.execute(
-                "INSERT INTO rb_limiter (name, clock, spec) VALUES (?, 0, ?) "
+                "INSERT INTO rb_limiter (name, spec) VALUES (?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec",
                 (name, json.dumps(spec)),
             )
@@ -149,12 +188,13 @@ class SQLiteStore(Store):
     def execute(
         self,
         name: str,
-        plan: Plan,
-        ops: list[list[Any]],
+        spec: PlanSpec,
+        batch: list[ops.Op],
         *,
-        keep_us: int,
+        ttl: int,
+        keep: int,
         now_us: int | None = None,
-    ) -> list[list[Any]]:
+    ) -> ops.Answer:
         conn = self._conn()
         now = time.time_ns() // 1000 if now_us is None else now_us
         try:
@@ -164,9 +204,9 @@ class SQLiteStore(Store):
                 f"SQLite store {self.path} is locked or unreadable: {e}"
             ) from e
         try:
-            out = self._run(conn, name, plan, ops, now, keep_us)
+            answer = self._run(conn, name, spec, batch, now, ttl, keep)
             conn.execute("COMMIT")
-            return out
+            return answer
         except BaseException as e:
             try:
                 conn.execute("ROLLBACK")
@@ -174,104 +214,59 @@ class SQLiteStore(Store):
                 pass
             if isinstance(e, sqlite3.Error):
                 raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
+            if isinstance(e, (ValueError, TypeError, KeyError)):
+                raise StoreUnavailable(
+                    f"SQLite store {self.path}: the state of {name!r} is unreadable "
+                    f"({type(e).__name__}: {e})"
+                ) from e
             raise
 
     def _run(
         self,
         conn: sqlite3.Connection,
         name: str,
-        plan: Plan,
-        ops: list[list[Any]],
+        spec: PlanSpec,
+        batch: list[ops.Op],
         now: int,
+        ttl: int,
         keep: int,
-    ) -> list[list[Any]]:
-        st = State()
+    ) -> ops.Answer:
         row = conn.execute(
-            "SELECT clock, tail FROM rb_limiter WHERE name = ?", (name,)
+            "SELECT state FROM rb_limiter WHERE name = ?", (name,)
         ).fetchone()
-        if row is not None:
-            st.clock, st.tail = row
-        rate_keys = [p.key for p in plan.slots if isinstance(p, RateP)]
-        cap_keys = [p.key for p in plan.slots if isinstance(p, CapP)]
-        used_keys = {
-            f"{p.key}|{period}"
-            for op in ops
-            for p, period in zip(plan.slots, periods_of_op(op), strict=False)
-            if isinstance(p, CapP)
-        }
-        for key in rate_keys:
-            got = conn.execute(
-                "SELECT level, last FROM rb_rate WHERE name = ? AND key = ?",
-                (name, key),
-            ).fetchone()
-            if got is not None:
-                st.rates[key] = [int(got[0]), got[1]]
-        for key in used_keys:
-            got = conn.execute(
-                "SELECT used FROM rb_used WHERE name = ? AND key = ?", (name, key)
-            ).fetchone()
-            if got is not None:
-                st.used[key] = int(got[0])
-        # expiring leases may hold reservations on caps this process does
-        # not declare (a limiter redeclared with other limits): load them all
-        expiring = conn.execute(
-            "SELECT id, data FROM rb_lease WHERE name = ? AND s = ? AND exp <= ?",
-            (name, ACTIVE, max(now, st.clock)),
+        doc = json.loads(row[0]) if row is not None and row[0] else None
+        clock = max(now, doc["clock"]) if doc else now
+        keys = {op.key for op in batch if isinstance(op, _KEYED)}
+        found = conn.execute(
+            "SELECT id, data FROM rb_lease WHERE name = ? AND exp <= ?",
+            (name, clock),
         ).fetchall()
-        for lease_id, data in expiring:
-            st.leases[lease_id] = json.loads(data)
-            st.expiring.append(lease_id)
-        for op in ops:
-            if op[0] in ("acquire", "settle", "extend") and op[1] not in st.leases:
-                got = conn.execute(
-                    "SELECT data FROM rb_lease WHERE name = ? AND id = ?",
-                    (name, op[1]),
-                ).fetchone()
-                st.leases[op[1]] = None if got is None else json.loads(got[0])
-        # a lease may hold reservations on caps this process does not declare
-        reserved_keys = set(cap_keys)
-        for rec in st.leases.values():
-            if rec is not None:
-                reserved_keys.update(rec["caps"])
-        for key in reserved_keys:
+        for key in keys:
             got = conn.execute(
-                "SELECT reserved FROM rb_reserved WHERE name = ? AND key = ?",
-                (name, key),
+                "SELECT data FROM rb_lease WHERE name = ? AND id = ?", (name, key)
             ).fetchone()
             if got is not None:
-                st.reserved[key] = int(got[0])
-
-        out = _core.run(st, plan, now, keep, ops)
-
+                found.append((key, got[0]))
+        records = {key: json.loads(data) for key, data in found}
+        st = State(ttl=ttl, keep=keep, live=ttl)
+        plan, ids = load(doc, records, spec, st, now)
+        results, woken = ops.run(st, plan, batch, now)
         conn.execute(
-            "INSERT INTO rb_limiter (name, clock, spec, tail) VALUES (?, ?, '{}', ?) "
-            "ON CONFLICT (name) DO UPDATE SET clock = excluded.clock, "
-            "tail = excluded.tail",
-            (name, st.clock, st.tail),
+            "INSERT INTO rb_limiter (name, state) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET state = excluded.state",
+            (name, json.dumps(dump(st, ids, cap_specs(doc, spec)))),
         )
+        gone = [(name, key) for key in records if key not in st.records]
+        conn.executemany("DELETE FROM rb_lease WHERE name = ? AND id = ?", gone)
         conn.executemany(
-            "INSERT OR REPLACE INTO rb_rate (name, key, level, last) VALUES (?, ?, ?, ?)",
-            [(name, k, str(st.rates[k][0]), st.rates[k][1]) for k in st.dirty_rates],
+            "INSERT OR REPLACE INTO rb_lease (name, id, exp, data) VALUES (?, ?, ?, ?)",
+            [
+                (name, key, rec.exp, json.dumps(dump_record(rec)))
+                for key, rec in st.records.items()
+            ],
         )
-        conn.executemany(
-            "INSERT OR REPLACE INTO rb_used (name, key, used) VALUES (?, ?, ?)",
-            [(name, k, str(st.used[k])) for k in st.dirty_used],
-        )
-        conn.executemany(
-            "INSERT OR REPLACE INTO rb_reserved (name, key, reserved) VALUES (?, ?, ?)",
-            [(name, k, str(st.reserved[k])) for k in st.dirty_reserved],
-        )
-        leases = []
-        for lease_id in st.dirty_leases:
-            rec = st.leases[lease_id]
-            assert rec is not None
-            leases.append((name, lease_id, rec["s"], rec["exp"], json.dumps(rec)))
-        conn.executemany(
-            "INSERT OR REPLACE INTO rb_lease (name, id, s, exp, data) VALUES (?, ?, ?, ?, ?)",
-            leases,
-        )
-        conn.execute(
-            "DELETE FROM rb_lease WHERE name = ? AND s != ? AND exp <= ?",
-            (name, ACTIVE, st.clock),
-        )
-        return out
+        return ops.Answer(results, st.clock, woken)
+
+
+_KEYED: Final = (ops.Poll, ops.Leave, ops.Settle, ops.Extend)
+_MAX_TIMEOUT: Final = 86_400.0

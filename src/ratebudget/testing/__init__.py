@@ -17,7 +17,8 @@ on a free port in a temporary directory, for tests of code that uses a
 from __future__ import annotations
 
 from ._clock import FakeClock as FakeClock
+from ._clock import store_busy as store_busy
 from ._provider import FakeProvider as FakeProvider
 from ._redis import RedisServer as RedisServer
 
-__all__ = ("FakeClock", "FakeProvider", "RedisServer")
+__all__ = ("FakeClock", "FakeProvider", "RedisServer", "store_busy")

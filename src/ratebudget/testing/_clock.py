@@ -15,11 +15,15 @@ import math
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
 
 from .._clock import Sleeper
+
+if TYPE_CHECKING:
+    from .._limiter import Limiter
 
 __all__ = ("FakeClock",)
 
@@ -149,3 +153,17 @@ class FakeClock:
 
     def __repr__(self) -> str:
         return f"<FakeClock at {self._now / _NS:.6f}s, {len(self._sleepers)} sleeping>"
+
+
+def store_busy(*limiters: Limiter) -> bool:
+    """Whether a store call of any of ``limiters`` (none given: of any
+    limiter of this process) is under way.
+
+    For tests on a ``FakeClock``: fake time may only move on once every
+    answer a shared store owes has arrived (a memory store is never busy).
+    """
+    if not limiters:
+        from ..stores._remote import busy
+
+        return busy()
+    return any(limiter._b.busy() for limiter in limiters)

@@ -1,0 +1,972 @@
+"""The decision: the one algorithm every store runs.
+
+A limiter's state is plain data: a token ``Bucket`` per rate, a ``Counter``
+per cap, a FIFO queue of ``Entry`` objects (callers that could not be served
+at once) and, on stores shared by processes, lease records. The functions
+here read and change that state and nothing else: no I/O, no clock reads, no
+locks, no anyio. Time is an argument, in integer ticks (nanoseconds for the
+memory store, microseconds of wall-clock time for the shared ones), and every
+quantity is an integer. The memory store runs them inline under its lock,
+the SQLite store inside one ``BEGIN IMMEDIATE`` transaction, and the Redis
+store runs ``stores/lua/decide.lua``, a mirror of this module that the shared
+test vectors hold to the same answers.
+
+Scheduling follows the queue: a caller is granted at once when nobody waits
+and every limit can serve it; otherwise it joins the queue, and whoever
+changes the state next (a waiter looking at its state, a commit, a release)
+runs ``service``, which grants waiters from the head of the queue on their
+behalf and tells the new head when its turn comes. So a later caller never
+overtakes an earlier one, each grant costs one wake-up, a waiter that leaves
+the queue has taken nothing, and the waiters behind it move up at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = (
+    "ACTIVE",
+    "CLAIMED",
+    "EXPIRED",
+    "FAILED",
+    "GRANTED",
+    "SETTLED",
+    "UNCLAIMED",
+    "WAITING",
+    "Bucket",
+    "CapSlot",
+    "Counter",
+    "Crossing",
+    "Entry",
+    "Exceeded",
+    "Plan",
+    "Record",
+    "State",
+    "TooLong",
+    "Window",
+    "refill",
+    "wait_ticks",
+)
+
+# an entry's state
+WAITING: Final = 0
+GRANTED: Final = 1  # granted on the waiter's behalf, not yet claimed
+FAILED: Final = 2
+CLAIMED: Final = 3  # granted and claimed, or gone (timed out, cancelled)
+
+# a lease record's state (stores shared by processes keep records)
+ACTIVE: Final = 1
+EXPIRED: Final = 2  # its cap reservation was reclaimed; a late commit still counts
+SETTLED: Final = 3
+UNCLAIMED: Final = 4  # granted on a waiter's behalf; its owner has not looked yet
+
+_PEAKS_KEPT: Final = 32
+
+Window = tuple[str, int, int]
+"""A calendar period: its key (``"2026-11"``), start and end (wall µs)."""
+
+
+# -- results ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Exceeded:
+    """A hard cap refused: it would be pushed past its limit."""
+
+    slot: int  # the cap's index in the caller's plan
+    used: int
+    reserved: int
+    period: str
+    end: int | None  # when the period ends (wall µs); None: a lifetime cap
+
+
+@dataclass(frozen=True, slots=True)
+class TooLong:
+    """The foreseeable wait (ticks; ``None``: not foreseeable) exceeds the timeout."""
+
+    wait: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Crossing:
+    """A cap's usage changed from ``before`` to ``after`` (for alerts and overruns)."""
+
+    slot: int
+    before: int
+    after: int
+    period: str
+    end: int | None
+
+
+# -- state ----------------------------------------------------------------------
+
+
+def refill(level: int, last: int, now: int, rate: int, cap: int) -> int:
+    """The level at ``now`` of a bucket that held ``level`` at ``last``.
+
+    Time running backwards mints nothing.
+    """
+    if now <= last or level >= cap:
+        return level
+    level += rate * (now - last)
+    return cap if level > cap else level
+
+
+def wait_ticks(level: int, need: int, rate: int) -> int:
+    """Ticks until a bucket at ``level`` holds ``need`` (0 if it does)."""
+    if level >= need:
+        return 0
+    return -((level - need) // rate)
+
+
+class Bucket:
+    """One rate's token bucket, plus what a refund needs to know of its past.
+
+    ``level`` counts units x ``per`` and refills ``rate`` per tick up to
+    ``cap`` (``rate`` and ``per`` reduced by their gcd), so every quantity is
+    an exact integer; below zero it is debt.
+
+    A refund (a commit below the estimate, a grant given back) must not mint
+    tokens that the clamp at the burst already absorbed: had the lease taken
+    only what it used, the extra tokens would have been lost to the clamp as
+    soon as the bucket filled up. So the refund is cut to ``cap - peak``,
+    where ``peak`` is the highest level the bucket held since the grant.
+    Levels peak just before a take, so each take records ``(take, level
+    before it)`` on a stack kept strictly decreasing in level (a later,
+    higher peak hides earlier, lower ones), and ``full`` is the last take
+    made from a full bucket (every grant before it gets no refund). Take ids
+    grow with time, so the first entry whose id is above the lease's is the
+    peak since the lease.
+    """
+
+    __slots__ = ("cap", "full", "key", "last", "level", "peaks", "per", "rate")
+
+    def __init__(
+        self, key: str, rate: int, per: int, cap: int, level: int, last: int
+    ) -> None:
+        self.key = key
+        self.rate = rate
+        self.per = per
+        self.cap = cap
+        self.level = level
+        self.last = last
+        self.full = 0
+        self.peaks: list[list[int]] = []
+
+    def now(self, now: int) -> int:
+        """Refill to ``now`` (and stamp it); the level."""
+        level = self.level
+        if now > self.last:
+            if level < self.cap:
+                level += self.rate * (now - self.last)
+                if level > self.cap:
+                    level = self.cap
+                self.level = level
+            self.last = now
+        return level
+
+    def mark(self, take: int) -> None:
+        """Record the (refilled) level just before take ``take``."""
+        level = self.level
+        if level >= self.cap:
+            self.full = take
+            if self.peaks:
+                self.peaks.clear()
+            return
+        peaks = self.peaks
+        while peaks and peaks[-1][1] <= level:
+            peaks.pop()
+        peaks.append([take, level])
+        if len(peaks) > _PEAKS_KEPT:
+            # forget the oldest entry by lending its (higher) peak to the next:
+            # leases older than that see a higher peak, so a smaller refund
+            peaks[1][1] = peaks[0][1]
+            del peaks[0]
+
+    def refund(self, since: int, amount: int, now: int) -> None:
+        """Give back ``amount`` of take ``since``, clamp-aware."""
+        level = self.now(now)
+        if self.full > since:
+            return
+        peak = level
+        for take, before in self.peaks:
+            if take > since:
+                if before > peak:
+                    peak = before
+                break
+        room = self.cap - peak
+        if room > 0:
+            self.level = level + (amount if amount < room else room)
+
+    def charge(self, amount: int, now: int, take: int) -> None:
+        """Take ``amount`` (usage above an estimate): it may go into debt."""
+        self.now(now)
+        self.mark(take)
+        self.level -= amount
+
+    def lower(self, top: int, now: int) -> bool:
+        """Hold at most ``top`` now (never raise); whether it changed."""
+        if self.now(now) > top:
+            self.level = top
+            return True
+        return False
+
+
+class Counter:
+    """One cap's usage in its current period, and what leases hold on it.
+
+    ``window`` gives the calendar period holding a wall-clock time (µs);
+    ``None`` for a lifetime cap. ``reserved`` spans periods: a lease granted
+    in one period and committed in the next counts in the next.
+    """
+
+    __slots__ = ("end", "key", "period", "reserved", "used", "window")
+
+    def __init__(
+        self,
+        key: str,
+        window: Callable[[int], Window] | None,
+        period: str = "",
+        end: int | None = None,
+        used: int = 0,
+        reserved: int = 0,
+    ) -> None:
+        self.key = key
+        self.window = window
+        self.period = period
+        self.end = end
+        self.used = used
+        self.reserved = reserved
+
+    def roll(self, wall: int) -> bool:
+        """Move to the period holding ``wall`` if the current one ended."""
+        end = self.end
+        if (end is None or wall < end) and (self.period or self.window is None):
+            return False
+        assert self.window is not None
+        period, _start, end = self.window(wall)
+        if period == self.period:  # pragma: no cover - a window that never ends
+            return False
+        self.period, self.end, self.used = period, end, 0
+        return True
+
+
+class CapSlot:
+    """A cap as one plan declares it: its counter, limit and kind."""
+
+    __slots__ = ("counter", "hard", "limit")
+
+    def __init__(self, counter: Counter, limit: int, hard: bool) -> None:
+        self.counter = counter
+        self.limit = limit
+        self.hard = hard
+
+
+class Plan:
+    """One limiter's limits bound to the state they count in, in its order."""
+
+    __slots__ = ("calendar", "caps", "hard", "rates", "slots", "tick_ns")
+
+    def __init__(self, slots: Iterable[Bucket | CapSlot], tick_ns: int) -> None:
+        self.slots: tuple[Bucket | CapSlot, ...] = tuple(slots)
+        self.rates = tuple(
+            (i, s) for i, s in enumerate(self.slots) if isinstance(s, Bucket)
+        )
+        self.caps = tuple(
+            (i, s) for i, s in enumerate(self.slots) if isinstance(s, CapSlot)
+        )
+        self.hard = tuple((i, s) for i, s in self.caps if s.hard)
+        self.calendar = any(s.counter.window is not None for _, s in self.caps)
+        self.tick_ns = tick_ns  # nanoseconds per tick of ``now``
+
+
+class Entry:
+    """One caller in the queue; the memory store's waiters subclass it."""
+
+    __slots__ = (
+        "alive",
+        "deadline",
+        "error",
+        "id",
+        "plan",
+        "req",
+        "state",
+        "take",
+        "timeout_at",
+    )
+
+    def __init__(self) -> None:
+        self.id = ""  # its lease id on shared stores
+        self.plan: Plan | None = None
+        self.req: tuple[int, ...] = ()
+        self.state = WAITING
+        self.deadline: int | None = None  # when it should next look (ticks)
+        self.timeout_at: int | None = None
+        self.error: Exceeded | TooLong | None = None
+        self.take = 0  # the take that granted it
+        self.alive: int | None = None  # shared stores: look again before this
+
+    def sleep_deadline(self) -> int | None:
+        """When to look again, fresh from ``begin``: its turn or its timeout."""
+        deadline, timeout_at = self.deadline, self.timeout_at
+        if timeout_at is not None and (deadline is None or timeout_at < deadline):
+            return timeout_at
+        return deadline
+
+
+class Record:
+    """A lease as a shared store keeps it, for expiry and idempotent retries."""
+
+    __slots__ = ("caps", "error", "exp", "status", "take")
+
+    def __init__(
+        self,
+        status: int,
+        exp: int,
+        take: int,
+        caps: tuple[tuple[Counter, int], ...],
+        error: Exceeded | TooLong | None = None,
+    ) -> None:
+        self.status = status
+        self.exp = exp  # ticks: ACTIVE expires (reclaimed), others are dropped
+        self.take = take
+        self.caps = caps  # the cap reservations it holds while ACTIVE
+        self.error = error  # FAILED entries: why (kept for the owner's poll)
+
+
+class State:
+    """Everything one name's limiters share on a store.
+
+    ``ttl`` (ticks) is ``None`` on the memory store: leases never expire and
+    no records are kept. On shared stores a lease that reserves caps (or is
+    granted on its waiter's behalf) is recorded, reclaimed ``ttl`` after its
+    grant, and its settled record kept ``keep`` ticks for retries.
+    """
+
+    __slots__ = (
+        "buckets",
+        "clock",
+        "counters",
+        "keep",
+        "live",
+        "next_roll",
+        "projection",
+        "queue",
+        "records",
+        "take",
+        "ttl",
+        "wall",
+        "woken",
+    )
+
+    def __init__(
+        self, ttl: int | None = None, keep: int = 0, live: int | None = None
+    ) -> None:
+        self.clock = 0  # the latest ``now`` seen (ticks): time never runs back
+        self.wall = 0  # the latest wall-clock time seen (µs)
+        self.take = 0  # the latest take id
+        self.buckets: dict[str, Bucket] = {}
+        self.counters: dict[str, Counter] = {}
+        self.queue: dict[Entry, None] = {}  # FIFO (dicts keep insertion order)
+        self.projection: tuple[int, dict[Bucket, tuple[int, int]]] | None = None
+        self.next_roll: float = math.inf
+        self.ttl = ttl
+        self.keep = keep
+        self.live = live  # ticks a queued entry of a shared store stays without a look
+        self.records: dict[str, Record] = {}
+        self.woken: list[Entry] = []  # entries whose state or deadline changed
+
+    # -- state that plans bind to -------------------------------------------
+
+    def bucket(self, key: str, rate: int, per: int, cap: int, now: int) -> Bucket:
+        got = self.buckets.get(key)
+        if got is None:
+            got = self.buckets[key] = Bucket(key, rate, per, cap, cap, now)
+        return got
+
+    def counter(self, key: str, window: Callable[[int], Window] | None) -> Counter:
+        got = self.counters.get(key)
+        if got is None:
+            got = self.counters[key] = Counter(key, window)
+        elif got.window is None and window is not None:
+            got.window = window
+        return got
+
+    def set_roll(self) -> None:
+        ends = [c.end for c in self.counters.values() if c.end is not None]
+        if any(not c.period and c.window is not None for c in self.counters.values()):
+            self.next_roll = -math.inf  # a counter that has no period yet
+        else:
+            self.next_roll = min(ends, default=math.inf)
+
+
+# -- time -----------------------------------------------------------------------
+
+
+def _roll(st: State, wall: int) -> None:
+    """Counters whose period ended move to the next (their usage starts at 0)."""
+    if wall < st.next_roll:
+        return
+    for c in st.counters.values():
+        if c.window is not None:
+            c.roll(wall)
+    st.set_roll()
+
+
+def reclaim(st: State, now: int) -> None:
+    """Shared stores: expired leases give back their cap reservations, and
+    records kept for retries are dropped once their time is up."""
+    records = st.records
+    for lease_id, rec in list(records.items()):
+        if rec.exp > now:
+            continue
+        if rec.status in (ACTIVE, UNCLAIMED):
+            for counter, n in rec.caps:
+                counter.reserved -= n
+            rec.status, rec.exp, rec.caps = EXPIRED, now + st.keep, ()
+            st.projection = None
+        else:
+            del records[lease_id]
+
+
+def ticks_until(plan: Plan, wall: int, end: int) -> int:
+    """Ticks from wall-clock ``wall`` to ``end`` (both µs), rounded up."""
+    return -(-(end - wall) * 1000 // plan.tick_ns)
+
+
+# -- the decisions (each on state the caller holds exclusively) ---------------------
+
+
+def _exceeded(i: int, cap: CapSlot) -> Exceeded:
+    c = cap.counter
+    return Exceeded(i, c.used, c.reserved, c.period, c.end)
+
+
+def _certain_overrun(plan: Plan, req: tuple[int, ...]) -> Exceeded | None:
+    for i, cap in plan.hard:
+        n = req[i]
+        if n and cap.counter.used + n > cap.limit:
+            return _exceeded(i, cap)
+    return None
+
+
+def _caps_fit(plan: Plan, req: tuple[int, ...]) -> bool:
+    for i, cap in plan.hard:
+        n = req[i]
+        if n and cap.counter.used + cap.counter.reserved + n > cap.limit:
+            return False
+    return True
+
+
+def _rate_wait(plan: Plan, req: tuple[int, ...], now: int) -> int:
+    """Refill every rate; the wait until all can serve ``req``."""
+    longest = 0
+    for i, b in plan.rates:
+        level = b.now(now)
+        need = req[i] * b.per
+        if need and level < need:
+            w = -((level - need) // b.rate)
+            if w > longest:
+                longest = w
+    return longest
+
+
+def _take(st: State, plan: Plan, req: tuple[int, ...]) -> int:
+    """Take ``req`` from rates refilled to now; reserve it on the caps."""
+    st.take = take = st.take + 1
+    for i, b in plan.rates:
+        n = req[i]
+        if n:
+            b.mark(take)
+            b.level -= n * b.per
+    for i, cap in plan.caps:
+        cap.counter.reserved += req[i]
+    return take
+
+
+def _record_grant(
+    st: State, lease_id: str, plan: Plan, req: tuple[int, ...], take: int, status: int
+) -> None:
+    caps = tuple((cap.counter, req[i]) for i, cap in plan.caps if req[i])
+    if caps or status == UNCLAIMED:
+        st.records[lease_id] = Record(status, st.clock + (st.ttl or 0), take, caps)
+
+
+# -- the foreseeable schedule of the queue ------------------------------------------
+
+Levels = dict[Bucket, tuple[int, int]]
+
+
+def _step(at: int, levels: Levels, plan: Plan, req: tuple[int, ...]) -> int:
+    """Advance a projection: when ``req`` is served after ``at``.
+
+    ``levels`` holds each bucket's projected ``(level, time)``; the buckets
+    ``req`` takes from become their levels just after it, at the returned time.
+    """
+    grant = at
+    for i, b in plan.rates:
+        need = req[i] * b.per
+        if need:
+            level, t = levels.get(b) or (b.level, b.last)
+            t = at + wait_ticks(refill(level, t, at, b.rate, b.cap), need, b.rate)
+            if t > grant:
+                grant = t
+    for i, b in plan.rates:
+        need = req[i] * b.per
+        if need:
+            level, t = levels.get(b) or (b.level, b.last)
+            levels[b] = (refill(level, t, grant, b.rate, b.cap) - need, grant)
+    return grant
+
+
+def _tail(st: State, now: int) -> tuple[int, Levels]:
+    """The projected time and levels once every queued waiter is served.
+
+    Waiters are served one after another, so with several rates one of them
+    may sit clamped at its burst while the queue waits on another; summing
+    what the queue wants per rate would miss those lost tokens. So the queue
+    is replayed in order (cached, and extended as waiters join; anything that
+    could make the replay wrong, a refund, a charge or a waiter leaving early,
+    drops the cache).
+    """
+    tail = st.projection
+    if tail is None or not st.queue:
+        at, levels = now, {}
+        for e in st.queue:
+            assert e.plan is not None
+            at = _step(at, levels, e.plan, e.req)
+        st.projection = tail = (at, levels)
+    return tail
+
+
+def _enqueue(st: State, e: Entry) -> None:
+    if not st.queue:
+        st.projection = None
+    st.queue[e] = None
+    tail = st.projection
+    if tail is not None:
+        assert e.plan is not None
+        st.projection = (_step(tail[0], tail[1], e.plan, e.req), tail[1])
+
+
+def _cap_blocked_until(
+    plan: Plan, req: tuple[int, ...], now: int, wall: int
+) -> int | None:
+    """When a head blocked by reservations should look again: its cap's reset."""
+    ends = [
+        cap.counter.end
+        for i, cap in plan.hard
+        if req[i]
+        and cap.counter.end is not None
+        and cap.counter.used + cap.counter.reserved + req[i] > cap.limit
+    ]
+    if not ends:
+        return None
+    return now + max(0, ticks_until(plan, wall, min(ends)))
+
+
+def _fail(st: State, e: Entry, error: Exceeded | TooLong) -> None:
+    """``e`` failed on its behalf; its owner learns it when it looks."""
+    e.state, e.error = FAILED, error
+    st.woken.append(e)
+    if st.ttl is not None and e.id:
+        st.records[e.id] = Record(FAILED, st.clock + st.keep, 0, (), error)
+
+
+def _fail_certain(st: State) -> None:
+    """Refuse every waiter whose overrun became certain, wherever it queues.
+
+    Run when a cap's usage grows: a refusal is due at once, not when the
+    waiters ahead have gone.
+    """
+    for e in list(st.queue):
+        assert e.plan is not None
+        error = _certain_overrun(e.plan, e.req)
+        if error is not None:
+            del st.queue[e]
+            st.projection = None
+            _fail(st, e, error)
+
+
+def service(st: State, now: int, wall: int) -> None:
+    """Grant (or fail) waiters from the head; note the ones to wake."""
+    _roll(st, wall)
+    queue = st.queue
+    woken = st.woken
+    while queue:
+        e = next(iter(queue))
+        plan, req = e.plan, e.req
+        assert plan is not None
+        error = _certain_overrun(plan, req)
+        if error is not None:
+            del queue[e]
+            st.projection = None
+            _fail(st, e, error)
+            continue
+        if _caps_fit(plan, req):
+            wait = _rate_wait(plan, req, now)
+            if wait == 0:
+                del queue[e]  # served: the projection still holds
+                e.take = _take(st, plan, req)
+                e.state = GRANTED
+                if st.ttl is not None:
+                    _record_grant(st, e.id, plan, req, e.take, UNCLAIMED)
+                woken.append(e)
+                continue
+            deadline: int | None = now + wait
+        else:
+            if e.alive is not None and e.alive < now:
+                # its owner stopped looking (a process gone): it leaves
+                del queue[e]
+                st.projection = None
+                e.state = CLAIMED
+                continue
+            deadline = _cap_blocked_until(plan, req, now, wall)
+        old = e.deadline
+        if deadline != old:
+            e.deadline = deadline
+            if old is None or (deadline is not None and deadline < old):
+                woken.append(e)
+        break
+
+
+# -- operations -------------------------------------------------------------------
+
+
+def acquire(
+    st: State,
+    plan: Plan,
+    req: tuple[int, ...],
+    now: int,
+    wall: int,
+    timeout: int | None,
+    entry: Callable[[], Entry] | None,
+    lease_id: str = "",
+) -> int | Entry | Exceeded | TooLong | None:
+    """Grant at once (the take id), enqueue (an ``Entry``) or refuse.
+
+    Refusals are returned: ``Exceeded`` (a hard cap would certainly be
+    crossed), ``TooLong`` (the foreseeable wait exceeds ``timeout`` ticks).
+    With ``entry=None`` (``try_acquire``) returns ``None`` instead of
+    waiting. Entries to wake are appended to ``st.woken``.
+    """
+    if now < st.clock:
+        now = st.clock
+    st.clock = now
+    queue = st.queue
+    if queue:
+        # serve whoever is due first: under a storm of arrivals the head's
+        # own wake-up may come late, and tokens that pile up past the burst
+        # in the meantime would be lost
+        if wall < st.wall:
+            wall = st.wall
+        st.wall = wall
+        service(st, now, wall)
+    fits = True
+    if plan.caps:
+        if plan.calendar:
+            if wall < st.wall:
+                wall = st.wall
+            st.wall = wall
+            if wall >= st.next_roll:
+                _roll(st, wall)
+        if plan.hard:
+            error = _certain_overrun(plan, req)
+            if error is not None:
+                return error
+            fits = _caps_fit(plan, req)
+    if fits and not queue:
+        # the hot path, inlined: refill each rate involved, note its level
+        # for refunds (``Bucket.mark``, its common case inlined) and take;
+        # if one falls short, put back what was taken
+        take = st.take + 1
+        rates = plan.rates
+        for i, b in rates:
+            n = req[i]
+            if n:
+                level = b.level
+                cap = b.cap
+                if level < cap:
+                    level += b.rate * (now - b.last)
+                    if level > cap:
+                        level = cap
+                b.last = now
+                if level >= cap:
+                    b.full = take
+                    if b.peaks:
+                        b.peaks.clear()
+                else:
+                    b.level = level
+                    b.mark(take)
+                need = n * b.per
+                if level < need:
+                    b.level = level
+                    for i2, b2 in rates:
+                        if b2 is b:
+                            break
+                        b2.level += req[i2] * b2.per
+                    break
+                b.level = level - need
+        else:
+            st.take = take
+            if plan.caps:
+                for i, cap in plan.caps:
+                    cap.counter.reserved += req[i]
+                if st.ttl is not None:
+                    _record_grant(st, lease_id, plan, req, take, ACTIVE)
+            return take
+    if entry is None:
+        return None
+    if timeout is not None:
+        foreseen: int | None = None
+        # only a timeout needs the forecast (a new head's deadline comes
+        # from ``service`` below; others wait their turn)
+        if not queue or _caps_fit(*_plan_req(next(iter(queue)))):
+            if _caps_fit(plan, req):
+                at, levels = _tail(st, now)
+                foreseen = _step(at, dict(levels), plan, req) - now
+        if timeout == 0 or (foreseen is not None and foreseen > timeout):
+            return TooLong(foreseen)
+    e = entry()
+    e.id = lease_id
+    e.plan = plan
+    e.req = req
+    e.timeout_at = None if timeout is None else now + timeout
+    if st.live is not None:
+        e.alive = now + st.live
+    _enqueue(st, e)
+    if len(queue) == 1:  # the new head: ``service`` sets its deadline
+        if wall < st.wall:
+            wall = st.wall
+        st.wall = wall
+        service(st, now, wall)
+        if st.woken and st.woken[-1] is e:
+            st.woken.pop()  # it learns its deadline from the answer
+    return e
+
+
+def _plan_req(e: Entry) -> tuple[Plan, tuple[int, ...]]:
+    assert e.plan is not None
+    return e.plan, e.req
+
+
+def poll(st: State, e: Entry, now: int, wall: int) -> int | None:
+    """A waiter looks at its state: run the queue; when to look next.
+
+    ``e.state`` tells the outcome: ``CLAIMED`` (granted: proceed, ``e.take``
+    is its take), ``FAILED`` (``e.error`` says why) or ``WAITING`` (sleep
+    until the returned deadline, ``None``: until woken).
+    """
+    now, wall = _clock(st, now, wall)
+    service(st, now, wall)
+    if e.state == GRANTED:
+        e.state = CLAIMED
+        if st.ttl is not None:
+            rec = st.records.get(e.id)
+            if rec is not None and rec.status == UNCLAIMED:
+                rec.status = ACTIVE
+        return None
+    if e.state != WAITING:
+        return None
+    if e.alive is not None and st.live is not None:
+        e.alive = now + st.live
+    timeout_at = e.timeout_at
+    if timeout_at is not None and now >= timeout_at:
+        _leave(st, e, now, wall)
+        e.error = TooLong(None)
+        e.state = FAILED
+        return None
+    deadline = e.deadline
+    if deadline is not None and deadline <= now:
+        # not the head (the head's deadline is in the future): sleep until
+        # the queue makes it the head
+        e.deadline = deadline = None
+    if timeout_at is not None and (deadline is None or timeout_at < deadline):
+        deadline = timeout_at
+    return deadline
+
+
+def _clock(st: State, now: int, wall: int) -> tuple[int, int]:
+    if now < st.clock:
+        now = st.clock
+    if wall < st.wall:
+        wall = st.wall
+    st.clock, st.wall = now, wall
+    return now, wall
+
+
+def _leave(st: State, e: Entry, now: int, wall: int) -> None:
+    was_head = next(iter(st.queue)) is e
+    del st.queue[e]
+    st.projection = None
+    e.state = CLAIMED
+    if was_head:
+        service(st, now, wall)
+
+
+def abort(st: State, e: Entry, now: int, wall: int) -> None:
+    """A waiter leaves by cancellation: give back whatever it was promised."""
+    now, wall = _clock(st, now, wall)
+    if e.state == WAITING:
+        if e in st.queue:
+            _leave(st, e, now, wall)
+        return
+    if e.state == GRANTED:  # granted on its behalf, never claimed
+        e.state = CLAIMED
+        plan = e.plan
+        assert plan is not None
+        held = True
+        if st.ttl is not None:
+            rec = st.records.pop(e.id, None)
+            held = rec is not None and rec.status in (UNCLAIMED, ACTIVE)
+        if held:
+            st.projection = None
+            for i, b in plan.rates:
+                if e.req[i]:
+                    b.refund(e.take, e.req[i] * b.per, now)
+            for i, cap in plan.caps:
+                cap.counter.reserved -= e.req[i]
+        service(st, now, wall)
+
+
+def settle(
+    st: State,
+    plan: Plan,
+    take: int,
+    est: tuple[int, ...],
+    actual: tuple[int, ...] | None,
+    now: int,
+    wall: int,
+    lease_id: str = "",
+) -> list[Crossing] | None:
+    """Commit ``actual`` in place of the estimate ``est`` of take ``take``
+    (``actual=None``: release). The caps' usage changes, or ``None`` when
+    the lease was already settled (a retry: nothing changes again).
+    """
+    now, wall = _clock(st, now, wall)
+    _roll(st, wall)
+    held = True  # whether its cap reservations are still held
+    if st.ttl is not None:
+        rec = st.records.get(lease_id) if lease_id else None
+        if rec is not None and rec.status == SETTLED:
+            return None
+        reserves = any(est[i] for i, _ in plan.caps)
+        held = rec is not None and rec.status in (ACTIVE, UNCLAIMED) if reserves else True
+    crossings: list[Crossing] = []
+    if actual is not None:
+        for i, b in plan.rates if actual is not est else ():
+            delta = actual[i] - est[i]
+            if delta:
+                st.projection = None
+                if delta < 0:
+                    b.refund(take, -delta * b.per, now)
+                else:
+                    st.take += 1
+                    b.charge(delta * b.per, now, st.take)
+    for i, cap in plan.caps:
+        c = cap.counter
+        if held:
+            c.reserved -= est[i]
+        if actual is not None and actual[i]:
+            before = c.used
+            c.used = before + actual[i]
+            crossings.append(Crossing(i, before, c.used, c.period, c.end))
+    if st.ttl is not None and lease_id:
+        st.records[lease_id] = Record(SETTLED, now + st.keep, take, ())
+    if st.queue:
+        if actual is not None and plan.hard:
+            _fail_certain(st)
+        service(st, now, wall)
+    return crossings
+
+
+def record(
+    st: State, plan: Plan, req: tuple[int, ...], now: int, wall: int
+) -> list[Crossing] | Exceeded:
+    """Usage after the fact: charge every limit at once, or refuse.
+
+    A hard cap refuses a record that would not fit beside the reservations
+    outstanding on it, so every granted estimate still fits.
+    """
+    now, wall = _clock(st, now, wall)
+    _roll(st, wall)
+    for i, cap in plan.hard:
+        n = req[i]
+        c = cap.counter
+        if n and c.used + c.reserved + n > cap.limit:
+            return _exceeded(i, cap)
+    for i, b in plan.rates:
+        if req[i]:
+            st.projection = None
+            st.take += 1
+            b.charge(req[i] * b.per, now, st.take)
+    crossings: list[Crossing] = []
+    for i, cap in plan.caps:
+        if req[i]:
+            c = cap.counter
+            before = c.used
+            c.used = before + req[i]
+            crossings.append(Crossing(i, before, c.used, c.period, c.end))
+    if st.queue:
+        _fail_certain(st)
+        service(st, now, wall)
+    return crossings
+
+
+def extend(st: State, lease_id: str, ttl: int, now: int) -> int | None:
+    """Keep lease ``lease_id`` ``ttl`` more ticks; ``None`` if it is no longer active."""
+    rec = st.records.get(lease_id)
+    if rec is None or rec.status not in (ACTIVE, UNCLAIMED):
+        return None
+    rec.exp = max(rec.exp, now + ttl)
+    return rec.exp - now
+
+
+def lower(st: State, b: Bucket, top: int, now: int) -> None:
+    """Lower bucket ``b`` to hold at most ``top`` now (never raise it)."""
+    if now < st.clock:
+        now = st.clock
+    st.clock = now
+    if b.lower(top, now):
+        st.projection = None
+
+
+def reset(st: State, plan: Plan, now: int, wall: int) -> None:
+    """Zero the usage of every cap of ``plan`` this period (reservations stay)."""
+    now, wall = _clock(st, now, wall)
+    _roll(st, wall)
+    for _, cap in plan.caps:
+        cap.counter.used = 0
+    if st.queue:
+        service(st, now, wall)
+
+
+@dataclass(frozen=True, slots=True)
+class SlotView:
+    """One limit at one moment: a rate's ``level`` (units x per, refilled to
+    now) or a cap's ``used`` and ``reserved`` in ``period`` (ending ``end``)."""
+
+    level: int = 0
+    used: int = 0
+    reserved: int = 0
+    period: str = ""
+    end: int | None = None
+
+
+def snapshot(
+    st: State, plan: Plan, now: int, wall: int
+) -> tuple[tuple[SlotView, ...], int]:
+    """Every slot of ``plan`` now, and how many callers wait."""
+    now, wall = _clock(st, now, wall)
+    _roll(st, wall)
+    out: list[SlotView] = []
+    for s in plan.slots:
+        if isinstance(s, Bucket):
+            out.append(SlotView(level=s.now(now)))
+        else:
+            c = s.counter
+            out.append(SlotView(0, c.used, c.reserved, c.period, c.end))
+    return tuple(out), len(st.queue)

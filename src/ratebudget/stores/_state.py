@@ -1,0 +1,157 @@
+"""A name's state as a shared store keeps it: plain JSON, loaded and saved
+around each batch (the SQLite store; the Redis script keeps the same shape).
+
+The state document::
+
+    {"clock": µs, "wall": µs, "take": int,
+     "b": {ratekey: [rate, per, cap, level, last, full, [[take, level], ...]]},
+     "c": {capkey: [period, end or null, used, reserved, per or null, tz]},
+     "p": {planid: [["r", ratekey] | ["c", capkey, limit, hard01], ...]},
+     "q": [[key, planid, [amount per slot], deadline, timeout_at, alive], ...]}
+
+A lease record: ``[status, exp, take, [[capkey, n], ...], error or null]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from .._decide import Bucket, CapSlot, Counter, Entry, Plan, Record, State
+from .._limits import _zone
+from .._plan import CapSpec, PlanSpec, _tz_name, _tz_of, window_us
+from ._ops import decode_error, encode_error
+
+__all__ = ("cap_specs", "dump", "dump_record", "load", "load_record", "plan_id")
+
+
+def plan_id(spec: PlanSpec) -> str:
+    """A short, stable name for a plan's slots (entries refer to it)."""
+    text = json.dumps(_plan_doc(spec), separators=(",", ":"))
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:12]
+
+
+def _plan_doc(spec: PlanSpec) -> list[list[Any]]:
+    return [
+        ["c", s.key, s.limit, 1 if s.hard else 0]
+        if isinstance(s, CapSpec)
+        else ["r", s.key]
+        for s in spec.slots
+    ]
+
+
+def _counter(key: str, per: str | None, tz: str) -> Counter:
+    window = None if per is None else window_us(per, _zone(_tz_of(tz)))  # type: ignore[arg-type]
+    return Counter(key, window)
+
+
+def load(
+    doc: dict[str, Any] | None,
+    records: dict[str, list[Any]],
+    spec: PlanSpec,
+    st: State,
+    now: int,
+) -> tuple[Plan, dict[int, tuple[str, list[list[Any]]]]]:
+    """Fill the empty ``st`` from ``doc`` and ``records``: the caller's plan,
+    and every plan's id and document by ``id(plan)`` (for ``dump``)."""
+    if doc:
+        st.clock, st.wall, st.take = doc["clock"], doc["wall"], doc["take"]
+        for key, (rate, per, cap, level, last, full, peaks) in doc["b"].items():
+            b = st.buckets[key] = Bucket(key, rate, per, cap, level, last)
+            b.full, b.peaks = full, peaks
+        for key, (period, end, used, reserved, per, tz) in doc["c"].items():
+            c = st.counters[key] = _counter(key, per, tz)
+            c.period, c.end, c.used, c.reserved = period, end, used, reserved
+    plan = spec.bind(st, now)
+    mine = plan_id(spec)
+    ids = {id(plan): (mine, _plan_doc(spec))}
+    if doc:
+        plans: dict[str, Plan] = {mine: plan}
+        for key, pid, req, deadline, timeout_at, alive in doc["q"]:
+            p = plans.get(pid)
+            if p is None:
+                p = plans[pid] = _bind(doc["p"][pid], st, spec.tick_ns)
+                ids[id(p)] = (pid, doc["p"][pid])
+            e = Entry()
+            e.id, e.plan, e.req = key, p, tuple(req)
+            e.deadline, e.timeout_at, e.alive = deadline, timeout_at, alive
+            st.queue[e] = None
+    for key, data in records.items():
+        st.records[key] = load_record(data, st)
+    st.set_roll()
+    return plan, ids
+
+
+def _bind(doc: list[list[Any]], st: State, tick_ns: int) -> Plan:
+    slots: list[Bucket | CapSlot] = []
+    for s in doc:
+        if s[0] == "r":
+            slots.append(st.buckets[s[1]])
+        else:
+            counter = st.counters.get(s[1]) or st.counters.setdefault(
+                s[1], Counter(s[1], None)
+            )
+            slots.append(CapSlot(counter, s[2], bool(s[3])))
+    return Plan(slots, tick_ns)
+
+
+def load_record(data: list[Any], st: State) -> Record:
+    status, exp, take, caps, error = data
+    bound = tuple(
+        (st.counters.get(k) or st.counters.setdefault(k, Counter(k, None)), n)
+        for k, n in caps
+    )
+    return Record(status, exp, take, bound, decode_error(error))
+
+
+def dump_record(rec: Record) -> list[Any]:
+    return [
+        rec.status,
+        rec.exp,
+        rec.take,
+        [[c.key, n] for c, n in rec.caps],
+        encode_error(rec.error),
+    ]
+
+
+def dump(
+    st: State,
+    ids: dict[int, tuple[str, list[list[Any]]]],
+    specs: dict[str, Any],
+) -> dict[str, Any]:
+    """The state document of ``st`` (``ids``: from ``load``; ``specs``: each
+    cap key's period and zone, from ``cap_specs``)."""
+    plans: dict[str, list[list[Any]]] = {}
+    queue: list[list[Any]] = []
+    for e in st.queue:
+        pid, doc = ids[id(e.plan)]
+        plans.setdefault(pid, doc)
+        queue.append([e.id, pid, list(e.req), e.deadline, e.timeout_at, e.alive])
+    return {
+        "clock": st.clock,
+        "wall": st.wall,
+        "take": st.take,
+        "b": {
+            k: [b.rate, b.per, b.cap, b.level, b.last, b.full, b.peaks]
+            for k, b in st.buckets.items()
+        },
+        "c": {
+            k: [c.period, c.end, c.used, c.reserved, *specs.get(k, (None, "UTC"))]
+            for k, c in st.counters.items()
+        },
+        "p": plans,
+        "q": queue,
+    }
+
+
+def cap_specs(doc: dict[str, Any] | None, spec: PlanSpec) -> dict[str, Any]:
+    """Each counter's (period, zone) as the document and ``spec`` know them."""
+    out: dict[str, Any] = {}
+    if doc:
+        for key, row in doc["c"].items():
+            out[key] = (row[4], row[5])
+    for s in spec.slots:
+        if isinstance(s, CapSpec):
+            out[s.key] = (s.per, _tz_name(s.tz))
+    return out
