@@ -42,6 +42,7 @@ __all__ = (
     "Crossing",
     "Entry",
     "Exceeded",
+    "Inexact",
     "Plan",
     "Record",
     "State",
@@ -88,6 +89,13 @@ class TooLong:
     """The foreseeable wait (ticks; ``None``: not foreseeable) exceeds the timeout."""
 
     wait: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Inexact:
+    """A count would leave the range the store holds exactly (``State.exact``)."""
+
+    what: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +358,7 @@ class State:
         "buckets",
         "clock",
         "counters",
+        "exact",
         "keep",
         "live",
         "next_roll",
@@ -375,6 +384,7 @@ class State:
         self.next_roll: float = math.inf
         self.ttl = ttl
         self.keep = keep
+        self.exact: int | None = None  # the largest count the store holds exactly
         self.live = live  # ticks a queued entry of a shared store stays without a look
         self.records: dict[str, Record] = {}
         self.woken: list[Entry] = []  # entries whose state or deadline changed
@@ -841,10 +851,11 @@ def settle(
     now: int,
     wall: int,
     lease_id: str = "",
-) -> list[Crossing] | None:
+) -> list[Crossing] | Inexact | None:
     """Commit ``actual`` in place of the estimate ``est`` of take ``take``
     (``actual=None``: release). The caps' usage changes, or ``None`` when
-    the lease was already settled (a retry: nothing changes again).
+    the lease was already settled (a retry: nothing changes again), or
+    ``Inexact`` (nothing changed) when a count would leave ``st.exact``.
     """
     now, wall = _clock(st, now, wall)
     _roll(st, wall)
@@ -855,6 +866,10 @@ def settle(
             return None
         reserves = any(est[i] for i, _ in plan.caps)
         held = rec is not None and rec.status in (ACTIVE, UNCLAIMED) if reserves else True
+    if actual is not None and st.exact is not None:
+        bad = _inexact(st.exact, plan, actual, est, now)
+        if bad is not None:
+            return bad
     crossings: list[Crossing] = []
     if actual is not None:
         for i, b in plan.rates if actual is not est else ():
@@ -883,9 +898,28 @@ def settle(
     return crossings
 
 
+def _inexact(
+    exact: int,
+    plan: Plan,
+    amounts: tuple[int, ...],
+    est: tuple[int, ...] | None,
+    now: int,
+) -> Inexact | None:
+    """Whether charging ``amounts`` (above ``est``) would take a count past ``exact``."""
+    for i, b in plan.rates:
+        more = amounts[i] - (est[i] if est is not None else 0)
+        if more > 0 and refill(b.level, b.last, now, b.rate, b.cap) - more * b.per < -exact:
+            return Inexact(f"slot {i}: the rate's debt")
+    for i, cap in plan.caps:
+        c = cap.counter
+        if amounts[i] and c.used + amounts[i] > exact:
+            return Inexact(f"slot {i}: the cap's usage")
+    return None
+
+
 def record(
     st: State, plan: Plan, req: tuple[int, ...], now: int, wall: int
-) -> list[Crossing] | Exceeded:
+) -> list[Crossing] | Exceeded | Inexact:
     """Usage after the fact: charge every limit at once, or refuse.
 
     A hard cap refuses a record that would not fit beside the reservations
@@ -893,6 +927,10 @@ def record(
     """
     now, wall = _clock(st, now, wall)
     _roll(st, wall)
+    if st.exact is not None:
+        bad = _inexact(st.exact, plan, req, None, now)
+        if bad is not None:
+            return bad
     for i, cap in plan.hard:
         n = req[i]
         c = cap.counter

@@ -23,6 +23,7 @@ from .._decide import (
     Crossing,
     Entry,
     Exceeded,
+    Inexact,
     Plan,
     SlotView,
     State,
@@ -35,6 +36,7 @@ __all__ = (
     "Extend",
     "Gone",
     "Granted",
+    "Inexact",
     "Leave",
     "Lower",
     "Op",
@@ -139,6 +141,7 @@ Result = (
     | Gone
     | Exceeded
     | TooLong
+    | Inexact
     | list[Crossing]
     | tuple[tuple[SlotView, ...], int]
     | bool

@@ -21,9 +21,66 @@ from typing import Any
 from .._decide import Bucket, CapSlot, Counter, Entry, Plan, Record, State
 from .._limits import _zone
 from .._plan import CapSpec, PlanSpec, _tz_name, _tz_of, window_us
+from . import _ops as ops
 from ._ops import decode_error, encode_error
 
-__all__ = ("cap_specs", "dump", "dump_record", "load", "load_record", "plan_id")
+_KEYED = (ops.Poll, ops.Leave, ops.Settle, ops.Extend)
+
+
+def wanted(batch: list[ops.Op]) -> list[str]:
+    """The lease ids whose records ``batch`` may read (besides expired ones)."""
+    return [op.key for op in batch if isinstance(op, _KEYED)]
+
+
+class Document:
+    """What a batch leaves behind: the state document and the records to
+    write (``records``) or delete (``gone``)."""
+
+    __slots__ = ("doc", "gone", "records")
+
+    def __init__(
+        self, doc: dict[str, Any], records: dict[str, list[Any]], gone: list[str]
+    ) -> None:
+        self.doc = doc
+        self.records = records
+        self.gone = gone
+
+
+def run_document(
+    doc: dict[str, Any] | None,
+    records: dict[str, list[Any]],
+    spec: PlanSpec,
+    batch: list[ops.Op],
+    now: int,
+    *,
+    ttl: int,
+    keep: int,
+    exact: int | None = None,
+) -> tuple[ops.Answer, Document]:
+    """Run ``batch`` on a stored state: ``doc`` and the ``records`` of the
+    ids it names (``wanted``) and of those expired by ``now`` (µs)."""
+    st = State(ttl=ttl, keep=keep, live=ttl)
+    st.exact = exact
+    plan, ids = load(doc, records, spec, st, now)
+    results, woken = ops.run(st, plan, batch, now)
+    out = Document(
+        dump(st, ids, cap_specs(doc, spec)),
+        {key: dump_record(rec) for key, rec in st.records.items()},
+        [key for key in records if key not in st.records],
+    )
+    return ops.Answer(results, st.clock, woken), out
+
+__all__ = (
+    "Document",
+    "cap_specs",
+    "dump",
+    "dump_record",
+    "load",
+    "load_record",
+    "plan_id",
+    "run_document",
+    "wanted",
+)
 
 
 def plan_id(spec: PlanSpec) -> str:

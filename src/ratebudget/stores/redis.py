@@ -23,12 +23,11 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
-from .._decide import State
 from .._exceptions import InvalidRequest, StoreUnavailable
 from .._plan import PlanSpec, RateSpec
 from . import _ops as ops
 from ._remote import SharedStore, wake
-from ._state import cap_specs, dump, dump_record, load
+from ._state import run_document, wanted
 
 if TYPE_CHECKING:
     import redis
@@ -263,35 +262,30 @@ class RedisStore(SharedStore):
         else:
             now = now_us
         clock = max(now, doc["clock"]) if doc else now
-        wanted = [_text(k) for k in pipe.zrangebyscore(x_key, "-inf", clock)]
-        wanted += [op.key for op in batch if isinstance(op, _KEYED)]
+        want = [_text(k) for k in pipe.zrangebyscore(x_key, "-inf", clock)]
+        want += wanted(batch)
         records: dict[str, list[Any]] = {}
-        if wanted:
-            for key, data in zip(wanted, pipe.hmget(r_key, wanted), strict=True):
+        if want:
+            for key, data in zip(want, pipe.hmget(r_key, want), strict=True):
                 if data is not None:
                     records[key] = json.loads(data)
-        st = State(ttl=ttl, keep=keep, live=ttl)
-        plan, ids = load(doc, records, spec, st, now)
-        results, woken = ops.run(st, plan, batch, now)
+        answer, out = run_document(
+            doc, records, spec, batch, now, ttl=ttl, keep=keep, exact=_EXACT
+        )
         pipe.multi()
-        pipe.set(s_key, json.dumps(dump(st, ids, cap_specs(doc, spec))))
-        gone = [key for key in records if key not in st.records]
-        if gone:
-            pipe.hdel(r_key, *gone)
-            pipe.zrem(x_key, *gone)
-        if st.records:
-            pipe.hset(
-                r_key,
-                mapping={k: json.dumps(dump_record(r)) for k, r in st.records.items()},
-            )
-            pipe.zadd(x_key, {k: r.exp for k, r in st.records.items()})
+        pipe.set(s_key, json.dumps(out.doc))
+        if out.gone:
+            pipe.hdel(r_key, *out.gone)
+            pipe.zrem(x_key, *out.gone)
+        if out.records:
+            pipe.hset(r_key, mapping={k: json.dumps(r) for k, r in out.records.items()})
+            pipe.zadd(x_key, {k: r[1] for k, r in out.records.items()})
         for key in keys:
             pipe.pexpire(key, _IDLE_TTL_MS + ttl // 1000)
-        if woken:
-            pipe.publish(f"{{{name}}}:wake", json.dumps([w.key for w in woken]))
+        if answer.woken:
+            pipe.publish(f"{{{name}}}:wake", json.dumps([w.key for w in answer.woken]))
         pipe.execute()
-        return ops.Answer(results, st.clock, woken)
+        return answer
 
 
-_KEYED: Final = (ops.Poll, ops.Leave, ops.Settle, ops.Extend)
 _ATTEMPTS: Final = 1000

@@ -17,12 +17,11 @@ import threading
 import time
 from typing import Any, Final
 
-from .._decide import State
 from .._exceptions import InvalidRequest, StoreUnavailable
 from .._plan import PlanSpec
 from . import _ops as ops
 from ._remote import SharedStore
-from ._state import cap_specs, dump, dump_record, load
+from ._state import run_document, wanted
 
 __all__ = ("SQLiteStore",)
 
@@ -236,37 +235,32 @@ class SQLiteStore(SharedStore):
         ).fetchone()
         doc = json.loads(row[0]) if row is not None and row[0] else None
         clock = max(now, doc["clock"]) if doc else now
-        keys = {op.key for op in batch if isinstance(op, _KEYED)}
         found = conn.execute(
             "SELECT id, data FROM rb_lease WHERE name = ? AND exp <= ?",
             (name, clock),
         ).fetchall()
-        for key in keys:
+        for key in wanted(batch):
             got = conn.execute(
                 "SELECT data FROM rb_lease WHERE name = ? AND id = ?", (name, key)
             ).fetchone()
             if got is not None:
                 found.append((key, got[0]))
         records = {key: json.loads(data) for key, data in found}
-        st = State(ttl=ttl, keep=keep, live=ttl)
-        plan, ids = load(doc, records, spec, st, now)
-        results, woken = ops.run(st, plan, batch, now)
+        answer, out = run_document(doc, records, spec, batch, now, ttl=ttl, keep=keep)
         conn.execute(
             "INSERT INTO rb_limiter (name, state) VALUES (?, ?) "
             "ON CONFLICT (name) DO UPDATE SET state = excluded.state",
-            (name, json.dumps(dump(st, ids, cap_specs(doc, spec)))),
+            (name, json.dumps(out.doc)),
         )
-        gone = [(name, key) for key in records if key not in st.records]
-        conn.executemany("DELETE FROM rb_lease WHERE name = ? AND id = ?", gone)
+        conn.executemany(
+            "DELETE FROM rb_lease WHERE name = ? AND id = ?",
+            [(name, key) for key in out.gone],
+        )
         conn.executemany(
             "INSERT OR REPLACE INTO rb_lease (name, id, exp, data) VALUES (?, ?, ?, ?)",
-            [
-                (name, key, rec.exp, json.dumps(dump_record(rec)))
-                for key, rec in st.records.items()
-            ],
+            [(name, key, rec[1], json.dumps(rec)) for key, rec in out.records.items()],
         )
-        return ops.Answer(results, st.clock, woken)
+        return answer
 
 
-_KEYED: Final = (ops.Poll, ops.Leave, ops.Settle, ops.Extend)
 _MAX_TIMEOUT: Final = 86_400.0
