@@ -1,6 +1,15 @@
 from __future__ import annotations
 
+import itertools
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import pytest
+
+from ratebudget import Cap, Limiter, Rate
+from ratebudget.stores import MemoryStore
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -18,3 +27,42 @@ def redis_url() -> str:
     from redis_server import redis_url_or_skip
 
     return redis_url_or_skip()
+
+
+_names = itertools.count()
+
+Make = Callable[..., Limiter]
+"""``make(*limits, name=None, **kw)``: a ``Limiter`` on the store under test."""
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Run a behaviour test on every store."""
+    return str(request.param)
+
+
+@pytest.fixture
+def make(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Make:
+    """Build limiters on the store under test, as ``Limiter(...)`` would.
+
+    Limiters of one ``name`` share their state (on memory, through one
+    ``MemoryStore``); limiters built without a name get a fresh one each, so
+    they are independent on every store, as two unnamed memory limiters are.
+    """
+    memory = MemoryStore()
+    url = ""
+    if store_kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'budgets.db'}"
+    elif store_kind == "redis":
+        url = request.getfixturevalue("redis_url")
+    run = uuid.uuid4().hex[:8]
+
+    def build(*limits: Rate | Cap, name: str | None = None, **kw: Any) -> Limiter:
+        if store_kind == "memory":
+            if name is None:
+                return Limiter(*limits, **kw)
+            return Limiter(*limits, store=memory, name=name, **kw)
+        name = f"{name or f'anon{next(_names)}'}-{run}"
+        return Limiter(*limits, store=url, name=name, **kw)
+
+    return build

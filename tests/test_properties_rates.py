@@ -1,7 +1,7 @@
 """Never over the rate (contract 2), as properties over random workloads.
 
-The engine (``ratebudget._engine.Engine``, the memory store) is driven
-directly: its operations are synchronous, so a small discrete-event
+The decision core (``ratebudget._decide``, as the memory store runs it) is
+driven directly (``core_engine.Engine``): its operations are synchronous, so a small discrete-event
 simulator plays the part of the front end (``Limiter._wait``) with
 thread-free waiters and a ``FakeClock``. Hypothesis draws arrival patterns,
 sizes up to the burst, timeouts, holds, commits and cancellations (while
@@ -26,19 +26,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from core_engine import Engine, Waiter
 from helpers import NS, advance_to_ns, settle
 from ratebudget import AcquireTimeout, Limiter, Rate
-from ratebudget._bucket import refill
-from ratebudget._engine import (
-    _PEAKS_KEPT,
-    CLAIMED,
-    FAILED,
-    GRANTED,
-    Engine,
-    Waiter,
-    _ids,
-    _RateSlot,
-)
+from ratebudget._decide import _PEAKS_KEPT, CLAIMED, FAILED, GRANTED, Bucket, Entry
+from ratebudget._plan import RateSpec, plan_spec
 from ratebudget.testing import FakeClock
 
 # -- helpers ---------------------------------------------------------------------
@@ -107,9 +99,9 @@ class Sim:
     def now(self) -> int:
         return self.clock.monotonic_ns()
 
-    def _wake(self, woken: list[Waiter], but: Waiter | None = None) -> None:
+    def _wake(self, woken: list[Entry], but: Entry | None = None) -> None:
         for w in woken:
-            if w is not but:
+            if w is not but and isinstance(w, Waiter):
                 w.wake()
 
     def _grant(self, tag: int, lease_id: int) -> None:
@@ -136,11 +128,10 @@ class Sim:
         self._wake(woken, but=w)
         if w.state == CLAIMED:
             del self.sleeping[w]
-            self._grant(w.tag, w.lease_id)
+            self._grant(w.tag, w.take)
         elif w.state == FAILED:
             self.sleeping.pop(w, None)
-            assert w.error is not None
-            self.failed[w.tag] = w.error
+            self.failed[w.tag] = self.engine.error(w)
         else:
             self.sleeping[w] = deadline
             if deadline is not None and deadline <= self.now:
@@ -325,7 +316,7 @@ def run(workload: Workload) -> Trace:
         else:  # commit
             a = workload.arrivals[tag]
             actual = (a.actual, a.requests) if nrates == 2 else (a.actual,)
-            woken, _, _ = sim.engine.settle(sim.lease_ids[tag], reqs[tag], actual)
+            woken, _ = sim.engine.settle(sim.lease_ids[tag], reqs[tag], actual)
             if a.actual > a.tokens:
                 charges[0].append((sim.now, a.actual - a.tokens))
             sim._wake(woken)
@@ -461,15 +452,14 @@ class TestRefundsMatchABucketThatNeverTookThem:
         mints a token the smaller take would not have left.
         """
         burst, limit, takes, lease, refund, end_gap = case
-        spec = Rate(tokens=limit, per=1, burst=burst)
-        slot = _RateSlot(spec, 0)
+        (r,) = plan_spec((Rate(tokens=limit, per=1, burst=burst),), 1).slots
+        assert isinstance(r, RateSpec)
+        slot = Bucket(r.key, r.rate, r.per, r.cap, r.cap, 0)
         per = slot.per
         now, ids, timeline = 0, [], []
-        for gap, amount in takes:
+        for take, (gap, amount) in enumerate(takes, 1):
             now += gap
-            slot.level = refill(slot.level, slot.last, now, slot.rate, slot.capacity)
-            slot.last = now
-            take = next(_ids)
+            slot.now(now)
             slot.mark(take)
             slot.level -= amount * per
             ids.append(take)
@@ -479,16 +469,14 @@ class TestRefundsMatchABucketThatNeverTookThem:
         slot.refund(ids[lease], refund * per, end)
         smaller = list(timeline)
         smaller[lease] = (smaller[lease][0], smaller[lease][1] - refund * per)
-        expected = replay_levels(slot.capacity, slot.rate, smaller, end)
-        unrefunded = replay_levels(slot.capacity, slot.rate, timeline, end)
+        expected = replay_levels(slot.cap, slot.rate, smaller, end)
+        unrefunded = replay_levels(slot.cap, slot.rate, timeline, end)
         assert unrefunded <= slot.level <= expected
         if not trimmed:
             assert slot.level == expected
 
 
-def distinct_peaks_beyond_kept(
-    slot: _RateSlot, timeline: list[tuple[int, int]]
-) -> bool:
+def distinct_peaks_beyond_kept(slot: Bucket, timeline: list[tuple[int, int]]) -> bool:
     """Whether the slot may have forgotten peaks (more takes than it keeps)."""
     return len(timeline) > _PEAKS_KEPT
 
@@ -547,8 +535,7 @@ class TestTheForecastIsTheSchedule:
             while sim.step(t):
                 pass
             req = (a.tokens, a.requests) if workload.rpm else (a.tokens,)
-            with sim.engine.lock:
-                foreseen[tag] = sim.now + sim.engine._foresee(req, sim.now)
+            foreseen[tag] = sim.now + sim.engine.foresee(req)
             sim.arrive(tag, req, None)
         while sim.step(None):
             pass

@@ -1,144 +1,227 @@
-"""Properties of the persistent stores' decision core (``stores/_core.py``).
+"""Properties of the shared stores' path through the decision core.
 
-The SQLite store runs this core and the Lua script mirrors it (the shared
-vectors check that), so what holds here holds in every persistent store:
+A shared store runs the same core as memory, but a waiter lives in another
+process: it is named by its lease id, it learns its fate by looking
+(``Poll``), leaves by ``Leave``, and the state is saved and loaded around
+every batch (``stores._state.run_document``, what the SQLite store runs in
+one transaction and the Redis script mirrors). Random workloads of arrivals,
+looks at the foreseen times, cancellations (also of waiters granted on
+their behalf before they looked) and commits below and above the estimate
+must keep, at every step:
 
-- no rate ever grants more than ``burst + limit x w`` in any window of
-  length ``w`` (contract 2), counting each lease at its proceed time with
-  what it finally used, whatever mix of rates, waits, commits below the
-  estimate and cancellations;
-- grants proceed in the order they arrived (contract 3);
-- a cap's usage and reservations add up exactly, and end at zero reserved.
+- no rate grants more than ``burst + limit x w`` in any window of length
+  ``w`` (contract 2), counting each lease when the store granted it;
+- grants are made in arrival order (contract 3);
+- a cap's usage and reservations add up exactly, and nothing stays
+  reserved once every lease is settled (contract 5: a cancelled waiter
+  takes nothing).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
-from hypothesis import example, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ratebudget.stores._core import CapP, Plan, RateP, State, run
+from ratebudget import Cap, Rate
+from ratebudget._decide import Exceeded, TooLong
+from ratebudget._plan import PlanSpec, RateSpec, plan_spec
+from ratebudget.stores import _ops as ops
+from ratebudget.stores._state import Document, run_document, wanted
+from test_properties_rates import window_violations
+
+TTL = 10**12  # µs: leases never expire in these runs
+T0 = 1_800_000_000_000_000  # µs since the epoch
+
+
+@dataclass
+class Store:
+    """A shared store in memory: the document and the records, JSON-copied."""
+
+    spec: PlanSpec
+    doc: dict[str, Any] | None = None
+    records: dict[str, list[Any]] = field(default_factory=dict)
+
+    def run(self, batch: list[ops.Op], now: int) -> ops.Answer:
+        keys = set(wanted(batch)) | {k for k, r in self.records.items() if r[1] <= now}
+        records = {k: self.records[k] for k in keys if k in self.records}
+        answer, out = run_document(
+            json.loads(json.dumps(self.doc)) if self.doc else None,
+            json.loads(json.dumps(records)),
+            self.spec,
+            batch,
+            now,
+            ttl=TTL,
+            keep=60_000_000,
+        )
+        self.save(out)
+        return answer
+
+    def save(self, out: Document) -> None:
+        self.doc = json.loads(json.dumps(out.doc))
+        for key in out.gone:
+            self.records.pop(key, None)
+        self.records.update(json.loads(json.dumps(out.records)))
 
 
 @dataclass(frozen=True)
-class Spec:
-    limit: int
-    per_us: int
-    burst: int
+class Call:
+    gap: int  # µs after the previous event
+    amounts: tuple[int, ...]  # per rate
+    usd: int  # units reserved on the cap
+    cancel: int  # cancel this many steps later (0: never)
+    used: tuple[int, ...]  # the commit: per rate (may be above the estimate)
 
 
-def plan_of(specs: list[Spec]) -> Plan:
-    slots: list[RateP | CapP] = []
-    for i, s in enumerate(specs):
-        slots.append(RateP(f"r{i}", s.limit, s.per_us, s.burst * s.per_us))
-    slots.append(CapP("cap", 10**12, True))
-    return Plan(tuple(slots))
-
-
-specs = st.lists(
-    st.builds(
-        Spec,
-        limit=st.integers(1, 20),
-        per_us=st.sampled_from([1_000, 10_000, 1_000_000]),
-        burst=st.integers(1, 20),
-    ),
-    min_size=1,
-    max_size=3,
-)
-
-# one event: (time step µs, amounts per rate (0..), what happens after)
-events = st.lists(
-    st.tuples(
-        st.integers(0, 200_000),
-        st.lists(st.integers(0, 20), min_size=3, max_size=3),
-        st.sampled_from(["keep", "commit-less", "cancel"]),
-        st.integers(0, 100),  # the share (%) a commit keeps
-        st.integers(0, 3_000_000),  # how long after its grant a commit comes
-        st.booleans(),  # whether it reserves the cap (else the store keeps no record)
-    ),
-    min_size=1,
-    max_size=40,
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(specs=specs, events=events)
-@example(  # a refund must not return tokens the bucket's clamp already dropped
-    specs=[Spec(1, 1_000, 10)],
-    events=[
-        (0, [10, 0, 0], "commit-less", 0, 20_000, True),  # commits 20 ms later
-        (20_000, [10, 0, 0], "keep", 0, 0, False),  # takes the refilled bucket
-        (0, [10, 0, 0], "keep", 0, 0, False),
-    ],
-)
-def test_no_rate_window_is_ever_exceeded_and_order_is_kept(
-    specs: list[Spec], events: list[tuple[int, list[int], str, int, int, bool]]
-) -> None:
-    plan = plan_of(specs)
-    n = len(specs)
-    state = State()
-    now = 1_000_000
-    keep = 10**12
-    periods = [""] * (n + 1)
-    grants: list[tuple[int, list[int]]] = []  # (proceed time, used per rate)
-    gos: list[int] = []
-    # commits due: (time, id, actual, what an unrecorded lease's holder keeps)
-    pending: list[tuple[int, str, list[int], list[Any] | None]] = []
-    reserved = used = 0
-
-    def settle(t: int, lease: str, actual: list[int] | None, inline: Any) -> None:
-        op = ["settle", lease, actual, keep, periods]
-        (r,) = run(state, plan, t, keep, [op if inline is None else [*op, inline]])
-        assert r[0] == "ok"
-
-    def commit_due(until: int) -> None:
-        nonlocal used, reserved
-        pending.sort(key=lambda p: p[0])
-        while pending and pending[0][0] <= until:
-            t, lease, actual, inline = pending.pop(0)
-            settle(t, lease, actual, inline)
-            if inline is None:  # it held the cap
-                used += 1
-                reserved -= 1
-
-    for k, (step, amounts, fate, share, later, capped) in enumerate(events):
-        now += step
-        commit_due(now)  # commits interleave with later arrivals
-        cap = 1 if capped else 0
-        req = [min(a, s.burst) for a, s in zip(amounts, specs, strict=False)] + [cap]
-        lease = f"l{k}"
-        (got,) = run(
-            state, plan, now, keep, [["acquire", lease, req, -1, keep, periods]]
+@st.composite
+def workloads(draw: st.DrawFn) -> tuple[list[tuple[int, int, int]], list[Call]]:
+    rates = draw(
+        st.lists(
+            st.tuples(
+                st.integers(1, 20),
+                st.sampled_from([1_000, 10_000, 1_000_000]),
+                st.integers(1, 20),
+            ),
+            min_size=1,
+            max_size=3,
         )
-        assert got[0] == "ok"
-        go = now + got[1]
-        gos.append(go)
-        inline = None if len(got) == 2 else [got[2], go, got[3]]
-        assert (inline is None) == capped  # recorded exactly when it holds a cap
-        if fate == "cancel" and go > now:
-            settle(now, lease, None, inline)
-            continue
-        reserved += cap
-        actual = req
-        if fate == "commit-less":
-            actual = [a * share // 100 for a in req[:n]] + [cap]
-            pending.append((go + later, lease, actual, inline))
-        grants.append((go, actual[:n]))
-    commit_due(10**18)
-    now = max([now, *gos])
-    # every proceed time is at least the one before it: first come, first served
-    assert gos == sorted(gos)
-    # contract 2, exactly: for every rate and every window between two grants
-    for i, s in enumerate(specs):
-        points = sorted((go, amounts[i]) for go, amounts in grants if amounts[i])
-        for a in range(len(points)):
-            total = 0
-            for b in range(a, len(points)):
-                total += points[b][1]
-                w = points[b][0] - points[a][0]
-                assert total * s.per_us <= s.burst * s.per_us + s.limit * w, (i, a, b)
-    # the cap adds up: committed leases counted once, the rest still reserved
-    (snap,) = run(state, plan, now, keep, [["snapshot", [""] * (n + 1)]])
-    assert snap[1][n] == [used, reserved]
+    )
+    calls = draw(
+        st.lists(
+            st.builds(
+                Call,
+                gap=st.sampled_from([0, 0, 1, 500]) | st.integers(0, 2_000_000),
+                amounts=st.tuples(*(st.integers(0, b) for _, _, b in rates)),
+                usd=st.integers(0, 5),
+                cancel=st.sampled_from([0, 0, 0, 1, 2, 5]),
+                used=st.tuples(*(st.integers(0, b + 2) for _, _, b in rates)),
+            ),
+            min_size=1,
+            max_size=30,
+        )
+    )
+    return rates, calls
+
+
+@settings(max_examples=150, deadline=None)
+@given(workloads())
+def test_shared_store_waiters_keep_every_promise(
+    case: tuple[list[tuple[int, int, int]], list[Call]],
+) -> None:
+    rates, calls = case
+    limits: list[Rate | Cap] = [
+        Rate(tokens=limit, per=per / 1e6, burst=burst) for limit, per, burst in rates
+    ]
+    limits.append(Cap(usd=1000))
+    spec = plan_spec(tuple(limits), 1000)
+    store = Store(spec)
+    n = len(rates)
+    now = T0
+    waiting: dict[str, tuple[int | None, int]] = {}  # key -> (deadline, index)
+    granted: dict[str, tuple[int, int]] = {}  # key -> (take, index)
+    takes: dict[int, int] = {}  # index -> take id (grant order)
+    at: dict[int, int] = {}  # index -> when the store granted it
+    index = {f"k{i}": i for i in range(len(calls))}
+    cancel_at: dict[int, str] = {}
+    outstanding_usd = 0
+    committed_usd = 0
+
+    def req_of(c: Call) -> tuple[int, ...]:
+        return (*c.amounts, c.usd)
+
+    def run(batch: list[ops.Op]) -> ops.Answer:
+        answer = store.run(batch, now)
+        for w in answer.woken:  # granted on behalf of a waiter: now
+            if isinstance(w.result, ops.Granted):
+                at.setdefault(index[w.key], now)
+                takes[index[w.key]] = w.result.take
+        return answer
+
+    def learned(key: str, take: int, i: int) -> None:
+        nonlocal outstanding_usd
+        granted[key] = (take, i)
+        at.setdefault(i, now)
+        assert takes.setdefault(i, take) == take
+        outstanding_usd += calls[i].usd
+
+    def look(step: int) -> None:
+        """Owners whose time came look (in arrival order), until none is due."""
+        for _ in range(1000):
+            due = [k for k, (d, _) in waiting.items() if d is None or d <= now]
+            if not due:
+                return
+            due.sort(key=lambda k: waiting[k][1])
+            answer = run([ops.Poll(k) for k in due])
+            for key, r in zip(due, answer.results, strict=True):
+                _, i = waiting.pop(key)
+                if isinstance(r, ops.Granted):
+                    learned(key, r.take, i)
+                elif isinstance(r, ops.Queued):
+                    assert r.deadline is None or r.deadline > now
+                    waiting[key] = (r.deadline, i)
+                    if r.deadline is None:
+                        return  # nobody is due: no time passes in this loop
+                else:
+                    raise AssertionError(f"waiter {i}: {r!r}")
+        raise AssertionError("owners keep looking without progress")
+
+    for step, c in enumerate(calls):
+        now += c.gap
+        key = f"k{step}"
+        # the arrival runs the queue first: waiters whose time came are
+        # granted on their behalf, and may be cancelled before they look
+        (r,) = run([ops.Acquire(key, req_of(c), None, True)]).results
+        if isinstance(r, ops.Granted):
+            learned(key, r.take, step)
+        else:
+            assert isinstance(r, ops.Queued), r
+            waiting[key] = (r.deadline, step)
+        if c.cancel:
+            cancel_at[step + c.cancel] = key
+        victim = cancel_at.pop(step, None)
+        if victim is not None and victim in waiting:
+            _, i = waiting.pop(victim)
+            run([ops.Leave(victim, req_of(calls[i]))])
+            takes.pop(i, None)  # given back whole: as if never granted
+            at.pop(i, None)
+        look(step)
+    # the rest look at their times, then every grant is committed
+    for _ in range(10_000):
+        look(len(calls))
+        deadlines = [d for d, _ in waiting.values() if d is not None]
+        if not waiting:
+            break
+        assert deadlines, "waiters left with no time and nobody to wake them"
+        now = max(now, min(deadlines))
+    assert not waiting
+    for key, (take, i) in sorted(granted.items(), key=lambda kv: kv[1][1]):
+        c = calls[i]
+        (r,) = run([ops.Settle(key, take, req_of(c), (*c.used, c.usd))]).results
+        assert isinstance(r, list), r
+        committed_usd += c.usd
+
+    assert set(takes) == {i for _, i in granted.values()}
+    # grants in arrival order
+    by_take = sorted(takes, key=lambda i: takes[i])
+    assert by_take == sorted(by_take)
+    # contract 2, per rate: the estimates granted, and (when no lease used more
+    # than its estimate, which is debt later callers wait off) what was used
+    for j, (limit, per, burst) in enumerate(rates):
+        events = [(at[i] * 1000, calls[i].amounts[j]) for i in takes]
+        assert not window_violations(events, limit, burst, per * 1000)
+        if all(calls[i].used[j] <= calls[i].amounts[j] for i in takes):
+            used = [(at[i] * 1000, calls[i].used[j]) for i in takes]
+            assert not window_violations(used, limit, burst, per * 1000)
+    # the cap adds up exactly, and nothing stays reserved
+    (snap,) = run([ops.Snapshot()]).results
+    assert isinstance(snap, tuple)
+    views, queued = snap
+    assert queued == 0
+    assert views[n].used == committed_usd
+    assert views[n].reserved == 0
+    assert outstanding_usd == committed_usd
+    assert not isinstance(views, (Exceeded, TooLong))
+    assert all(isinstance(s, RateSpec) for s in spec.slots[:n])

@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
+from conftest import Make
 from ratebudget import (
     Cap,
     InvalidRequest,
@@ -18,8 +19,10 @@ from ratebudget import (
     Rate,
     StoreUnavailable,
 )
+from ratebudget._plan import plan_spec
 from ratebudget.stores import MemoryStore, SQLiteStore, open_store
-from ratebudget.stores._core import Plan
+from ratebudget.stores._ops import Answer
+from ratebudget.testing import FakeClock
 
 
 def test_urls_name_their_store(tmp_path: Path) -> None:
@@ -27,7 +30,9 @@ def test_urls_name_their_store(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path / 'b.db'}")
     assert isinstance(store, SQLiteStore)
     assert store.path == str(tmp_path / "b.db")
-    assert open_store("sqlite:///rel.db").path == "rel.db"  # type: ignore[union-attr]
+    rel = open_store("sqlite:///rel.db")
+    assert isinstance(rel, SQLiteStore)
+    assert rel.path == "rel.db"
     for bad in ("nope", "ftp://x", "sqlite://", 42):
         with pytest.raises(InvalidRequest):
             open_store(bad)  # type: ignore[arg-type]
@@ -56,34 +61,34 @@ def test_a_rate_of_fractional_microseconds_is_refused(tmp_path: Path) -> None:
         )
 
 
-def test_memory_limiters_of_one_name_share_one_engine() -> None:
-    store = MemoryStore()
-    a = Limiter(Cap(tokens=10), store=store, name="n")
-    b = Limiter(Cap(tokens=10), store=store, name="n")
-    assert a._engine is b._engine
-    c = Limiter(Cap(tokens=20), store=store, name="n")  # other limits: its own
-    assert c._engine is not a._engine
+async def test_limiters_of_one_name_share_their_state(make: Make) -> None:
+    a = make(Cap(tokens=10), name="n")
+    b = make(Cap(tokens=10), name="n")
+    await a.record(tokens=3)
+    assert (await b.snapshot())[0].used == 3
+    other = make(Cap(tokens=10), name="m")
+    assert (await other.snapshot())[0].used == 0
 
 
-async def test_a_redeclared_cap_applies_to_the_usage_so_far(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'b.db'}"
-    old = Limiter(Cap(usd="10", per="day"), store=url, name="prod")
+async def test_a_redeclared_cap_applies_to_the_usage_so_far(make: Make) -> None:
+    """On every store, memory included: one counter per axis, period, zone
+    and kind, whatever limit each limiter of the name declares."""
+    old = make(Cap(usd="10", per="day"), name="prod")
     await old.record(usd="8")
-    lowered = Limiter(Cap(usd="5", per="day"), store=url, name="prod")
+    lowered = make(Cap(usd="5", per="day"), name="prod")
     snap = await lowered.snapshot()
     assert snap[0].used == 8
     assert snap[0].remaining == 0
-    raised = Limiter(Cap(usd="20", per="day"), store=url, name="prod")
+    raised = make(Cap(usd="20", per="day"), name="prod")
     async with raised.acquire(usd="11"):
         pass
     assert (await old.snapshot())[0].used == 19  # one counter for all three
 
 
-async def test_a_redeclared_rate_starts_a_fresh_bucket(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'b.db'}"
-    old = Limiter(Rate(tokens=100, per="minute"), store=url, name="prod")
+async def test_a_redeclared_rate_starts_a_fresh_bucket(make: Make) -> None:
+    old = make(Rate(tokens=100, per="minute"), name="prod")
     await old.acquire(100)
-    new = Limiter(Rate(tokens=200, per="minute"), store=url, name="prod")
+    new = make(Rate(tokens=200, per="minute"), name="prod")
     assert (await new.snapshot())[0].tokens == 200
     assert (await old.snapshot())[0].tokens == 0
 
@@ -94,7 +99,7 @@ class CountingStore(SQLiteStore):
     calls = 0
     ops = 0
 
-    def execute(self, *args: Any, **kw: Any) -> list[list[Any]]:
+    def execute(self, *args: Any, **kw: Any) -> Answer:
         self.calls += 1
         self.ops += len(args[2])
         return super().execute(*args, **kw)
@@ -149,15 +154,14 @@ async def test_fail_open_is_opt_in_and_loud(
 
 
 def test_the_plan_keys_name_what_they_count() -> None:
-    from ratebudget.stores import plan_of
-
-    plan: Plan = plan_of(
+    plan = plan_spec(
         (
             Rate(tokens=90_000, per="minute"),
             Cap(usd="25", per="day"),
             Cap(usd="25", per="day"),
             Cap(usd="30", per="day", soft=True),
-        )
+        ),
+        1000,
     )
     keys = [s.key for s in plan.slots]
     assert keys[0] == "r:tokens:90000:90000:60000000"
@@ -168,22 +172,33 @@ def test_the_plan_keys_name_what_they_count() -> None:
 
 async def test_leases_that_reserve_no_cap_leave_no_record(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
+    clock = FakeClock()
     lim = Limiter(
-        Rate(tokens=1000, per="day"), Cap(usd="1"), store=f"sqlite:///{path}", name="x"
+        Rate(tokens=1000, per="day"),
+        Cap(usd="1"),
+        store=f"sqlite:///{path}",
+        name="x",
+        clock=clock,
     )
+
+    def records() -> int:
+        with sqlite3.connect(path) as conn:
+            (n,) = conn.execute("SELECT count(*) FROM rb_lease").fetchone()
+        return int(n)
+
     for _ in range(20):
         async with lim.acquire(1):
             pass
+    assert records() == 0  # nothing to reclaim, nothing kept
     lease = await lim.acquire(10)
     await lease.commit(tokens=4)  # the refund still reaches the bucket
     assert (await lim.snapshot())[0].tokens == 1000 - 20 - 4
-    with sqlite3.connect(path) as conn:
-        (records,) = conn.execute("SELECT count(*) FROM rb_lease").fetchone()
-    assert records == 0  # nothing to reclaim, nothing kept
+    assert records() == 1  # that it was settled, for a retry: kept a minute
+    clock.advance(61)
+    await lim.snapshot()
+    assert records() == 0
     async with lim.acquire(1, usd="0.1"):  # a cap reservation is recorded
-        with sqlite3.connect(path) as conn:
-            (records,) = conn.execute("SELECT count(*) FROM rb_lease").fetchone()
-        assert records == 1
+        assert records() == 1
 
 
 @pytest.fixture(params=["sqlite", "redis"])

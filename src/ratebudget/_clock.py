@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 import anyio
 import anyio.lowlevel
 
-__all__ = ("Clock", "Schedule", "Sleeper", "SystemClock")
+__all__ = ("Clock", "Schedule", "Sleeper", "SystemClock", "wall_us")
 
 
 class Sleeper(Protocol):
@@ -47,6 +47,9 @@ class Clock(Protocol):
         """Wall-clock time in seconds since the epoch."""
         ...
 
+    # optional: ``time_ns()``, the wall clock in exact integer nanoseconds
+    # (stores and calendar periods use it when the clock has it)
+
     async def sleep_until(self, deadline_ns: int | None) -> None:
         """Sleep until ``monotonic_ns() >= deadline_ns`` (``None``: forever)."""
         ...
@@ -70,6 +73,7 @@ class SystemClock:
 
     # the builtins themselves, not wrappers: the hot path reads the clock once
     monotonic_ns = staticmethod(time.monotonic_ns)
+    time_ns = staticmethod(time.time_ns)
     time = staticmethod(time.time)
 
     async def sleep_until(self, deadline_ns: int | None) -> None:
@@ -122,3 +126,11 @@ class SystemClock:
 
 
 SYSTEM_CLOCK = SystemClock()
+
+
+def wall_us(clock: Clock) -> Callable[[], int]:
+    """A function reading ``clock``'s wall time in integer microseconds."""
+    time_ns = getattr(clock, "time_ns", None)
+    if callable(time_ns):
+        return lambda: int(time_ns()) // 1000
+    return lambda: round(clock.time() * 1e6)

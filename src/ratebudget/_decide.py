@@ -544,7 +544,7 @@ def _tail(st: State, now: int) -> tuple[int, Levels]:
     """
     tail = st.projection
     if tail is None or not st.queue:
-        at, levels = now, {}
+        at, levels = now, Levels()
         for e in st.queue:
             assert e.plan is not None
             at = _step(at, levels, e.plan, e.req)
@@ -723,8 +723,8 @@ def acquire(
         else:
             st.take = take
             if plan.caps:
-                for i, cap in plan.caps:
-                    cap.counter.reserved += req[i]
+                for i3, slot in plan.caps:
+                    slot.counter.reserved += req[i3]
                 if st.ttl is not None:
                     _record_grant(st, lease_id, plan, req, take, ACTIVE)
             return take
@@ -865,7 +865,9 @@ def settle(
         if rec is not None and rec.status == SETTLED:
             return None
         reserves = any(est[i] for i, _ in plan.caps)
-        held = rec is not None and rec.status in (ACTIVE, UNCLAIMED) if reserves else True
+        held = (
+            rec is not None and rec.status in (ACTIVE, UNCLAIMED) if reserves else True
+        )
     if actual is not None and st.exact is not None:
         bad = _inexact(st.exact, plan, actual, est, now)
         if bad is not None:
@@ -908,7 +910,10 @@ def _inexact(
     """Whether charging ``amounts`` (above ``est``) would take a count past ``exact``."""
     for i, b in plan.rates:
         more = amounts[i] - (est[i] if est is not None else 0)
-        if more > 0 and refill(b.level, b.last, now, b.rate, b.cap) - more * b.per < -exact:
+        if (
+            more > 0
+            and refill(b.level, b.last, now, b.rate, b.cap) - more * b.per < -exact
+        ):
             return Inexact(f"slot {i}: the rate's debt")
     for i, cap in plan.caps:
         c = cap.counter

@@ -12,7 +12,7 @@ import math
 from collections.abc import Generator, Hashable, Mapping
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
@@ -20,7 +20,7 @@ import anyio.lowlevel
 from ._alerts import AlertHandler, deliver, report
 from ._amounts import STANDARD_AXES, Amount, from_units, to_units
 from ._clock import SYSTEM_CLOCK, Clock
-from ._decide import CLAIMED, FAILED, Crossing, Exceeded, TooLong
+from ._decide import CLAIMED, FAILED, Crossing, Exceeded, Inexact, TooLong
 from ._exceptions import InvalidRequest
 from ._limits import Cap, Rate
 from ._plan import RateSpec
@@ -49,7 +49,7 @@ _SETTLED: Final = 2
 async def _answer(got: T | Call[T]) -> T:
     """The answer of a binding's operation: at hand, or awaited."""
     if isinstance(got, Call):
-        return await got  # type: ignore[no-any-return]
+        return cast("T", await got)
     return got
 
 
@@ -58,8 +58,8 @@ async def _shielded(got: T | Call[T]) -> T:
     (bounded by the store's timeout): a settle must be heard."""
     if isinstance(got, Call):
         with anyio.CancelScope(shield=True):
-            return await got  # type: ignore[no-any-return]
-    return got
+            return cast("T", await got)
+    return cast("T", got)
 
 
 def seconds(what: str, value: object, *, zero: bool) -> float:
@@ -99,9 +99,9 @@ class Limiter:
         "__weakref__",  # integrations keep per-limiter state in weak maps
         "_axes",
         "_b",
+        "_caps",
         "_clock",
         "_fast",
-        "_has_caps",
         "_index",
         "_limits",
         "_n",
@@ -171,13 +171,11 @@ class Limiter:
                 "one name share their state, in every process"
             )
         self._store = resolved
-        self._b: Binding = resolved.bind(
-            name, limits, self._clock, ttl, on_store_error
-        )
+        self._b: Binding = resolved.bind(name, limits, self._clock, ttl, on_store_error)
         self._pers = tuple(
             s.per if isinstance(s, RateSpec) else 1 for s in self._b.spec.slots
         )
-        self._has_caps = any(isinstance(x, Cap) for x in limits)
+        self._caps = tuple(i for i, x in enumerate(limits) if isinstance(x, Cap))
         self._n = len(limits)
         index: dict[str, list[int]] = {}
         for i, limit in enumerate(limits):
@@ -342,10 +340,10 @@ class Limiter:
         crossed. Counts no request unless ``requests=`` is given.
         """
         req = self._request(self._units(tokens, amounts, False), False)
-        got = await _answer(self._b.record(req))
+        got: list[Crossing] | Exceeded | Inexact = await _answer(self._b.record(req))
         if isinstance(got, Exceeded):
             raise exceeded(self._limits, got, req, "recording")
-        await self._deliver(got)
+        await self._deliver(self._counted(got))
 
     async def snapshot(self) -> Snapshot:
         """Every limit's state now (see ``Snapshot``)."""
@@ -418,6 +416,17 @@ class Limiter:
             raise
         finally:
             w.disarm()
+
+    def _counted(self, got: list[Crossing] | Inexact | None) -> list[Crossing] | None:
+        """A settle's or record's changes, or ``InvalidRequest`` if the store
+        refused to count past what it holds exactly."""
+        if isinstance(got, Inexact):
+            raise InvalidRequest(
+                f"{self._store.url} cannot count this exactly ({got.what} would "
+                "leave the range its numbers hold); nothing was counted: split "
+                "the amount, or use a store with exact big numbers (SQLite)"
+            )
+        return got
 
     def _alerts(self, crossings: list[Crossing] | None) -> list[Alert]:
         """The alerts a change of usage fired (logged here, with overruns)."""
@@ -537,8 +546,7 @@ class Lease:
     ) -> None:
         if self._state != _ACTIVE:
             return
-        limiter = self._limiter
-        if not limiter._has_caps:  # rates keep what they granted either way
+        if not self._limiter._caps:  # rates keep what they granted either way
             self._state = _SETTLED
             return
         if exc_type is None:
@@ -586,19 +594,23 @@ class Lease:
 
     def _settle_op(
         self, actual: tuple[int, ...] | None
-    ) -> list[Crossing] | None | Call[list[Crossing] | None]:
+    ) -> list[Crossing] | Inexact | Call[list[Crossing] | Inexact | None] | None:
         """The store operation that settles this lease (``None``: nothing to do)."""
-        if not self._limiter._has_caps and (actual is None or actual == self._req):
-            return None  # rates keep what they granted: nothing changes
-        return self._limiter._b.settle(self._key, self._take, self._req, actual)
+        limiter = self._limiter
+        if (actual is None or actual == self._req) and not any(
+            self._req[i] for i in limiter._caps
+        ):
+            return None  # rates keep what they granted, no cap holds it: no change
+        return limiter._b.settle(self._key, self._take, self._req, actual)
 
     async def _settle(self, actual: tuple[int, ...] | None) -> None:
         # shielded, as a memory store's settle cannot be interrupted either;
         # the lease stays active until the store has heard, so a settle that
         # failed (StoreUnavailable) can be retried, and counts once
-        crossings = await _shielded(self._settle_op(actual))
+        limiter = self._limiter
+        crossings = limiter._counted(await _shielded(self._settle_op(actual)))
         self._state = _SETTLED
-        await self._limiter._deliver(crossings)
+        await limiter._deliver(crossings)
 
     async def commit(self, **actual: Amount) -> None:
         """Replace the estimate with the real usage on every limit.

@@ -111,7 +111,9 @@ def plan_spec(limits: tuple[Rate | Cap, ...], tick_ns: int) -> PlanSpec:
             g = math.gcd(limit._limit_units, per_ticks)
             rate, per = limit._limit_units // g, per_ticks // g
             key = f"r:{limit.axis}:{limit._limit_units}:{limit._burst_units}:{per_ns // 1000}"
-            slot: RateSpec | CapSpec = RateSpec(key, rate, per, limit._burst_units * per)
+            slot: RateSpec | CapSpec = RateSpec(
+                key, rate, per, limit._burst_units * per
+            )
         else:
             kind = "soft" if limit.soft else "hard"
             key = f"c:{limit.axis}:{limit.per or 'life'}:{_tz_name(limit.tz)}:{kind}"

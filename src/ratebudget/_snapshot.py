@@ -100,7 +100,9 @@ class Alert:
 
 
 def _when(end_us: int | None) -> datetime | None:
-    return None if end_us is None else datetime.fromtimestamp(end_us / 1e6, timezone.utc)
+    return (
+        None if end_us is None else datetime.fromtimestamp(end_us / 1e6, timezone.utc)
+    )
 
 
 def _resets_at(cap: Cap, end_us: int | None) -> datetime | None:

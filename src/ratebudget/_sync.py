@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from ._alerts import deliver_sync
 from ._amounts import Amount
-from ._decide import CLAIMED, FAILED, Crossing, Exceeded, TooLong
+from ._decide import CLAIMED, FAILED, Crossing, Exceeded, Inexact, TooLong
 from ._snapshot import Snapshot, exceeded, snapshot_of
 from ._waiters import ThreadWaiter, Waiter
 from .stores._base import Call
@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 
 def _answer(got: T | Call[T]) -> T:
-    return got.wait() if isinstance(got, Call) else got
+    return cast("T", got.wait() if isinstance(got, Call) else got)
 
 
 class SyncLimiter:
@@ -102,10 +102,12 @@ class SyncLimiter:
         """Charge usage after the fact (see ``Limiter.record``)."""
         limiter = self._limiter
         req = limiter._request(limiter._units(tokens, amounts, False), False)
-        got = _answer(limiter._b.record(req))
+        got = cast(
+            "list[Crossing] | Exceeded | Inexact", _answer(limiter._b.record(req))
+        )
         if isinstance(got, Exceeded):
             raise exceeded(limiter.limits, got, req, "recording")
-        self._deliver(got)
+        self._deliver(limiter._counted(got))
 
     def snapshot(self) -> Snapshot:
         """Every limit's state now."""
@@ -153,7 +155,7 @@ class SyncLease:
 
     def _settle(self, actual: tuple[int, ...] | None) -> None:
         lease = self._lease
-        crossings = _answer(lease._settle_op(actual))
+        crossings = lease._limiter._counted(_answer(lease._settle_op(actual)))
         lease._state = 2  # settled
         self._sync._deliver(crossings)
 

@@ -14,7 +14,7 @@ import abc
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .._decide import Crossing, Exceeded, SlotView, TooLong
+from .._decide import Crossing, Exceeded, Inexact, SlotView, TooLong
 from .._waiters import Waiter
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class Binding(abc.ABC):
         """Grant, enqueue (``waiter()`` makes the entry) or refuse."""
 
     @abc.abstractmethod
-    def poll(self, w: Waiter) -> int | None | Call[int | None]:
+    def poll(self, w: Waiter) -> int | Call[int | None] | None:
         """A waiter looks: ``w.state`` is updated; its next deadline (ns)."""
 
     @abc.abstractmethod
@@ -84,13 +84,15 @@ class Binding(abc.ABC):
         take: int,
         est: tuple[int, ...],
         actual: tuple[int, ...] | None,
-    ) -> list[Crossing] | None | Call[list[Crossing] | None]:
+    ) -> list[Crossing] | Inexact | Call[list[Crossing] | Inexact | None] | None:
         """Commit ``actual`` (``None``: release); ``None`` if already settled."""
 
     @abc.abstractmethod
     def record(
         self, req: tuple[int, ...]
-    ) -> list[Crossing] | Exceeded | Call[list[Crossing] | Exceeded]:
+    ) -> (
+        list[Crossing] | Exceeded | Inexact | Call[list[Crossing] | Exceeded | Inexact]
+    ):
         """Charge usage after the fact, or refuse (a hard cap)."""
 
     @abc.abstractmethod
@@ -100,7 +102,7 @@ class Binding(abc.ABC):
         """Every slot now, and how many callers wait."""
 
     @abc.abstractmethod
-    def reset(self) -> None | Call[None]:
+    def reset(self) -> Call[None] | None:
         """Zero every cap's usage this period."""
 
     @abc.abstractmethod
@@ -143,7 +145,7 @@ class Store(abc.ABC):
         """Every limiter registered on this store: name -> its spec."""
         return {}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - nothing to release, by default
         """Release connections; the store may be used again afterwards."""
 
     def __repr__(self) -> str:

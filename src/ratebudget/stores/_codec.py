@@ -63,7 +63,9 @@ def decode_op(v: list[Any]) -> ops.Op:
     if kind == "leave":
         return ops.Leave(v[1], _tuple(v[2]))
     if kind == "settle":
-        return ops.Settle(v[1], v[2], _tuple(v[3]), None if v[4] is None else _tuple(v[4]))
+        return ops.Settle(
+            v[1], v[2], _tuple(v[3]), None if v[4] is None else _tuple(v[4])
+        )
     if kind == "record":
         return ops.Record(_tuple(v[1]))
     if kind == "snapshot":

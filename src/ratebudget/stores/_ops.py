@@ -215,7 +215,9 @@ def _leave(st: State, plan: Plan, key: str, req: tuple[int, ...], now: int) -> N
         core.abort(st, e, now, now)
 
 
-def run(st: State, plan: Plan, ops: list[Op], now: int) -> tuple[list[Result], list[Woken]]:
+def run(
+    st: State, plan: Plan, ops: list[Op], now: int
+) -> tuple[list[Result], list[Woken]]:
     """Run ``ops`` at store time ``now`` (µs, also the wall clock).
 
     The caller loaded ``st`` (with the records the ops name) and binds
@@ -275,9 +277,9 @@ def run(st: State, plan: Plan, ops: list[Op], now: int) -> tuple[list[Result], l
             out.append(core.extend(st, op.key, ttl or 0, now) is not None)
     woken: list[Woken] = []
     for e in st.woken:
-        got = _entry_result(e)
-        if e.id and not isinstance(got, Gone):
-            woken.append(Woken(e.id, got))
+        result = _entry_result(e)
+        if e.id and not isinstance(result, Gone):
+            woken.append(Woken(e.id, result))
     st.woken = []
     return out, woken
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import abc
 import heapq
 import itertools
-import json
 import logging
 import math
 import os
@@ -39,9 +38,19 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 import anyio
 import anyio.lowlevel
 
-from .._clock import SYSTEM_CLOCK, Clock
-from .._decide import CLAIMED, FAILED, GRANTED, WAITING, Crossing, Exceeded, SlotView, TooLong
-from .._exceptions import InvalidRequest, StoreUnavailable
+from .._clock import SYSTEM_CLOCK, Clock, wall_us
+from .._decide import (
+    CLAIMED,
+    FAILED,
+    GRANTED,
+    WAITING,
+    Crossing,
+    Exceeded,
+    Inexact,
+    SlotView,
+    TooLong,
+)
+from .._exceptions import StoreUnavailable
 from .._plan import PlanSpec, plan_spec, spec_of
 from .._waiters import Waiter
 from . import _ops as ops
@@ -90,9 +99,11 @@ def wake(url: str, name: str, keys: list[str] | None) -> None:
     """Wake this process's waiters ``keys`` of ``name`` (``None``: all of them)."""
     waiters = _waiters(url, name)
     with _registry_lock:
-        found = list(waiters.values()) if keys is None else [
-            w for k in keys if (w := waiters.get(k)) is not None
-        ]
+        found = (
+            list(waiters.values())
+            if keys is None
+            else [w for k in keys if (w := waiters.get(k)) is not None]
+        )
     for w in found:
         w.deadline = None  # it looks now: its time may have changed
         w.wake()
@@ -109,7 +120,9 @@ class _Ticker:
 
     def after(self, delay: float, w: Waiter) -> None:
         with self._lock:
-            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._seq), weakref.ref(w)))
+            heapq.heappush(
+                self._heap, (time.monotonic() + delay, next(self._seq), weakref.ref(w))
+            )
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="ratebudget-ticker", daemon=True
@@ -304,6 +317,9 @@ class SharedStore(Store):
     def validate(self, spec: PlanSpec) -> None:
         """Refuse a plan this store cannot count exactly (``InvalidRequest``)."""
 
+    def check(self, spec: PlanSpec, amounts: tuple[int, ...]) -> None:
+        """Refuse amounts this store cannot count exactly (``InvalidRequest``)."""
+
     @abc.abstractmethod
     def register(self, name: str, spec: dict[str, Any]) -> list[str]:
         """Note limiter ``name`` and its limits (for ``ratebudget status``).
@@ -355,6 +371,7 @@ class RemoteBinding(Binding):
         store.validate(self.spec)
         self.clock = clock
         self.fake_time = clock is not SYSTEM_CLOCK
+        self.wall_us = wall_us(clock)
         self.ttl = math.ceil(lease_ttl * 1e6)
         self.keep = min(self.ttl, _SETTLED_KEPT_US)
         self.fail_open = on_store_error == "allow"
@@ -385,11 +402,16 @@ class RemoteBinding(Binding):
         Deferred ops ride along, ahead of ``batch``; their results are dropped.
         """
         self._register()
-        now = round(self.clock.time() * 1e6) if self.fake_time else None
+        now = self.wall_us() if self.fake_time else None
         with self._lock:
             extra, self._deferred = self._deferred, []
         answer = self.store.execute(
-            self.name, self.spec, extra + batch, ttl=self.ttl, keep=self.keep, now_us=now
+            self.name,
+            self.spec,
+            extra + batch,
+            ttl=self.ttl,
+            keep=self.keep,
+            now_us=now,
         )
         if answer.woken:
             wake(self.store.url, self.name, [w.key for w in answer.woken])
@@ -552,6 +574,7 @@ class RemoteBinding(Binding):
         timeout_ns: int | None,
         waiter: Callable[[], Waiter] | None,
     ) -> Call[Acquired]:
+        self.store.check(self.spec, req)
         key = os.urandom(9).hex()
         timeout = None if timeout_ns is None else -(-timeout_ns // 1000)
         op = ops.Acquire(key, req, timeout, waiter is not None)
@@ -564,7 +587,9 @@ class RemoteBinding(Binding):
                 w = waiter()
                 w.id, w.req = key, req
                 w.timeout_at = (
-                    None if timeout_ns is None else self.clock.monotonic_ns() + timeout_ns
+                    None
+                    if timeout_ns is None
+                    else self.clock.monotonic_ns() + timeout_ns
                 )
                 self._waiters[key] = w
                 self._subscribe()
@@ -581,7 +606,7 @@ class RemoteBinding(Binding):
 
         return _RemoteCall(self, op, finish, _unmetered_grant, leave, key)
 
-    def poll(self, w: Waiter) -> int | None | Call[int | None]:
+    def poll(self, w: Waiter) -> int | Call[int | None] | None:
         if w.state == GRANTED:
             w.state = CLAIMED
             return None
@@ -649,23 +674,25 @@ class RemoteBinding(Binding):
         take: int,
         est: tuple[int, ...],
         actual: tuple[int, ...] | None,
-    ) -> list[Crossing] | None | Call[list[Crossing] | None]:
+    ) -> list[Crossing] | Inexact | Call[list[Crossing] | Inexact | None] | None:
         if not take:  # granted without the store (fail open)
             return []
+        if actual is not None:
+            self.store.check(self.spec, actual)
 
-        def finish(r: ops.Result, now: int) -> list[Crossing] | None:
-            assert r is None or isinstance(r, list)
+        def finish(r: ops.Result, now: int) -> list[Crossing] | Inexact | None:
+            assert r is None or isinstance(r, (list, Inexact))
             return r
 
         return _RemoteCall(
             self, ops.Settle(key, take, est, actual), finish, lambda e: []
         )
 
-    def record(
-        self, req: tuple[int, ...]
-    ) -> Call[list[Crossing] | Exceeded]:
-        def finish(r: ops.Result, now: int) -> list[Crossing] | Exceeded:
-            assert isinstance(r, (list, Exceeded))
+    def record(self, req: tuple[int, ...]) -> Call[list[Crossing] | Exceeded | Inexact]:
+        self.store.check(self.spec, req)
+
+        def finish(r: ops.Result, now: int) -> list[Crossing] | Exceeded | Inexact:
+            assert isinstance(r, (list, Exceeded, Inexact))
             return r
 
         return _RemoteCall(self, ops.Record(req), finish, lambda e: [])

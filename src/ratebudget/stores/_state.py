@@ -70,6 +70,7 @@ def run_document(
     )
     return ops.Answer(results, st.clock, woken), out
 
+
 __all__ = (
     "Document",
     "cap_specs",
@@ -99,7 +100,7 @@ def _plan_doc(spec: PlanSpec) -> list[list[Any]]:
 
 
 def _counter(key: str, per: str | None, tz: str) -> Counter:
-    window = None if per is None else window_us(per, _zone(_tz_of(tz)))  # type: ignore[arg-type]
+    window = None if per is None else window_us(per, _zone(_tz_of(tz)))
     return Counter(key, window)
 
 

@@ -17,7 +17,8 @@ from threading import get_ident
 from typing import TYPE_CHECKING, Final
 
 from .. import _decide as core
-from .._decide import Crossing, Exceeded, SlotView, State
+from .._clock import wall_us
+from .._decide import Crossing, Exceeded, Inexact, SlotView, State
 from .._plan import plan_spec
 from .._waiters import Waiter, wake_all
 from ._base import Acquired, Binding, Store
@@ -134,7 +135,7 @@ class MemoryBinding(Binding):
         "_lock",
         "_monotonic_ns",
         "_state",
-        "_time",
+        "_wall",
         "plan",
         "spec",
         "tick_ns",
@@ -147,7 +148,7 @@ class MemoryBinding(Binding):
         self._lock = shared.lock
         self._clock = clock
         self._monotonic_ns = clock.monotonic_ns
-        self._time = clock.time
+        self._wall = wall_us(clock)
         self.tick_ns = 1
         self.spec = plan_spec(limits, 1)
         biased = self._lock.enter()
@@ -155,9 +156,6 @@ class MemoryBinding(Binding):
             self.plan = self.spec.bind(self._state, clock.monotonic_ns())
         finally:
             self._lock.leave(biased)
-
-    def _wall(self) -> int:
-        return round(self._time() * 1e6)
 
     def _wake(self, but: Waiter | None = None) -> None:
         st = self._state
@@ -192,7 +190,7 @@ class MemoryBinding(Binding):
                 self._monotonic_ns(),
                 self._wall() if plan.calendar or st.queue else 0,
                 timeout_ns,
-                waiter,  # type: ignore[arg-type]
+                waiter,
             )
             if isinstance(got, Waiter):
                 got.arm()  # ready to sleep until its deadline: no first poll
@@ -224,7 +222,7 @@ class MemoryBinding(Binding):
         take: int,
         est: tuple[int, ...],
         actual: tuple[int, ...] | None,
-    ) -> list[Crossing] | None:
+    ) -> list[Crossing] | Inexact | None:
         with self._lock.guard():
             got = core.settle(
                 self._state,
@@ -238,7 +236,7 @@ class MemoryBinding(Binding):
         self._wake()
         return got
 
-    def record(self, req: tuple[int, ...]) -> list[Crossing] | Exceeded:
+    def record(self, req: tuple[int, ...]) -> list[Crossing] | Exceeded | Inexact:
         with self._lock.guard():
             got = core.record(
                 self._state, self.plan, req, self._monotonic_ns(), self._wall()

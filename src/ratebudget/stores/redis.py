@@ -204,6 +204,17 @@ class RedisStore(SharedStore):
                     "a smaller limit"
                 )
 
+    def check(self, spec: PlanSpec, amounts: tuple[int, ...]) -> None:
+        for s, n in zip(spec.slots, amounts, strict=True):
+            units = n * s.per if isinstance(s, RateSpec) else n
+            if units > _EXACT // _HEADROOM:
+                raise InvalidRequest(
+                    f"{s.key.split(':')[1]}: {n} units is more than the Redis store "
+                    f"counts exactly in one amount (its Lua numbers are doubles, "
+                    f"exact below 2**53: at most {_EXACT // _HEADROOM // (units // n)} "
+                    "units per amount); split it"
+                )
+
     def execute(
         self,
         name: str,
@@ -226,7 +237,9 @@ class RedisStore(SharedStore):
             for _ in range(_ATTEMPTS):
                 with self._redis.pipeline(transaction=True) as pipe:
                     try:
-                        return self._attempt(pipe, name, keys, spec, batch, ttl, keep, now_us)
+                        return self._attempt(
+                            pipe, name, keys, spec, batch, ttl, keep, now_us
+                        )
                     except redis_py.WatchError:
                         continue
         except self._errors as e:

@@ -68,8 +68,11 @@ class SQLiteStore(SharedStore):
                 f"timeout={timeout!r}: expected seconds > 0 (at most {_MAX_TIMEOUT:g})"
             )
         path = os.fspath(path)
-        if not isinstance(path, str) or not path or path == ":memory:" or (
-            path.startswith("file:") and "mode=memory" in path
+        if (
+            not isinstance(path, str)
+            or not path
+            or path == ":memory:"
+            or (path.startswith("file:") and "mode=memory" in path)
         ):
             raise InvalidRequest(
                 f"SQLiteStore({path!r}): a store shared by processes needs a file "

@@ -15,6 +15,7 @@ import math
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import anyio
@@ -41,6 +42,7 @@ class FakeClock:
                 raise ValueError("FakeClock(start=...) needs an aware datetime")
             start = start.timestamp()
         self._wall0 = float(start)
+        self._wall0_ns = round(Decimal(repr(self._wall0)) * _NS)
         self._now = 0
         self._lock = threading.Lock()
         self._seq = itertools.count()
@@ -51,6 +53,10 @@ class FakeClock:
 
     def time(self) -> float:
         return self._wall0 + self._now / _NS
+
+    def time_ns(self) -> int:
+        """Wall-clock time in integer nanoseconds: exact, unlike ``time()``."""
+        return self._wall0_ns + self._now
 
     @property
     def seconds(self) -> float:
