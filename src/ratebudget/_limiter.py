@@ -253,7 +253,14 @@ class Limiter:
         if timeout is None:
             return None
         t = seconds("timeout", timeout, zero=True)
-        return None if t > _MAX_SECONDS else math.ceil(t * 1e9)
+        if math.isinf(t):
+            return None
+        if t > _MAX_SECONDS:
+            raise InvalidRequest(
+                f"timeout={timeout!r}: at most {_MAX_SECONDS:g} seconds; use "
+                "None (or float('inf')) to wait as long as it takes"
+            )
+        return math.ceil(t * 1e9)
 
     def _refusal(
         self, got: Exceeded | TooLong, req: tuple[int, ...], timeout: int | None

@@ -99,6 +99,15 @@ def _plan_doc(spec: PlanSpec) -> list[list[Any]]:
     ]
 
 
+def _int(value: Any) -> int:
+    """A stored count: an integer, or ``ValueError`` (the state is unreadable)."""
+    if type(value) is int:
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(f"a stored count is not an integer: {value!r}")
+
+
 def _counter(key: str, per: str | None, tz: str) -> Counter:
     window = None if per is None else window_us(per, _zone(_tz_of(tz)))
     return Counter(key, window)
@@ -114,13 +123,21 @@ def load(
     """Fill the empty ``st`` from ``doc`` and ``records``: the caller's plan,
     and every plan's id and document by ``id(plan)`` (for ``dump``)."""
     if doc:
-        st.clock, st.wall, st.take = doc["clock"], doc["wall"], doc["take"]
+        st.clock, st.wall, st.take = (
+            _int(doc["clock"]),
+            _int(doc["wall"]),
+            _int(doc["take"]),
+        )
         for key, (rate, per, cap, level, last, full, peaks) in doc["b"].items():
-            b = st.buckets[key] = Bucket(key, rate, per, cap, level, last)
-            b.full, b.peaks = full, peaks
+            b = st.buckets[key] = Bucket(
+                key, _int(rate), _int(per), _int(cap), _int(level), _int(last)
+            )
+            b.full = _int(full)
+            b.peaks = [[_int(t), _int(lv)] for t, lv in peaks]
         for key, (period, end, used, reserved, per, tz) in doc["c"].items():
             c = st.counters[key] = _counter(key, per, tz)
-            c.period, c.end, c.used, c.reserved = period, end, used, reserved
+            c.period, c.end = str(period), None if end is None else _int(end)
+            c.used, c.reserved = _int(used), _int(reserved)
     plan = spec.bind(st, now)
     mine = plan_id(spec)
     ids = {id(plan): (mine, _plan_doc(spec))}

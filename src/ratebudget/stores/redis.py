@@ -44,6 +44,28 @@ _HEADROOM: Final = 4
 _IDLE_TTL_MS: Final = 3_600_000
 
 
+_MAX_TIMEOUT: Final = 86_400.0
+
+
+def _check_url(url: str) -> None:
+    """Refuse a URL redis-py would read wrongly (``redis://host/abc``: db 0)."""
+    if not isinstance(url, str):
+        raise InvalidRequest(f"url={url!r}: expected a redis:// URL")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("redis", "rediss", "unix"):
+        raise InvalidRequest(
+            f"url={_redact(url)!r}: use redis://host:port/db, rediss:// or unix://"
+        )
+    if scheme.lower() == "unix":
+        return
+    path = rest.partition("?")[0].partition("/")[2]
+    if path and not path.isdigit():
+        raise InvalidRequest(
+            f"url={_redact(url)!r}: the database after the host is a number, "
+            f"like redis://localhost:6379/0, not {path!r}"
+        )
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
@@ -68,8 +90,15 @@ class RedisStore(SharedStore):
         timeout: float = 2.0,
         client: redis.Redis | None = None,
     ) -> None:
-        if not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise InvalidRequest(f"timeout={timeout!r}: expected seconds > 0")
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not 0 < timeout <= _MAX_TIMEOUT
+        ):
+            raise InvalidRequest(
+                f"timeout={timeout!r}: expected seconds > 0 (at most {_MAX_TIMEOUT:g})"
+            )
+        _check_url(url)
         try:
             import redis as redis_py
             from redis.backoff import NoBackoff
