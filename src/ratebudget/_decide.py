@@ -45,10 +45,23 @@ __all__ = (
     "Inexact",
     "Plan",
     "Record",
+    "SlotView",
     "State",
     "TooLong",
     "Window",
+    "abort",
+    "acquire",
+    "extend",
+    "lower",
+    "poll",
+    "reclaim",
+    "record",
     "refill",
+    "reset",
+    "service",
+    "settle",
+    "snapshot",
+    "take_now",
     "wait_ticks",
 )
 
@@ -226,7 +239,9 @@ class Bucket:
 class Counter:
     """One cap's usage in its current period, and what leases hold on it.
 
-    ``window`` gives the calendar period holding a wall-clock time (µs);
+    ``window`` gives the calendar period holding a wall-clock time (µs),
+    or ``None`` when it does not know it (the shared stores know only the
+    periods their caller sent: the counter keeps its period); ``window`` is
     ``None`` for a lifetime cap. ``reserved`` spans periods: a lease granted
     in one period and committed in the next counts in the next.
     """
@@ -236,7 +251,7 @@ class Counter:
     def __init__(
         self,
         key: str,
-        window: Callable[[int], Window] | None,
+        window: Callable[[int], Window | None] | None,
         period: str = "",
         end: int | None = None,
         used: int = 0,
@@ -255,7 +270,10 @@ class Counter:
         if (end is None or wall < end) and (self.period or self.window is None):
             return False
         assert self.window is not None
-        period, _start, end = self.window(wall)
+        got = self.window(wall)
+        if got is None:
+            return False
+        period, _start, end = got
         if period == self.period:  # pragma: no cover - a window that never ends
             return False
         self.period, self.end, self.used = period, end, 0
@@ -397,7 +415,9 @@ class State:
             got = self.buckets[key] = Bucket(key, rate, per, cap, cap, now)
         return got
 
-    def counter(self, key: str, window: Callable[[int], Window] | None) -> Counter:
+    def counter(
+        self, key: str, window: Callable[[int], Window | None] | None
+    ) -> Counter:
         got = self.counters.get(key)
         if got is None:
             got = self.counters[key] = Counter(key, window)
@@ -689,44 +709,10 @@ def acquire(
                 return error
             fits = _caps_fit(plan, req)
     if fits and not queue:
-        # the hot path, inlined: refill each rate involved, note its level
-        # for refunds (``Bucket.mark``, its common case inlined) and take;
-        # if one falls short, put back what was taken
-        take = st.take + 1
-        rates = plan.rates
-        for i, b in rates:
-            n = req[i]
-            if n:
-                level = b.level
-                cap = b.cap
-                if level < cap:
-                    level += b.rate * (now - b.last)
-                    if level > cap:
-                        level = cap
-                b.last = now
-                if level >= cap:
-                    b.full = take
-                    if b.peaks:
-                        b.peaks.clear()
-                else:
-                    b.level = level
-                    b.mark(take)
-                need = n * b.per
-                if level < need:
-                    b.level = level
-                    for i2, b2 in rates:
-                        if b2 is b:
-                            break
-                        b2.level += req[i2] * b2.per
-                    break
-                b.level = level - need
-        else:
-            st.take = take
-            if plan.caps:
-                for i3, slot in plan.caps:
-                    slot.counter.reserved += req[i3]
-                if st.ttl is not None:
-                    _record_grant(st, lease_id, plan, req, take, ACTIVE)
+        take = take_now(st, plan, req, now)
+        if take:
+            if plan.caps and st.ttl is not None:
+                _record_grant(st, lease_id, plan, req, take, ACTIVE)
             return take
     if entry is None:
         return None
@@ -756,6 +742,51 @@ def acquire(
         if st.woken and st.woken[-1] is e:
             st.woken.pop()  # it learns its deadline from the answer
     return e
+
+
+def take_now(st: State, plan: Plan, req: tuple[int, ...], now: int) -> int:
+    """Take ``req`` from every rate at ``now`` and reserve it on the caps, or
+    take nothing (0) when a rate falls short: the hot path of ``acquire``.
+
+    The caller checked the caps, that nobody waits, and that ``now`` is not
+    before ``st.clock``.
+    """
+    # refill each rate involved, note its level for refunds (``Bucket.mark``,
+    # its common case inlined) and take; if one falls short, put back what
+    # was taken
+    take = st.take + 1
+    rates = plan.rates
+    for i, b in rates:
+        n = req[i]
+        if n:
+            level = b.level
+            cap = b.cap
+            if level < cap:
+                level += b.rate * (now - b.last)
+                if level > cap:
+                    level = cap
+            b.last = now
+            if level >= cap:
+                b.full = take
+                if b.peaks:
+                    b.peaks.clear()
+            else:
+                b.level = level
+                b.mark(take)
+            need = n * b.per
+            if level < need:
+                b.level = level
+                for i2, b2 in rates:
+                    if b2 is b:
+                        break
+                    b2.level += req[i2] * b2.per
+                return 0
+            b.level = level - need
+    st.take = take
+    if plan.caps:
+        for i, slot in plan.caps:
+            slot.counter.reserved += req[i]
+    return take
 
 
 def _plan_req(e: Entry) -> tuple[Plan, tuple[int, ...]]:

@@ -63,12 +63,15 @@ async def _shielded(got: T | Call[T]) -> T:
 
 
 def seconds(what: str, value: object, *, zero: bool) -> float:
-    """``value`` as seconds (``zero``: 0 allowed), or ``InvalidRequest``."""
+    """``value`` as seconds (``zero``: 0 allowed; ``inf`` stays ``inf``; a
+    finite value past ``_MAX_SECONDS`` too), or ``InvalidRequest``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequest(f"{what}={value!r}: expected seconds")
-    if math.isnan(value) or value < 0 or (value == 0 and not zero):
+        raise InvalidRequest(f"{what}={value!r:.40}: expected seconds")
+    if value != value or value < 0 or (value == 0 and not zero):  # NaN, < 0
         bound = ">= 0" if zero else "> 0"
-        raise InvalidRequest(f"{what}={value!r}: expected seconds {bound}")
+        raise InvalidRequest(f"{what}={value!r:.40}: expected seconds {bound}")
+    if value > _MAX_SECONDS:  # compared before a float conversion can overflow
+        return math.inf
     return float(value)
 
 
@@ -141,10 +144,10 @@ class Limiter:
                 f"name={name!r}: use up to 200 letters, digits and - _ . : / @"
             )
         ttl = seconds("lease_ttl", lease_ttl, zero=False)
-        if math.isinf(ttl) or ttl > _MAX_SECONDS:
+        if math.isinf(ttl):
             raise InvalidRequest(
-                f"lease_ttl={lease_ttl!r}: at most {_MAX_SECONDS:g} seconds; an "
-                "unsettled lease must come back some day"
+                f"lease_ttl={lease_ttl!r:.40}: at most {_MAX_SECONDS:g} seconds; "
+                "an unsettled lease must come back some day"
             )
         if on_store_error not in ("raise", "allow"):
             raise InvalidRequest(
@@ -254,10 +257,10 @@ class Limiter:
             return None
         t = seconds("timeout", timeout, zero=True)
         if math.isinf(t):
-            return None
-        if t > _MAX_SECONDS:
+            if timeout == math.inf:
+                return None
             raise InvalidRequest(
-                f"timeout={timeout!r}: at most {_MAX_SECONDS:g} seconds; use "
+                f"timeout={timeout!r:.40}: at most {_MAX_SECONDS:g} seconds; use "
                 "None (or float('inf')) to wait as long as it takes"
             )
         return math.ceil(t * 1e9)
@@ -375,12 +378,14 @@ class Limiter:
         per-minute limits: ``per=60``). Never blocks: on a shared store the
         change goes with the next store call.
         """
+        per_s = None if per is None else seconds("per", per, zero=False)
+        per_ns = None if per_s is None or math.isinf(per_s) else round(per_s * 1e9)
         units = {axis: to_units(axis, value) for axis, value in remaining.items()}
         for axis, n in units.items():
             for i in self._index.get(axis, ()):
                 limit = self._limits[i]
                 if isinstance(limit, Rate) and (
-                    per is None or limit._per_ns == round(per * 1e9)
+                    per_s is None or limit._per_ns == per_ns
                 ):
                     self._b.lower(i, n)
 

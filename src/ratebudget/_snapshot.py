@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Literal
 
-from ._amounts import from_units
+from ._amounts import _EXACT, from_units
 from ._decide import Crossing, Exceeded, SlotView, TooLong
 from ._exceptions import AcquireTimeout, BudgetExceeded
 from ._limits import Cap, Rate
@@ -201,7 +201,8 @@ def alerts_of(
         spec = limits[c.slot]
         assert isinstance(spec, Cap)
         for t in spec.alert_at:
-            units = math.ceil(Decimal(repr(t)) * spec._limit_units)
+            # exact, whatever the caller's decimal context
+            units = math.ceil(_EXACT.multiply(Decimal(repr(t)), spec._limit_units))
             if c.before < units <= c.after:
                 alerts.append(
                     Alert(

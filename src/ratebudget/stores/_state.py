@@ -10,17 +10,25 @@ The state document::
      "q": [[key, planid, [amount per slot], deadline, timeout_at, alive], ...]}
 
 A lease record: ``[status, exp, take, [[capkey, n], ...], error or null]``.
+
+Calendar periods come from the caller: ``windows`` holds, for each calendar
+cap of its plan, the periods around its wall clock (``windows_around``). A
+counter whose period ended rolls into the one of those that holds the
+store's (clamped) time; a counter with no such window (another limiter's
+cap, or a client clock far from the store's) keeps its period until a
+caller that has it runs. The Redis script (``lua/decide.lua``), which knows
+no time zones, gets the same windows, so both homes roll alike.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
-from .._decide import Bucket, CapSlot, Counter, Entry, Plan, Record, State
-from .._limits import _zone
-from .._plan import CapSpec, PlanSpec, _tz_name, _tz_of, window_us
+from .._decide import Bucket, CapSlot, Counter, Entry, Plan, Record, State, Window
+from .._plan import CapSpec, PlanSpec, _tz_name, window_us
 from . import _ops as ops
 from ._ops import decode_error, encode_error
 
@@ -56,12 +64,19 @@ def run_document(
     ttl: int,
     keep: int,
     exact: int | None = None,
+    windows: dict[str, list[Window]] | None = None,
 ) -> tuple[ops.Answer, Document]:
     """Run ``batch`` on a stored state: ``doc`` and the ``records`` of the
-    ids it names (``wanted``) and of those expired by ``now`` (µs)."""
+    ids it names (``wanted``) and of those expired by ``now`` (µs).
+
+    ``windows``: the calendar periods the plan's caps may roll into
+    (default: ``windows_around(spec, now)``).
+    """
     st = State(ttl=ttl, keep=keep, live=ttl)
     st.exact = exact
-    plan, ids = load(doc, records, spec, st, now)
+    if windows is None:
+        windows = windows_around(spec, now)
+    plan, ids = load(doc, records, spec, st, now, windows)
     results, woken = ops.run(st, plan, batch, now)
     out = Document(
         dump(st, ids, cap_specs(doc, spec)),
@@ -81,6 +96,7 @@ __all__ = (
     "plan_id",
     "run_document",
     "wanted",
+    "windows_around",
 )
 
 
@@ -108,9 +124,28 @@ def _int(value: Any) -> int:
     raise ValueError(f"a stored count is not an integer: {value!r}")
 
 
-def _counter(key: str, per: str | None, tz: str) -> Counter:
-    window = None if per is None else window_us(per, _zone(_tz_of(tz)))
-    return Counter(key, window)
+def windows_around(spec: PlanSpec, wall: int) -> dict[str, list[Window]]:
+    """For each calendar cap of ``spec``, its periods around wall-clock
+    ``wall`` (µs): the previous, the current and the next."""
+    out: dict[str, list[Window]] = {}
+    for s in spec.slots:
+        if isinstance(s, CapSpec) and s.per is not None:
+            window = window_us(s.per, s.tz)
+            now = window(wall)
+            out[s.key] = [window(now[1] - 1), now, window(now[2])]
+    return out
+
+
+def _known(windows: list[Window]) -> Callable[[int], Window | None]:
+    """The window of ``windows`` holding a wall time, or ``None``."""
+
+    def window(wall: int) -> Window | None:
+        for w in windows:
+            if w[1] <= wall < w[2]:
+                return w
+        return None
+
+    return window
 
 
 def load(
@@ -119,9 +154,13 @@ def load(
     spec: PlanSpec,
     st: State,
     now: int,
+    windows: dict[str, list[Window]],
 ) -> tuple[Plan, dict[int, tuple[str, list[list[Any]]]]]:
     """Fill the empty ``st`` from ``doc`` and ``records``: the caller's plan,
-    and every plan's id and document by ``id(plan)`` (for ``dump``)."""
+    and every plan's id and document by ``id(plan)`` (for ``dump``).
+
+    Calendar counters roll only into ``windows`` (``windows_around``).
+    """
     if doc:
         st.clock, st.wall, st.take = (
             _int(doc["clock"]),
@@ -134,10 +173,19 @@ def load(
             )
             b.full = _int(full)
             b.peaks = [[_int(t), _int(lv)] for t, lv in peaks]
-        for key, (period, end, used, reserved, per, tz) in doc["c"].items():
-            c = st.counters[key] = _counter(key, per, tz)
+        for key, (period, end, used, reserved, per, _tz) in doc["c"].items():
+            window = None if per is None else _known(windows.get(key, []))
+            c = st.counters[key] = Counter(key, window)
             c.period, c.end = str(period), None if end is None else _int(end)
             c.used, c.reserved = _int(used), _int(reserved)
+    # the plan's calendar caps roll into the windows the caller sent
+    for s in spec.slots:
+        if isinstance(s, CapSpec) and s.per is not None:
+            got = st.counters.get(s.key)
+            if got is None:
+                st.counters[s.key] = Counter(s.key, _known(windows.get(s.key, [])))
+            elif got.window is None:
+                got.window = _known(windows.get(s.key, []))
     plan = spec.bind(st, now)
     mine = plan_id(spec)
     ids = {id(plan): (mine, _plan_doc(spec))}

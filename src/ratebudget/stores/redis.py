@@ -1,43 +1,60 @@
 """``RedisStore``: limiter state shared by every process of every host.
 
-Each batch of decisions runs the decision core on the name's state in one
-optimistic transaction (``WATCH`` the state, decide, ``MULTI``/``EXEC``;
-retried when another process changed it meanwhile), so it is atomic. The
-sync ``redis`` client is used from the limiter's worker threads (its
-connection pool is thread-safe), without retries of its own: a failure
-surfaces at once as ``StoreUnavailable``.
+Each batch of decisions is one ``EVALSHA`` of ``lua/decide.lua``, the Lua
+mirror of the decision core (``_decide.py``, ``_ops.run`` and the document
+of ``_state.py``), so it is atomic and one round trip; the script is sent
+with ``EVAL`` only when the server does not know it yet. The sync ``redis``
+client is used from the limiter's worker threads (its connection pool is
+thread-safe), without retries of its own: a failure surfaces at once as
+``StoreUnavailable``.
 
 Keys of limiter ``<name>`` all carry the hash tag ``{<name>}`` so they share
 one Redis Cluster slot: ``{<name>}:s`` (the state document, see
 ``stores/_state.py``), ``{<name>}:r`` (lease records by id) and
 ``{<name>}:x`` (their expiry times). They expire once the limiter has been
-idle long enough that they no longer matter. The registry of limiters
+idle long enough that they no longer matter. A batch that wakes waiters
+publishes their ids on ``{<name>}:wake``. The registry of limiters
 (``ratebudget status``) is the hash ``ratebudget:limiters``, one global key
 outside the limiters' slots.
+
+Lua knows no time zones: each call sends, for every calendar cap of its
+plan, the periods around the client's wall clock (``_state.windows_around``),
+and the script rolls a counter into the one holding the store's time.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.resources
 import json
 import re
 import threading
-from typing import TYPE_CHECKING, Any, Final
+import time
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from .._exceptions import InvalidRequest, StoreUnavailable
-from .._plan import PlanSpec, RateSpec
+from .._plan import CapSpec, PlanSpec, RateSpec, _tz_name
 from . import _ops as ops
+from ._codec import decode_result, encode_op
 from ._remote import SharedStore, wake
-from ._state import run_document, wanted
+from ._state import _plan_doc, plan_id, windows_around
 
 if TYPE_CHECKING:
     import redis
 
-__all__ = ("REGISTRY_KEY", "RedisStore")
+__all__ = ("REGISTRY_KEY", "SCRIPT_PATH", "RedisStore")
+
+#: the script every batch runs
+SCRIPT_PATH: Final = importlib.resources.files("ratebudget.stores") / "lua" / "decide.lua"
 
 #: the global hash of registered limiters: name -> JSON spec
 REGISTRY_KEY: Final = "ratebudget:limiters"
 
 _EXACT: Final = 2**53
+# State.exact, as the script has it: a count that reaches 2**53 is refused
+# (a double sum past 2**53 may round back to it)
+COUNT_MAX: Final = _EXACT - 1
 # room for a debt of three bursts (or a cap's usage up to 4x its limit)
 _HEADROOM: Final = 4
 # a limiter's keys outlive its last write by this much (plus the lease TTL)
@@ -64,6 +81,51 @@ def _check_url(url: str) -> None:
             f"url={_redact(url)!r}: the database after the host is a number, "
             f"like redis://localhost:6379/0, not {path!r}"
         )
+
+
+@functools.lru_cache(maxsize=1)
+def _script() -> tuple[bytes, str]:
+    """The script's text and its SHA1 (what ``EVALSHA`` names it by)."""
+    text = SCRIPT_PATH.read_bytes()
+    return text, hashlib.sha1(text, usedforsecurity=False).hexdigest()
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class _PlanArgs:
+    """What the script needs of a plan, as JSON, made once per plan; and its
+    calendar windows around the latest wall clock (remade when it leaves
+    their current period)."""
+
+    __slots__ = ("head", "spec", "valid", "windows")
+
+    def __init__(self, spec: PlanSpec) -> None:
+        self.spec = spec  # kept alive: the cache is by id(spec)
+        slots: list[list[Any]] = [
+            ["c", s.key, s.limit, 1 if s.hard else 0, s.per, _tz_name(s.tz)]
+            if isinstance(s, CapSpec)
+            else ["r", s.key, s.rate, s.per, s.cap]
+            for s in spec.slots
+        ]
+        self.head = (
+            f'"plan":{_dumps(slots)},"pid":{_dumps(plan_id(spec))},'
+            f'"pdoc":{_dumps(_plan_doc(spec))}'
+        )
+        self.valid = (0, -1)  # the wall times the windows are good for
+        self.windows = "{}"
+
+    def windows_at(self, wall: int) -> str:
+        start, end = self.valid
+        if not start <= wall < end:
+            windows = windows_around(self.spec, wall)
+            start, end = -(2**63), 2**63
+            for _prev, (_key, w_start, w_end), _next in windows.values():
+                start, end = max(start, w_start), min(end, w_end)
+            self.windows = _dumps(windows)
+            self.valid = (start, end)
+        return self.windows
 
 
 def _text(value: Any) -> str:
@@ -123,7 +185,8 @@ class RedisStore(SharedStore):
             )
         self._redis: redis.Redis = client
         self._lock = threading.Lock()
-        # plans seen, by identity: id -> (the plan, kept alive; its JSON)
+        # plans seen, by identity: what the script needs of each, as JSON
+        self._plans: dict[int, _PlanArgs] = {}
         self._volatile: bool | None = None  # None: not checked yet, or unknown
         # wake-ups: one listener thread per store, started by the first subscriber
         self._wake_lock = threading.Lock()
@@ -260,74 +323,36 @@ class RedisStore(SharedStore):
             raise InvalidRequest(f"now_us={now_us}: store time starts at 0")
         tag = "{" + name + "}"
         keys = (f"{tag}:s", f"{tag}:r", f"{tag}:x")
-        import redis as redis_py
-
+        plan = self._plans.get(id(spec))
+        if plan is None or plan.spec is not spec:
+            if len(self._plans) >= _PLANS_KEPT:
+                self._plans.clear()
+            plan = self._plans[id(spec)] = _PlanArgs(spec)
+        wall = time.time_ns() // 1000 if now_us is None else now_us
+        argv = (
+            f'{{{plan.head},"ops":{_dumps([encode_op(op) for op in batch])},'
+            f'"now":{-1 if now_us is None else now_us},"ttl":{ttl},"keep":{keep},'
+            f'"idle":{_IDLE_TTL_MS},"windows":{plan.windows_at(wall)}}}'
+        )
+        text, sha = _script()
         try:
-            for _ in range(_ATTEMPTS):
-                with self._redis.pipeline(transaction=True) as pipe:
-                    try:
-                        return self._attempt(
-                            pipe, name, keys, spec, batch, ttl, keep, now_us
-                        )
-                    except redis_py.WatchError:
-                        continue
+            try:
+                reply: Any = self._redis.evalsha(sha, 3, *keys, argv)
+            except self._noscript:
+                reply = self._redis.eval(text.decode(), 3, *keys, argv)
+            data = json.loads(reply)
+            return ops.Answer(
+                [decode_result(r) for r in data["results"]],
+                int(data["now"]),
+                [ops.Woken(k, cast(Any, decode_result(r))) for k, r in data["woken"]],
+            )
         except self._errors as e:
             raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
         except (ValueError, TypeError, KeyError) as e:
             raise StoreUnavailable(
-                f"Redis store {self.url}: the state of {name!r} is unreadable "
+                f"Redis store {self.url}: the answer for {name!r} is unreadable "
                 f"({type(e).__name__}: {e})"
             ) from e
-        raise StoreUnavailable(
-            f"Redis store {self.url}: {name!r} changed under every one of "
-            f"{_ATTEMPTS} attempts (too much contention)"
-        )
-
-    def _attempt(
-        self,
-        pipe: Any,
-        name: str,
-        keys: tuple[str, str, str],
-        spec: PlanSpec,
-        batch: list[ops.Op],
-        ttl: int,
-        keep: int,
-        now_us: int | None,
-    ) -> ops.Answer:
-        s_key, r_key, x_key = keys
-        pipe.watch(s_key)
-        raw = pipe.get(s_key)
-        doc = json.loads(raw) if raw else None
-        if now_us is None:
-            sec, usec = pipe.time()
-            now = int(sec) * 1_000_000 + int(usec)
-        else:
-            now = now_us
-        clock = max(now, doc["clock"]) if doc else now
-        want = [_text(k) for k in pipe.zrangebyscore(x_key, "-inf", clock)]
-        want += wanted(batch)
-        records: dict[str, list[Any]] = {}
-        if want:
-            for key, data in zip(want, pipe.hmget(r_key, want), strict=True):
-                if data is not None:
-                    records[key] = json.loads(data)
-        answer, out = run_document(
-            doc, records, spec, batch, now, ttl=ttl, keep=keep, exact=_EXACT
-        )
-        pipe.multi()
-        pipe.set(s_key, json.dumps(out.doc))
-        if out.gone:
-            pipe.hdel(r_key, *out.gone)
-            pipe.zrem(x_key, *out.gone)
-        if out.records:
-            pipe.hset(r_key, mapping={k: json.dumps(r) for k, r in out.records.items()})
-            pipe.zadd(x_key, {k: r[1] for k, r in out.records.items()})
-        for key in keys:
-            pipe.pexpire(key, _IDLE_TTL_MS + ttl // 1000)
-        if answer.woken:
-            pipe.publish(f"{{{name}}}:wake", json.dumps([w.key for w in answer.woken]))
-        pipe.execute()
-        return answer
 
 
-_ATTEMPTS: Final = 1000
+_PLANS_KEPT: Final = 256

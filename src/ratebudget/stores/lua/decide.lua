@@ -1,0 +1,1469 @@
+--[[
+ratebudget: one batch of store operations on one name's state, atomically,
+in one script call (EVALSHA).
+
+A line-by-line mirror, under the same names, of the decision core
+``_decide.py`` (the state classes and the decisions), of ``stores/_ops.py``
+(``run``, ``_poll``, ``_leave``, ``_entry_result``) and of
+``stores/_state.py`` (``load``, ``dump``, ``run_document``).
+``tests/test_store_vectors.py`` runs the same batches through this script,
+through ``run_document`` and through the SQLite store, and compares their
+answers and the state they leave: change them together.
+
+KEYS (every key of limiter <name> carries the hash tag {<name>}, so one
+script call stays in one Redis Cluster slot):
+
+  KEYS[1]  {<name>}:s  string: the state document (JSON, see _state.py)
+  KEYS[2]  {<name>}:r  hash: lease id -> its record (JSON)
+  KEYS[3]  {<name>}:x  zset: lease id -> the record's exp (µs)
+
+ARGV[1] is a JSON object:
+
+  plan     the caller's plan: ["r", key, rate, per, cap] |
+           ["c", key, limit, hard01, per or null, tz], in its order
+  pid      its id (_state.plan_id); pdoc: its document (_state._plan_doc)
+  ops      the batch, as _codec.encode_op writes each op
+  now      µs of wall-clock time, or -1: Redis' TIME
+  ttl      the lease TTL (µs); keep: how long settled records stay (µs)
+  idle     ms the three keys outlive the batch (plus the lease TTL)
+  windows  {capkey: [[period, start, end], ...]}: for each calendar cap of
+           the plan, the periods around the client's wall clock (previous,
+           current, next; µs)
+
+It returns one JSON string: {"results": [...], "now": µs, "woken": [[key,
+result], ...]}, each result as _codec.encode_result writes it. Every write
+comes after every decision, so an error (Redis does not roll a script back)
+writes nothing. A batch that woke waiters PUBLISHes their keys (a JSON list)
+on {<name>}:wake for the processes they wait in.
+
+Calendar periods: Lua knows no time zones, so a counter whose period ended
+rolls into the window of ARGV.windows that holds the store's (clamped)
+time; a counter the caller sent no window for (another limiter's cap), or
+whose windows do not hold that time (a client clock far from the store's),
+keeps its period until a caller that has the window runs. _state.py's
+``load`` gives the Python core its windows the same way, so the two agree.
+
+Numbers are Lua doubles, exact for integers below 2^53: the client refuses
+plans that could leave that range (RedisStore.validate), and record/settle
+answer "inexact" (State.exact) instead of counting past it. Integers are
+written back with "%.0f" by the encoder below (cjson keeps 14 digits only).
+Ticks are microseconds (the shared stores' tick_ns = 1000).
+]]
+
+local S, R, X = KEYS[1], KEYS[2], KEYS[3]
+local NULL = cjson.null
+local floor, fmod, huge = math.floor, math.fmod, math.huge
+local insert, remove, concat = table.insert, table.remove, table.concat
+local format = string.format
+
+local args = cjson.decode(ARGV[1])
+local windows = args.windows
+
+-- _decide.py's constants ---------------------------------------------------
+
+-- an entry's state
+local WAITING, GRANTED, FAILED, CLAIMED = 0, 1, 2, 3
+-- a lease record's state
+local ACTIVE, EXPIRED, SETTLED, UNCLAIMED = 1, 2, 3, 4
+local PEAKS_KEPT = 32
+-- State.exact: every integer below 2^53 is an exact double, and a sum that
+-- reaches 2^53 rounds to at least 2^53, so comparing it with 2^53 - 1 decides
+-- as Python's integers do (RedisStore.check keeps each amount below 2^51)
+local EXACT = 2 ^ 53 - 1
+
+-- Python's None and JSON's null
+local function nn(x) -- None -> null
+    if x == nil then
+        return NULL
+    end
+    return x
+end
+
+local function nul(x) -- null -> None
+    if x == NULL then
+        return nil
+    end
+    return x
+end
+
+-- Python's a // b, exact for integers below 2^53
+local function fdiv(a, b)
+    local r = fmod(a, b)
+    if r ~= 0 and (r < 0) ~= (b < 0) then
+        r = r + b
+    end
+    return (a - r) / b
+end
+
+local function fmt(x)
+    if x == 0 then
+        return '0' -- never "-0"
+    end
+    return format('%.0f', x)
+end
+
+-- JSON out: objects are the tables made by object(), every other table is
+-- an array (null entries are cjson.null, never holes) -----------------------
+
+local OBJECT = {}
+
+local function object(t)
+    return setmetatable(t, OBJECT)
+end
+
+local ESCAPES = {
+    ['"'] = '\\"',
+    ['\\'] = '\\\\',
+    ['\b'] = '\\b',
+    ['\f'] = '\\f',
+    ['\n'] = '\\n',
+    ['\r'] = '\\r',
+    ['\t'] = '\\t',
+}
+
+local function escape(c)
+    return ESCAPES[c] or format('\\u%04x', string.byte(c))
+end
+
+local function quote(s)
+    return '"' .. (string.gsub(s, '[%c"\\]', escape)) .. '"'
+end
+
+local function encode_into(out, v)
+    local kind = type(v)
+    if kind == 'number' then
+        if v ~= v or v == huge or v == -huge or v ~= floor(v) then
+            error('ratebudget: not an integer: ' .. tostring(v))
+        end
+        out[#out + 1] = fmt(v)
+    elseif kind == 'string' then
+        out[#out + 1] = quote(v)
+    elseif v == nil or v == NULL then
+        out[#out + 1] = 'null'
+    elseif kind == 'boolean' then
+        out[#out + 1] = v and 'true' or 'false'
+    elseif getmetatable(v) == OBJECT then
+        out[#out + 1] = '{'
+        local first = true
+        for k, x in pairs(v) do
+            if not first then
+                out[#out + 1] = ','
+            end
+            first = false
+            out[#out + 1] = quote(k)
+            out[#out + 1] = ':'
+            encode_into(out, x)
+        end
+        out[#out + 1] = '}'
+    else
+        out[#out + 1] = '['
+        for i = 1, #v do
+            if i > 1 then
+                out[#out + 1] = ','
+            end
+            encode_into(out, v[i])
+        end
+        out[#out + 1] = ']'
+    end
+end
+
+local function encode(v)
+    local out = {}
+    encode_into(out, v)
+    return concat(out)
+end
+
+-- _decide.py: state ----------------------------------------------------------
+
+local function refill(level, last, now, rate, cap)
+    if now <= last or level >= cap then
+        return level
+    end
+    level = level + rate * (now - last)
+    if level > cap then
+        return cap
+    end
+    return level
+end
+
+local function wait_ticks(level, need, rate)
+    if level >= need then
+        return 0
+    end
+    return -fdiv(level - need, rate)
+end
+
+-- class Bucket
+local function Bucket(key, rate, per, cap, level, last)
+    return {
+        key = key, rate = rate, per = per, cap = cap, level = level, last = last,
+        full = 0, peaks = {},
+    }
+end
+
+-- Bucket.now
+local function bucket_now(b, now)
+    local level = b.level
+    if now > b.last then
+        if level < b.cap then
+            level = level + b.rate * (now - b.last)
+            if level > b.cap then
+                level = b.cap
+            end
+            b.level = level
+        end
+        b.last = now
+    end
+    return level
+end
+
+-- Bucket.mark
+local function bucket_mark(b, take)
+    local level = b.level
+    if level >= b.cap then
+        b.full = take
+        if #b.peaks > 0 then
+            b.peaks = {}
+        end
+        return
+    end
+    local peaks = b.peaks
+    while #peaks > 0 and peaks[#peaks][2] <= level do
+        peaks[#peaks] = nil
+    end
+    peaks[#peaks + 1] = { take, level }
+    if #peaks > PEAKS_KEPT then
+        peaks[2][2] = peaks[1][2]
+        remove(peaks, 1)
+    end
+end
+
+-- Bucket.refund
+local function bucket_refund(b, since, amount, now)
+    local level = bucket_now(b, now)
+    if b.full > since then
+        return
+    end
+    local peak = level
+    for _, p in ipairs(b.peaks) do
+        if p[1] > since then
+            if p[2] > peak then
+                peak = p[2]
+            end
+            break
+        end
+    end
+    local room = b.cap - peak
+    if room > 0 then
+        if amount < room then
+            b.level = level + amount
+        else
+            b.level = level + room
+        end
+    end
+end
+
+-- Bucket.charge
+local function bucket_charge(b, amount, now, take)
+    bucket_now(b, now)
+    bucket_mark(b, take)
+    b.level = b.level - amount
+end
+
+-- Bucket.lower
+local function bucket_lower(b, top, now)
+    if bucket_now(b, now) > top then
+        b.level = top
+        return true
+    end
+    return false
+end
+
+-- class Counter: ``window`` is the list of windows it may roll into
+-- (ARGV.windows), nil for a lifetime cap
+local function Counter(key, window)
+    return { key = key, window = window, period = '', end_ = nil, used = 0, reserved = 0 }
+end
+
+-- the window of ``windows`` holding ``wall`` (_state._known)
+local function window_at(wins, wall)
+    for _, w in ipairs(wins) do
+        if w[2] <= wall and wall < w[3] then
+            return w
+        end
+    end
+    return nil
+end
+
+-- Counter.roll
+local function counter_roll(c, wall)
+    local e = c.end_
+    if (e == nil or wall < e) and (c.period ~= '' or c.window == nil) then
+        return false
+    end
+    assert(c.window ~= nil)
+    local got = window_at(c.window, wall)
+    if got == nil then
+        return false
+    end
+    if got[1] == c.period then
+        return false
+    end
+    c.period, c.end_, c.used = got[1], got[3], 0
+    return true
+end
+
+-- class CapSlot
+local function CapSlot(counter, limit, hard)
+    return { counter = counter, limit = limit, hard = hard }
+end
+
+-- class Plan: rates, caps, hard hold {slot index (from 1), slot}
+local function Plan(slots)
+    local p = { slots = slots, rates = {}, caps = {}, hard = {}, calendar = false }
+    for i, s in ipairs(slots) do
+        if s.counter == nil then
+            insert(p.rates, { i, s })
+        else
+            insert(p.caps, { i, s })
+            if s.hard then
+                insert(p.hard, { i, s })
+            end
+            if s.counter.window ~= nil then
+                p.calendar = true
+            end
+        end
+    end
+    return p
+end
+
+-- class Entry
+local function Entry()
+    return {
+        id = '', plan = nil, req = {}, state = WAITING, deadline = nil,
+        timeout_at = nil, error = nil, take = 0, alive = nil,
+    }
+end
+
+-- class Record: caps holds {counter, n}
+local function Record(status, exp, take, caps, err)
+    return { status = status, exp = exp, take = take, caps = caps, error = err }
+end
+
+-- class State: the queue is an array, head first
+local function State(ttl, keep, live)
+    return {
+        clock = 0, wall = 0, take = 0, buckets = {}, counters = {}, queue = {},
+        projection = nil, next_roll = huge, ttl = ttl, keep = keep, exact = nil,
+        live = live, records = {}, woken = {},
+    }
+end
+
+-- State.bucket
+local function st_bucket(st, key, rate, per, cap, now)
+    local got = st.buckets[key]
+    if got == nil then
+        got = Bucket(key, rate, per, cap, cap, now)
+        st.buckets[key] = got
+    end
+    return got
+end
+
+-- State.counter
+local function st_counter(st, key, window)
+    local got = st.counters[key]
+    if got == nil then
+        got = Counter(key, window)
+        st.counters[key] = got
+    elseif got.window == nil and window ~= nil then
+        got.window = window
+    end
+    return got
+end
+
+-- State.set_roll
+local function set_roll(st)
+    local low = huge
+    local fresh = false
+    for _, c in pairs(st.counters) do
+        if c.end_ ~= nil and c.end_ < low then
+            low = c.end_
+        end
+        if c.period == '' and c.window ~= nil then
+            fresh = true
+        end
+    end
+    if fresh then
+        st.next_roll = -huge -- a counter that has no period yet
+    else
+        st.next_roll = low
+    end
+end
+
+local function unqueue(st, e)
+    for k, x in ipairs(st.queue) do
+        if x == e then
+            remove(st.queue, k)
+            return
+        end
+    end
+end
+
+local function queued(st, e)
+    for _, x in ipairs(st.queue) do
+        if x == e then
+            return true
+        end
+    end
+    return false
+end
+
+-- _decide.py: time -------------------------------------------------------------
+
+local function _roll(st, wall)
+    if wall < st.next_roll then
+        return
+    end
+    for _, c in pairs(st.counters) do
+        if c.window ~= nil then
+            counter_roll(c, wall)
+        end
+    end
+    set_roll(st)
+end
+
+local function reclaim(st, now)
+    local records = st.records
+    for lease_id, rec in pairs(records) do
+        if rec.exp <= now then
+            if rec.status == ACTIVE or rec.status == UNCLAIMED then
+                for _, cn in ipairs(rec.caps) do
+                    cn[1].reserved = cn[1].reserved - cn[2]
+                end
+                rec.status, rec.exp, rec.caps = EXPIRED, now + st.keep, {}
+                st.projection = nil
+            else
+                records[lease_id] = nil
+            end
+        end
+    end
+end
+
+-- ticks (µs) from ``wall`` to ``e``: -(-(e - wall) * 1000 // tick_ns)
+local function ticks_until(wall, e)
+    return e - wall
+end
+
+-- _decide.py: the decisions --------------------------------------------------------
+
+-- Exceeded, TooLong, Inexact and Crossing are kept as _codec writes them
+
+local function _exceeded(i, cap)
+    local c = cap.counter
+    return { 'x', i - 1, c.used, c.reserved, c.period, nn(c.end_) }
+end
+
+local function _certain_overrun(plan, req)
+    for _, h in ipairs(plan.hard) do
+        local i, cap = h[1], h[2]
+        local n = req[i]
+        if n ~= 0 and cap.counter.used + n > cap.limit then
+            return _exceeded(i, cap)
+        end
+    end
+    return nil
+end
+
+local function _caps_fit(plan, req)
+    for _, h in ipairs(plan.hard) do
+        local i, cap = h[1], h[2]
+        local n = req[i]
+        if n ~= 0 and cap.counter.used + cap.counter.reserved + n > cap.limit then
+            return false
+        end
+    end
+    return true
+end
+
+local function _rate_wait(plan, req, now)
+    local longest = 0
+    for _, r in ipairs(plan.rates) do
+        local i, b = r[1], r[2]
+        local level = bucket_now(b, now)
+        local need = req[i] * b.per
+        if need ~= 0 and level < need then
+            local w = -fdiv(level - need, b.rate)
+            if w > longest then
+                longest = w
+            end
+        end
+    end
+    return longest
+end
+
+local function _take(st, plan, req)
+    local take = st.take + 1
+    st.take = take
+    for _, r in ipairs(plan.rates) do
+        local i, b = r[1], r[2]
+        local n = req[i]
+        if n ~= 0 then
+            bucket_mark(b, take)
+            b.level = b.level - n * b.per
+        end
+    end
+    for _, cs in ipairs(plan.caps) do
+        local c = cs[2].counter
+        c.reserved = c.reserved + req[cs[1]]
+    end
+    return take
+end
+
+local function _record_grant(st, lease_id, plan, req, take, status)
+    local caps = {}
+    for _, cs in ipairs(plan.caps) do
+        local n = req[cs[1]]
+        if n ~= 0 then
+            insert(caps, { cs[2].counter, n })
+        end
+    end
+    if #caps > 0 or status == UNCLAIMED then
+        st.records[lease_id] = Record(status, st.clock + (st.ttl or 0), take, caps)
+    end
+end
+
+-- the foreseeable schedule of the queue: levels maps a bucket to {level, time}
+
+local function _step(at, levels, plan, req)
+    local grant = at
+    for _, r in ipairs(plan.rates) do
+        local i, b = r[1], r[2]
+        local need = req[i] * b.per
+        if need ~= 0 then
+            local lt = levels[b]
+            local level, t = b.level, b.last
+            if lt ~= nil then
+                level, t = lt[1], lt[2]
+            end
+            t = at + wait_ticks(refill(level, t, at, b.rate, b.cap), need, b.rate)
+            if t > grant then
+                grant = t
+            end
+        end
+    end
+    for _, r in ipairs(plan.rates) do
+        local i, b = r[1], r[2]
+        local need = req[i] * b.per
+        if need ~= 0 then
+            local lt = levels[b]
+            local level, t = b.level, b.last
+            if lt ~= nil then
+                level, t = lt[1], lt[2]
+            end
+            levels[b] = { refill(level, t, grant, b.rate, b.cap) - need, grant }
+        end
+    end
+    return grant
+end
+
+local function _tail(st, now)
+    local tail = st.projection
+    if tail == nil or #st.queue == 0 then
+        local at, levels = now, {}
+        for _, e in ipairs(st.queue) do
+            at = _step(at, levels, e.plan, e.req)
+        end
+        tail = { at, levels }
+        st.projection = tail
+    end
+    return tail[1], tail[2]
+end
+
+local function _enqueue(st, e)
+    if #st.queue == 0 then
+        st.projection = nil
+    end
+    insert(st.queue, e)
+    local tail = st.projection
+    if tail ~= nil then
+        st.projection = { _step(tail[1], tail[2], e.plan, e.req), tail[2] }
+    end
+end
+
+local function _cap_blocked_until(plan, req, now, wall)
+    local low = nil
+    for _, h in ipairs(plan.hard) do
+        local i, cap = h[1], h[2]
+        local c = cap.counter
+        local n = req[i]
+        if n ~= 0 and c.end_ ~= nil and c.used + c.reserved + n > cap.limit then
+            if low == nil or c.end_ < low then
+                low = c.end_
+            end
+        end
+    end
+    if low == nil then
+        return nil
+    end
+    local t = ticks_until(wall, low)
+    if t < 0 then
+        t = 0
+    end
+    return now + t
+end
+
+local function _fail(st, e, err)
+    e.state, e.error = FAILED, err
+    insert(st.woken, e)
+    if st.ttl ~= nil and e.id ~= '' then
+        st.records[e.id] = Record(FAILED, st.clock + st.keep, 0, {}, err)
+    end
+end
+
+local function _fail_certain(st)
+    local waiting = {}
+    for k, e in ipairs(st.queue) do
+        waiting[k] = e
+    end
+    for _, e in ipairs(waiting) do
+        local err = _certain_overrun(e.plan, e.req)
+        if err ~= nil then
+            unqueue(st, e)
+            st.projection = nil
+            _fail(st, e, err)
+        end
+    end
+end
+
+local function service(st, now, wall)
+    _roll(st, wall)
+    local queue = st.queue
+    local woken = st.woken
+    while #queue > 0 do
+        local e = queue[1]
+        local plan, req = e.plan, e.req
+        local served = false -- Python's ``continue``
+        local deadline = nil
+        local err = _certain_overrun(plan, req)
+        if err ~= nil then
+            remove(queue, 1)
+            st.projection = nil
+            _fail(st, e, err)
+            served = true
+        elseif _caps_fit(plan, req) then
+            local wait = _rate_wait(plan, req, now)
+            if wait == 0 then
+                remove(queue, 1) -- served: the projection still holds
+                e.take = _take(st, plan, req)
+                e.state = GRANTED
+                if st.ttl ~= nil then
+                    _record_grant(st, e.id, plan, req, e.take, UNCLAIMED)
+                end
+                insert(woken, e)
+                served = true
+            else
+                deadline = now + wait
+            end
+        elseif e.alive ~= nil and e.alive < now then
+            -- its owner stopped looking (a process gone): it leaves
+            remove(queue, 1)
+            st.projection = nil
+            e.state = CLAIMED
+            served = true
+        else
+            deadline = _cap_blocked_until(plan, req, now, wall)
+        end
+        if not served then
+            local old = e.deadline
+            if deadline ~= old then
+                e.deadline = deadline
+                if old == nil or (deadline ~= nil and deadline < old) then
+                    insert(woken, e)
+                end
+            end
+            break
+        end
+    end
+end
+
+-- acquire: returns "granted", take | "queued", entry | "refused", error | "none"
+local function acquire(st, plan, req, now, wall, timeout, wait, lease_id)
+    if now < st.clock then
+        now = st.clock
+    end
+    st.clock = now
+    local queue = st.queue
+    if #queue > 0 then
+        if wall < st.wall then
+            wall = st.wall
+        end
+        st.wall = wall
+        service(st, now, wall)
+    end
+    local fits = true
+    if #plan.caps > 0 then
+        if plan.calendar then
+            if wall < st.wall then
+                wall = st.wall
+            end
+            st.wall = wall
+            if wall >= st.next_roll then
+                _roll(st, wall)
+            end
+        end
+        if #plan.hard > 0 then
+            local err = _certain_overrun(plan, req)
+            if err ~= nil then
+                return 'refused', err
+            end
+            fits = _caps_fit(plan, req)
+        end
+    end
+    if fits and #queue == 0 then
+        -- the hot path, inlined as in Python
+        local take = st.take + 1
+        local rates = plan.rates
+        local short = false
+        for _, r in ipairs(rates) do
+            local i, b = r[1], r[2]
+            local n = req[i]
+            if n ~= 0 then
+                local level = b.level
+                local cap = b.cap
+                if level < cap then
+                    level = level + b.rate * (now - b.last)
+                    if level > cap then
+                        level = cap
+                    end
+                end
+                b.last = now
+                if level >= cap then
+                    b.full = take
+                    if #b.peaks > 0 then
+                        b.peaks = {}
+                    end
+                else
+                    b.level = level
+                    bucket_mark(b, take)
+                end
+                local need = n * b.per
+                if level < need then
+                    b.level = level
+                    for _, r2 in ipairs(rates) do
+                        local b2 = r2[2]
+                        if b2 == b then
+                            break
+                        end
+                        b2.level = b2.level + req[r2[1]] * b2.per
+                    end
+                    short = true
+                    break
+                end
+                b.level = level - need
+            end
+        end
+        if not short then
+            st.take = take
+            if #plan.caps > 0 then
+                for _, cs in ipairs(plan.caps) do
+                    local c = cs[2].counter
+                    c.reserved = c.reserved + req[cs[1]]
+                end
+                if st.ttl ~= nil then
+                    _record_grant(st, lease_id, plan, req, take, ACTIVE)
+                end
+            end
+            return 'granted', take
+        end
+    end
+    if not wait then
+        return 'none'
+    end
+    if timeout ~= nil then
+        local foreseen = nil
+        if #queue == 0 or _caps_fit(queue[1].plan, queue[1].req) then
+            if _caps_fit(plan, req) then
+                local at, levels = _tail(st, now)
+                local copy = {}
+                for b, lt in pairs(levels) do
+                    copy[b] = lt
+                end
+                foreseen = _step(at, copy, plan, req) - now
+            end
+        end
+        if timeout == 0 or (foreseen ~= nil and foreseen > timeout) then
+            return 'refused', { 't', nn(foreseen) }
+        end
+    end
+    local e = Entry()
+    e.id = lease_id
+    e.plan = plan
+    e.req = req
+    if timeout ~= nil then
+        e.timeout_at = now + timeout
+    end
+    if st.live ~= nil then
+        e.alive = now + st.live
+    end
+    _enqueue(st, e)
+    if #queue == 1 then -- the new head: ``service`` sets its deadline
+        if wall < st.wall then
+            wall = st.wall
+        end
+        st.wall = wall
+        service(st, now, wall)
+        if #st.woken > 0 and st.woken[#st.woken] == e then
+            st.woken[#st.woken] = nil -- it learns its deadline from the answer
+        end
+    end
+    return 'queued', e
+end
+
+local function _clock(st, now, wall)
+    if now < st.clock then
+        now = st.clock
+    end
+    if wall < st.wall then
+        wall = st.wall
+    end
+    st.clock, st.wall = now, wall
+    return now, wall
+end
+
+-- _decide._leave
+local function core_leave(st, e, now, wall)
+    local was_head = st.queue[1] == e
+    unqueue(st, e)
+    st.projection = nil
+    e.state = CLAIMED
+    if was_head then
+        service(st, now, wall)
+    end
+end
+
+local function poll(st, e, now, wall)
+    now, wall = _clock(st, now, wall)
+    service(st, now, wall)
+    if e.state == GRANTED then
+        e.state = CLAIMED
+        if st.ttl ~= nil then
+            local rec = st.records[e.id]
+            if rec ~= nil and rec.status == UNCLAIMED then
+                rec.status = ACTIVE
+            end
+        end
+        return nil
+    end
+    if e.state ~= WAITING then
+        return nil
+    end
+    if e.alive ~= nil and st.live ~= nil then
+        e.alive = now + st.live
+    end
+    local timeout_at = e.timeout_at
+    if timeout_at ~= nil and now >= timeout_at then
+        core_leave(st, e, now, wall)
+        e.error = { 't', NULL }
+        e.state = FAILED
+        return nil
+    end
+    local deadline = e.deadline
+    if deadline ~= nil and deadline <= now then
+        e.deadline = nil
+        deadline = nil
+    end
+    if timeout_at ~= nil and (deadline == nil or timeout_at < deadline) then
+        deadline = timeout_at
+    end
+    return deadline
+end
+
+local function abort(st, e, now, wall)
+    now, wall = _clock(st, now, wall)
+    if e.state == WAITING then
+        if queued(st, e) then
+            core_leave(st, e, now, wall)
+        end
+        return
+    end
+    if e.state == GRANTED then -- granted on its behalf, never claimed
+        e.state = CLAIMED
+        local plan = e.plan
+        local held = true
+        if st.ttl ~= nil then
+            local rec = st.records[e.id]
+            st.records[e.id] = nil
+            held = rec ~= nil and (rec.status == UNCLAIMED or rec.status == ACTIVE)
+        end
+        if held then
+            st.projection = nil
+            for _, r in ipairs(plan.rates) do
+                local i, b = r[1], r[2]
+                if e.req[i] ~= 0 then
+                    bucket_refund(b, e.take, e.req[i] * b.per, now)
+                end
+            end
+            for _, cs in ipairs(plan.caps) do
+                local c = cs[2].counter
+                c.reserved = c.reserved - e.req[cs[1]]
+            end
+        end
+        service(st, now, wall)
+    end
+end
+
+local function _inexact(exact, plan, amounts, est, now)
+    for _, r in ipairs(plan.rates) do
+        local i, b = r[1], r[2]
+        local more = amounts[i]
+        if est ~= nil then
+            more = more - est[i]
+        end
+        if more > 0 and refill(b.level, b.last, now, b.rate, b.cap) - more * b.per < -exact then
+            return { 'inexact', 'slot ' .. fmt(i - 1) .. ": the rate's debt" }
+        end
+    end
+    for _, cs in ipairs(plan.caps) do
+        local i, c = cs[1], cs[2].counter
+        if amounts[i] ~= 0 and c.used + amounts[i] > exact then
+            return { 'inexact', 'slot ' .. fmt(i - 1) .. ": the cap's usage" }
+        end
+    end
+    return nil
+end
+
+-- settle: {"crossings", [...]} | {"none"} (settled already) | {"inexact", what}
+local function settle(st, plan, take, est, actual, now, wall, lease_id)
+    now, wall = _clock(st, now, wall)
+    _roll(st, wall)
+    local held = true -- whether its cap reservations are still held
+    if st.ttl ~= nil then
+        local rec = nil
+        if lease_id ~= '' then
+            rec = st.records[lease_id]
+        end
+        if rec ~= nil and rec.status == SETTLED then
+            return { 'none' }
+        end
+        local reserves = false
+        for _, cs in ipairs(plan.caps) do
+            if est[cs[1]] ~= 0 then
+                reserves = true
+            end
+        end
+        if reserves then
+            held = rec ~= nil and (rec.status == ACTIVE or rec.status == UNCLAIMED)
+        else
+            held = true
+        end
+    end
+    if actual ~= nil and st.exact ~= nil then
+        local bad = _inexact(st.exact, plan, actual, est, now)
+        if bad ~= nil then
+            return bad
+        end
+    end
+    local crossings = {}
+    if actual ~= nil then
+        for _, r in ipairs(plan.rates) do
+            local i, b = r[1], r[2]
+            local delta = actual[i] - est[i]
+            if delta ~= 0 then
+                st.projection = nil
+                if delta < 0 then
+                    bucket_refund(b, take, -delta * b.per, now)
+                else
+                    st.take = st.take + 1
+                    bucket_charge(b, delta * b.per, now, st.take)
+                end
+            end
+        end
+    end
+    for _, cs in ipairs(plan.caps) do
+        local i, c = cs[1], cs[2].counter
+        if held then
+            c.reserved = c.reserved - est[i]
+        end
+        if actual ~= nil and actual[i] ~= 0 then
+            local before = c.used
+            c.used = before + actual[i]
+            insert(crossings, { i - 1, before, c.used, c.period, nn(c.end_) })
+        end
+    end
+    if st.ttl ~= nil and lease_id ~= '' then
+        st.records[lease_id] = Record(SETTLED, now + st.keep, take, {})
+    end
+    if #st.queue > 0 then
+        if actual ~= nil and #plan.hard > 0 then
+            _fail_certain(st)
+        end
+        service(st, now, wall)
+    end
+    return { 'crossings', crossings }
+end
+
+-- record: {"crossings", [...]} | an Exceeded | {"inexact", what}
+local function record(st, plan, req, now, wall)
+    now, wall = _clock(st, now, wall)
+    _roll(st, wall)
+    if st.exact ~= nil then
+        local bad = _inexact(st.exact, plan, req, nil, now)
+        if bad ~= nil then
+            return bad
+        end
+    end
+    for _, h in ipairs(plan.hard) do
+        local i, cap = h[1], h[2]
+        local n = req[i]
+        local c = cap.counter
+        if n ~= 0 and c.used + c.reserved + n > cap.limit then
+            return _exceeded(i, cap)
+        end
+    end
+    for _, r in ipairs(plan.rates) do
+        local i, b = r[1], r[2]
+        if req[i] ~= 0 then
+            st.projection = nil
+            st.take = st.take + 1
+            bucket_charge(b, req[i] * b.per, now, st.take)
+        end
+    end
+    local crossings = {}
+    for _, cs in ipairs(plan.caps) do
+        local i, c = cs[1], cs[2].counter
+        if req[i] ~= 0 then
+            local before = c.used
+            c.used = before + req[i]
+            insert(crossings, { i - 1, before, c.used, c.period, nn(c.end_) })
+        end
+    end
+    if #st.queue > 0 then
+        _fail_certain(st)
+        service(st, now, wall)
+    end
+    return { 'crossings', crossings }
+end
+
+local function extend(st, lease_id, ttl, now)
+    local rec = st.records[lease_id]
+    if rec == nil or not (rec.status == ACTIVE or rec.status == UNCLAIMED) then
+        return nil
+    end
+    if now + ttl > rec.exp then
+        rec.exp = now + ttl
+    end
+    return rec.exp - now
+end
+
+local function lower(st, b, top, now)
+    if now < st.clock then
+        now = st.clock
+    end
+    st.clock = now
+    if bucket_lower(b, top, now) then
+        st.projection = nil
+    end
+end
+
+local function reset(st, plan, now, wall)
+    now, wall = _clock(st, now, wall)
+    _roll(st, wall)
+    for _, cs in ipairs(plan.caps) do
+        cs[2].counter.used = 0
+    end
+    if #st.queue > 0 then
+        service(st, now, wall)
+    end
+end
+
+local function snapshot(st, plan, now, wall)
+    now, wall = _clock(st, now, wall)
+    _roll(st, wall)
+    local out = {}
+    for _, s in ipairs(plan.slots) do
+        if s.counter == nil then
+            insert(out, { bucket_now(s, now), 0, 0, '', NULL })
+        else
+            local c = s.counter
+            insert(out, { 0, c.used, c.reserved, c.period, nn(c.end_) })
+        end
+    end
+    return { 'snapshot', out, #st.queue }
+end
+
+-- stores/_ops.py ---------------------------------------------------------------
+
+local function _entry_result(e)
+    if (e.state == GRANTED or e.state == CLAIMED) and e.take ~= 0 then
+        return { 'granted', e.take }
+    end
+    if e.state == FAILED then
+        return e.error
+    end
+    if e.state == WAITING then
+        return { 'queued', nn(e.deadline) }
+    end
+    return { 'gone' }
+end
+
+local function _poll(st, key, now)
+    for _, e in ipairs(st.queue) do
+        if e.id == key then
+            local deadline = poll(st, e, now, now)
+            if e.state == WAITING then
+                return { 'queued', nn(deadline) }
+            end
+            return _entry_result(e)
+        end
+    end
+    local rec = st.records[key]
+    if rec == nil then
+        return { 'gone' }
+    end
+    if rec.status == UNCLAIMED then
+        rec.status = ACTIVE -- claimed: its owner proceeds
+        return { 'granted', rec.take }
+    end
+    if rec.status == FAILED and rec.error ~= nil then
+        st.records[key] = nil
+        return rec.error
+    end
+    if rec.status == ACTIVE or rec.status == SETTLED or rec.status == EXPIRED then
+        return { 'granted', rec.take } -- claimed already (a retry)
+    end
+    return { 'gone' }
+end
+
+local function _leave(st, plan, key, req, now)
+    for _, e in ipairs(st.queue) do
+        if e.id == key then
+            abort(st, e, now, now)
+            return
+        end
+    end
+    local rec = st.records[key]
+    if rec ~= nil and (rec.status == UNCLAIMED or rec.status == ACTIVE) then
+        -- granted on its behalf, and its owner left before it proceeded
+        local e = Entry()
+        e.id, e.plan, e.req, e.take, e.state = key, plan, req, rec.take, GRANTED
+        abort(st, e, now, now)
+    end
+end
+
+local function run(st, plan, ops, now)
+    if now < st.clock then
+        now = st.clock
+    end
+    st.clock = now
+    if st.wall < now then
+        st.wall = now
+    end
+    reclaim(st, now)
+    local out = {}
+    for _, op in ipairs(ops) do
+        local kind = op[1]
+        local result
+        if kind == 'acquire' then
+            local what, got = acquire(st, plan, op[3], now, now, nul(op[4]), op[5] ~= 0, op[2])
+            if what == 'queued' then
+                result = { 'queued', nn(got.deadline) }
+            elseif what == 'granted' then
+                result = { 'granted', got }
+            elseif what == 'refused' then
+                result = got
+            else
+                result = { 'none' }
+            end
+        elseif kind == 'poll' then
+            result = _poll(st, op[2], now)
+        elseif kind == 'leave' then
+            _leave(st, plan, op[2], op[3], now)
+            result = { 'none' }
+        elseif kind == 'settle' then
+            result = settle(st, plan, op[3], op[4], nul(op[5]), now, now, op[2])
+        elseif kind == 'record' then
+            result = record(st, plan, op[2], now, now)
+        elseif kind == 'snapshot' then
+            result = snapshot(st, plan, now, now)
+        elseif kind == 'reset' then
+            reset(st, plan, now, now)
+            result = { 'none' }
+        elseif kind == 'lower' then
+            local b = plan.slots[op[2] + 1]
+            assert(b ~= nil and b.counter == nil, 'ratebudget: lower needs a rate slot')
+            lower(st, b, op[3] * b.per, now)
+            if #st.queue > 0 then
+                service(st, now, now)
+            end
+            result = { 'none' }
+        elseif kind == 'extend' then
+            local ttl = nul(op[3])
+            if ttl == nil then
+                ttl = st.ttl
+            end
+            local got = extend(st, op[2], ttl or 0, now)
+            result = { 'bool', got ~= nil and 1 or 0 }
+        else
+            error('ratebudget: unknown store operation ' .. tostring(kind))
+        end
+        out[#out + 1] = result
+    end
+    local woken = {}
+    for _, e in ipairs(st.woken) do
+        local got = _entry_result(e)
+        if e.id ~= '' and got[1] ~= 'gone' then
+            insert(woken, { e.id, got })
+        end
+    end
+    st.woken = {}
+    return out, woken
+end
+
+-- stores/_state.py: the document in, the document out ------------------------------
+
+-- the plan's slots over ``st`` (PlanSpec.bind)
+local function bind(st, now)
+    local slots = {}
+    for _, s in ipairs(args.plan) do
+        if s[1] == 'r' then
+            insert(slots, st_bucket(st, s[2], s[3], s[4], s[5], now))
+        else
+            local window = nil
+            if s[5] ~= NULL then
+                window = windows[s[2]] or {}
+            end
+            insert(slots, CapSlot(st_counter(st, s[2], window), s[3], s[4] ~= 0))
+        end
+    end
+    set_roll(st)
+    return Plan(slots)
+end
+
+-- another limiter's plan, from its document (_state._bind)
+local function _bind(pdoc, st)
+    local slots = {}
+    for _, s in ipairs(pdoc) do
+        if s[1] == 'r' then
+            insert(slots, assert(st.buckets[s[2]], 'ratebudget: a plan names an unknown rate'))
+        else
+            local counter = st.counters[s[2]]
+            if counter == nil then
+                counter = Counter(s[2], nil)
+                st.counters[s[2]] = counter
+            end
+            insert(slots, CapSlot(counter, s[3], s[4] ~= 0))
+        end
+    end
+    return Plan(slots)
+end
+
+local function load_record(data, st)
+    local caps = {}
+    for _, kn in ipairs(data[4]) do
+        local c = st.counters[kn[1]]
+        if c == nil then
+            c = Counter(kn[1], nil)
+            st.counters[kn[1]] = c
+        end
+        insert(caps, { c, kn[2] })
+    end
+    local err = nul(data[5])
+    if err ~= nil and #err == 0 then
+        err = nil
+    end
+    return Record(data[1], data[2], data[3], caps, err)
+end
+
+local function dump_record(rec)
+    local caps = {}
+    for _, cn in ipairs(rec.caps) do
+        insert(caps, { cn[1].key, cn[2] })
+    end
+    return { rec.status, rec.exp, rec.take, caps, nn(rec.error) }
+end
+
+-- _state.load: fill the empty ``st``; the caller's plan
+local function load(doc, records, st, now)
+    if doc ~= nil then
+        st.clock, st.wall, st.take = doc.clock, doc.wall, doc.take
+        for key, row in pairs(doc.b) do
+            local b = Bucket(key, row[1], row[2], row[3], row[4], row[5])
+            b.full, b.peaks = row[6], row[7]
+            st.buckets[key] = b
+        end
+        for key, row in pairs(doc.c) do
+            local window = nil
+            if row[5] ~= NULL then
+                window = windows[key] or {}
+            end
+            local c = Counter(key, window)
+            c.period, c.end_, c.used, c.reserved = row[1], nul(row[2]), row[3], row[4]
+            st.counters[key] = c
+        end
+    end
+    -- the plan's calendar caps roll into the windows the caller sent
+    for _, s in ipairs(args.plan) do
+        if s[1] == 'c' and s[5] ~= NULL then
+            local c = st.counters[s[2]]
+            if c == nil then
+                st.counters[s[2]] = Counter(s[2], windows[s[2]] or {})
+            elseif c.window == nil then
+                c.window = windows[s[2]] or {}
+            end
+        end
+    end
+    local plan = bind(st, now)
+    plan.pid, plan.pdoc = args.pid, args.pdoc
+    if doc ~= nil then
+        local plans = { [args.pid] = plan }
+        for _, q in ipairs(doc.q) do
+            local pid = q[2]
+            local p = plans[pid]
+            if p == nil then
+                p = _bind(doc.p[pid], st)
+                p.pid, p.pdoc = pid, doc.p[pid]
+                plans[pid] = p
+            end
+            local e = Entry()
+            e.id, e.plan, e.req = q[1], p, q[3]
+            e.deadline, e.timeout_at, e.alive = nul(q[4]), nul(q[5]), nul(q[6])
+            insert(st.queue, e)
+        end
+    end
+    for key, data in pairs(records) do
+        st.records[key] = load_record(data, st)
+    end
+    set_roll(st)
+    return plan
+end
+
+-- _state.dump (``specs``: each cap key's {per, tz}, as _state.cap_specs)
+local function dump(st, specs)
+    local plans = object({})
+    local queue = {}
+    for _, e in ipairs(st.queue) do
+        local p = e.plan
+        if plans[p.pid] == nil then
+            plans[p.pid] = p.pdoc
+        end
+        insert(queue, { e.id, p.pid, e.req, nn(e.deadline), nn(e.timeout_at), nn(e.alive) })
+    end
+    local buckets = object({})
+    for k, b in pairs(st.buckets) do
+        buckets[k] = { b.rate, b.per, b.cap, b.level, b.last, b.full, b.peaks }
+    end
+    local counters = object({})
+    for k, c in pairs(st.counters) do
+        local spec = specs[k] or { NULL, 'UTC' }
+        counters[k] = { c.period, nn(c.end_), c.used, c.reserved, spec[1], spec[2] }
+    end
+    return object({
+        clock = st.clock, wall = st.wall, take = st.take,
+        b = buckets, c = counters, p = plans, q = queue,
+    })
+end
+
+-- run_document, and the writes of RedisStore ---------------------------------------
+
+local now = args.now
+if now < 0 then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local raw = redis.call('GET', S)
+local doc = nil
+if raw then
+    doc = cjson.decode(raw)
+end
+local clock = now
+if doc ~= nil and doc.clock > now then
+    clock = doc.clock
+end
+
+-- the records the batch may read: expired ones, and those its ops name
+local want, wanted = {}, {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', X, '-inf', fmt(clock))) do
+    if not wanted[id] then
+        wanted[id] = true
+        insert(want, id)
+    end
+end
+for _, op in ipairs(args.ops) do
+    local kind = op[1]
+    if kind == 'poll' or kind == 'leave' or kind == 'settle' or kind == 'extend' then
+        if not wanted[op[2]] then
+            wanted[op[2]] = true
+            insert(want, op[2])
+        end
+    end
+end
+local records = {}
+for first = 1, #want, 1000 do
+    local last = math.min(first + 999, #want)
+    local got = redis.call('HMGET', R, unpack(want, first, last))
+    for k = first, last do
+        local data = got[k - first + 1]
+        if data then
+            records[want[k]] = cjson.decode(data)
+        end
+    end
+end
+
+local st = State(args.ttl, args.keep, args.ttl)
+st.exact = EXACT
+local plan = load(doc, records, st, now)
+local results, woken = run(st, plan, args.ops, now)
+
+local specs = {} -- _state.cap_specs
+if doc ~= nil then
+    for key, row in pairs(doc.c) do
+        specs[key] = { row[5], row[6] }
+    end
+end
+for _, s in ipairs(args.plan) do
+    if s[1] == 'c' then
+        specs[s[2]] = { s[5], s[6] }
+    end
+end
+
+-- everything is encoded before anything is written
+local doc_out = encode(dump(st, specs))
+local fields, scores = {}, {}
+for key, rec in pairs(st.records) do
+    insert(fields, key)
+    insert(fields, encode(dump_record(rec)))
+    insert(scores, fmt(rec.exp))
+    insert(scores, key)
+end
+local gone = {}
+for key in pairs(records) do
+    if st.records[key] == nil then
+        insert(gone, key)
+    end
+end
+local woken_keys = {}
+for _, w in ipairs(woken) do
+    insert(woken_keys, w[1])
+end
+local answer = encode(object({ results = results, now = st.clock, woken = woken }))
+
+redis.call('SET', S, doc_out)
+for first = 1, #gone, 1000 do
+    local last = math.min(first + 999, #gone)
+    redis.call('HDEL', R, unpack(gone, first, last))
+    redis.call('ZREM', X, unpack(gone, first, last))
+end
+for first = 1, #fields, 1000 do
+    local last = math.min(first + 999, #fields)
+    redis.call('HSET', R, unpack(fields, first, last))
+    redis.call('ZADD', X, unpack(scores, first, last))
+end
+local idle = fmt(args.idle + fdiv(args.ttl, 1000))
+for _, key in ipairs(KEYS) do
+    redis.call('PEXPIRE', key, idle)
+end
+if #woken_keys > 0 then
+    redis.call('PUBLISH', string.sub(S, 1, -3) .. ':wake', encode(woken_keys))
+end
+return answer
