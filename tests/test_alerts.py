@@ -1,4 +1,8 @@
-"""Alerts: each threshold fires once per period, to on_alert and to logging."""
+"""Alerts: each threshold fires once per period, to on_alert and to logging.
+
+Every test runs on the memory, SQLite and Redis stores (the ``make``
+fixture).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from decimal import Decimal
 import anyio
 import pytest
 
-from ratebudget import Alert, Cap, Limiter
+from conftest import Make
+from ratebudget import Alert, Cap
 from ratebudget.testing import FakeClock
 
 D = Decimal
@@ -52,12 +57,12 @@ def alert_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 
 class TestThresholds:
-    async def test_each_threshold_fires_once_when_usage_first_reaches_it(self) -> None:
+    async def test_each_threshold_fires_once_when_usage_first_reaches_it(
+        self, make: Make
+    ) -> None:
         got = Collector()
         cap = Cap(usd=10, per="day", alert_at=(0.5, 0.8, 1.0))
-        limiter = Limiter(
-            cap, clock=FakeClock(start=utc(2026, 5, 17, 12)), on_alert=got
-        )
+        limiter = make(cap, clock=FakeClock(start=utc(2026, 5, 17, 12)), on_alert=got)
         await limiter.record(usd="4.99")
         assert got.alerts == []
         await limiter.record(usd="0.01")
@@ -79,9 +84,10 @@ class TestThresholds:
 
     async def test_one_commit_crossing_several_thresholds_fires_each_in_order(
         self,
+        make: Make,
     ) -> None:
         got = Collector()
-        limiter = Limiter(
+        limiter = make(
             Cap(tokens=100, alert_at=(1.0, 0.5, 0.8)), clock=FakeClock(), on_alert=got
         )
         lease = await limiter.acquire(10)
@@ -90,9 +96,11 @@ class TestThresholds:
         assert all(a.used == 95 for a in got.alerts)
         assert all(a.period is None and a.resets_at is None for a in got.alerts)
 
-    async def test_reservations_do_not_fire_alerts_only_usage_does(self) -> None:
+    async def test_reservations_do_not_fire_alerts_only_usage_does(
+        self, make: Make
+    ) -> None:
         got = Collector()
-        limiter = Limiter(Cap(usd=10, alert_at=(0.5,)), clock=FakeClock(), on_alert=got)
+        limiter = make(Cap(usd=10, alert_at=(0.5,)), clock=FakeClock(), on_alert=got)
         lease = await limiter.acquire(usd=9)
         assert got.alerts == []
         await lease.release()
@@ -101,10 +109,10 @@ class TestThresholds:
             assert got.alerts == []
         assert got.thresholds == [0.5]
 
-    async def test_thresholds_fire_again_in_the_next_period(self) -> None:
+    async def test_thresholds_fire_again_in_the_next_period(self, make: Make) -> None:
         got = Collector()
         clock = FakeClock(start=utc(2026, 1, 1, 22, 30))  # 23:30 in Berlin
-        limiter = Limiter(
+        limiter = make(
             Cap(usd=10, per="day", tz="Europe/Berlin", alert_at=(0.5,)),
             clock=clock,
             on_alert=got,
@@ -118,9 +126,9 @@ class TestThresholds:
         assert [a.period for a in got.alerts] == ["2026-01-01", "2026-01-02"]
         assert [a.used for a in got.alerts] == [D(6), D(5)]
 
-    async def test_thresholds_fire_again_after_reset(self) -> None:
+    async def test_thresholds_fire_again_after_reset(self, make: Make) -> None:
         got = Collector()
-        limiter = Limiter(
+        limiter = make(
             Cap(usd=10, alert_at=(0.5, 1.0)), clock=FakeClock(), on_alert=got
         )
         await limiter.record(usd=6)
@@ -130,9 +138,11 @@ class TestThresholds:
         await limiter.record(usd=1)
         assert got.thresholds == [0.5, 0.5]
 
-    async def test_a_soft_cap_alerts_past_its_limit_and_never_blocks(self) -> None:
+    async def test_a_soft_cap_alerts_past_its_limit_and_never_blocks(
+        self, make: Make
+    ) -> None:
         got = Collector()
-        limiter = Limiter(
+        limiter = make(
             Cap(usd=1, soft=True, alert_at=(1.0, 2.0)), clock=FakeClock(), on_alert=got
         )
         await limiter.record(usd="1.5")
@@ -142,19 +152,19 @@ class TestThresholds:
         assert got.thresholds == [1.0, 2.0]
         assert got.alerts[1].used == D("2.5")
 
-    async def test_an_alert_on_one_cap_does_not_fire_another(self) -> None:
+    async def test_an_alert_on_one_cap_does_not_fire_another(self, make: Make) -> None:
         got = Collector()
         day = Cap(usd=10, per="day", alert_at=(0.5,))
         month = Cap(usd=100, per="month", alert_at=(0.5,))
-        limiter = Limiter(day, month, clock=FakeClock(), on_alert=got)
+        limiter = make(day, month, clock=FakeClock(), on_alert=got)
         await limiter.record(usd=6)
         assert [a.limit for a in got.alerts] == [day]
 
 
 class TestDelivery:
-    async def test_an_async_handler_receives_every_alert(self) -> None:
+    async def test_an_async_handler_receives_every_alert(self, make: Make) -> None:
         got = AsyncCollector()
-        limiter = Limiter(
+        limiter = make(
             Cap(usd=10, alert_at=(0.5, 1.0)), clock=FakeClock(), on_alert=got
         )
         await limiter.record(usd=5)
@@ -163,9 +173,9 @@ class TestDelivery:
         assert got.thresholds == [0.5, 1.0]
 
     async def test_alerts_are_logged_even_without_a_handler(
-        self, caplog: pytest.LogCaptureFixture
+        self, make: Make, caplog: pytest.LogCaptureFixture
     ) -> None:
-        limiter = Limiter(Cap(usd=10, alert_at=(0.8,)), clock=FakeClock())
+        limiter = make(Cap(usd=10, alert_at=(0.8,)), clock=FakeClock())
         with caplog.at_level(logging.WARNING, logger="ratebudget"):
             await limiter.record(usd=9)
         (record,) = alert_logs(caplog)
@@ -174,10 +184,10 @@ class TestDelivery:
         assert "usd" in record.getMessage()
 
     async def test_alerts_are_logged_once_at_info_when_a_handler_gets_them(
-        self, caplog: pytest.LogCaptureFixture
+        self, make: Make, caplog: pytest.LogCaptureFixture
     ) -> None:
         got = Collector()
-        limiter = Limiter(Cap(usd=10, alert_at=(0.8,)), clock=FakeClock(), on_alert=got)
+        limiter = make(Cap(usd=10, alert_at=(0.8,)), clock=FakeClock(), on_alert=got)
         with caplog.at_level(logging.INFO, logger="ratebudget"):
             await limiter.record(usd=9)
             await limiter.record(usd="0.5")
@@ -187,14 +197,12 @@ class TestDelivery:
         assert len(got.alerts) == 1
 
     async def test_a_failing_handler_is_logged_and_does_not_break_the_commit(
-        self, caplog: pytest.LogCaptureFixture
+        self, make: Make, caplog: pytest.LogCaptureFixture
     ) -> None:
         def broken(alert: Alert) -> None:
             raise RuntimeError("pager down")
 
-        limiter = Limiter(
-            Cap(usd=10, alert_at=(0.5,)), clock=FakeClock(), on_alert=broken
-        )
+        limiter = make(Cap(usd=10, alert_at=(0.5,)), clock=FakeClock(), on_alert=broken)
         lease = await limiter.acquire(usd=1)
         with caplog.at_level(logging.WARNING, logger="ratebudget"):
             await lease.commit(usd=6)
@@ -208,13 +216,13 @@ class TestDelivery:
         assert isinstance(errors[0].exc_info[1], RuntimeError)
 
     async def test_a_failing_async_handler_is_logged_and_does_not_break_the_record(
-        self, caplog: pytest.LogCaptureFixture
+        self, make: Make, caplog: pytest.LogCaptureFixture
     ) -> None:
         async def broken(alert: Alert) -> None:
             await anyio.lowlevel.checkpoint()
             raise RuntimeError("webhook down")
 
-        limiter = Limiter(
+        limiter = make(
             Cap(usd=10, alert_at=(0.5, 1.0)), clock=FakeClock(), on_alert=broken
         )
         with caplog.at_level(logging.WARNING, logger="ratebudget"):
@@ -225,6 +233,7 @@ class TestDelivery:
 
     async def test_a_handler_failure_on_exit_of_async_with_does_not_escape(
         self,
+        make: Make,
     ) -> None:
         calls: list[float] = []
 
@@ -232,7 +241,7 @@ class TestDelivery:
             calls.append(alert.threshold)
             raise ValueError("nope")
 
-        limiter = Limiter(
+        limiter = make(
             Cap(tokens=10, alert_at=(0.5,)), clock=FakeClock(), on_alert=broken
         )
         async with limiter.acquire(6):
@@ -242,9 +251,11 @@ class TestDelivery:
 
 
 class TestSyncAlerts:
-    def test_sync_record_and_commit_deliver_to_a_plain_handler(self) -> None:
+    def test_sync_record_and_commit_deliver_to_a_plain_handler(
+        self, make: Make
+    ) -> None:
         got = Collector()
-        limiter = Limiter(
+        limiter = make(
             Cap(usd=10, alert_at=(0.5, 1.0)), clock=FakeClock(), on_alert=got
         )
         limiter.sync.record(usd=5)
@@ -253,9 +264,9 @@ class TestSyncAlerts:
             pass
         assert got.thresholds == [0.5, 1.0]
 
-    def test_sync_calls_deliver_to_an_async_handler(self) -> None:
+    def test_sync_calls_deliver_to_an_async_handler(self, make: Make) -> None:
         got = AsyncCollector()
-        limiter = Limiter(
+        limiter = make(
             Cap(usd=10, alert_at=(0.5, 1.0)), clock=FakeClock(), on_alert=got
         )
         limiter.sync.record(usd=5)
@@ -264,14 +275,12 @@ class TestSyncAlerts:
         assert got.thresholds == [0.5, 1.0]
 
     def test_a_failing_handler_does_not_break_a_sync_commit(
-        self, caplog: pytest.LogCaptureFixture
+        self, make: Make, caplog: pytest.LogCaptureFixture
     ) -> None:
         def broken(alert: Alert) -> None:
             raise RuntimeError("pager down")
 
-        limiter = Limiter(
-            Cap(usd=10, alert_at=(0.5,)), clock=FakeClock(), on_alert=broken
-        )
+        limiter = make(Cap(usd=10, alert_at=(0.5,)), clock=FakeClock(), on_alert=broken)
         with caplog.at_level(logging.WARNING, logger="ratebudget"):
             lease = limiter.sync.acquire(usd=1)
             lease.commit(usd=6)
@@ -280,9 +289,9 @@ class TestSyncAlerts:
         assert len(alert_logs(caplog)) == 1
         assert [r.levelno for r in caplog.records if r.exc_info] == [logging.ERROR]
 
-    def test_sync_alerts_fire_again_after_reset(self) -> None:
+    def test_sync_alerts_fire_again_after_reset(self, make: Make) -> None:
         got = Collector()
-        limiter = Limiter(Cap(usd=10, alert_at=(0.5,)), clock=FakeClock(), on_alert=got)
+        limiter = make(Cap(usd=10, alert_at=(0.5,)), clock=FakeClock(), on_alert=got)
         limiter.sync.record(usd=5)
         limiter.sync.reset()
         limiter.sync.record(usd=5)

@@ -3,7 +3,8 @@
 A later caller never overtakes an earlier one on the same limiter, whatever
 the sizes, so a large request is never starved by a stream of small ones,
 and ``try_acquire`` never jumps a non-empty queue. Timings run on a
-``FakeClock`` and are compared with an independent model of a FIFO bucket.
+``FakeClock`` and are compared with an independent model of a FIFO bucket,
+on the memory, SQLite and Redis stores (the ``make`` fixture) alike.
 """
 
 from __future__ import annotations
@@ -13,13 +14,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import Make
 from helpers import NS, Grants, run_out, run_until, settle
-from ratebudget import Limiter, Rate
+from ratebudget import Rate
 from ratebudget.testing import FakeClock
 
 
 def fifo_model(
-    limit: int, per_ns: int, burst: int, start: int, arrivals: list[tuple[int, int]]
+    limit: int,
+    per_ns: int,
+    burst: int,
+    start: int,
+    arrivals: list[tuple[int, int]],
+    tick_ns: int = 1,
 ) -> list[int]:
     """Grant times (ns) of a FIFO token bucket, written from its definition.
 
@@ -27,8 +34,14 @@ def fifo_model(
     Each caller is served at the first moment that is not before its arrival
     nor before the caller ahead of it, and at which the bucket holds its
     tokens; the bucket refills ``limit`` tokens per ``per_ns`` up to ``burst``.
+    Time counts in steps of ``tick_ns`` (the store's resolution): arrivals
+    fall on whole steps, and a wait is rounded up to a whole step.
     """
-    level = start * per_ns  # in token-nanoseconds
+    assert per_ns % tick_ns == 0
+    assert all(at % tick_ns == 0 for at, _ in arrivals)
+    per_ns //= tick_ns
+    arrivals = [(at // tick_ns, need) for at, need in arrivals]
+    level = start * per_ns  # in token-ticks
     cap = burst * per_ns
     last = 0
     t_prev = 0
@@ -44,9 +57,16 @@ def fifo_model(
             level = min(level + limit * wait, cap)
             last = t
         level -= need * per_ns
-        out.append(t)
+        out.append(t * tick_ns)
         t_prev = t
     return out
+
+
+@pytest.fixture
+def tick_ns(store_kind: str) -> int:
+    """The store's time resolution: memory counts nanoseconds, the shared
+    stores whole microseconds."""
+    return 1 if store_kind == "memory" else 1_000
 
 
 @st.composite
@@ -66,9 +86,11 @@ def arrival_patterns(draw: st.DrawFn) -> tuple[int, int, int, list[tuple[int, in
 
 
 class TestLargeRequestsAreNotStarved:
-    async def test_a_full_burst_request_is_served_before_later_small_ones(self) -> None:
+    async def test_a_full_burst_request_is_served_before_later_small_ones(
+        self, make: Make
+    ) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        limiter = make(Rate(tokens=10, per=1), clock=clock)
         await limiter.acquire(5)
         grants = Grants(limiter, clock)
         async with anyio.create_task_group() as tg:
@@ -90,9 +112,11 @@ class TestLargeRequestsAreNotStarved:
             "s3": 8 * NS // 10,
         }
 
-    async def test_a_stream_of_small_requests_never_starves_a_large_one(self) -> None:
+    async def test_a_stream_of_small_requests_never_starves_a_large_one(
+        self, make: Make
+    ) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        limiter = make(Rate(tokens=10, per=1), clock=clock)
         await limiter.acquire(10)
         grants = Grants(limiter, clock)
         smalls = [f"s{i:02}" for i in range(40)]
@@ -108,9 +132,11 @@ class TestLargeRequestsAreNotStarved:
         assert grants.at["big"] == NS  # its own refill time, as if alone
         assert grants.order == ["big", *smalls]
 
-    async def test_a_large_request_behind_small_ones_waits_only_for_them(self) -> None:
+    async def test_a_large_request_behind_small_ones_waits_only_for_them(
+        self, make: Make
+    ) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        limiter = make(Rate(tokens=10, per=1), clock=clock)
         await limiter.acquire(10)
         grants = Grants(limiter, clock)
         async with anyio.create_task_group() as tg:
@@ -135,14 +161,21 @@ class TestArrivalOrder:
     )
     @given(arrival_patterns())
     async def test_grants_follow_arrival_order_for_mixed_sizes(
-        self, pattern: tuple[int, int, int, list[tuple[int, int]]]
+        self,
+        make: Make,
+        tick_ns: int,
+        pattern: tuple[int, int, int, list[tuple[int, int]]],
     ) -> None:
         """Random sizes (up to the burst) and gaps: nobody is served before a
         caller that came earlier, and every grant time equals the model's.
+
+        The gaps are rounded up to the store's resolution (1 ns becomes one
+        µs on the shared stores) and so are the model's waits: the same
+        model, at the resolution the store keeps time in.
         """
         burst, limit, start, arrivals = pattern
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=limit, per=1, burst=burst), clock=clock)
+        limiter = make(Rate(tokens=limit, per=1, burst=burst), clock=clock)
         if start < burst:
             await limiter.record(tokens=burst - start)
         grants = Grants(limiter, clock)
@@ -151,7 +184,7 @@ class TestArrivalOrder:
         t = 0
         async with anyio.create_task_group() as tg:
             for name, (gap, size) in zip(names, arrivals, strict=True):
-                t += gap
+                t += -(-gap // tick_ns) * tick_ns
                 times.append(t)
                 await run_until(clock, t)
                 tg.start_soon(grants.acquirer(name, size))
@@ -167,13 +200,16 @@ class TestArrivalOrder:
             burst,
             start,
             [(t, n) for t, (_, n) in zip(times, arrivals, strict=True)],
+            tick_ns,
         )
         assert granted == expected
 
-    async def test_a_request_on_another_axis_does_not_overtake_either(self) -> None:
+    async def test_a_request_on_another_axis_does_not_overtake_either(
+        self, make: Make
+    ) -> None:
         """Even a caller that needs nothing the head waits for stays behind it."""
         clock = FakeClock()
-        limiter = Limiter(Rate(requests=1, per=1), Rate(tokens=10, per=1), clock=clock)
+        limiter = make(Rate(requests=1, per=1), Rate(tokens=10, per=1), clock=clock)
         await limiter.acquire(0)  # the only request of this second
         grants = Grants(limiter, clock)
         async with anyio.create_task_group() as tg:
@@ -190,9 +226,10 @@ class TestArrivalOrder:
 class TestTryAcquireNeverJumpsTheQueue:
     async def test_try_acquire_returns_none_behind_a_waiter_though_tokens_suffice(
         self,
+        make: Make,
     ) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        limiter = make(Rate(tokens=10, per=1), clock=clock)
         await limiter.acquire(1)
         grants = Grants(limiter, clock)
         async with anyio.create_task_group() as tg:
@@ -211,9 +248,10 @@ class TestTryAcquireNeverJumpsTheQueue:
 
     async def test_try_acquire_that_would_wait_returns_none_and_takes_nothing(
         self,
+        make: Make,
     ) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        limiter = make(Rate(tokens=10, per=1), clock=clock)
         await limiter.acquire(7)
         before = await limiter.snapshot()
         assert await limiter.try_acquire(4) is None
@@ -223,11 +261,13 @@ class TestTryAcquireNeverJumpsTheQueue:
         assert lease is not None
         assert lease.amounts == {"tokens": 3, "requests": 1}
 
-    async def test_timeout_zero_does_not_jump_the_queue_either(self) -> None:
+    async def test_timeout_zero_does_not_jump_the_queue_either(
+        self, make: Make
+    ) -> None:
         from ratebudget import AcquireTimeout
 
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        limiter = make(Rate(tokens=10, per=1), clock=clock)
         await limiter.acquire(1)
         async with anyio.create_task_group() as tg:
             tg.start_soon(Grants(limiter, clock).acquirer("big", 10))

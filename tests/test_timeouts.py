@@ -4,7 +4,8 @@ When the wait the limiter can already foresee exceeds ``timeout=``,
 ``AcquireTimeout`` (a ``TimeoutError``) is raised at once: no fake time
 passes, nobody sleeps, the state is unchanged and ``retry_after`` is the
 foreseen wait. A timeout that expires while waiting raises too, takes
-nothing, and the callers behind move up.
+nothing, and the callers behind move up. Every test runs on the memory,
+SQLite and Redis stores (the ``make`` fixture).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import anyio
 import pytest
 
+from conftest import Make
 from helpers import NS, run_out, settle
 from ratebudget import (
     AcquireTimeout,
@@ -54,9 +56,11 @@ class Outcomes:
 
 
 class TestFailFast:
-    async def test_a_foreseeable_wait_beyond_the_timeout_raises_at_once(self) -> None:
+    async def test_a_foreseeable_wait_beyond_the_timeout_raises_at_once(
+        self, make: Make
+    ) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per=1), Cap(usd="1"), clock=clock)
+        limiter = make(Rate(tokens=10, per=1), Cap(usd="1"), clock=clock)
         await limiter.acquire(10)
         before = await limiter.snapshot()
         with anyio.fail_after(5), pytest.raises(AcquireTimeout) as info:
@@ -66,9 +70,11 @@ class TestFailFast:
         assert await limiter.snapshot() == before
         assert info.value.retry_after == pytest.approx(0.5, abs=1e-9)
 
-    async def test_the_foreseeable_wait_counts_the_callers_queued_ahead(self) -> None:
+    async def test_the_foreseeable_wait_counts_the_callers_queued_ahead(
+        self, make: Make
+    ) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        limiter = make(Rate(tokens=10, per=1), clock=clock)
         await limiter.acquire(10)
         outcomes = Outcomes(limiter, clock)
         async with anyio.create_task_group() as tg:
@@ -88,9 +94,11 @@ class TestFailFast:
             await run_out(clock)
         assert outcomes.granted == {"a": NS, "b": 3 * NS // 2}
 
-    async def test_a_wait_equal_to_the_timeout_is_served_in_time(self) -> None:
+    async def test_a_wait_equal_to_the_timeout_is_served_in_time(
+        self, make: Make
+    ) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        limiter = make(Rate(tokens=10, per=1), clock=clock)
         await limiter.acquire(10)
         outcomes = Outcomes(limiter, clock)
         async with anyio.create_task_group() as tg:
@@ -100,18 +108,20 @@ class TestFailFast:
         assert outcomes.granted == {"w": NS // 2}
         assert outcomes.failed == {}
 
-    async def test_acquire_timeout_is_a_timeout_error(self) -> None:
+    async def test_acquire_timeout_is_a_timeout_error(self, make: Make) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        limiter = make(Rate(tokens=10, per=1), clock=clock)
         await limiter.acquire(10)
         with pytest.raises(TimeoutError) as info:
             await limiter.acquire(1, timeout=0.01)
         assert isinstance(info.value, AcquireTimeout)
         assert isinstance(info.value, RateBudgetError)
 
-    async def test_the_context_manager_fails_fast_before_the_block(self) -> None:
+    async def test_the_context_manager_fails_fast_before_the_block(
+        self, make: Make
+    ) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        limiter = make(Rate(tokens=10, per=1), clock=clock)
         await limiter.acquire(10)
         entered = False
         with pytest.raises(AcquireTimeout):
@@ -120,9 +130,9 @@ class TestFailFast:
         assert not entered
         assert (await limiter.snapshot()).limits[0].tokens == 0
 
-    def test_the_sync_facade_fails_fast_too(self) -> None:
+    def test_the_sync_facade_fails_fast_too(self, make: Make) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        limiter = make(Rate(tokens=10, per=1), clock=clock)
         limiter.sync.acquire(10)
         before = limiter.sync.snapshot()
         with pytest.raises(AcquireTimeout) as info:
@@ -133,9 +143,10 @@ class TestFailFast:
 
     async def test_the_foreseeable_wait_is_the_slowest_rate_over_the_queue(
         self,
+        make: Make,
     ) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(requests=1, per=1), Rate(tokens=100, per=1), clock=clock)
+        limiter = make(Rate(requests=1, per=1), Rate(tokens=100, per=1), clock=clock)
         await limiter.acquire(100)  # no request, no token left
         with pytest.raises(AcquireTimeout) as info:
             await limiter.acquire(10, timeout=0.5)  # the request takes 1 s
@@ -144,7 +155,9 @@ class TestFailFast:
             await limiter.acquire(100, requests=0, timeout=0.5)  # tokens take 1 s
         assert info.value.retry_after == pytest.approx(1.0, abs=1e-9)
 
-    async def test_a_wait_foreseeable_across_two_rates_fails_fast(self) -> None:
+    async def test_a_wait_foreseeable_across_two_rates_fails_fast(
+        self, make: Make
+    ) -> None:
         """Contract 4 with RPM + TPM.
 
         The head waits 10 s for 100 tokens; meanwhile the requests rate fills
@@ -155,7 +168,7 @@ class TestFailFast:
         s and then time out.
         """
         clock = FakeClock()
-        limiter = Limiter(
+        limiter = make(
             Rate(tokens=100, per=10), Rate(requests=10, per=1, burst=1), clock=clock
         )
         await limiter.acquire(100, requests=0)
@@ -177,13 +190,14 @@ class TestFailFast:
 
     async def test_a_cancelled_waiter_no_longer_counts_in_the_forecast(
         self,
+        make: Make,
     ) -> None:
         """The queue's schedule is replayed and cached; a waiter leaving the
         queue must drop it, or a later caller is refused for a wait that is
         no longer there.
         """
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        limiter = make(Rate(tokens=10, per=1), clock=clock)
         await limiter.acquire(10)
         outcomes = Outcomes(limiter, clock)
         async with anyio.create_task_group() as tg:
@@ -206,9 +220,9 @@ class TestFailFast:
             await run_out(clock)
         assert outcomes.granted == {"head": NS // 2, "last": NS}
 
-    async def test_a_refund_shortens_the_forecast(self) -> None:
+    async def test_a_refund_shortens_the_forecast(self, make: Make) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        limiter = make(Rate(tokens=10, per=1), clock=clock)
         big = await limiter.acquire(10)
         outcomes = Outcomes(limiter, clock)
         async with anyio.create_task_group() as tg:
@@ -230,9 +244,10 @@ class TestFailFast:
 class TestTimeoutWhileWaiting:
     async def test_a_timeout_expiring_while_waiting_raises_and_the_queue_moves_up(
         self,
+        make: Make,
     ) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per=10), clock=clock)  # 1 token/s
+        limiter = make(Rate(tokens=10, per=10), clock=clock)  # 1 token/s
         await limiter.acquire(10)
         outcomes = Outcomes(limiter, clock)
         async with anyio.create_task_group() as tg:
@@ -252,9 +267,10 @@ class TestTimeoutWhileWaiting:
 
     async def test_a_waiter_timing_out_in_the_middle_lets_the_tail_move_up(
         self,
+        make: Make,
     ) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per=10), clock=clock)  # 1 token/s
+        limiter = make(Rate(tokens=10, per=10), clock=clock)  # 1 token/s
         await limiter.acquire(10)
         outcomes = Outcomes(limiter, clock)
         async with anyio.create_task_group() as tg:
@@ -268,9 +284,10 @@ class TestTimeoutWhileWaiting:
 
     async def test_a_timeout_while_entering_an_async_with_block_skips_the_block(
         self,
+        make: Make,
     ) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per=10), clock=clock)  # 1 token/s
+        limiter = make(Rate(tokens=10, per=10), clock=clock)  # 1 token/s
         await limiter.acquire(10)
         ran: list[bool] = []
         failed_at: list[int] = []
@@ -293,9 +310,10 @@ class TestTimeoutWhileWaiting:
 
     async def test_timeout_zero_is_served_when_nobody_waits_and_tokens_suffice(
         self,
+        make: Make,
     ) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        limiter = make(Rate(tokens=10, per=1), clock=clock)
         lease = await limiter.acquire(10, timeout=0)
         assert lease.amounts["tokens"] == 10
         with pytest.raises(AcquireTimeout) as info:
@@ -304,9 +322,11 @@ class TestTimeoutWhileWaiting:
         assert clock.sleepers == 0
         assert (await limiter.snapshot()).limits[0].tokens == 0
 
-    async def test_an_infinite_timeout_waits_as_long_as_it_takes(self) -> None:
+    async def test_an_infinite_timeout_waits_as_long_as_it_takes(
+        self, make: Make
+    ) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=1, per="hour"), clock=clock)
+        limiter = make(Rate(tokens=1, per="hour"), clock=clock)
         await limiter.acquire(1)
         outcomes = Outcomes(limiter, clock)
         async with anyio.create_task_group() as tg:
@@ -315,9 +335,9 @@ class TestTimeoutWhileWaiting:
             await run_out(clock)
         assert outcomes.granted == {"w": 3600 * NS}
 
-    def test_a_sync_waiter_times_out_while_waiting(self) -> None:
+    def test_a_sync_waiter_times_out_while_waiting(self, make: Make) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per=10), clock=clock)
+        limiter = make(Rate(tokens=10, per=10), clock=clock)
         limiter.sync.acquire(10)
         result: list[BaseException | None] = []
 
@@ -354,9 +374,11 @@ BAD_TIMEOUTS: list[Any] = [-1, -1e-9, -math.inf, math.nan, True, False, "1", b"1
 
 class TestInvalidTimeouts:
     @pytest.mark.parametrize("bad", BAD_TIMEOUTS, ids=repr)
-    async def test_a_bad_timeout_is_rejected_at_the_call(self, bad: Any) -> None:
+    async def test_a_bad_timeout_is_rejected_at_the_call(
+        self, make: Make, bad: Any
+    ) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per=1), clock=clock)
+        limiter = make(Rate(tokens=10, per=1), clock=clock)
         before = await limiter.snapshot()
         with pytest.raises(InvalidRequest):
             limiter.acquire(1, timeout=bad)  # not even awaited
@@ -365,8 +387,10 @@ class TestInvalidTimeouts:
         assert await limiter.snapshot() == before
 
     @pytest.mark.parametrize("bad", BAD_TIMEOUTS, ids=repr)
-    def test_a_bad_timeout_is_rejected_by_the_sync_facade(self, bad: Any) -> None:
-        limiter = Limiter(Rate(tokens=10, per=1), clock=FakeClock())
+    def test_a_bad_timeout_is_rejected_by_the_sync_facade(
+        self, make: Make, bad: Any
+    ) -> None:
+        limiter = make(Rate(tokens=10, per=1), clock=FakeClock())
         before = limiter.sync.snapshot()
         with pytest.raises(InvalidRequest):
             limiter.sync.acquire(1, timeout=bad)
