@@ -1,4 +1,4 @@
-"""Helpers shared by the timing tests: exact fake time and a fast settle."""
+"""Helpers shared by the tests: exact fake time, a fast settle, short test ids."""
 
 from __future__ import annotations
 
@@ -14,6 +14,15 @@ from ratebudget import Limiter
 from ratebudget.testing import FakeClock, store_busy
 
 NS = 1_000_000_000
+
+
+def short_id(value: object) -> str:
+    """A test id that stays readable for a number of hundreds of digits."""
+    try:
+        text = str(value)
+    except ValueError:  # an int past sys.get_int_max_str_digits()
+        return type(value).__name__
+    return text if len(text) <= 24 else f"{text[:8]}..{len(text)}chars"
 
 
 async def settle() -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import time
 from decimal import Decimal, localcontext
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from helpers import short_id
 from ratebudget import Cap, InvalidRequest, Limiter, Rate
 from ratebudget.testing import FakeClock
 
@@ -26,6 +30,22 @@ async def cap_used(limiter: Limiter, axis: str) -> int | Decimal:
     snap = await limiter.snapshot()
     (cap,) = (s for s in snap.limits if s.kind == "cap" and s.axis == axis)
     return cap.used
+
+
+MAX_UNITS = 2**63 - 1
+"""The documented bound on one amount, in units: a signed 64-bit count."""
+
+FAST = 0.25
+"""Seconds a refusal may take, however absurd the input (it takes microseconds)."""
+
+
+def record_units(axis: str, value: Any) -> int | Decimal:
+    """Record ``value`` on a limiter that counts ``axis``; return what it charged."""
+    limit: dict[str, Any] = {axis: 0}
+    limiter = Limiter(Cap(soft=True, **limit), clock=FakeClock())
+    limiter.sync.record(**{axis: value})
+    used: int | Decimal = limiter.sync.snapshot().limits[0].used
+    return used
 
 
 BAD_AMOUNTS: list[tuple[str, Any]] = [
@@ -349,3 +369,135 @@ class TestAxes:
         assert not lease.settled
         lease.commit()
         assert limiter.sync.snapshot().limits[0].used == Decimal(2)
+
+
+LIMIT_MESSAGE = {
+    "tokens": r"at most 9223372036854775807 tokens \(2\*\*63 - 1\)",
+    "input_tokens": r"at most 9223372036854775807 input_tokens \(2\*\*63 - 1\)",
+    "usd": r"at most 9223372036\.854775807 usd \(2\*\*63 - 1 nano-dollars\)",
+    "images": r"at most 9223372036854\.775807 images \(2\*\*63 - 1 micro-units\)",
+}
+
+HUGE_AMOUNTS: list[tuple[str, Any]] = [
+    ("tokens", "1e100000000"),  # used to freeze the process
+    ("usd", "1e1000000"),  # used to take ~50 s of CPU
+    ("images", Decimal("1e999999")),
+    ("usd", Decimal("1E+999999999999999999")),  # the largest decimal exponent
+    ("tokens", 10**400),
+    ("tokens", 10**5000),  # too long for str(): the message must not need it
+    ("usd", 10**400),
+    ("usd", 1e300),
+    ("images", 1.7976931348623157e308),
+    ("tokens", MAX_UNITS + 1),
+    ("tokens", float(2**63)),
+    ("input_tokens", str(MAX_UNITS + 1)),
+    ("usd", MAX_UNITS // 10**9 + 1),
+    ("usd", "9223372036.854775808"),  # one nano-dollar past the bound
+    ("usd", "9223372036.8547758071"),  # rounds up past the bound
+    ("images", "9223372036854.775808"),  # one micro-unit past the bound
+]
+
+
+class TestAbsurdMagnitudes:
+    """One amount is at most 2**63 - 1 units; past it, a quick refusal."""
+
+    @pytest.mark.parametrize(("axis", "value"), HUGE_AMOUNTS, ids=short_id)
+    async def test_a_huge_amount_is_refused_at_once_and_says_the_limit(
+        self, axis: str, value: Any
+    ) -> None:
+        limiter = Limiter(Cap(usd=10), Cap(images=5), clock=FakeClock())
+        before = await limiter.snapshot()
+        start = time.perf_counter()
+        with pytest.raises(InvalidRequest, match=LIMIT_MESSAGE[axis]):
+            limiter.acquire(**{axis: value})
+        with pytest.raises(InvalidRequest, match="at most"):
+            await limiter.record(**{axis: value})
+        with pytest.raises(InvalidRequest, match="at most"):
+            limiter.sync.record(**{axis: value})
+        assert time.perf_counter() - start < FAST
+        assert await limiter.snapshot() == before
+
+    @pytest.mark.parametrize(("axis", "value"), HUGE_AMOUNTS, ids=short_id)
+    async def test_a_huge_commit_is_refused_and_leaves_the_lease_active(
+        self, axis: str, value: Any
+    ) -> None:
+        limiter = Limiter(Cap(usd=10), Cap(images=5), clock=FakeClock())
+        lease = await limiter.acquire(10, usd="0.5")
+        with pytest.raises(InvalidRequest, match="at most"):
+            await lease.commit(**{axis: value})
+        assert not lease.settled
+        await lease.commit(usd="0.25")
+        assert await cap_used(limiter, "usd") == Decimal("0.25")
+
+    @pytest.mark.parametrize(
+        "value", ["1e999999999999999999999", " -1E-9999999999999999999 "]
+    )
+    def test_an_exponent_no_decimal_can_hold_is_refused_at_once(
+        self, value: str
+    ) -> None:
+        start = time.perf_counter()
+        with pytest.raises(InvalidRequest, match="exponent out of range"):
+            record_units("usd", value)
+        assert time.perf_counter() - start < FAST
+
+    @pytest.mark.parametrize(
+        ("axis", "value", "charged"),
+        [
+            ("tokens", MAX_UNITS, MAX_UNITS),
+            ("tokens", str(MAX_UNITS), MAX_UNITS),
+            ("tokens", Decimal(f"{MAX_UNITS}.000"), MAX_UNITS),
+            ("tokens", Decimal("9223372036854775.807E+3"), MAX_UNITS),
+            ("requests", 4.5e18, 4_500_000_000_000_000_000),
+            ("usd", "9223372036.854775807", Decimal("9223372036.854775807")),
+            ("usd", "9223372036.8547758069", Decimal("9223372036.854775807")),
+            ("usd", MAX_UNITS // 10**9, Decimal(MAX_UNITS // 10**9)),
+            ("images", "9223372036854.775807", Decimal("9223372036854.775807")),
+        ],
+    )
+    def test_the_bound_itself_is_accepted_exactly(
+        self, axis: str, value: Any, charged: int | Decimal
+    ) -> None:
+        assert record_units(axis, value) == charged
+
+    @pytest.mark.parametrize(
+        ("axis", "value", "charged"),
+        [
+            ("usd", "1e-1000000", Decimal("1E-9")),
+            ("usd", Decimal("1E-999999999999999999"), Decimal("1E-9")),
+            ("images", "1e-1000000", Decimal("0.000001")),
+            ("usd", "0E+1000000000", Decimal(0)),  # zero, whatever its exponent
+            ("tokens", Decimal("0E+999999999999999999"), 0),
+            ("usd", 5e-324, Decimal("1E-9")),
+        ],
+    )
+    def test_tiny_amounts_round_up_at_once(
+        self, axis: str, value: Any, charged: int | Decimal
+    ) -> None:
+        start = time.perf_counter()
+        assert record_units(axis, value) == charged
+        assert time.perf_counter() - start < FAST
+
+    @pytest.mark.parametrize("value", ["1e-1000000", Decimal("1E-999999999999999999")])
+    def test_a_tiny_fraction_of_a_token_is_refused_at_once(self, value: Any) -> None:
+        start = time.perf_counter()
+        with pytest.raises(InvalidRequest, match="whole units"):
+            record_units("tokens", value)
+        assert time.perf_counter() - start < FAST
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        axis=st.sampled_from(["tokens", "usd", "images"]),
+        sign=st.integers(0, 1),
+        digits=st.lists(st.integers(0, 9), min_size=1, max_size=40),
+        exponent=st.integers(-(10**18), 10**18 - 40),  # what a Decimal can hold
+    )
+    def test_any_decimal_exponent_is_settled_in_microseconds(
+        self, axis: str, sign: int, digits: list[int], exponent: int
+    ) -> None:
+        value = Decimal((sign, tuple(digits), exponent))
+        start = time.perf_counter()
+        try:
+            record_units(axis, value)
+        except InvalidRequest:
+            pass
+        assert time.perf_counter() - start < FAST

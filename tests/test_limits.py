@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import math
-from datetime import timedelta, timezone
+import time
+from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
-from typing import Any
+from fractions import Fraction
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
+from helpers import short_id
 from ratebudget import Cap, InvalidRequest, Rate
+
+ABSTRACT_ZONE: Any = cast("Any", tzinfo)()
+"""A bare ``tzinfo``: it has no UTC offset."""
 
 
 class TestRateAxis:
@@ -84,6 +92,42 @@ class TestRatePer:
         with pytest.raises(InvalidRequest):
             Rate(tokens=10, per=per)
 
+    @pytest.mark.parametrize(
+        "per",
+        [
+            1e300,
+            10**30,
+            10**400,
+            -(10**400),
+            1.7976931348623157e308,
+            timedelta.max,
+            timedelta(days=36525, microseconds=1),
+            36525 * 86400 + 0.001,
+            4e-10,  # rounds to zero nanoseconds
+        ],
+        ids=short_id,
+    )
+    def test_a_period_outside_one_nanosecond_to_100_years_is_rejected(
+        self, per: Any
+    ) -> None:
+        with pytest.raises(InvalidRequest, match=r"between 1 ns and 100 years"):
+            Rate(tokens=10, per=per)
+
+    @pytest.mark.parametrize(
+        ("per", "seconds"),
+        [
+            (timedelta(days=36525), 36525 * 86400),
+            (36525 * 86400, 36525 * 86400),
+            (float(36525 * 86400), 36525 * 86400),
+            (1e-9, 1e-9),
+            (6e-10, 1e-9),  # rounds to one nanosecond
+        ],
+    )
+    def test_the_period_bounds_themselves_are_accepted(
+        self, per: Any, seconds: float
+    ) -> None:
+        assert Rate(tokens=10, per=per).per_seconds == seconds
+
     @pytest.mark.parametrize("per", ["week", "Minute", "", None, True, [60], "60"])
     def test_unknown_or_mistyped_per_is_rejected(self, per: Any) -> None:
         with pytest.raises(InvalidRequest):
@@ -125,6 +169,36 @@ class TestRateLimitAndBurst:
             Rate(per="minute", **{axis: 10.5})
         with pytest.raises(InvalidRequest, match="whole"):
             Rate(per="minute", burst=Decimal("2.5"), **{axis: 10})
+
+    @pytest.mark.parametrize(
+        ("limit", "burst"),
+        [
+            (2**63, None),
+            (10, 2**63),
+            ("1e100000000", None),
+            (10, "1e100000000"),
+            (10**400, None),
+        ],
+        ids=short_id,
+    )
+    def test_a_limit_or_burst_above_2_63_units_is_rejected_at_once(
+        self, limit: Any, burst: Any
+    ) -> None:
+        start = time.perf_counter()
+        with pytest.raises(InvalidRequest, match=r"at most 9223372036854775807"):
+            Rate(tokens=limit, burst=burst, per="minute")
+        assert time.perf_counter() - start < 0.25
+
+    def test_a_usd_rate_above_9_billion_dollars_is_rejected(self) -> None:
+        assert Rate(usd="9223372036.854775807", per="day").limit == Decimal(
+            "9223372036.854775807"
+        )
+        with pytest.raises(InvalidRequest, match="nano-dollars"):
+            Rate(usd="1e10", per="day")
+
+    def test_the_largest_limit_and_burst_are_accepted(self) -> None:
+        rate = Rate(tokens=2**63 - 1, burst=2**63 - 1, per="second")
+        assert rate.limit == rate.burst == 2**63 - 1
 
     def test_count_limit_given_as_string_or_integral_float_is_an_int(self) -> None:
         assert Rate(tokens="1000", per="minute").limit == 1000
@@ -230,6 +304,24 @@ class TestCapConstruction:
         with pytest.raises(InvalidRequest):
             Cap(usd=limit)
 
+    @pytest.mark.parametrize(
+        ("axis", "limit"),
+        [
+            ("tokens", 2**63),
+            ("usd", "1e1000000"),
+            ("usd", 10**400),
+            ("images", Decimal("1e999999")),
+        ],
+        ids=short_id,
+    )
+    def test_a_cap_above_2_63_units_is_rejected_at_once(
+        self, axis: str, limit: Any
+    ) -> None:
+        start = time.perf_counter()
+        with pytest.raises(InvalidRequest, match="at most"):
+            Cap(**{axis: limit})
+        assert time.perf_counter() - start < 0.25
+
     def test_a_zero_cap_is_a_valid_budget_of_nothing(self) -> None:
         assert Cap(usd=0).limit == Decimal(0)
         assert Cap(tokens=0, per="day").limit == 0
@@ -269,11 +361,39 @@ class TestCapTimeZone:
         assert cap == Cap(usd=1, per="day", tz="America/New_York")
 
     @pytest.mark.parametrize(
-        "tz", ["Mars/Olympus_Mons", "Europe/Berlinn", "", "../etc/passwd", 3, None]
+        "tz",
+        [
+            "Mars/Olympus_Mons",
+            "Europe/Berlinn",
+            "",
+            "../etc/passwd",
+            3,
+            None,
+            5,
+            "Europe",  # a directory of the zone database
+            "zone.tab",  # a file of it that is not a zone
+            "a" * 300,  # a file name too long for the OS
+            "UTC\x00",
+            ABSTRACT_ZONE,
+        ],
     )
     def test_unknown_or_mistyped_zone_is_rejected(self, tz: Any) -> None:
         with pytest.raises(InvalidRequest):
             Cap(usd=1, per="day", tz=tz)
+
+    def test_a_tzinfo_without_an_offset_is_rejected(self) -> None:
+        class Naive(tzinfo):
+            def utcoffset(self, dt: datetime | None) -> timedelta | None:
+                return None
+
+            def dst(self, dt: datetime | None) -> timedelta | None:
+                return None
+
+            def tzname(self, dt: datetime | None) -> str | None:
+                return None
+
+        with pytest.raises(InvalidRequest, match="UTC offset"):
+            Cap(usd=1, per="day", tz=Naive())
 
 
 class TestCapAlertAt:
@@ -286,6 +406,42 @@ class TestCapAlertAt:
 
     def test_thresholds_above_one_report_overruns(self) -> None:
         assert Cap(usd=10, soft=True, alert_at=(1.5,)).alert_at == (1.5,)
+
+    def test_thresholds_may_be_decimals_and_reach_ten_times_the_limit(self) -> None:
+        cap = Cap(usd=10, soft=True, alert_at=(Decimal("0.8"), 10, Fraction(1, 2)))
+        assert cap.alert_at == (0.5, 0.8, 10.0)
+
+    @pytest.mark.parametrize(
+        "alert_at",
+        [
+            (10**400,),
+            (1e300,),
+            (10.000001,),
+            (Decimal("1e1000000"),),
+            (Decimal("NaN"),),
+            (Decimal("sNaN"),),
+            (Decimal("-0.5"),),
+            (Decimal("1e-1000000"),),  # no float above zero
+            (complex(0.8, 0),),
+            (10**5000,),  # too long for str(): the message must not need it
+            [0.8, [10**5000]],
+        ],
+        ids=short_id,
+    )
+    def test_a_threshold_not_a_fraction_in_0_to_10_is_rejected(
+        self, alert_at: Any
+    ) -> None:
+        with pytest.raises(InvalidRequest, match=r"0\.8 means 80%"):
+            Cap(usd=10, alert_at=alert_at)
+
+    @pytest.mark.parametrize(
+        ("percent", "fraction"), [(80, "0.8"), (100, "1"), (95.5, "0.955")]
+    )
+    def test_a_percentage_typed_by_mistake_is_refused_with_a_hint(
+        self, percent: float, fraction: str
+    ) -> None:
+        with pytest.raises(InvalidRequest, match=rf"for {percent}% write {fraction}\b"):
+            Cap(usd=10, alert_at=(0.5, percent))
 
     @pytest.mark.parametrize(
         "alert_at",
@@ -383,3 +539,131 @@ class TestCapValueSemantics:
     )
     def test_repr_round_trips(self, cap: Cap) -> None:
         assert eval(repr(cap), {"Cap": Cap, "Decimal": Decimal}) == cap
+
+
+class _Opaque:
+    """An object ratebudget knows nothing of."""
+
+
+ANYTHING: st.SearchStrategy[Any] = st.deferred(
+    lambda: st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.integers(-4000, 4000).map(lambda n: 10**n if n >= 0 else -(10**-n)),
+        st.floats(),
+        st.decimals(),
+        st.integers(-(10**18) + 1, 10**18 - 1).map(lambda e: Decimal((0, (1,), e))),
+        st.fractions(),
+        st.complex_numbers(),
+        st.text(max_size=20),
+        st.integers(-(10**9), 10**9).map(lambda e: f"1e{e}"),
+        st.binary(max_size=8),
+        st.timedeltas(),
+        st.datetimes(),
+        st.sampled_from(
+            [
+                "minute",
+                "day",
+                "month",
+                "UTC",
+                "Europe/Berlin",
+                "Europe",
+                "zone.tab",
+                timezone.utc,
+                ABSTRACT_ZONE,
+                timedelta.max,
+                timedelta.min,
+                object(),
+                _Opaque(),
+                int,
+                math.pi,
+            ]
+        ),
+        st.lists(ANYTHING, max_size=3),
+        st.tuples(ANYTHING),
+        st.dictionaries(st.text(max_size=3), ANYTHING, max_size=2),
+    )
+)
+"""Any argument a caller might pass by mistake (or on purpose)."""
+
+
+def or_anything(*plausible: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Plausible values of an argument most of the time, anything else the rest."""
+    likely = st.one_of(*plausible)
+    return st.sampled_from([ANYTHING, likely, likely, likely]).flatmap(lambda s: s)
+
+
+AXES = st.sampled_from(["tokens", "requests", "usd", "images"])
+AMOUNTS = or_anything(
+    st.integers(0, 2**64),
+    st.decimals(min_value=0, max_value=10**20),
+    st.floats(min_value=0, max_value=1e20),
+)
+RATE_PERS = or_anything(
+    st.sampled_from(["second", "minute", "hour", "day"]),
+    st.floats(min_value=1e-10, max_value=4e9),
+    st.integers(0, 4 * 10**9),
+    st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=40_000)),
+)
+CAP_PERS = or_anything(st.sampled_from([None, "hour", "day", "week", "month", "year"]))
+ZONES = or_anything(st.sampled_from(["UTC", "Europe/Berlin"]), st.timezones())
+THRESHOLDS = st.lists(
+    or_anything(
+        st.floats(min_value=0, max_value=12),
+        st.integers(0, 101),
+        st.decimals(min_value=0, max_value=11),
+    ),
+    max_size=3,
+)
+FUZZ = settings(max_examples=500, deadline=timedelta(milliseconds=250))
+"""Each case takes microseconds; the deadline catches a slow conversion."""
+
+
+class TestAnyArgument:
+    """Whatever the arguments, a spec is built or ``InvalidRequest`` is raised."""
+
+    @FUZZ
+    @given(
+        axis=AXES,
+        limit=AMOUNTS,
+        per=RATE_PERS,
+        burst=st.one_of(st.none(), AMOUNTS),
+    )
+    def test_rate_raises_only_invalid_request(
+        self, axis: str, limit: Any, per: Any, burst: Any
+    ) -> None:
+        try:
+            rate = Rate(per=per, burst=burst, **{axis: limit})
+        except InvalidRequest:
+            event("refused")
+            return
+        event("built")
+        assert 0 < rate.limit <= 2**63 - 1
+        assert 0 < rate.burst <= 2**63 - 1
+        assert 0 < rate.per_seconds <= 36525 * 86400
+        assert repr(rate).startswith("Rate(")
+        assert len({rate, rate}) == 1
+
+    @FUZZ
+    @given(
+        axis=AXES,
+        limit=AMOUNTS,
+        per=CAP_PERS,
+        tz=ZONES,
+        soft=or_anything(st.booleans()),
+        alert_at=or_anything(THRESHOLDS, THRESHOLDS.map(tuple)),
+    )
+    def test_cap_raises_only_invalid_request(
+        self, axis: str, limit: Any, per: Any, tz: Any, soft: Any, alert_at: Any
+    ) -> None:
+        try:
+            cap = Cap(per=per, tz=tz, soft=soft, alert_at=alert_at, **{axis: limit})
+        except InvalidRequest:
+            event("refused")
+            return
+        event("built")
+        assert 0 <= cap.limit <= 2**63 - 1
+        assert all(0 < t <= 10 for t in cap.alert_at)
+        assert repr(cap).startswith("Cap(")
+        assert len({cap, cap}) == 1

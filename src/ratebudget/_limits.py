@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
-from datetime import timedelta, timezone, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
+from fractions import Fraction
 from typing import Final, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ._amounts import Amount, check_axis, from_units, to_units
+from ._amounts import Amount, brief, check_axis, from_units, to_units
 from ._exceptions import InvalidRequest
 from ._periods import PERIODS, Period
 
@@ -16,6 +16,16 @@ __all__ = ("Cap", "Limit", "Rate")
 
 _PER_NAMES: Final = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 _NS: Final = 1_000_000_000
+_MAX_PER_DAYS: Final = 36525
+_MAX_PER_S: Final = _MAX_PER_DAYS * 86400
+"""The longest period of a rate: 100 years of 365.25 days (3.2e18 ns)."""
+_PER_BOUNDS: Final = f"between 1 ns and 100 years ({_MAX_PER_DAYS} days)"
+
+Threshold = float | Decimal | Fraction
+"""An ``alert_at`` fraction of a cap's limit: ``0.8`` means 80%."""
+
+_MAX_THRESHOLD: Final = 10
+"""The largest ``alert_at`` fraction: ten times the limit (soft caps overrun)."""
 
 
 def _one_axis(kind: str, amounts: dict[str, Amount]) -> tuple[str, Amount]:
@@ -35,20 +45,19 @@ def _per_ns(per: float | timedelta | str) -> int:
         except KeyError:
             names = ", ".join(repr(n) for n in _PER_NAMES)
             raise InvalidRequest(
-                f"per={per!r}: use seconds, a timedelta or one of {names}"
+                f"per={brief(per)}: use seconds, a timedelta or one of {names}"
             ) from None
     if isinstance(per, timedelta):
         ns = (per // timedelta(microseconds=1)) * 1000
     elif isinstance(per, (int, float)) and not isinstance(per, bool):
-        if not math.isfinite(per):
-            raise InvalidRequest(f"per={per!r}: the period must be finite")
-        ns = round(per * _NS)
+        # compared before scaling: 1e300 seconds would overflow; NaN fails too
+        ns = round(per * _NS) if 0 < per <= _MAX_PER_S else 0
     else:
         raise InvalidRequest(
-            f"per={per!r}: use seconds, a timedelta or a name like 'minute'"
+            f"per={brief(per)}: use seconds, a timedelta or a name like 'minute'"
         )
-    if ns <= 0:
-        raise InvalidRequest(f"per={per!r}: the period must be positive")
+    if not 0 < ns <= _MAX_PER_S * _NS:
+        raise InvalidRequest(f"per={brief(per)}: the period must be {_PER_BOUNDS}")
     return ns
 
 
@@ -69,11 +78,12 @@ class Rate(_Frozen):
     """A token bucket on one axis: refills at ``limit / per`` up to ``burst``.
 
     ``Rate(tokens=90_000, per="minute")``. ``per`` is seconds, a ``timedelta``
-    or ``"second" | "minute" | "hour" | "day"``; ``burst`` defaults to the
-    limit. Callers wait for a rate; a request above ``burst`` is rejected with
-    ``InvalidRequest``, since it could never be served. A burst equal to a
-    per-minute limit admits up to twice the limit in a rolling minute: size
-    ``burst`` smaller to smooth.
+    or ``"second" | "minute" | "hour" | "day"``, from 1 ns to 100 years;
+    ``burst`` defaults to the limit. ``limit`` and ``burst`` are at most
+    2**63 - 1 units. Callers wait for a rate; a request above ``burst`` is
+    rejected with ``InvalidRequest``, since it could never be served. A burst
+    equal to a per-minute limit admits up to twice the limit in a rolling
+    minute: size ``burst`` smaller to smooth.
     """
 
     __slots__ = (
@@ -103,10 +113,14 @@ class Rate(_Frozen):
         axis, value = _one_axis("Rate", limit)
         limit_units = to_units(axis, value)
         if limit_units <= 0:
-            raise InvalidRequest(f"Rate({axis}={value!r}): the limit must be positive")
+            raise InvalidRequest(
+                f"Rate({axis}={brief(value)}): the limit must be positive"
+            )
         burst_units = limit_units if burst is None else to_units(axis, burst)
         if burst_units <= 0:
-            raise InvalidRequest(f"Rate(burst={burst!r}): the burst must be positive")
+            raise InvalidRequest(
+                f"Rate(burst={brief(burst)}): the burst must be positive"
+            )
         per_ns = _per_ns(per)
         self._set("axis", axis)
         self._set("_limit_units", limit_units)
@@ -154,17 +168,53 @@ def _per_repr(per_ns: int) -> str:
 
 def _zone(tz: str | tzinfo) -> tzinfo:
     if isinstance(tz, tzinfo):
+        offset: timedelta | None = None
+        failure: Exception | None = None
+        try:  # what finding a period does: a bare tzinfo fails here
+            offset = datetime.now(tz).utcoffset()
+        except Exception as exc:
+            failure = exc
+        if offset is None:
+            raise InvalidRequest(
+                f"tz={brief(tz)}: this tzinfo gives no UTC offset; "
+                "use an IANA zone name like 'Europe/Berlin'"
+            ) from failure
         return tz
     if not isinstance(tz, str):
-        raise InvalidRequest(f"tz={tz!r}: use an IANA zone name like 'Europe/Berlin'")
+        raise InvalidRequest(
+            f"tz={brief(tz)}: use an IANA zone name like 'Europe/Berlin'"
+        )
     if tz.upper() == "UTC":
         return timezone.utc
     try:
         return ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    # OSError: a directory of the zone database ("Europe"), a name too long
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
         raise InvalidRequest(
-            f"tz={tz!r}: unknown time zone (on Windows, install ratebudget[tz])"
+            f"tz={brief(tz)}: unknown time zone (on Windows, install ratebudget[tz])"
         ) from exc
+
+
+def _threshold(t: object, alert_at: object) -> float:
+    """One ``alert_at`` fraction as a float, or ``InvalidRequest``."""
+    number: Threshold | None = None
+    if isinstance(t, Decimal):
+        number = t if t.is_finite() else None
+    elif isinstance(t, (int, float, Fraction)) and not isinstance(t, bool):
+        number = t
+    hint = ""
+    # compared before float(): 10**400 has no float; NaN fails the comparison
+    if number is not None:
+        if number > 0 and number <= _MAX_THRESHOLD and float(number) > 0:
+            return float(number)  # not 0.0, as Decimal("1e-1000") would be
+        if number > _MAX_THRESHOLD and number <= 100:
+            percent = float(number)
+            hint = f"; for {percent:g}% write {percent / 100:g}"
+    raise InvalidRequest(
+        f"alert_at={brief(alert_at)}: {brief(t)} is not a threshold; thresholds "
+        f"are fractions of the limit, above 0 and at most {_MAX_THRESHOLD} "
+        f"(0.8 means 80%){hint}"
+    )
 
 
 class Cap(_Frozen):
@@ -174,8 +224,9 @@ class Cap(_Frozen):
     (never resets) or ``"hour" | "day" | "week" | "month" | "year"``, aligned
     to ``tz`` (UTC by default; weeks start on Monday). A hard cap raises
     ``BudgetExceeded`` rather than let usage cross it; a ``soft`` cap never
-    blocks and only reports. Each ``alert_at`` fraction of the limit fires one
-    ``Alert`` per period when usage first reaches it.
+    blocks and only reports. Each ``alert_at`` fraction of the limit (above 0,
+    at most 10: ``0.8`` means 80%) fires one ``Alert`` per period when usage
+    first reaches it. The limit is at most 2**63 - 1 units.
     """
 
     __slots__ = ("_limit_units", "alert_at", "axis", "limit", "per", "soft", "tz")
@@ -193,32 +244,24 @@ class Cap(_Frozen):
         per: Period | None = None,
         tz: str | tzinfo = "UTC",
         soft: bool = False,
-        alert_at: tuple[float, ...] | list[float] = (),
+        alert_at: tuple[Threshold, ...] | list[Threshold] = (),
         **limit: Amount,
     ) -> None:
         axis, value = _one_axis("Cap", limit)
         limit_units = to_units(axis, value)  # 0 is a valid budget: nothing allowed
-        if per is not None and per not in PERIODS:
+        if per is not None and not (isinstance(per, str) and per in PERIODS):
             names = ", ".join(repr(p) for p in PERIODS)
-            raise InvalidRequest(f"per={per!r}: use None (lifetime) or one of {names}")
+            raise InvalidRequest(
+                f"per={brief(per)}: use None (lifetime) or one of {names}"
+            )
         if not isinstance(soft, bool):
-            raise InvalidRequest(f"soft={soft!r}: expected a bool")
+            raise InvalidRequest(f"soft={brief(soft)}: expected a bool")
         if not isinstance(alert_at, (tuple, list)):
             raise InvalidRequest(
-                f"alert_at={alert_at!r}: expected a tuple of fractions, like (0.8, 1.0)"
+                f"alert_at={brief(alert_at)}: expected a tuple of fractions, "
+                "like (0.8, 1.0)"
             )
-        thresholds: list[float] = []
-        for t in alert_at:
-            if (
-                isinstance(t, bool)
-                or not isinstance(t, (int, float))
-                or not math.isfinite(t)
-                or t <= 0
-            ):
-                raise InvalidRequest(
-                    f"alert_at={alert_at!r}: thresholds are positive fractions of the limit, like 0.8"
-                )
-            thresholds.append(float(t))
+        thresholds = [_threshold(t, alert_at) for t in alert_at]
         self._set("axis", axis)
         self._set("_limit_units", limit_units)
         self._set("limit", from_units(axis, limit_units))
