@@ -190,9 +190,9 @@ class MemoryBinding(Binding):
                 now = self._monotonic_ns()
                 if now >= st.clock:
                     st.clock = now
-                    got = _take_now(st, plan, req, now)
-                    if got:
-                        return got
+                    take = _take_now(st, plan, req, now)
+                    if take:
+                        return take
             got = core.acquire(
                 st,
                 plan,
@@ -211,7 +211,7 @@ class MemoryBinding(Binding):
                 lock.lock.release()
             if st.woken:
                 self._wake()
-        return got  # type: ignore[return-value]
+        return got  # type: ignore[return-value]  # the core's Entry is our Waiter
 
     def poll(self, w: Waiter) -> int | None:
         with self._lock.guard():

@@ -169,7 +169,7 @@ def store_busy(*limiters: Limiter) -> bool:
     answer a shared store owes has arrived (a memory store is never busy).
     """
     if not limiters:
-        from ..stores._remote import busy
+        from ..stores._calls import busy
 
         return busy()
     return any(limiter._b.busy() for limiter in limiters)

@@ -1,0 +1,338 @@
+"""Store calls from event loops: worker threads and coalescing.
+
+Store calls are blocking; each event loop's run on a worker thread of its
+own, which hands the answers back to the loop, so they work on asyncio and
+trio alike and no caller has to stay to collect an answer (any cancellation
+just stops its wait). Calls from the tasks of one event loop are
+*coalesced*: the first caller's operation goes at once; calls that arrive
+while one is on its way queue up and go together, in arrival order, in the
+next call (group commit). So one caller alone pays one round trip and no
+added wait, and many callers share round trips.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from asyncio import _get_running_loop as _running_loop
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+
+import anyio
+import anyio.lowlevel
+
+from .._exceptions import StoreUnavailable
+from . import _ops as ops
+from ._base import Call
+
+if TYPE_CHECKING:
+    from asyncio import Future
+
+__all__ = ("Coalescer", "RemoteCall", "busy")
+
+T = TypeVar("T")
+
+_WORKER_IDLE: Final = 10.0  # s: a store worker thread this idle exits
+
+# store calls under way in this process (for tests that let fake time settle)
+_busy = [0]
+
+
+def busy() -> bool:
+    """Whether any store call of this process is under way."""
+    return _busy[0] > 0
+
+
+class RemoteCall(Call[T], Generic[T]):
+    """One op for a shared store, and what its answer means to the caller."""
+
+    __slots__ = ("calls", "finish", "key", "leave", "op", "unavailable")
+
+    def __init__(
+        self,
+        calls: Coalescer,
+        op: ops.Op,
+        finish: Callable[[ops.Result, int], T],
+        unavailable: Callable[[StoreUnavailable], T] | None = None,
+        leave: Callable[[ops.Result], ops.Op | None] | None = None,
+        key: str = "",
+    ) -> None:
+        self.calls = calls
+        self.op = op
+        self.finish = finish  # the answer, given the store's time
+        self.unavailable = unavailable  # fail open: what to answer instead
+        self.leave = leave  # its caller left: what to send when it lands
+        self.key = key
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self.calls.run(self).__await__()
+
+    def wait(self) -> T:
+        """Run it here, blocking (the sync facade)."""
+        c = self.calls
+        try:
+            answer = c.execute([self.op])
+        except StoreUnavailable as e:
+            if self.unavailable is None or not c.fail_open(e, self.op):
+                raise
+            return self.unavailable(e)
+        return self.finish(answer.results[0], answer.now)
+
+
+class _Pending:
+    """One op on its way, for one caller of one event loop."""
+
+    __slots__ = ("abandoned", "call", "done", "error", "event", "now", "result")
+
+    def __init__(self, call: RemoteCall[Any]) -> None:
+        self.call = call
+        self.event: Any = None
+        self.done = False
+        self.abandoned = False
+        self.result: Any = None
+        self.now = 0
+        self.error: BaseException | None = None
+
+
+class _Worker:
+    """A thread that runs one event loop's store calls, one at a time.
+
+    It hands each answer back to the loop itself, so no task has to stay to
+    collect it: a caller cancelled in any way (an anyio scope, trio,
+    ``asyncio.Task.cancel``) just stops waiting. It exits when idle.
+    """
+
+    __slots__ = ("alive", "lock", "queue")
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[tuple[Callable[[], Any], Callable[..., None]]]
+        self.queue = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.alive = False
+
+    def submit(self, work: Callable[[], Any], done: Callable[..., None]) -> None:
+        with self.lock:
+            self.queue.put((work, done))
+            if not self.alive:
+                self.alive = True
+                threading.Thread(
+                    target=self._run, name="ratebudget-store", daemon=True
+                ).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                work, done = self.queue.get(timeout=_WORKER_IDLE)
+            except queue.Empty:
+                with self.lock:
+                    if self.queue.empty():
+                        self.alive = False
+                        return
+                continue
+            try:
+                result = work()
+            except BaseException as e:  # delivered to the callers
+                done(None, e)
+            else:
+                done(result, None)
+
+
+class _Batcher:
+    """The calls of one event loop: waiting to go, or on their way."""
+
+    __slots__ = ("hot", "loop", "pending", "running", "soon", "worker")
+
+    def __init__(
+        self, loop: object, soon: Callable[[Callable[[], object]], object]
+    ) -> None:
+        self.loop = loop  # the event loop (asyncio) or trio token it serves
+        self.soon = soon  # run a callback in that loop, from any thread
+        self.pending: list[_Pending] = []
+        self.running = False  # a store call is on its way
+        self.hot = False  # the last call carried several: more are coming
+        self.worker = _Worker()
+
+
+def _loop_and_soon() -> tuple[object, Callable[[Callable[[], object]], object]]:
+    loop = _running_loop()
+    if loop is not None:
+        return loop, loop.call_soon_threadsafe
+    token = anyio.lowlevel.current_token()
+    native = token.native_token
+    soon = getattr(native, "call_soon_threadsafe", None) or native.run_sync_soon  # type: ignore[attr-defined]
+    return native, soon
+
+
+class _FutureEvent:
+    """An event for one caller of an asyncio loop: a bare future."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self, fut: Future[None]) -> None:
+        self.fut = fut
+
+    def set(self) -> None:
+        if not self.fut.done():
+            self.fut.set_result(None)
+
+    def wait(self) -> Future[None]:
+        return self.fut
+
+
+def _event() -> Any:
+    loop = _running_loop()
+    if loop is not None:
+        return _FutureEvent(loop.create_future())
+    return anyio.Event()
+
+
+class Coalescer:
+    """One binding's store calls, coalesced per event loop.
+
+    ``execute`` runs a batch (blocking); ``defer`` keeps an op for the next
+    batch (a grant whose caller left, given back); ``fail_open`` says
+    whether to go on without the store after a ``StoreUnavailable``.
+    """
+
+    def __init__(
+        self,
+        execute: Callable[[list[ops.Op]], ops.Answer],
+        defer: Callable[[ops.Op], None],
+        fail_open: Callable[[StoreUnavailable, ops.Op], bool],
+    ) -> None:
+        self.execute = execute
+        self.defer = defer
+        self.fail_open = fail_open
+        self._local = threading.local()
+        self.calls = 0  # store calls under way, from every thread
+
+    def _batcher(self) -> _Batcher:
+        b: _Batcher | None = getattr(self._local, "batcher", None)
+        loop, soon = _loop_and_soon()
+        if b is None or b.loop is not loop:
+            # this thread's first call, or a new event loop in it
+            b = self._local.batcher = _Batcher(loop, soon)
+        return b
+
+    async def run(self, call: RemoteCall[T]) -> T:
+        """Run ``call``, coalesced with the other calls of this event loop."""
+        self.calls += 1
+        _busy[0] += 1
+        try:
+            return await self._run_batched(call)
+        finally:
+            self.calls -= 1
+            _busy[0] -= 1
+
+    async def _run_batched(self, call: RemoteCall[T]) -> T:
+        b = self._batcher()
+        p = _Pending(call)
+        p.event = event = _event()
+        b.pending.append(p)
+        if not b.running:
+            b.running = True
+            if b.hot:
+                # a call of several just came back and its callers are about
+                # to call again: let them queue first, so they go together
+                # (a caller alone never waits for company: it goes at once)
+                b.hot = False
+                b.soon(lambda: self._flush(b))
+            else:
+                self._flush(b)
+        try:
+            await event.wait()
+        except BaseException:
+            if p.done:  # answered as it left
+                if p.error is None and call.leave is not None:
+                    follow = call.leave(p.result)
+                    if follow is not None:
+                        self.defer(follow)
+            elif p in b.pending and call.leave is not None:
+                b.pending.remove(p)  # not sent: it never happened
+            else:  # on its way (or a settle, sent all the same)
+                p.abandoned = True
+            raise
+        if p.error is not None:
+            if (
+                isinstance(p.error, StoreUnavailable)
+                and call.unavailable is not None
+                and self.fail_open(p.error, call.op)
+            ):
+                return call.unavailable(p.error)
+            raise p.error
+        return call.finish(p.result, p.now)
+
+    def _flush(self, b: _Batcher) -> None:
+        """Send what is pending in one store call (in the loop's thread)."""
+        batch, b.pending = b.pending, []
+        if not batch:
+            b.running = False
+            return
+        todo = [p.call.op for p in batch]
+        self.calls += 1
+        _busy[0] += 1
+
+        def landed(answer: ops.Answer | None, error: BaseException | None) -> None:
+            try:  # in the worker thread: hand the answers to the loop
+                b.soon(lambda: self._deliver(b, batch, answer, error))
+            except RuntimeError:  # the loop has closed: nobody is waiting
+                pass
+
+        b.worker.submit(lambda: self.execute(todo), landed)
+
+    def _deliver(
+        self,
+        b: _Batcher,
+        batch: list[_Pending],
+        answer: ops.Answer | None,
+        error: BaseException | None,
+    ) -> None:
+        """A store call came back: wake its callers, send what queued meanwhile."""
+        self.calls -= 1
+        _busy[0] -= 1
+        if answer is None:
+            for p in batch:
+                p.error = (
+                    error
+                    if isinstance(error, Exception)
+                    else StoreUnavailable(f"the store call was interrupted: {error!r}")
+                )
+        else:
+            for p, r in zip(batch, answer.results, strict=True):
+                p.result = r
+                p.now = answer.now
+                if p.abandoned and p.call.leave is not None:
+                    # its caller left while the answer was on its way
+                    follow = p.call.leave(r)
+                    if follow is not None:
+                        b.pending.append(_Pending(RemoteCall(self, follow, _ignore)))
+        for p in batch:
+            p.done = True
+            if p.event is not None:
+                p.event.set()
+        b.hot = len(batch) > 1
+        if not b.pending:
+            b.running = False
+        elif b.hot:
+            b.soon(lambda: self._flush(b))
+        else:
+            self._flush(b)
+
+    def flush_soon(self) -> None:
+        """Send the deferred ops now, without waiting for another call."""
+        try:
+            b = self._batcher()
+        except Exception:  # no event loop: a thread; send it now, ignore failures
+            try:
+                self.execute([])
+            except StoreUnavailable:
+                pass
+            return
+        if not b.running:
+            b.running = True
+            b.pending.append(_Pending(RemoteCall(self, ops.Snapshot(), _ignore)))
+            self._flush(b)
+
+
+def _ignore(r: ops.Result, now: int) -> None:
+    return None
