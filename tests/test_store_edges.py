@@ -150,7 +150,7 @@ async def test_redis_refuses_counts_it_cannot_hold_exactly(redis_url: str) -> No
 
 async def test_sqlite_counts_big_amounts_exactly(tmp_path: Path) -> None:
     lim = Limiter(
-        Cap(tokens=10**30, soft=True),
+        Cap(tokens=10**18, soft=True),
         Cap(usd="100000000", soft=True),
         store=f"sqlite:///{tmp_path / 'b.db'}",
         name="big",
