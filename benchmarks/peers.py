@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -128,18 +129,21 @@ class _Enter:
 # -- ratebudget ---------------------------------------------------------------
 
 
-def _ratebudget_limiter(rate: float, burst: int) -> Limiter:
+def _ratebudget_limiter(rate: float, burst: int, store: str | None = None) -> Limiter:
     from ratebudget import Limiter, Rate
 
     limit, seconds = _ratio(rate, burst)
-    return Limiter(Rate(tokens=limit, per=seconds, burst=burst))
+    if store is None:
+        return Limiter(Rate(tokens=limit, per=seconds, burst=burst))
+    name = f"bench-{uuid.uuid4().hex}"  # a fresh bucket per run
+    return Limiter(Rate(tokens=limit, per=seconds, burst=burst), store=store, name=name)
 
 
 class _RateBudget:
     __slots__ = ("limiter",)
 
-    def __init__(self, rate: float, burst: int) -> None:
-        self.limiter = _ratebudget_limiter(rate, burst)
+    def __init__(self, rate: float, burst: int, store: str | None = None) -> None:
+        self.limiter = _ratebudget_limiter(rate, burst, store)
 
     async def acquire(self, n: int = 1) -> None:
         async with self.limiter.acquire(n):
@@ -176,6 +180,18 @@ def _ratebudget() -> Peer:
         make=_RateBudget,
         hot=_ratebudget_hot,
         sync=_ratebudget_sync,
+    )
+
+
+def ratebudget_on(store: str, label: str) -> Peer:
+    """ratebudget on a shared store (``store``: its URL), as another peer."""
+    return Peer(
+        name=f"ratebudget ({label})",
+        backends=BOTH,
+        cannot="(the reference) on a store shared by processes",
+        make=lambda rate, burst: _RateBudget(rate, burst, store),
+        hot=None,
+        sync=None,
     )
 
 

@@ -249,7 +249,7 @@ def _fairness_section(res: Results) -> str:
 def _cancellation_section(res: Results) -> str:
     cfg = res.config
     rows = []
-    for peer in res.peers:
+    for peer in [*res.peers, *res.store_peers]:
         for backend in BACKENDS:
             runs = res.cancellation.get((backend, peer.name))
             if not runs:
@@ -269,9 +269,9 @@ def _cancellation_section(res: Results) -> str:
         "those still waiting are cancelled. Capacity lost: the units the "
         "bucket refilled from the drain to the last grant, minus the units "
         "granted (about 0 when cancelled waiters take nothing; one unit is "
-        "timing noise). Then the survivors' rate over the configured rate.\n\n"
-        + _table(header, rows)
-        + "\n"
+        "timing noise). Then the survivors' rate over the configured rate. "
+        "ratebudget runs on its three stores: the waiters behind a cancelled "
+        "one move up at once on every store.\n\n" + _table(header, rows) + "\n"
     )
 
 

@@ -11,10 +11,12 @@ measured in the same process and run, rounds interleaved.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -30,7 +32,7 @@ if __package__ in (None, ""):  # ``python benchmarks/run.py``
 import anyio
 
 from benchmarks import workloads as w
-from benchmarks.peers import Peer, baselines, peers
+from benchmarks.peers import Peer, baselines, peers, ratebudget_on
 from benchmarks.stats import Summary, ratios, summarize
 
 if TYPE_CHECKING:
@@ -118,6 +120,7 @@ class Results:
     config: Config
     peers: list[Peer]
     baselines: list[Peer]
+    store_peers: list[Peer] = field(default_factory=list)  # ratebudget on stores
     hot: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     multi: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     contended: dict[tuple[int, str, str], list[w.ContendedResult]] = field(
@@ -246,16 +249,30 @@ def _bench_fairness(cfg: Config, res: Results) -> None:
 
 
 def _bench_cancellation(cfg: Config, res: Results) -> None:
-    _each_rate_limiter(
-        res,
-        max(1, cfg.rounds // 2),
-        res.cancellation,
-        w.cancellation,
+    args = (
         cfg.cancel_waiters,
         cfg.cancel_rate,
         cfg.cancel_at,
         cfg.cancel_waiters / cfg.cancel_rate * 3 + 2,
     )
+    rounds = max(1, cfg.rounds // 2)
+    _each_rate_limiter(res, rounds, res.cancellation, w.cancellation, *args)
+    # the same on the shared stores: a waiter behind a cancelled one never
+    # waits for tokens nobody will take there either
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ratebudget-"))
+        stores = [ratebudget_on(f"sqlite:///{tmp}/bench.db", "SQLite")]
+        if shutil.which("redis-server"):
+            from ratebudget.testing import RedisServer
+
+            server = stack.enter_context(RedisServer())
+            stores.append(ratebudget_on(server.url, "Redis"))
+        for peer in stores:
+            res.store_peers.append(peer)
+            for backend in BACKENDS:
+                for _ in range(rounds):
+                    r = _run(backend, w.cancellation, peer, *args)
+                    res.cancellation.setdefault((backend, peer.name), []).append(r)
     _log("  cancellation: done")
 
 
