@@ -64,6 +64,7 @@ def advance_to_ns(clock: FakeClock, target_ns: int) -> None:
 
 async def run_until(clock: FakeClock, target_ns: int) -> None:
     """Let fake time pass to ``target_ns``, stopping at every wake-up on the way."""
+    await settle()
     while (at := clock.next_deadline_ns()) is not None and at <= target_ns:
         advance_to_ns(clock, max(at, clock.monotonic_ns()))
         await settle()
@@ -73,6 +74,7 @@ async def run_until(clock: FakeClock, target_ns: int) -> None:
 
 async def run_out(clock: FakeClock) -> None:
     """Let fake time pass, wake-up by wake-up, until nobody sleeps."""
+    await settle()
     while (at := clock.next_deadline_ns()) is not None:
         advance_to_ns(clock, max(at, clock.monotonic_ns()))
         await settle()

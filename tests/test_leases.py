@@ -8,15 +8,16 @@ from decimal import Decimal
 import anyio
 import pytest
 
+from conftest import Make
 from ratebudget import Cap, InvalidRequest, Lease, Limiter, LimitSnapshot, Rate
 from ratebudget.testing import FakeClock
 
 D = Decimal
 
 
-def make_limiter(clock: FakeClock | None = None) -> Limiter:
+def make_limiter(make: Make, clock: FakeClock | None = None) -> Limiter:
     """tokens rate (0), requests rate (1), tokens cap (2), usd cap (3)."""
-    return Limiter(
+    return make(
         Rate(tokens=100, per="minute"),
         Rate(requests=10, per="minute"),
         Cap(tokens=1_000, per="day"),
@@ -40,17 +41,19 @@ class Boom(Exception):
 
 
 class TestAsyncWithExit:
-    async def test_normal_exit_without_commit_commits_the_estimate(self) -> None:
-        limiter = make_limiter()
+    async def test_normal_exit_without_commit_commits_the_estimate(
+        self, make: Make
+    ) -> None:
+        limiter = make_limiter(make)
         async with limiter.acquire(30, usd="0.25") as lease:
             assert await view(limiter) == (70, 9, 0, 30, D(0), D("0.25"))
         assert lease.settled
         assert await view(limiter) == (70, 9, 30, 0, D("0.25"), D(0))
 
     async def test_exit_by_exception_releases_caps_but_rate_tokens_stay_spent(
-        self,
+        self, make: Make
     ) -> None:
-        limiter = make_limiter()
+        limiter = make_limiter(make)
         with pytest.raises(Boom):
             async with limiter.acquire(30, usd="0.25") as lease:
                 raise Boom
@@ -58,10 +61,10 @@ class TestAsyncWithExit:
         assert await view(limiter) == (70, 9, 0, 0, D(0), D(0))
 
     async def test_exit_by_cancellation_releases_caps_but_rate_tokens_stay_spent(
-        self,
+        self, make: Make
     ) -> None:
         clock = FakeClock()
-        limiter = make_limiter(clock)
+        limiter = make_limiter(make, clock)
         leases: list[Lease] = []
         with anyio.fail_after(5), anyio.CancelScope() as scope:
             async with limiter.acquire(30, usd="0.25") as lease:
@@ -73,9 +76,11 @@ class TestAsyncWithExit:
         assert leases[0].settled
         assert await view(limiter) == (70, 9, 0, 0, D(0), D(0))
 
-    async def test_cancellation_from_outside_the_task_releases_the_caps(self) -> None:
+    async def test_cancellation_from_outside_the_task_releases_the_caps(
+        self, make: Make
+    ) -> None:
         clock = FakeClock()
-        limiter = make_limiter(clock)
+        limiter = make_limiter(make, clock)
         entered = anyio.Event()
 
         async def worker() -> None:
@@ -91,14 +96,18 @@ class TestAsyncWithExit:
                 tg.cancel_scope.cancel()
         assert await view(limiter) == (70, 9, 0, 0, D(0), D(0))
 
-    async def test_a_commit_inside_the_block_is_not_repeated_at_exit(self) -> None:
-        limiter = make_limiter()
+    async def test_a_commit_inside_the_block_is_not_repeated_at_exit(
+        self, make: Make
+    ) -> None:
+        limiter = make_limiter(make)
         async with limiter.acquire(30, usd="0.25") as lease:
             await lease.commit(tokens=20, usd="0.1")
         assert await view(limiter) == (80, 9, 20, 0, D("0.1"), D(0))
 
-    async def test_an_exception_after_a_commit_keeps_the_commit(self) -> None:
-        limiter = make_limiter()
+    async def test_an_exception_after_a_commit_keeps_the_commit(
+        self, make: Make
+    ) -> None:
+        limiter = make_limiter(make)
 
         async def commit_then_fail() -> None:
             async with limiter.acquire(30, usd="0.25") as lease:
@@ -109,35 +118,39 @@ class TestAsyncWithExit:
             await commit_then_fail()
         assert await view(limiter) == (80, 9, 20, 0, D("0.1"), D(0))
 
-    async def test_a_release_inside_the_block_is_final(self) -> None:
-        limiter = make_limiter()
+    async def test_a_release_inside_the_block_is_final(self, make: Make) -> None:
+        limiter = make_limiter(make)
         async with limiter.acquire(30, usd="0.25") as lease:
             await lease.release()
         assert await view(limiter) == (70, 9, 0, 0, D(0), D(0))
 
 
 class TestCommit:
-    async def test_commit_replaces_the_estimate_on_every_limit(self) -> None:
-        limiter = make_limiter()
+    async def test_commit_replaces_the_estimate_on_every_limit(
+        self, make: Make
+    ) -> None:
+        limiter = make_limiter(make)
         lease = await limiter.acquire(50, usd="0.5")
         await lease.commit(tokens=30, usd="0.2")
         # the 20 unused tokens go back to the rate; caps charge the real usage
         assert await view(limiter) == (70, 9, 30, 0, D("0.2"), D(0))
 
-    async def test_axes_not_given_keep_their_estimate(self) -> None:
-        limiter = make_limiter()
+    async def test_axes_not_given_keep_their_estimate(self, make: Make) -> None:
+        limiter = make_limiter(make)
         lease = await limiter.acquire(50, usd="0.5")
         await lease.commit(tokens=30)
         assert await view(limiter) == (70, 9, 30, 0, D("0.5"), D(0))
 
-    async def test_commit_with_no_arguments_commits_the_estimate(self) -> None:
-        limiter = make_limiter()
+    async def test_commit_with_no_arguments_commits_the_estimate(
+        self, make: Make
+    ) -> None:
+        limiter = make_limiter(make)
         lease = await limiter.acquire(50, usd="0.5")
         await lease.commit()
         assert await view(limiter) == (50, 9, 50, 0, D("0.5"), D(0))
 
-    async def test_overuse_puts_a_rate_into_debt(self) -> None:
-        limiter = make_limiter()
+    async def test_overuse_puts_a_rate_into_debt(self, make: Make) -> None:
+        limiter = make_limiter(make)
         lease = await limiter.acquire(50)
         await lease.commit(tokens=150)
         rate, _, tok, _ = await limits(limiter)
@@ -145,20 +158,24 @@ class TestCommit:
         assert rate.remaining == 0
         assert tok.used == 150
 
-    async def test_commit_may_charge_an_axis_that_was_not_estimated(self) -> None:
-        limiter = make_limiter()
+    async def test_commit_may_charge_an_axis_that_was_not_estimated(
+        self, make: Make
+    ) -> None:
+        limiter = make_limiter(make)
         lease = await limiter.acquire(10)
         await lease.commit(usd="0.3")
         assert await view(limiter) == (90, 9, 10, 0, D("0.3"), D(0))
 
-    async def test_commit_may_change_the_request_count(self) -> None:
-        limiter = make_limiter()
+    async def test_commit_may_change_the_request_count(self, make: Make) -> None:
+        limiter = make_limiter(make)
         lease = await limiter.acquire(10)
         await lease.commit(requests=3)
         assert (await limits(limiter))[1].tokens == 7
 
-    async def test_a_second_commit_is_rejected_and_changes_nothing(self) -> None:
-        limiter = make_limiter()
+    async def test_a_second_commit_is_rejected_and_changes_nothing(
+        self, make: Make
+    ) -> None:
+        limiter = make_limiter(make)
         lease = await limiter.acquire(50, usd="0.5")
         await lease.commit(tokens=30)
         before = await limiter.snapshot()
@@ -166,16 +183,16 @@ class TestCommit:
             await lease.commit(tokens=10)
         assert await limiter.snapshot() == before
 
-    async def test_commit_after_release_is_rejected(self) -> None:
-        limiter = make_limiter()
+    async def test_commit_after_release_is_rejected(self, make: Make) -> None:
+        limiter = make_limiter(make)
         lease = await limiter.acquire(50, usd="0.5")
         await lease.release()
         with pytest.raises(InvalidRequest):
             await lease.commit()
         assert await view(limiter) == (50, 9, 0, 0, D(0), D(0))
 
-    async def test_commit_before_acquire_is_rejected(self) -> None:
-        limiter = make_limiter()
+    async def test_commit_before_acquire_is_rejected(self, make: Make) -> None:
+        limiter = make_limiter(make)
         lease = limiter.acquire(50, usd="0.5")
         before = await limiter.snapshot()
         with pytest.raises(InvalidRequest, match="not been acquired"):
@@ -191,15 +208,17 @@ class TestCommit:
 
 
 class TestRelease:
-    async def test_release_gives_back_caps_but_not_rate_tokens(self) -> None:
-        limiter = make_limiter()
+    async def test_release_gives_back_caps_but_not_rate_tokens(
+        self, make: Make
+    ) -> None:
+        limiter = make_limiter(make)
         lease = await limiter.acquire(50, usd="0.5")
         await lease.release()
         assert lease.settled
         assert await view(limiter) == (50, 9, 0, 0, D(0), D(0))
 
-    async def test_release_is_idempotent(self) -> None:
-        limiter = make_limiter()
+    async def test_release_is_idempotent(self, make: Make) -> None:
+        limiter = make_limiter(make)
         lease = await limiter.acquire(50, usd="0.5")
         await limiter.record(usd="0.1")
         await lease.release()
@@ -208,8 +227,8 @@ class TestRelease:
         await lease.release()
         assert await limiter.snapshot() == before
 
-    async def test_release_after_commit_is_a_no_op(self) -> None:
-        limiter = make_limiter()
+    async def test_release_after_commit_is_a_no_op(self, make: Make) -> None:
+        limiter = make_limiter(make)
         lease = await limiter.acquire(50, usd="0.5")
         await lease.commit(tokens=40)
         before = await limiter.snapshot()
@@ -219,8 +238,8 @@ class TestRelease:
 
 
 class TestAcquireOnce:
-    async def test_awaiting_a_lease_twice_is_rejected(self) -> None:
-        limiter = make_limiter()
+    async def test_awaiting_a_lease_twice_is_rejected(self, make: Make) -> None:
+        limiter = make_limiter(make)
         lease = limiter.acquire(10)
         assert await lease is lease
         before = await limiter.snapshot()
@@ -229,9 +248,9 @@ class TestAcquireOnce:
         assert await limiter.snapshot() == before
 
     async def test_entering_a_granted_lease_takes_nothing_more_and_settles_on_exit(
-        self,
+        self, make: Make
     ) -> None:
-        limiter = make_limiter()
+        limiter = make_limiter(make)
         lease = await limiter.acquire(10)
         assert await view(limiter) == (90, 9, 0, 10, D(0), D(0))
         async with lease as entered:
@@ -240,8 +259,10 @@ class TestAcquireOnce:
         assert lease.settled
         assert await view(limiter) == (90, 9, 10, 0, D(0), D(0))
 
-    async def test_a_try_acquired_lease_works_as_a_context_manager(self) -> None:
-        limiter = make_limiter()
+    async def test_a_try_acquired_lease_works_as_a_context_manager(
+        self, make: Make
+    ) -> None:
+        limiter = make_limiter(make)
         lease = await limiter.try_acquire(10)
         assert lease is not None
         with pytest.raises(RuntimeError, match="boom"):
@@ -250,16 +271,16 @@ class TestAcquireOnce:
         assert lease.settled
         assert await view(limiter) == (90, 9, 0, 0, D(0), D(0))
 
-    async def test_entering_a_settled_lease_is_rejected(self) -> None:
-        limiter = make_limiter()
+    async def test_entering_a_settled_lease_is_rejected(self, make: Make) -> None:
+        limiter = make_limiter(make)
         lease = await limiter.acquire(10)
         await lease.release()
         with pytest.raises(InvalidRequest):
             async with lease:
                 pytest.fail("should not enter")  # pragma: no cover
 
-    async def test_a_settled_lease_cannot_be_reacquired(self) -> None:
-        limiter = make_limiter()
+    async def test_a_settled_lease_cannot_be_reacquired(self, make: Make) -> None:
+        limiter = make_limiter(make)
         async with limiter.acquire(10) as lease:
             pass
         with pytest.raises(InvalidRequest):
@@ -267,22 +288,24 @@ class TestAcquireOnce:
 
 
 class TestLeaseAttributes:
-    async def test_amounts_are_the_reserved_estimate_including_requests(self) -> None:
-        limiter = make_limiter()
+    async def test_amounts_are_the_reserved_estimate_including_requests(
+        self, make: Make
+    ) -> None:
+        limiter = make_limiter(make)
         lease = await limiter.acquire(50, usd="0.012")
         assert lease.amounts == {"tokens": 50, "usd": D("0.012"), "requests": 1}
         await lease.commit(tokens=10)
         assert lease.amounts == {"tokens": 50, "usd": D("0.012"), "requests": 1}
 
-    async def test_amounts_omit_zero_tokens(self) -> None:
-        limiter = make_limiter()
+    async def test_amounts_omit_zero_tokens(self, make: Make) -> None:
+        limiter = make_limiter(make)
         lease = await limiter.acquire(usd="0.1")
         assert lease.amounts == {"usd": D("0.1"), "requests": 1}
         await lease.release()
 
-    async def test_ids_are_unique_hex_strings(self) -> None:
-        limiter = Limiter(clock=FakeClock())
-        other = Limiter(clock=FakeClock())
+    async def test_ids_are_unique_hex_strings(self, make: Make) -> None:
+        limiter = make(clock=FakeClock())
+        other = make(clock=FakeClock())
         ids = set()
         for _ in range(50):
             for lim in (limiter, other):
@@ -296,8 +319,8 @@ class TestLeaseAttributes:
         ids.add(limiter.sync.acquire(1).id)
         assert len(ids) == 102
 
-    async def test_repr_shows_id_state_and_amounts(self) -> None:
-        limiter = make_limiter()
+    async def test_repr_shows_id_state_and_amounts(self, make: Make) -> None:
+        limiter = make_limiter(make)
         lease = limiter.acquire(5, usd="0.5")
         assert "pending" in repr(lease)
         await lease
@@ -309,8 +332,8 @@ class TestLeaseAttributes:
         await lease.commit()
         assert "settled" in repr(lease)
 
-    async def test_settled_tracks_the_lease_life(self) -> None:
-        limiter = make_limiter()
+    async def test_settled_tracks_the_lease_life(self, make: Make) -> None:
+        limiter = make_limiter(make)
         lease = limiter.acquire(5)
         assert not lease.settled
         await lease
@@ -320,14 +343,14 @@ class TestLeaseAttributes:
 
 
 class TestRequestCounting:
-    async def test_each_acquisition_counts_one_request(self) -> None:
-        limiter = make_limiter()
+    async def test_each_acquisition_counts_one_request(self, make: Make) -> None:
+        limiter = make_limiter(make)
         for _ in range(3):
             await limiter.acquire(1)
         assert (await limits(limiter))[1].tokens == 7
 
-    async def test_requests_given_override_the_implicit_one(self) -> None:
-        limiter = make_limiter()
+    async def test_requests_given_override_the_implicit_one(self, make: Make) -> None:
+        limiter = make_limiter(make)
         lease = await limiter.acquire(1, requests=3)
         assert lease.amounts["requests"] == 3
         assert (await limits(limiter))[1].tokens == 7
@@ -335,8 +358,8 @@ class TestRequestCounting:
         assert zero.amounts["requests"] == 0
         assert (await limits(limiter))[1].tokens == 7
 
-    async def test_record_counts_no_implicit_request(self) -> None:
-        limiter = make_limiter()
+    async def test_record_counts_no_implicit_request(self, make: Make) -> None:
+        limiter = make_limiter(make)
         await limiter.record(5, usd="0.1")
         assert (await limits(limiter))[1].tokens == 10
         limiter.sync.record(5)
@@ -344,8 +367,8 @@ class TestRequestCounting:
         await limiter.record(requests=2)
         assert (await limits(limiter))[1].tokens == 8
 
-    async def test_a_request_cap_counts_acquisitions(self) -> None:
-        limiter = Limiter(Cap(requests=2, per="day"), clock=FakeClock())
+    async def test_a_request_cap_counts_acquisitions(self, make: Make) -> None:
+        limiter = make(Cap(requests=2, per="day"), clock=FakeClock())
         await (await limiter.acquire(10)).commit()
         async with limiter.acquire(10):
             pass
@@ -355,17 +378,17 @@ class TestRequestCounting:
 
 
 class TestTryAcquire:
-    async def test_try_acquire_grants_a_usable_lease(self) -> None:
-        limiter = make_limiter()
+    async def test_try_acquire_grants_a_usable_lease(self, make: Make) -> None:
+        limiter = make_limiter(make)
         lease = await limiter.try_acquire(40, usd="0.5")
         assert lease is not None
         await lease.commit(tokens=20)
         assert await view(limiter) == (80, 9, 20, 0, D("0.5"), D(0))
 
     async def test_try_acquire_returns_none_when_a_rate_would_make_it_wait(
-        self,
+        self, make: Make
     ) -> None:
-        limiter = make_limiter()
+        limiter = make_limiter(make)
         await limiter.acquire(100)
         before = await limiter.snapshot()
         assert await limiter.try_acquire(1) is None
@@ -373,8 +396,8 @@ class TestTryAcquire:
 
 
 class TestSyncLease:
-    def test_normal_exit_commits_and_exception_releases(self) -> None:
-        limiter = make_limiter()
+    def test_normal_exit_commits_and_exception_releases(self, make: Make) -> None:
+        limiter = make_limiter(make)
         with limiter.sync.acquire(30, usd="0.25") as lease:
             assert not lease.settled
         assert lease.settled
@@ -389,8 +412,10 @@ class TestSyncLease:
             D(0),
         )
 
-    def test_commit_replaces_the_estimate_and_release_after_is_a_no_op(self) -> None:
-        limiter = make_limiter()
+    def test_commit_replaces_the_estimate_and_release_after_is_a_no_op(
+        self, make: Make
+    ) -> None:
+        limiter = make_limiter(make)
         with limiter.sync.acquire(30, usd="0.25") as lease:
             lease.commit(tokens=10)
             lease.release()

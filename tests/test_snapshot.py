@@ -9,6 +9,8 @@ from decimal import Decimal
 import anyio
 import pytest
 
+from conftest import Make
+from helpers import settle
 from ratebudget import Cap, Lease, Limiter, LimitSnapshot, Rate, Snapshot
 from ratebudget.testing import FakeClock
 
@@ -21,9 +23,9 @@ def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> date
 
 
 class TestRateSnapshot:
-    async def test_rate_fields(self) -> None:
+    async def test_rate_fields(self, make: Make) -> None:
         rate = Rate(tokens=60, per="minute", burst=30)
-        limiter = Limiter(rate, clock=FakeClock())
+        limiter = make(rate, clock=FakeClock())
         await limiter.acquire(10)
         (s,) = (await limiter.snapshot()).limits
         assert s == LimitSnapshot(
@@ -40,9 +42,9 @@ class TestRateSnapshot:
         )
         assert s.limit is rate
 
-    async def test_tokens_refill_with_time(self) -> None:
+    async def test_tokens_refill_with_time(self, make: Make) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=60, per="minute"), clock=clock)
+        limiter = make(Rate(tokens=60, per="minute"), clock=clock)
         await limiter.acquire(60)
         assert (await limiter.snapshot()).limits[0].tokens == 0
         clock.advance(30)
@@ -51,15 +53,17 @@ class TestRateSnapshot:
         clock.advance(3600)
         assert (await limiter.snapshot()).limits[0].tokens == 60  # never above burst
 
-    async def test_debt_shows_as_negative_tokens_and_zero_remaining(self) -> None:
-        limiter = Limiter(Rate(tokens=60, per="minute"), clock=FakeClock())
+    async def test_debt_shows_as_negative_tokens_and_zero_remaining(
+        self, make: Make
+    ) -> None:
+        limiter = make(Rate(tokens=60, per="minute"), clock=FakeClock())
         lease = await limiter.acquire(10)
         await lease.commit(tokens=100)
         s = (await limiter.snapshot()).limits[0]
         assert (s.tokens, s.remaining, s.used) == (-40, 0, 100)
 
-    async def test_usd_rate_amounts_are_decimals(self) -> None:
-        limiter = Limiter(Rate(usd=1, per="minute"), clock=FakeClock())
+    async def test_usd_rate_amounts_are_decimals(self, make: Make) -> None:
+        limiter = make(Rate(usd=1, per="minute"), clock=FakeClock())
         await limiter.acquire(usd="0.25")
         s = (await limiter.snapshot()).limits[0]
         assert (s.tokens, s.used, s.limit_amount) == (D("0.75"), D("0.25"), D(1))
@@ -67,9 +71,9 @@ class TestRateSnapshot:
 
 
 class TestCapSnapshot:
-    async def test_cap_fields(self) -> None:
+    async def test_cap_fields(self, make: Make) -> None:
         cap = Cap(usd=25, per="day", tz="Europe/Berlin")
-        limiter = Limiter(cap, clock=FakeClock(start=utc(2026, 7, 1, 12)))
+        limiter = make(cap, clock=FakeClock(start=utc(2026, 7, 1, 12)))
         await limiter.record(usd="3.5")
         lease = await limiter.acquire(usd="1.25")
         (s,) = (await limiter.snapshot()).limits
@@ -87,15 +91,15 @@ class TestCapSnapshot:
         )
         await lease.release()
 
-    async def test_remaining_never_goes_below_zero(self) -> None:
-        limiter = Limiter(Cap(tokens=10), clock=FakeClock())
+    async def test_remaining_never_goes_below_zero(self, make: Make) -> None:
+        limiter = make(Cap(tokens=10), clock=FakeClock())
         lease = await limiter.acquire(5)
         await lease.commit(tokens=25)
         s = (await limiter.snapshot()).limits[0]
         assert (s.used, s.remaining) == (25, 0)
 
-    async def test_snapshot_is_frozen_and_indexable(self) -> None:
-        limiter = Limiter(Rate(tokens=10, per="second"), Cap(usd=1), clock=FakeClock())
+    async def test_snapshot_is_frozen_and_indexable(self, make: Make) -> None:
+        limiter = make(Rate(tokens=10, per="second"), Cap(usd=1), clock=FakeClock())
         snap = await limiter.snapshot()
         assert len(snap) == 2
         assert snap[0].kind == "rate"
@@ -106,28 +110,28 @@ class TestCapSnapshot:
         with pytest.raises(dataclasses.FrozenInstanceError):
             snap[0].used = 3  # type: ignore[misc]
 
-    async def test_a_snapshot_does_not_change_afterwards(self) -> None:
-        limiter = Limiter(Cap(usd=1), clock=FakeClock())
+    async def test_a_snapshot_does_not_change_afterwards(self, make: Make) -> None:
+        limiter = make(Cap(usd=1), clock=FakeClock())
         snap = await limiter.snapshot()
         await limiter.record(usd="0.5")
         assert snap.limits[0].used == D(0)
         assert (await limiter.snapshot()).limits[0].used == D("0.5")
 
-    async def test_limits_are_listed_in_the_order_given(self) -> None:
+    async def test_limits_are_listed_in_the_order_given(self, make: Make) -> None:
         limits = (Cap(usd=1), Rate(tokens=5, per="second"), Cap(tokens=9, per="week"))
-        limiter = Limiter(*limits, clock=FakeClock())
+        limiter = make(*limits, clock=FakeClock())
         assert limiter.limits == limits
         assert tuple(s.limit for s in (await limiter.snapshot()).limits) == limits
 
-    def test_sync_snapshot_matches_the_async_one(self) -> None:
-        limiter = Limiter(Rate(tokens=10, per="second"), Cap(usd=1), clock=FakeClock())
+    def test_sync_snapshot_matches_the_async_one(self, make: Make) -> None:
+        limiter = make(Rate(tokens=10, per="second"), Cap(usd=1), clock=FakeClock())
         limiter.sync.record(4, usd="0.5")
         assert limiter.sync.snapshot() == anyio.run(limiter.snapshot)
 
 
 class TestRemaining:
-    async def test_remaining_is_the_tightest_hard_cap(self) -> None:
-        limiter = Limiter(
+    async def test_remaining_is_the_tightest_hard_cap(self, make: Make) -> None:
+        limiter = make(
             Cap(usd=100),
             Cap(usd=10, per="day"),
             Cap(usd=1, soft=True),
@@ -140,9 +144,11 @@ class TestRemaining:
         await lease.release()
         assert (await limiter.snapshot()).remaining("usd") == D(2)
 
-    async def test_remaining_follows_whichever_cap_is_tighter_now(self) -> None:
+    async def test_remaining_follows_whichever_cap_is_tighter_now(
+        self, make: Make
+    ) -> None:
         clock = FakeClock(start=utc(2026, 1, 1, 12))
-        limiter = Limiter(Cap(usd=100), Cap(usd=10, per="day"), clock=clock)
+        limiter = make(Cap(usd=100), Cap(usd=10, per="day"), clock=clock)
         for _ in range(10):
             await limiter.record(usd=9)
             assert (await limiter.snapshot()).remaining("usd") == D(1)
@@ -154,8 +160,10 @@ class TestRemaining:
         # the day cap is back to 10; the lifetime cap has 4 left: it is tighter now
         assert (await limiter.snapshot()).remaining("usd") == D(4)
 
-    async def test_soft_caps_count_only_when_no_hard_cap_exists(self) -> None:
-        limiter = Limiter(
+    async def test_soft_caps_count_only_when_no_hard_cap_exists(
+        self, make: Make
+    ) -> None:
+        limiter = make(
             Cap(usd=1, soft=True),
             Cap(tokens=100, soft=True),
             Cap(tokens=500),
@@ -166,8 +174,10 @@ class TestRemaining:
         assert snap.remaining("usd") == D("0.75")
         assert snap.remaining("tokens") == 450
 
-    async def test_remaining_is_none_for_an_axis_without_a_cap(self) -> None:
-        limiter = Limiter(Rate(tokens=100, per="minute"), Cap(usd=1), clock=FakeClock())
+    async def test_remaining_is_none_for_an_axis_without_a_cap(
+        self, make: Make
+    ) -> None:
+        limiter = make(Rate(tokens=100, per="minute"), Cap(usd=1), clock=FakeClock())
         snap = await limiter.snapshot()
         assert snap.remaining("tokens") is None
         assert snap.remaining("requests") is None
@@ -176,9 +186,9 @@ class TestRemaining:
 
 
 class TestWaiting:
-    async def test_waiting_counts_callers_queued_on_a_rate(self) -> None:
+    async def test_waiting_counts_callers_queued_on_a_rate(self, make: Make) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per="second"), clock=clock)
+        limiter = make(Rate(tokens=10, per="second"), clock=clock)
         await limiter.acquire(10)
         granted: list[Lease] = []
 
@@ -190,20 +200,22 @@ class TestWaiting:
             async with anyio.create_task_group() as tg:
                 for n in (5, 5, 10):  # one by one: trio starts a batch in random order
                     tg.start_soon(take, n)
-                    await anyio.wait_all_tasks_blocked()
+                    await settle()
                 assert (await limiter.snapshot()).waiting == 3
+                await settle()  # the snapshot let store calls start
                 clock.advance(1)
-                await anyio.wait_all_tasks_blocked()
+                await settle()
                 assert len(granted) == 2
                 assert (await limiter.snapshot()).waiting == 1
+                await settle()
                 clock.advance(1)
-                await anyio.wait_all_tasks_blocked()
+                await settle()
         assert (await limiter.snapshot()).waiting == 0
         assert [lease.amounts["tokens"] for lease in granted] == [5, 5, 10]
 
-    async def test_a_cancelled_waiter_leaves_the_count(self) -> None:
+    async def test_a_cancelled_waiter_leaves_the_count(self, make: Make) -> None:
         clock = FakeClock()
-        limiter = Limiter(Rate(tokens=10, per="second"), clock=clock)
+        limiter = make(Rate(tokens=10, per="second"), clock=clock)
         await limiter.acquire(10)
 
         async def take() -> None:
@@ -212,7 +224,7 @@ class TestWaiting:
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(take)
-                await anyio.wait_all_tasks_blocked()
+                await settle()
                 assert (await limiter.snapshot()).waiting == 1
                 tg.cancel_scope.cancel()
         snap = await limiter.snapshot()
@@ -221,7 +233,11 @@ class TestWaiting:
 
 
 class TestLimiterRepr:
+    """Live usage in a repr is memory-only: ``repr`` does no I/O, so on a shared
+    store it shows the name, the store and the limits instead."""
+
     async def test_repr_shows_usage_of_every_limit_and_the_queue(self) -> None:
+        # memory-only: live usage needs a store call on a shared store
         limiter = Limiter(
             Rate(tokens=90_000, per="minute"),
             Cap(usd=25, per="day"),
@@ -236,6 +252,7 @@ class TestLimiterRepr:
         )
 
     async def test_repr_counts_waiters(self) -> None:
+        # memory-only: the live queue length needs a store call on a shared store
         clock = FakeClock()
         limiter = Limiter(Rate(tokens=10, per="second"), clock=clock)
         await limiter.acquire(10)
@@ -247,19 +264,29 @@ class TestLimiterRepr:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(take)
                 tg.start_soon(take)
-                await anyio.wait_all_tasks_blocked()
+                await settle()
                 assert repr(limiter).endswith(", 2 waiting>")
                 clock.advance(1)
         assert repr(limiter).endswith(", 0 waiting>")
 
-    def test_sync_facade_repr_wraps_the_limiters(self) -> None:
-        limiter = Limiter(Cap(usd=1), clock=FakeClock())
+    @pytest.mark.parametrize("store_kind", ["sqlite", "redis"])
+    async def test_repr_on_a_shared_store_names_it_without_io(self, make: Make) -> None:
+        limiter = make(Rate(tokens=10, per="second"), Cap(usd=1), clock=FakeClock())
+        await limiter.acquire(5)
+        assert repr(limiter) == (
+            f"<Limiter {limiter.name!r} on {limiter.store.url}: "
+            f"{limiter.limits[0]!r}, {limiter.limits[1]!r}>"
+        )
+
+    def test_sync_facade_repr_wraps_the_limiters(self, make: Make) -> None:
+        limiter = make(Cap(usd=1), clock=FakeClock())
         assert repr(limiter.sync) == f"<SyncLimiter of {limiter!r}>"
 
     def test_empty_limiter_repr(self) -> None:
+        # memory-only: live usage (here, the queue) needs a store call elsewhere
         assert repr(Limiter(clock=FakeClock())) == "<Limiter 0 waiting>"
 
 
-def test_snapshot_type_is_public() -> None:
-    limiter = Limiter(Cap(usd=1), clock=FakeClock())
+def test_snapshot_type_is_public(make: Make) -> None:
+    limiter = make(Cap(usd=1), clock=FakeClock())
     assert isinstance(limiter.sync.snapshot(), Snapshot)

@@ -36,6 +36,12 @@ _WORKER_IDLE: Final = 10.0  # s: a store worker thread this idle exits
 
 # store calls under way in this process (for tests that let fake time settle)
 _busy = [0]
+_busy_lock = threading.Lock()
+
+
+def _count(n: int) -> None:
+    with _busy_lock:
+        _busy[0] += n
 
 
 def busy() -> bool:
@@ -52,14 +58,14 @@ class RemoteCall(Call[T], Generic[T]):
         self,
         calls: Coalescer,
         op: ops.Op,
-        finish: Callable[[ops.Result, int], T],
+        finish: Callable[[ops.Result, ops.Answer], T],
         unavailable: Callable[[StoreUnavailable], T] | None = None,
         leave: Callable[[ops.Result], ops.Op | None] | None = None,
         key: str = "",
     ) -> None:
         self.calls = calls
         self.op = op
-        self.finish = finish  # the answer, given the store's time
+        self.finish = finish  # the answer, given the whole batch's (its times)
         self.unavailable = unavailable  # fail open: what to answer instead
         self.leave = leave  # its caller left: what to send when it lands
         self.key = key
@@ -76,13 +82,13 @@ class RemoteCall(Call[T], Generic[T]):
             if self.unavailable is None or not c.fail_open(e, self.op):
                 raise
             return self.unavailable(e)
-        return self.finish(answer.results[0], answer.now)
+        return self.finish(answer.results[0], answer)
 
 
 class _Pending:
     """One op on its way, for one caller of one event loop."""
 
-    __slots__ = ("abandoned", "call", "done", "error", "event", "now", "result")
+    __slots__ = ("abandoned", "answer", "call", "done", "error", "event", "result")
 
     def __init__(self, call: RemoteCall[Any]) -> None:
         self.call = call
@@ -90,7 +96,7 @@ class _Pending:
         self.done = False
         self.abandoned = False
         self.result: Any = None
-        self.now = 0
+        self.answer: ops.Answer | None = None
         self.error: BaseException | None = None
 
 
@@ -217,12 +223,12 @@ class Coalescer:
     async def run(self, call: RemoteCall[T]) -> T:
         """Run ``call``, coalesced with the other calls of this event loop."""
         self.calls += 1
-        _busy[0] += 1
+        _count(1)
         try:
             return await self._run_batched(call)
         finally:
             self.calls -= 1
-            _busy[0] -= 1
+            _count(-1)
 
     async def _run_batched(self, call: RemoteCall[T]) -> T:
         b = self._batcher()
@@ -260,7 +266,8 @@ class Coalescer:
             ):
                 return call.unavailable(p.error)
             raise p.error
-        return call.finish(p.result, p.now)
+        assert p.answer is not None
+        return call.finish(p.result, p.answer)
 
     def _flush(self, b: _Batcher) -> None:
         """Send what is pending in one store call (in the loop's thread)."""
@@ -270,13 +277,13 @@ class Coalescer:
             return
         todo = [p.call.op for p in batch]
         self.calls += 1
-        _busy[0] += 1
+        _count(1)
 
         def landed(answer: ops.Answer | None, error: BaseException | None) -> None:
             try:  # in the worker thread: hand the answers to the loop
                 b.soon(lambda: self._deliver(b, batch, answer, error))
             except RuntimeError:  # the loop has closed: nobody is waiting
-                pass
+                self._orphaned(batch, answer)
 
         b.worker.submit(lambda: self.execute(todo), landed)
 
@@ -289,7 +296,7 @@ class Coalescer:
     ) -> None:
         """A store call came back: wake its callers, send what queued meanwhile."""
         self.calls -= 1
-        _busy[0] -= 1
+        _count(-1)
         if answer is None:
             for p in batch:
                 p.error = (
@@ -300,7 +307,7 @@ class Coalescer:
         else:
             for p, r in zip(batch, answer.results, strict=True):
                 p.result = r
-                p.now = answer.now
+                p.answer = answer
                 if p.abandoned and p.call.leave is not None:
                     # its caller left while the answer was on its way
                     follow = p.call.leave(r)
@@ -318,6 +325,24 @@ class Coalescer:
         else:
             self._flush(b)
 
+    def _orphaned(self, batch: list[_Pending], answer: ops.Answer | None) -> None:
+        """A call landed after its event loop closed (in the worker thread):
+        nobody waits for it, but what its callers left behind goes back."""
+        self.calls -= 1
+        _count(-1)
+        if answer is None:
+            return
+        follow = [
+            op
+            for p, r in zip(batch, answer.results, strict=True)
+            if p.call.leave is not None and (op := p.call.leave(r)) is not None
+        ]
+        if follow:
+            try:
+                self.execute(follow)
+            except StoreUnavailable:  # they expire after the lease TTL
+                pass
+
     def flush_soon(self) -> None:
         """Send the deferred ops now, without waiting for another call."""
         try:
@@ -328,11 +353,13 @@ class Coalescer:
             except StoreUnavailable:
                 pass
             return
+        # an op of no effect carries them: at once, or right after the call
+        # now on its way (which left before they were deferred)
+        b.pending.append(_Pending(RemoteCall(self, ops.Snapshot(), _ignore)))
         if not b.running:
             b.running = True
-            b.pending.append(_Pending(RemoteCall(self, ops.Snapshot(), _ignore)))
             self._flush(b)
 
 
-def _ignore(r: ops.Result, now: int) -> None:
+def _ignore(r: ops.Result, answer: ops.Answer) -> None:
     return None

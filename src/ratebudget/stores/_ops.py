@@ -159,11 +159,17 @@ class Woken:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A batch's results, the store's time, and the entries it woke."""
+    """A batch's results, the store's time, and the entries it woke.
+
+    ``local``: the caller's monotonic clock (ns) when it sent the batch, the
+    instant it pairs with the store's ``now`` (µs) to place the store's
+    deadlines on its own clock.
+    """
 
     results: list[Result]
     now: int
     woken: list[Woken]
+    local: int = 0
 
 
 # -- running a batch on a state ---------------------------------------------------------------

@@ -45,7 +45,6 @@ from ._base import Acquired, Binding, Call, Store
 from ._calls import Coalescer, RemoteCall
 
 if TYPE_CHECKING:
-
     from .._limits import Cap, Rate
 
 __all__ = ("RemoteBinding", "SharedStore")
@@ -63,6 +62,7 @@ _DEFERRED_KEPT: Final = 1024
 # to any caller, or a message from another process, wakes the ones it names
 _registry: dict[tuple[str, str], weakref.WeakValueDictionary[str, Waiter]] = {}
 _registry_lock = threading.Lock()
+
 
 def _waiters(url: str, name: str) -> weakref.WeakValueDictionary[str, Waiter]:
     with _registry_lock:
@@ -121,7 +121,8 @@ class _Ticker:
                     continue
                 heapq.heappop(self._heap)
             w = ref()
-            if w is not None and w.state == WAITING:
+            # a waiter that has since been given a time of its own sleeps on
+            if w is not None and w.state == WAITING and w.deadline is None:
                 w.wake()
 
 
@@ -235,6 +236,7 @@ class RemoteBinding(Binding):
         Deferred ops ride along, ahead of ``batch``; their results are dropped.
         """
         self._register()
+        local = self.clock.monotonic_ns()  # the instant the store's ``now`` pairs with
         now = self.wall_us() if self.fake_time else None
         with self._lock:
             extra, self._deferred = self._deferred, []
@@ -248,9 +250,7 @@ class RemoteBinding(Binding):
         )
         if answer.woken:
             wake(self.store.url, self.name, [w.key for w in answer.woken])
-        if extra:
-            return ops.Answer(answer.results[len(extra) :], answer.now, answer.woken)
-        return answer
+        return ops.Answer(answer.results[len(extra) :], answer.now, answer.woken, local)
 
     def defer(self, op: ops.Op) -> None:
         """Send ``op`` with the next store call (no round trip of its own)."""
@@ -276,7 +276,9 @@ class RemoteBinding(Binding):
 
     # -- waiters ------------------------------------------------------------
 
-    def _queued(self, w: Waiter, deadline: int | None, store_now: int) -> int | None:
+    def _queued(
+        self, w: Waiter, deadline: int | None, answer: ops.Answer
+    ) -> int | None:
         """``w`` waits: when it sleeps until (ns), and its own look-again."""
         if deadline is None:
             # no time of its own: look again now and then, in real time,
@@ -285,7 +287,7 @@ class RemoteBinding(Binding):
             w.backoff *= 2
             w.deadline = None
             return w.timeout_at
-        w.deadline = self.clock.monotonic_ns() + (deadline - store_now) * 1000
+        w.deadline = answer.local + (deadline - answer.now) * 1000
         return w.sleep_deadline()
 
     def _subscribe(self) -> None:
@@ -306,21 +308,17 @@ class RemoteBinding(Binding):
         timeout = None if timeout_ns is None else -(-timeout_ns // 1000)
         op = ops.Acquire(key, req, timeout, waiter is not None)
 
-        def finish(r: ops.Result, now: int) -> Acquired:
+        def finish(r: ops.Result, answer: ops.Answer) -> Acquired:
             if isinstance(r, ops.Granted):
                 return r.take
             if isinstance(r, ops.Queued):
                 assert waiter is not None
                 w = waiter()
                 w.id, w.req = key, req
-                w.timeout_at = (
-                    None
-                    if timeout_ns is None
-                    else self.clock.monotonic_ns() + timeout_ns
-                )
+                w.timeout_at = None if timeout_ns is None else answer.local + timeout_ns
                 self._waiters[key] = w
                 self._subscribe()
-                self._queued(w, r.deadline, now)
+                self._queued(w, r.deadline, answer)
                 w.arm()
                 return w
             assert r is None or isinstance(r, (Exceeded, TooLong))
@@ -340,13 +338,13 @@ class RemoteBinding(Binding):
         if w.state != WAITING:
             return None
 
-        def finish(r: ops.Result, now: int) -> int | None:
+        def finish(r: ops.Result, answer: ops.Answer) -> int | None:
             if isinstance(r, ops.Granted):
                 w.take, w.state = r.take, CLAIMED
                 self._waiters.pop(w.id, None)
                 return None
             if isinstance(r, ops.Queued):
-                deadline = self._queued(w, r.deadline, now)
+                deadline = self._queued(w, r.deadline, answer)
                 w.arm()
                 return deadline
             self._waiters.pop(w.id, None)
@@ -389,7 +387,9 @@ class RemoteBinding(Binding):
         if actual is not None:
             self.store.check(self.spec, actual)
 
-        def finish(r: ops.Result, now: int) -> list[Crossing] | Inexact | None:
+        def finish(
+            r: ops.Result, answer: ops.Answer
+        ) -> list[Crossing] | Inexact | None:
             assert r is None or isinstance(r, (list, Inexact))
             return r
 
@@ -400,14 +400,18 @@ class RemoteBinding(Binding):
     def record(self, req: tuple[int, ...]) -> Call[list[Crossing] | Exceeded | Inexact]:
         self.store.check(self.spec, req)
 
-        def finish(r: ops.Result, now: int) -> list[Crossing] | Exceeded | Inexact:
+        def finish(
+            r: ops.Result, answer: ops.Answer
+        ) -> list[Crossing] | Exceeded | Inexact:
             assert isinstance(r, (list, Exceeded, Inexact))
             return r
 
         return RemoteCall(self.calls, ops.Record(req), finish, lambda e: [])
 
     def snapshot(self) -> Call[tuple[tuple[SlotView, ...], int]]:
-        def finish(r: ops.Result, now: int) -> tuple[tuple[SlotView, ...], int]:
+        def finish(
+            r: ops.Result, answer: ops.Answer
+        ) -> tuple[tuple[SlotView, ...], int]:
             assert isinstance(r, tuple)
             return r
 
@@ -423,14 +427,14 @@ class RemoteBinding(Binding):
         if not key:
             return True  # nothing in the store expires
 
-        def finish(r: ops.Result, now: int) -> bool:
+        def finish(r: ops.Result, answer: ops.Answer) -> bool:
             return bool(r)
 
         ttl = None if ttl_ns is None else -(-ttl_ns // 1000)
         return RemoteCall(self.calls, ops.Extend(key, ttl), finish)
 
 
-def _ignore(r: ops.Result, now: int) -> None:
+def _ignore(r: ops.Result, answer: ops.Answer) -> None:
     return None
 
 
