@@ -55,9 +55,7 @@ async def test_a_commit_that_failed_can_be_retried_and_counts_once(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "b.db"
-    lim = Limiter(
-        Cap(usd="10"), store=SQLiteStore(path, timeout=0.1), name="retry"
-    )
+    lim = Limiter(Cap(usd="10"), store=SQLiteStore(path, timeout=0.1), name="retry")
     lease = await lim.acquire(usd="1")
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another process holds the file
@@ -199,7 +197,9 @@ async def test_a_client_clock_stepping_back_books_nothing_into_a_closed_month(
         {"on_store_error": "maybe"},
     ],
 )
-def test_absurd_limiter_settings_are_refused(kw: dict[str, Any], tmp_path: Path) -> None:
+def test_absurd_limiter_settings_are_refused(
+    kw: dict[str, Any], tmp_path: Path
+) -> None:
     with pytest.raises(InvalidRequest):
         Limiter(Cap(usd=1), store=f"sqlite:///{tmp_path / 'b.db'}", name="x", **kw)
 
