@@ -220,13 +220,15 @@ async def test_keys_live_in_one_slot_and_expire(server: RedisServer) -> None:
 async def test_a_settle_in_another_process_wakes_a_blocked_caller(
     server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ratebudget import _remote
-    from ratebudget.stores import RedisStore
+    from ratebudget.stores import RedisStore, _remote
 
-    # polls so slow that only the pub/sub wake-up can serve it in time
-    monkeypatch.setattr(_remote, "_POLL_MIN", 30.0)
-    monkeypatch.setattr(_remote, "_POLL_MAX", 30.0)
-    here, there = RedisStore(server.url), RedisStore(server.url)  # two "processes"
+    # no look-agains of its own: only the pub/sub wake-up can serve it
+    monkeypatch.setattr(_remote._ticker, "after", lambda delay, w: None)
+    # two "processes": waiters are woken in-process by store URL, so the
+    # holder's store gets another URL of the same server, and only the
+    # script's PUBLISH on {wake}:wake reaches the waiter
+    here = RedisStore(server.url)
+    there = RedisStore(server.url + "?client_name=there")
     try:
         holder = Limiter(Cap(tokens=100), store=there, name="wake")
         waiter = Limiter(Cap(tokens=100), store=here, name="wake")

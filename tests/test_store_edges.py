@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 import sqlite3
+import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -109,7 +109,7 @@ async def test_a_retried_commit_that_had_landed_is_not_counted_again(
     lim = Limiter(
         Rate(tokens=100, per="minute"),
         Cap(usd="10"),
-        store=store,  # type: ignore[arg-type]
+        store=store,
         name=f"twice-{kind}-{tmp_path.name}",
     )
     lease = await lim.acquire(50, usd="1")
@@ -217,7 +217,7 @@ async def test_a_huge_timeout_is_refused_not_overflowed() -> None:
     [
         lambda p: SQLiteStore(p, timeout=True),
         lambda p: SQLiteStore(p, timeout=float("inf")),
-        lambda p: SQLiteStore(p, synchronous=5),
+        lambda p: SQLiteStore(p, synchronous=5),  # type: ignore[arg-type]
         lambda p: SQLiteStore(":memory:"),
         lambda p: RedisStore("redis://localhost:6379/0", timeout=float("inf")),
         lambda p: RedisStore("redis://localhost:6379/abc"),

@@ -33,6 +33,7 @@ __all__ = (
     "EXPIRED",
     "FAILED",
     "GRANTED",
+    "REFUSED",
     "SETTLED",
     "UNCLAIMED",
     "WAITING",
@@ -76,6 +77,7 @@ ACTIVE: Final = 1
 EXPIRED: Final = 2  # its cap reservation was reclaimed; a late commit still counts
 SETTLED: Final = 3
 UNCLAIMED: Final = 4  # granted on a waiter's behalf; its owner has not looked yet
+REFUSED: Final = 5  # a waiter failed on its behalf (its owner learns why when it looks)
 
 _PEAKS_KEPT: Final = 32
 
@@ -379,6 +381,7 @@ class State:
         "exact",
         "keep",
         "live",
+        "next_exp",
         "next_roll",
         "projection",
         "queue",
@@ -405,6 +408,8 @@ class State:
         self.exact: int | None = None  # the largest count the store holds exactly
         self.live = live  # ticks a queued entry of a shared store stays without a look
         self.records: dict[str, Record] = {}
+        # shared stores: the first expiry of a record not loaded (a hint)
+        self.next_exp: int | None = None
         self.woken: list[Entry] = []  # entries whose state or deadline changed
 
     # -- state that plans bind to -------------------------------------------
@@ -583,9 +588,10 @@ def _enqueue(st: State, e: Entry) -> None:
 
 
 def _cap_blocked_until(
-    plan: Plan, req: tuple[int, ...], now: int, wall: int
+    st: State, plan: Plan, req: tuple[int, ...], now: int, wall: int
 ) -> int | None:
-    """When a head blocked by reservations should look again: its cap's reset."""
+    """When a head blocked by reservations should look again: its cap's
+    reset, or the first lease that could expire (shared stores)."""
     ends = [
         cap.counter.end
         for i, cap in plan.hard
@@ -593,9 +599,14 @@ def _cap_blocked_until(
         and cap.counter.end is not None
         and cap.counter.used + cap.counter.reserved + req[i] > cap.limit
     ]
-    if not ends:
-        return None
-    return now + max(0, ticks_until(plan, wall, min(ends)))
+    at = None if not ends else now + max(0, ticks_until(plan, wall, min(ends)))
+    if st.ttl is not None:
+        exps = [r.exp for r in st.records.values() if r.caps and r.exp > now]
+        if st.next_exp is not None and st.next_exp > now:
+            exps.append(st.next_exp)
+        if exps and (at is None or min(exps) < at):
+            at = min(exps)
+    return at
 
 
 def _fail(st: State, e: Entry, error: Exceeded | TooLong) -> None:
@@ -603,7 +614,7 @@ def _fail(st: State, e: Entry, error: Exceeded | TooLong) -> None:
     e.state, e.error = FAILED, error
     st.woken.append(e)
     if st.ttl is not None and e.id:
-        st.records[e.id] = Record(FAILED, st.clock + st.keep, 0, (), error)
+        st.records[e.id] = Record(REFUSED, st.clock + st.keep, 0, (), error)
 
 
 def _fail_certain(st: State) -> None:
@@ -654,7 +665,7 @@ def service(st: State, now: int, wall: int) -> None:
                 st.projection = None
                 e.state = CLAIMED
                 continue
-            deadline = _cap_blocked_until(plan, req, now, wall)
+            deadline = _cap_blocked_until(st, plan, req, now, wall)
         old = e.deadline
         if deadline != old:
             e.deadline = deadline
@@ -860,16 +871,18 @@ def abort(st: State, e: Entry, now: int, wall: int) -> None:
         plan = e.plan
         assert plan is not None
         held = True
+        caps = tuple((cap.counter, e.req[i]) for i, cap in plan.caps)
         if st.ttl is not None:
             rec = st.records.pop(e.id, None)
             held = rec is not None and rec.status in (UNCLAIMED, ACTIVE)
+            caps = rec.caps if rec is not None else ()
         if held:
             st.projection = None
             for i, b in plan.rates:
                 if e.req[i]:
                     b.refund(e.take, e.req[i] * b.per, now)
-            for i, cap in plan.caps:
-                cap.counter.reserved -= e.req[i]
+            for counter, n in caps:
+                counter.reserved -= n
         service(st, now, wall)
 
 
@@ -890,15 +903,14 @@ def settle(
     """
     now, wall = _clock(st, now, wall)
     _roll(st, wall)
-    held = True  # whether its cap reservations are still held
+    # the cap reservations it still holds: on a shared store, what its record
+    # holds (none once reclaimed), whatever plan the settle comes from
+    held = tuple((cap.counter, est[i]) for i, cap in plan.caps if est[i])
     if st.ttl is not None:
         rec = st.records.get(lease_id) if lease_id else None
         if rec is not None and rec.status == SETTLED:
             return None
-        reserves = any(est[i] for i, _ in plan.caps)
-        held = (
-            rec is not None and rec.status in (ACTIVE, UNCLAIMED) if reserves else True
-        )
+        held = rec.caps if rec is not None and rec.status in (ACTIVE, UNCLAIMED) else ()
     if actual is not None and st.exact is not None:
         bad = _inexact(st.exact, plan, actual, est, now)
         if bad is not None:
@@ -914,10 +926,10 @@ def settle(
                 else:
                     st.take += 1
                     b.charge(delta * b.per, now, st.take)
+    for counter, n in held:
+        counter.reserved -= n
     for i, cap in plan.caps:
         c = cap.counter
-        if held:
-            c.reserved -= est[i]
         if actual is not None and actual[i]:
             before = c.used
             c.used = before + actual[i]

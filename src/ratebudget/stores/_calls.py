@@ -39,11 +39,6 @@ _busy = [0]
 _busy_lock = threading.Lock()
 
 
-def _count(n: int) -> None:
-    with _busy_lock:
-        _busy[0] += n
-
-
 def busy() -> bool:
     """Whether any store call of this process is under way."""
     return _busy[0] > 0
@@ -212,6 +207,12 @@ class Coalescer:
         self._local = threading.local()
         self.calls = 0  # store calls under way, from every thread
 
+    def _count(self, n: int) -> None:
+        """Count store calls under way (several event loops' threads do)."""
+        with _busy_lock:
+            self.calls += n
+            _busy[0] += n
+
     def _batcher(self) -> _Batcher:
         b: _Batcher | None = getattr(self._local, "batcher", None)
         loop, soon = _loop_and_soon()
@@ -222,13 +223,11 @@ class Coalescer:
 
     async def run(self, call: RemoteCall[T]) -> T:
         """Run ``call``, coalesced with the other calls of this event loop."""
-        self.calls += 1
-        _count(1)
+        self._count(1)
         try:
             return await self._run_batched(call)
         finally:
-            self.calls -= 1
-            _count(-1)
+            self._count(-1)
 
     async def _run_batched(self, call: RemoteCall[T]) -> T:
         b = self._batcher()
@@ -276,11 +275,13 @@ class Coalescer:
             b.running = False
             return
         todo = [p.call.op for p in batch]
-        self.calls += 1
-        _count(1)
+        self._count(1)
 
         def landed(answer: ops.Answer | None, error: BaseException | None) -> None:
-            try:  # in the worker thread: hand the answers to the loop
+            # in the worker thread: the call is done (counted here, not in the
+            # loop, which may stop before it runs what it is handed)
+            self._count(-1)
+            try:  # hand the answers to the loop
                 b.soon(lambda: self._deliver(b, batch, answer, error))
             except RuntimeError:  # the loop has closed: nobody is waiting
                 self._orphaned(batch, answer)
@@ -295,8 +296,6 @@ class Coalescer:
         error: BaseException | None,
     ) -> None:
         """A store call came back: wake its callers, send what queued meanwhile."""
-        self.calls -= 1
-        _count(-1)
         if answer is None:
             for p in batch:
                 p.error = (
@@ -328,8 +327,6 @@ class Coalescer:
     def _orphaned(self, batch: list[_Pending], answer: ops.Answer | None) -> None:
         """A call landed after its event loop closed (in the worker thread):
         nobody waits for it, but what its callers left behind goes back."""
-        self.calls -= 1
-        _count(-1)
         if answer is None:
             return
         follow = [

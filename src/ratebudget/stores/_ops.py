@@ -199,7 +199,7 @@ def _poll(st: State, key: str, now: int) -> Result:
     if rec.status == UNCLAIMED:
         rec.status = core.ACTIVE  # claimed: its owner proceeds
         return Granted(rec.take)
-    if rec.status == FAILED and rec.error is not None:
+    if rec.status == core.REFUSED and rec.error is not None:
         del st.records[key]
         return rec.error
     if rec.status in (core.ACTIVE, SETTLED, core.EXPIRED):

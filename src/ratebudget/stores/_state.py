@@ -65,6 +65,7 @@ def run_document(
     keep: int,
     exact: int | None = None,
     windows: dict[str, list[Window]] | None = None,
+    next_exp: int | None = None,
 ) -> tuple[ops.Answer, Document]:
     """Run ``batch`` on a stored state: ``doc`` and the ``records`` of the
     ids it names (``wanted``) and of those expired by ``now`` (µs).
@@ -74,6 +75,7 @@ def run_document(
     """
     st = State(ttl=ttl, keep=keep, live=ttl)
     st.exact = exact
+    st.next_exp = next_exp  # the first expiry of the records not loaded
     if windows is None:
         windows = windows_around(spec, now)
     plan, ids = load(doc, records, spec, st, now, windows)

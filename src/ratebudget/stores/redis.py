@@ -46,7 +46,9 @@ if TYPE_CHECKING:
 __all__ = ("REGISTRY_KEY", "SCRIPT_PATH", "RedisStore")
 
 #: the script every batch runs
-SCRIPT_PATH: Final = importlib.resources.files("ratebudget.stores") / "lua" / "decide.lua"
+SCRIPT_PATH: Final = (
+    importlib.resources.files("ratebudget.stores") / "lua" / "decide.lua"
+)
 
 #: the global hash of registered limiters: name -> JSON spec
 REGISTRY_KEY: Final = "ratebudget:limiters"
@@ -59,6 +61,9 @@ COUNT_MAX: Final = _EXACT - 1
 _HEADROOM: Final = 4
 # a limiter's keys outlive its last write by this much (plus the lease TTL)
 _IDLE_TTL_MS: Final = 3_600_000
+# the state of a name whose calendar caps still count something is kept this
+# long after its last change (a lifetime cap's usage is kept for good)
+_USAGE_KEPT_MS: Final = 400 * 86_400 * 1000
 
 
 _MAX_TIMEOUT: Final = 86_400.0
@@ -99,7 +104,7 @@ class _PlanArgs:
     calendar windows around the latest wall clock (remade when it leaves
     their current period)."""
 
-    __slots__ = ("head", "spec", "valid", "windows")
+    __slots__ = ("head", "spec", "windows")
 
     def __init__(self, spec: PlanSpec) -> None:
         self.spec = spec  # kept alive: the cache is by id(spec)
@@ -113,19 +118,19 @@ class _PlanArgs:
             f'"plan":{_dumps(slots)},"pid":{_dumps(plan_id(spec))},'
             f'"pdoc":{_dumps(_plan_doc(spec))}'
         )
-        self.valid = (0, -1)  # the wall times the windows are good for
-        self.windows = "{}"
+        # the wall times (µs) the windows are good for, and the windows
+        self.windows: tuple[int, int, str] = (0, -1, "{}")
 
     def windows_at(self, wall: int) -> str:
-        start, end = self.valid
+        start, end, text = self.windows  # one read: threads share it
         if not start <= wall < end:
             windows = windows_around(self.spec, wall)
             start, end = -(2**63), 2**63
             for _prev, (_key, w_start, w_end), _next in windows.values():
                 start, end = max(start, w_start), min(end, w_end)
-            self.windows = _dumps(windows)
-            self.valid = (start, end)
-        return self.windows
+            text = _dumps(windows)
+            self.windows = (start, end, text)
+        return text
 
 
 def _text(value: Any) -> str:
@@ -278,6 +283,10 @@ class RedisStore(SharedStore):
     def validate(self, spec: PlanSpec) -> None:
         """Refuse a plan whose numbers could leave the range Redis' Lua
         numbers (doubles) hold exactly."""
+        if spec.tick_ns != 1000:
+            raise InvalidRequest(
+                f"the Redis store counts time in microseconds, not {spec.tick_ns} ns"
+            )
         for p in spec.slots:
             if isinstance(p, RateSpec):
                 if p.cap * _HEADROOM > _EXACT or p.rate > _EXACT:
@@ -332,7 +341,8 @@ class RedisStore(SharedStore):
         argv = (
             f'{{{plan.head},"ops":{_dumps([encode_op(op) for op in batch])},'
             f'"now":{-1 if now_us is None else now_us},"ttl":{ttl},"keep":{keep},'
-            f'"idle":{_IDLE_TTL_MS},"windows":{plan.windows_at(wall)}}}'
+            f'"idle":{_IDLE_TTL_MS},"keep_usage":{_USAGE_KEPT_MS},'
+            f'"windows":{plan.windows_at(wall)}}}'
         )
         text, sha = _script()
         try:

@@ -249,7 +249,12 @@ class SQLiteStore(SharedStore):
             if got is not None:
                 found.append((key, got[0]))
         records = {key: json.loads(data) for key, data in found}
-        answer, out = run_document(doc, records, spec, batch, now, ttl=ttl, keep=keep)
+        (next_exp,) = conn.execute(
+            "SELECT min(exp) FROM rb_lease WHERE name = ? AND exp > ?", (name, clock)
+        ).fetchone()
+        answer, out = run_document(
+            doc, records, spec, batch, now, ttl=ttl, keep=keep, next_exp=next_exp
+        )
         conn.execute(
             "INSERT INTO rb_limiter (name, state) VALUES (?, ?) "
             "ON CONFLICT (name) DO UPDATE SET state = excluded.state",

@@ -54,7 +54,7 @@ local S, R, X = KEYS[1], KEYS[2], KEYS[3]
 local NULL = cjson.null
 local floor, fmod, huge = math.floor, math.fmod, math.huge
 local insert, remove, concat = table.insert, table.remove, table.concat
-local format = string.format
+local format, find, gsub = string.format, string.find, string.gsub
 
 local args = cjson.decode(ARGV[1])
 local windows = args.windows
@@ -64,7 +64,7 @@ local windows = args.windows
 -- an entry's state
 local WAITING, GRANTED, FAILED, CLAIMED = 0, 1, 2, 3
 -- a lease record's state
-local ACTIVE, EXPIRED, SETTLED, UNCLAIMED = 1, 2, 3, 4
+local ACTIVE, EXPIRED, SETTLED, UNCLAIMED, REFUSED = 1, 2, 3, 4, 5
 local PEAKS_KEPT = 32
 -- State.exact: every integer below 2^53 is an exact double, and a sum that
 -- reaches 2^53 rounds to at least 2^53, so comparing it with 2^53 - 1 decides
@@ -126,50 +126,65 @@ local function escape(c)
 end
 
 local function quote(s)
-    return '"' .. (string.gsub(s, '[%c"\\]', escape)) .. '"'
+    if not find(s, '[%c"\\]') then
+        return '"' .. s .. '"'
+    end
+    return '"' .. (gsub(s, '[%c"\\]', escape)) .. '"'
 end
 
-local function encode_into(out, v)
+-- append ``v`` to ``out`` after its ``n`` pieces; the new count
+local function encode_into(out, n, v)
     local kind = type(v)
     if kind == 'number' then
         if v ~= v or v == huge or v == -huge or v ~= floor(v) then
             error('ratebudget: not an integer: ' .. tostring(v))
         end
-        out[#out + 1] = fmt(v)
+        n = n + 1
+        out[n] = fmt(v)
     elseif kind == 'string' then
-        out[#out + 1] = quote(v)
+        n = n + 1
+        out[n] = quote(v)
     elseif v == nil or v == NULL then
-        out[#out + 1] = 'null'
+        n = n + 1
+        out[n] = 'null'
     elseif kind == 'boolean' then
-        out[#out + 1] = v and 'true' or 'false'
+        n = n + 1
+        out[n] = v and 'true' or 'false'
     elseif getmetatable(v) == OBJECT then
-        out[#out + 1] = '{'
-        local first = true
+        local sep = '{'
         for k, x in pairs(v) do
-            if not first then
-                out[#out + 1] = ','
-            end
-            first = false
-            out[#out + 1] = quote(k)
-            out[#out + 1] = ':'
-            encode_into(out, x)
+            out[n + 1], out[n + 2], out[n + 3] = sep, quote(k), ':'
+            n = encode_into(out, n + 3, x)
+            sep = ','
         end
-        out[#out + 1] = '}'
+        if sep == '{' then
+            n = n + 1
+            out[n] = '{}'
+        else
+            n = n + 1
+            out[n] = '}'
+        end
     else
-        out[#out + 1] = '['
-        for i = 1, #v do
-            if i > 1 then
-                out[#out + 1] = ','
+        local count = #v
+        if count == 0 then
+            n = n + 1
+            out[n] = '[]'
+        else
+            for i = 1, count do
+                n = n + 1
+                out[n] = i == 1 and '[' or ','
+                n = encode_into(out, n, v[i])
             end
-            encode_into(out, v[i])
+            n = n + 1
+            out[n] = ']'
         end
-        out[#out + 1] = ']'
     end
+    return n
 end
 
 local function encode(v)
     local out = {}
-    encode_into(out, v)
+    encode_into(out, 0, v)
     return concat(out)
 end
 
@@ -355,7 +370,7 @@ local function State(ttl, keep, live)
     return {
         clock = 0, wall = 0, take = 0, buckets = {}, counters = {}, queue = {},
         projection = nil, next_roll = huge, ttl = ttl, keep = keep, exact = nil,
-        live = live, records = {}, woken = {},
+        live = live, records = {}, woken = {}, next_exp = nil,
     }
 end
 
@@ -534,17 +549,22 @@ end
 
 -- the foreseeable schedule of the queue: levels maps a bucket to {level, time}
 
+-- levels.get(b) or (b.level, b.last)
+local function projected(levels, b)
+    local lt = levels[b]
+    if lt ~= nil then
+        return lt[1], lt[2]
+    end
+    return b.level, b.last
+end
+
 local function _step(at, levels, plan, req)
     local grant = at
     for _, r in ipairs(plan.rates) do
         local i, b = r[1], r[2]
         local need = req[i] * b.per
         if need ~= 0 then
-            local lt = levels[b]
-            local level, t = b.level, b.last
-            if lt ~= nil then
-                level, t = lt[1], lt[2]
-            end
+            local level, t = projected(levels, b)
             t = at + wait_ticks(refill(level, t, at, b.rate, b.cap), need, b.rate)
             if t > grant then
                 grant = t
@@ -555,11 +575,7 @@ local function _step(at, levels, plan, req)
         local i, b = r[1], r[2]
         local need = req[i] * b.per
         if need ~= 0 then
-            local lt = levels[b]
-            local level, t = b.level, b.last
-            if lt ~= nil then
-                level, t = lt[1], lt[2]
-            end
+            local level, t = projected(levels, b)
             levels[b] = { refill(level, t, grant, b.rate, b.cap) - need, grant }
         end
     end
@@ -590,7 +606,7 @@ local function _enqueue(st, e)
     end
 end
 
-local function _cap_blocked_until(plan, req, now, wall)
+local function _cap_blocked_until(st, plan, req, now, wall)
     local low = nil
     for _, h in ipairs(plan.hard) do
         local i, cap = h[1], h[2]
@@ -602,21 +618,36 @@ local function _cap_blocked_until(plan, req, now, wall)
             end
         end
     end
-    if low == nil then
-        return nil
+    local at = nil
+    if low ~= nil then
+        local t = ticks_until(wall, low)
+        if t < 0 then
+            t = 0
+        end
+        at = now + t
     end
-    local t = ticks_until(wall, low)
-    if t < 0 then
-        t = 0
+    if st.ttl ~= nil then
+        local first = nil
+        for _, r in pairs(st.records) do
+            if #r.caps > 0 and r.exp > now and (first == nil or r.exp < first) then
+                first = r.exp
+            end
+        end
+        if st.next_exp ~= nil and st.next_exp > now and (first == nil or st.next_exp < first) then
+            first = st.next_exp
+        end
+        if first ~= nil and (at == nil or first < at) then
+            at = first
+        end
     end
-    return now + t
+    return at
 end
 
 local function _fail(st, e, err)
     e.state, e.error = FAILED, err
     insert(st.woken, e)
     if st.ttl ~= nil and e.id ~= '' then
-        st.records[e.id] = Record(FAILED, st.clock + st.keep, 0, {}, err)
+        st.records[e.id] = Record(REFUSED, st.clock + st.keep, 0, {}, err)
     end
 end
 
@@ -671,7 +702,7 @@ local function service(st, now, wall)
             e.state = CLAIMED
             served = true
         else
-            deadline = _cap_blocked_until(plan, req, now, wall)
+            deadline = _cap_blocked_until(st, plan, req, now, wall)
         end
         if not served then
             local old = e.deadline
@@ -684,6 +715,59 @@ local function service(st, now, wall)
             break
         end
     end
+end
+
+-- the hot path of acquire: take ``req`` from every rate at ``now`` and reserve
+-- it on the caps, or take nothing (0) when a rate falls short
+local function take_now(st, plan, req, now)
+    -- refill each rate involved, note its level for refunds (Bucket.mark, its
+    -- common case inlined) and take; if one falls short, put back what was
+    -- taken
+    local take = st.take + 1
+    local rates = plan.rates
+    for _, r in ipairs(rates) do
+        local i, b = r[1], r[2]
+        local n = req[i]
+        if n ~= 0 then
+            local level = b.level
+            local cap = b.cap
+            if level < cap then
+                level = level + b.rate * (now - b.last)
+                if level > cap then
+                    level = cap
+                end
+            end
+            b.last = now
+            if level >= cap then
+                b.full = take
+                if #b.peaks > 0 then
+                    b.peaks = {}
+                end
+            else
+                b.level = level
+                bucket_mark(b, take)
+            end
+            local need = n * b.per
+            if level < need then
+                b.level = level
+                for _, r2 in ipairs(rates) do
+                    local b2 = r2[2]
+                    if b2 == b then
+                        break
+                    end
+                    b2.level = b2.level + req[r2[1]] * b2.per
+                end
+                return 0
+            end
+            b.level = level - need
+        end
+    end
+    st.take = take
+    for _, cs in ipairs(plan.caps) do
+        local c = cs[2].counter
+        c.reserved = c.reserved + req[cs[1]]
+    end
+    return take
 end
 
 -- acquire: returns "granted", take | "queued", entry | "refused", error | "none"
@@ -720,58 +804,10 @@ local function acquire(st, plan, req, now, wall, timeout, wait, lease_id)
         end
     end
     if fits and #queue == 0 then
-        -- the hot path, inlined as in Python
-        local take = st.take + 1
-        local rates = plan.rates
-        local short = false
-        for _, r in ipairs(rates) do
-            local i, b = r[1], r[2]
-            local n = req[i]
-            if n ~= 0 then
-                local level = b.level
-                local cap = b.cap
-                if level < cap then
-                    level = level + b.rate * (now - b.last)
-                    if level > cap then
-                        level = cap
-                    end
-                end
-                b.last = now
-                if level >= cap then
-                    b.full = take
-                    if #b.peaks > 0 then
-                        b.peaks = {}
-                    end
-                else
-                    b.level = level
-                    bucket_mark(b, take)
-                end
-                local need = n * b.per
-                if level < need then
-                    b.level = level
-                    for _, r2 in ipairs(rates) do
-                        local b2 = r2[2]
-                        if b2 == b then
-                            break
-                        end
-                        b2.level = b2.level + req[r2[1]] * b2.per
-                    end
-                    short = true
-                    break
-                end
-                b.level = level - need
-            end
-        end
-        if not short then
-            st.take = take
-            if #plan.caps > 0 then
-                for _, cs in ipairs(plan.caps) do
-                    local c = cs[2].counter
-                    c.reserved = c.reserved + req[cs[1]]
-                end
-                if st.ttl ~= nil then
-                    _record_grant(st, lease_id, plan, req, take, ACTIVE)
-                end
+        local take = take_now(st, plan, req, now)
+        if take ~= 0 then
+            if #plan.caps > 0 and st.ttl ~= nil then
+                _record_grant(st, lease_id, plan, req, take, ACTIVE)
             end
             return 'granted', take
         end
@@ -890,10 +926,18 @@ local function abort(st, e, now, wall)
         e.state = CLAIMED
         local plan = e.plan
         local held = true
+        local caps = {}
+        for _, cs in ipairs(plan.caps) do
+            insert(caps, { cs[2].counter, e.req[cs[1]] })
+        end
         if st.ttl ~= nil then
             local rec = st.records[e.id]
             st.records[e.id] = nil
             held = rec ~= nil and (rec.status == UNCLAIMED or rec.status == ACTIVE)
+            caps = {}
+            if rec ~= nil then
+                caps = rec.caps
+            end
         end
         if held then
             st.projection = nil
@@ -903,9 +947,8 @@ local function abort(st, e, now, wall)
                     bucket_refund(b, e.take, e.req[i] * b.per, now)
                 end
             end
-            for _, cs in ipairs(plan.caps) do
-                local c = cs[2].counter
-                c.reserved = c.reserved - e.req[cs[1]]
+            for _, cn in ipairs(caps) do
+                cn[1].reserved = cn[1].reserved - cn[2]
             end
         end
         service(st, now, wall)
@@ -936,7 +979,14 @@ end
 local function settle(st, plan, take, est, actual, now, wall, lease_id)
     now, wall = _clock(st, now, wall)
     _roll(st, wall)
-    local held = true -- whether its cap reservations are still held
+    -- the cap reservations it still holds: on a shared store, what its
+    -- record holds (none once reclaimed), whatever plan the settle comes from
+    local held = {}
+    for _, cs in ipairs(plan.caps) do
+        if est[cs[1]] ~= 0 then
+            insert(held, { cs[2].counter, est[cs[1]] })
+        end
+    end
     if st.ttl ~= nil then
         local rec = nil
         if lease_id ~= '' then
@@ -945,16 +995,9 @@ local function settle(st, plan, take, est, actual, now, wall, lease_id)
         if rec ~= nil and rec.status == SETTLED then
             return { 'none' }
         end
-        local reserves = false
-        for _, cs in ipairs(plan.caps) do
-            if est[cs[1]] ~= 0 then
-                reserves = true
-            end
-        end
-        if reserves then
-            held = rec ~= nil and (rec.status == ACTIVE or rec.status == UNCLAIMED)
-        else
-            held = true
+        held = {}
+        if rec ~= nil and (rec.status == ACTIVE or rec.status == UNCLAIMED) then
+            held = rec.caps
         end
     end
     if actual ~= nil and st.exact ~= nil then
@@ -979,11 +1022,11 @@ local function settle(st, plan, take, est, actual, now, wall, lease_id)
             end
         end
     end
+    for _, cn in ipairs(held) do
+        cn[1].reserved = cn[1].reserved - cn[2]
+    end
     for _, cs in ipairs(plan.caps) do
         local i, c = cs[1], cs[2].counter
-        if held then
-            c.reserved = c.reserved - est[i]
-        end
         if actual ~= nil and actual[i] ~= 0 then
             local before = c.used
             c.used = before + actual[i]
@@ -1124,7 +1167,7 @@ local function _poll(st, key, now)
         rec.status = ACTIVE -- claimed: its owner proceeds
         return { 'granted', rec.take }
     end
-    if rec.status == FAILED and rec.error ~= nil then
+    if rec.status == REFUSED and rec.error ~= nil then
         st.records[key] = nil
         return rec.error
     end
@@ -1244,7 +1287,9 @@ local function _bind(pdoc, st)
     local slots = {}
     for _, s in ipairs(pdoc) do
         if s[1] == 'r' then
-            insert(slots, assert(st.buckets[s[2]], 'ratebudget: a plan names an unknown rate'))
+            local b = st.buckets[s[2]]
+            assert(b ~= nil, 'ratebudget: a plan names an unknown rate')
+            insert(slots, b)
         else
             local counter = st.counters[s[2]]
             if counter == nil then
@@ -1412,6 +1457,11 @@ end
 
 local st = State(args.ttl, args.keep, args.ttl)
 st.exact = EXACT
+-- the first expiry of the records not loaded: a cap-blocked head looks again then
+local after = redis.call('ZRANGEBYSCORE', X, '(' .. fmt(clock), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+if #after > 0 then
+    st.next_exp = tonumber(after[2])
+end
 local plan = load(doc, records, st, now)
 local results, woken = run(st, plan, args.ops, now)
 
@@ -1459,9 +1509,28 @@ for first = 1, #fields, 1000 do
     redis.call('HSET', R, unpack(fields, first, last))
     redis.call('ZADD', X, unpack(scores, first, last))
 end
-local idle = fmt(args.idle + fdiv(args.ttl, 1000))
+local idle = args.idle + fdiv(args.ttl, 1000)
 for _, key in ipairs(KEYS) do
-    redis.call('PEXPIRE', key, idle)
+    redis.call('PEXPIRE', key, fmt(idle))
+end
+-- the state outlives idleness while a cap still counts something: a period's
+-- usage for ``args.keep_usage`` ms after its last change, a lifetime's forever
+local keep_state = idle
+for _, c in pairs(st.counters) do
+    if c.used ~= 0 or c.reserved ~= 0 then
+        if c.window == nil and c.period == '' then
+            keep_state = -1
+            break
+        end
+        if args.keep_usage > keep_state then
+            keep_state = args.keep_usage
+        end
+    end
+end
+if keep_state < 0 then
+    redis.call('PERSIST', S)
+else
+    redis.call('PEXPIRE', S, fmt(keep_state))
 end
 if #woken_keys > 0 then
     redis.call('PUBLISH', string.sub(S, 1, -3) .. ':wake', encode(woken_keys))
