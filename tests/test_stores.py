@@ -120,6 +120,58 @@ async def test_concurrent_calls_share_transactions(tmp_path: Path) -> None:
     assert store.calls == alone + 1  # one caller: one transaction, no wait
 
 
+class ShortStore(SQLiteStore):
+    """A broken store: its answer leaves out the last operation's result."""
+
+    def execute(self, *args: Any, **kw: Any) -> Answer:
+        got = super().execute(*args, **kw)
+        return Answer(got.results[:-1], got.now, got.woken, got.local)
+
+
+async def test_a_store_that_answers_short_is_unavailable(tmp_path: Path) -> None:
+    lim = Limiter(
+        Rate(tokens=1000, per="second"), store=ShortStore(tmp_path / "b.db"), name="x"
+    )
+    with anyio.fail_after(10):  # never a hang, never a dead event loop
+        with pytest.raises(StoreUnavailable, match="answered 0 of 1"):
+            await lim.acquire(1)
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(refused, lim)
+
+
+async def refused(lim: Limiter) -> None:
+    with pytest.raises(StoreUnavailable):
+        await lim.acquire(1)
+
+
+async def test_a_failure_handing_answers_over_reaches_the_callers() -> None:
+    """A bug in handing a store's answer to its callers fails those callers;
+    it never stops trio (``TrioInternalError``) or strands asyncio's."""
+    from ratebudget.stores import _ops as ops
+    from ratebudget.stores._calls import Coalescer, RemoteCall
+
+    def execute(batch: list[ops.Op]) -> Answer:
+        return Answer([], 0, [], 0)  # too short: handing it over fails
+
+    calls = Coalescer(execute, lambda op: None, lambda e, op: False)
+    got: list[BaseException] = []
+
+    async def call() -> None:
+        try:
+            await RemoteCall(calls, ops.Snapshot(), lambda r, a: r)
+        except StoreUnavailable as e:
+            got.append(e)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(call)
+        await call()  # and the next call is served as usual
+    assert len(got) == 6
+    assert all("hand over" in str(e) for e in got)
+
+
 async def test_a_locked_database_is_unavailable_within_the_timeout(
     tmp_path: Path,
 ) -> None:

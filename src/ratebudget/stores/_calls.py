@@ -12,6 +12,7 @@ added wait, and many callers share round trips.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from asyncio import _get_running_loop as _running_loop
@@ -33,6 +34,8 @@ __all__ = ("Coalescer", "RemoteCall", "busy")
 T = TypeVar("T")
 
 _WORKER_IDLE: Final = 10.0  # s: a store worker thread this idle exits
+
+logger: Final = logging.getLogger("ratebudget")
 
 # store calls under way in this process (for tests that let fake time settle)
 _busy = [0]
@@ -241,7 +244,7 @@ class Coalescer:
                 # to call again: let them queue first, so they go together
                 # (a caller alone never waits for company: it goes at once)
                 b.hot = False
-                b.soon(lambda: self._flush(b))
+                b.soon(lambda: self._guarded(b, [], self._flush, b))
             else:
                 self._flush(b)
         try:
@@ -282,7 +285,11 @@ class Coalescer:
             # loop, which may stop before it runs what it is handed)
             self._count(-1)
             try:  # hand the answers to the loop
-                b.soon(lambda: self._deliver(b, batch, answer, error))
+                b.soon(
+                    lambda: self._guarded(
+                        b, batch, self._deliver, b, batch, answer, error
+                    )
+                )
             except RuntimeError:  # the loop has closed: nobody is waiting
                 self._orphaned(batch, answer)
 
@@ -320,9 +327,33 @@ class Coalescer:
         if not b.pending:
             b.running = False
         elif b.hot:
-            b.soon(lambda: self._flush(b))
+            b.soon(lambda: self._guarded(b, [], self._flush, b))
         else:
             self._flush(b)
+
+    def _guarded(
+        self, b: _Batcher, batch: list[_Pending], fn: Callable[..., None], *args: Any
+    ) -> None:
+        """Run ``fn`` in the loop; if it fails (a bug), its callers hear of
+        it, not the event loop (trio would stop with ``TrioInternalError``,
+        asyncio would log it and leave the callers waiting for ever)."""
+        try:
+            fn(*args)
+        except BaseException as e:
+            logger.exception("ratebudget: handing a store call to its callers failed")
+            failed, b.pending = [*batch, *b.pending], []
+            b.running = False
+            for p in failed:
+                if not p.done:
+                    p.error = StoreUnavailable(
+                        f"ratebudget could not hand over the store's answer: {e!r}"
+                    )
+                    p.error.__cause__ = e
+                    p.done = True
+                    if p.event is not None:
+                        p.event.set()
+            if not isinstance(e, Exception):
+                raise
 
     def _orphaned(self, batch: list[_Pending], answer: ops.Answer | None) -> None:
         """A call landed after its event loop closed (in the worker thread):

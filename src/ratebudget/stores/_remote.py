@@ -248,6 +248,11 @@ class RemoteBinding(Binding):
             keep=self.keep,
             now_us=now,
         )
+        if len(answer.results) != len(extra) + len(batch):
+            raise StoreUnavailable(
+                f"the store {self.store.url} answered {len(answer.results)} of "
+                f"{len(extra) + len(batch)} operations on {self.name!r}"
+            )
         if answer.woken:
             wake(self.store.url, self.name, [w.key for w in answer.woken])
         return ops.Answer(answer.results[len(extra) :], answer.now, answer.woken, local)

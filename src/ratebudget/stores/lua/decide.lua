@@ -1249,6 +1249,9 @@ local function run(st, plan, ops, now)
         else
             error('ratebudget: unknown store operation ' .. tostring(kind))
         end
+        if result == nil then -- a hole would shift every later answer
+            error('ratebudget: store operation ' .. tostring(kind) .. ' gave no result')
+        end
         out[#out + 1] = result
     end
     local woken = {}
