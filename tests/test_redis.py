@@ -102,6 +102,40 @@ async def test_a_capped_acquisition_is_two_calls_reserve_and_commit(
     assert sent.commands == ["EVALSHA"] * 40
 
 
+def test_a_threads_connection_goes_back_to_the_pool_when_it_ends(
+    server: RedisServer,
+) -> None:
+    """Each thread keeps a connection for its script calls; threads that come
+    and go (the sync facade's callers, idle worker threads) do not pile up
+    connections on the server."""
+    import gc
+
+    from ratebudget.stores import RedisStore
+
+    store = RedisStore(server.url)
+    lim = Limiter(Rate(tokens=10_000, per="second"), store=store, name="conns")
+
+    def one() -> None:
+        with lim.sync.acquire(1):
+            pass
+
+    try:
+        for _ in range(20):
+            t = threading.Thread(target=one)
+            t.start()
+            t.join(10)
+        gc.collect()
+        info = server.client()
+        try:
+            clients = int(info.info("clients")["connected_clients"])
+        finally:
+            info.close()
+        # this check's own connection, and the few the pool keeps: not 20
+        assert clients <= 4, clients
+    finally:
+        store.close()
+
+
 async def test_concurrent_tasks_share_script_calls(server: RedisServer) -> None:
     lim = Limiter(Rate(tokens=1_000, per="hour"), store=server.url, name="co")
     await lim.acquire(1)

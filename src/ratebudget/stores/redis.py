@@ -4,9 +4,12 @@ Each batch of decisions is one ``EVALSHA`` of ``lua/decide.lua``, the Lua
 mirror of the decision core (``_decide.py``, ``_ops.run`` and the document
 of ``_state.py``), so it is atomic and one round trip; the script is sent
 with ``EVAL`` only when the server does not know it yet. The sync ``redis``
-client is used from the limiter's worker threads (its connection pool is
-thread-safe), without retries of its own: a failure surfaces at once as
-``StoreUnavailable``.
+client is used from the limiter's worker threads, without retries of its
+own: a failure surfaces at once as ``StoreUnavailable``. Each thread keeps
+one connection of the client's pool for its script calls and sends them
+ready-encoded (a store call costs the round trip, not the client's
+per-command bookkeeping); the connection goes back to the pool when the
+thread ends.
 
 Keys of limiter ``<name>`` all carry the hash tag ``{<name>}`` so they share
 one Redis Cluster slot: ``{<name>}:s`` (the state document, see
@@ -28,9 +31,11 @@ import functools
 import hashlib
 import importlib.resources
 import json
+import os
 import re
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from .._exceptions import InvalidRequest, StoreUnavailable
@@ -189,6 +194,7 @@ class RedisStore(SharedStore):
                 health_check_interval=0,
             )
         self._redis: redis.Redis = client
+        self._held = threading.local()  # each thread's own connection (_Held)
         self._lock = threading.Lock()
         # plans seen, by identity: what the script needs of each, as JSON
         self._plans: dict[int, _PlanArgs] = {}
@@ -344,13 +350,8 @@ class RedisStore(SharedStore):
             f'"idle":{_IDLE_TTL_MS},"keep_usage":{_USAGE_KEPT_MS},'
             f'"windows":{plan.windows_at(wall)}}}'
         )
-        text, sha = _script()
         try:
-            try:
-                reply: Any = self._redis.evalsha(sha, 3, *keys, argv)
-            except self._noscript:
-                reply = self._redis.eval(text.decode(), 3, *keys, argv)
-            data = json.loads(reply)
+            data = json.loads(self._run_script(keys, argv))
             return ops.Answer(
                 [decode_result(r) for r in data["results"]],
                 int(data["now"]),
@@ -363,6 +364,71 @@ class RedisStore(SharedStore):
                 f"Redis store {self.url}: the answer for {name!r} is unreadable "
                 f"({type(e).__name__}: {e})"
             ) from e
+
+    def _run_script(self, keys: tuple[str, str, str], argv: str) -> Any:
+        """The script's reply to ``keys`` and ``argv``, on this thread's own
+        connection (``EVAL`` of its text if the server does not know it)."""
+        text, sha = _script()
+        conn = self._connection()
+        if conn is None:  # a client without a pool of connections
+            try:
+                return self._redis.evalsha(sha, 3, *keys, argv)
+            except self._noscript:
+                return self._redis.eval(text.decode(), 3, *keys, argv)
+        args = b"".join(_bulk(k.encode()) for k in keys) + _bulk(argv.encode())
+        try:
+            try:
+                # an idle connection with something to read is broken (the
+                # server closed it, say): a fresh one, as the pool would do
+                stale = conn.can_read()
+            except self._errors:
+                stale = True
+            if stale:
+                conn.disconnect()
+            conn.send_packed_command(
+                [_EVALSHA + _bulk(sha.encode()) + _3 + args], False
+            )
+            try:
+                return conn.read_response()
+            except self._noscript:
+                conn.send_packed_command([_EVAL + _bulk(text) + _3 + args], False)
+                return conn.read_response()
+        except BaseException:
+            conn.disconnect()  # never reused half-read
+            raise
+
+    def _connection(self) -> Any:
+        """This thread's connection for script calls (``None``: no pool)."""
+        held: _Held | None = getattr(self._held, "held", None)
+        if held is not None and held.pid == os.getpid():
+            return held.conn
+        pool = getattr(self._redis, "connection_pool", None)
+        if pool is None:
+            return None
+        held = self._held.held = _Held(pool.get_connection())
+        # the thread's locals go when it ends, and the connection with them
+        weakref.finalize(held, pool.release, held.conn)
+        return held.conn
+
+
+class _Held:
+    """A connection one thread keeps (in a fork, it is the parent's)."""
+
+    __slots__ = ("__weakref__", "conn", "pid")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.pid = os.getpid()
+
+
+def _bulk(data: bytes) -> bytes:
+    """``data`` as a RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+_EVALSHA: Final = b"*7\r\n" + _bulk(b"EVALSHA")
+_EVAL: Final = b"*7\r\n" + _bulk(b"EVAL")
+_3: Final = _bulk(b"3")
 
 
 _PLANS_KEPT: Final = 256
