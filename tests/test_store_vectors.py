@@ -137,6 +137,47 @@ class Scenario:
 
 
 SCENARIOS = [
+    # acquisitions alone on a plan of rates (the script's hot path), until
+    # one would wait
+    Scenario(
+        "rate-only-acquisitions",
+        RATE,
+        [
+            Batch(
+                0,
+                [acq("a", 3), acq("b", 3), acq("c", 5, wait=False), acq("d", 4)],
+                [["granted", 1], ["granted", 2], ["none"], ["granted", 3]],
+                [],
+            ),
+            Batch(5, [acq("e", 1, wait=False)], [["none"]], []),
+            Batch(30, [acq("f", 2), acq("g", 1)], [["granted", 4], ["granted", 5]]),
+            Batch(
+                31,
+                [acq("h", 1), acq("i", 1)],
+                [["queued", T0 + 40], ["queued", None]],
+                [],
+            ),
+            Batch(
+                40,
+                [acq("j", 1, wait=False)],
+                [["none"]],
+                [["h", ["granted", 6]], ["i", ["queued", T0 + 50]]],
+            ),
+        ],
+    ),
+    # the same beside a limiter of the same name with caps: its counters
+    # stay as they are, and its lease records send the batch the long way
+    Scenario(
+        "rate-only-acquisitions-beside-caps",
+        RATE,
+        [
+            Batch(0, [ops.Record((0, 5, 7))], plan=CAPS),
+            Batch(1, [acq("a", 2)], [["granted", 1]]),
+            Batch(2, [acq("b", 0, 3, 0)], [["granted", 2]], plan=CAPS),
+            Batch(3, [acq("c", 1)], [["granted", 3]]),
+            Batch(10_003, [acq("d", 1), acq("e", 1)], [["granted", 4], ["granted", 5]]),
+        ],
+    ),
     Scenario(
         "rate-grants-then-queues-fifo",
         RATE,
@@ -993,6 +1034,28 @@ def test_a_lifetime_caps_usage_never_expires(redis_store: RedisStore) -> None:
         name, CAPS, [ops.Record((0, 0, 7))], ttl=5_000_000, keep=10, now_us=2
     )
     assert client.pttl(f"{tag}:s") == -1  # the lifetime cap (slot 2) counts 7
+
+
+def test_rate_only_acquisitions_keep_the_keys_as_long(
+    redis_store: RedisStore,
+) -> None:
+    """The script's hot path (acquisitions on a plan of rates alone) leaves
+    the TTLs the rest of the script leaves."""
+    client: Any = redis_store._redis
+    for counted, kept in (((0, 0, 7), -1), ((0, 3, 0), 400 * 86_400_000)):
+        name = f"hot-{uuid.uuid4().hex}"
+        tag = "{" + name + "}"
+        redis_store.execute(name, RATE, [acq("a", 1)], ttl=5_000_000, keep=10, now_us=1)
+        assert 3_600_000 < client.pttl(f"{tag}:s") <= 3_605_000
+        assert client.exists(f"{tag}:r", f"{tag}:x") == 0
+        redis_store.execute(
+            name, CAPS, [ops.Record(counted)], ttl=5_000_000, keep=10, now_us=2
+        )
+        redis_store.execute(name, RATE, [acq("b", 1)], ttl=5_000_000, keep=10, now_us=3)
+        if kept < 0:
+            assert client.pttl(f"{tag}:s") == -1  # a lifetime cap counts
+        else:
+            assert kept - 5_000 < client.pttl(f"{tag}:s") <= kept  # a month's usage
 
 
 def test_a_batch_that_wakes_waiters_publishes_their_keys(

@@ -46,8 +46,17 @@ keeps its period until a caller that has the window runs. _state.py's
 Numbers are Lua doubles, exact for integers below 2^53: the client refuses
 plans that could leave that range (RedisStore.validate), and record/settle
 answer "inexact" (State.exact) instead of counting past it. Integers are
-written back with "%.0f" by the encoder below (cjson keeps 14 digits only).
+written back with "%.0f" by the encoder below (cjson keeps 14 digits only,
+and cjson.encode_number_precision goes no higher), and a number that is not
+an integer is an error, never rounded.
 Ticks are microseconds (the shared stores' tick_ns = 1000).
+
+Cost: the script runs from the top at every call, and making a closure that
+captures locals costs time in the number of upvalues already open, so the
+hot path (``hot``: acquisitions on a plan of rates alone, nobody queued, no
+lease records) comes before the rest of the mirror and returns before those
+functions are made. The state keeps its TTL through SET ... PX, and the
+lease keys get theirs only while they hold records.
 ]]
 
 local S, R, X = KEYS[1], KEYS[2], KEYS[3]
@@ -132,15 +141,20 @@ local function quote(s)
     return '"' .. (gsub(s, '[%c"\\]', escape)) .. '"'
 end
 
+-- an integer as JSON (anything else is an error: nothing is rounded)
+local function integer(v)
+    if v ~= v or v == huge or v == -huge or v ~= floor(v) then
+        error('ratebudget: not an integer: ' .. tostring(v))
+    end
+    return fmt(v)
+end
+
 -- append ``v`` to ``out`` after its ``n`` pieces; the new count
 local function encode_into(out, n, v)
     local kind = type(v)
     if kind == 'number' then
-        if v ~= v or v == huge or v == -huge or v ~= floor(v) then
-            error('ratebudget: not an integer: ' .. tostring(v))
-        end
         n = n + 1
-        out[n] = fmt(v)
+        out[n] = integer(v)
     elseif kind == 'string' then
         n = n + 1
         out[n] = quote(v)
@@ -250,6 +264,199 @@ local function bucket_mark(b, take)
     if #peaks > PEAKS_KEPT then
         peaks[2][2] = peaks[1][2]
         remove(peaks, 1)
+    end
+end
+
+-- reserve ``req`` on the plan's caps
+local function reserve(plan, req)
+    for _, cs in ipairs(plan.caps) do
+        local c = cs[2].counter
+        c.reserved = c.reserved + req[cs[1]]
+    end
+end
+
+-- the hot path of acquire: take ``req`` from every rate at ``now`` and reserve
+-- it on the caps, or take nothing (0) when a rate falls short
+local function take_now(st, plan, req, now)
+    -- refill each rate involved, note its level for refunds (Bucket.mark, its
+    -- common case inlined) and take; if one falls short, put back what was
+    -- taken
+    local take = st.take + 1
+    local rates = plan.rates
+    for _, r in ipairs(rates) do
+        local i, b = r[1], r[2]
+        local n = req[i]
+        if n ~= 0 then
+            local level = b.level
+            local cap = b.cap
+            if level < cap then
+                level = level + b.rate * (now - b.last)
+                if level > cap then
+                    level = cap
+                end
+            end
+            b.last = now
+            if level >= cap then
+                b.full = take
+                if #b.peaks > 0 then
+                    b.peaks = {}
+                end
+            else
+                b.level = level
+                bucket_mark(b, take)
+            end
+            local need = n * b.per
+            if level < need then
+                b.level = level
+                for _, r2 in ipairs(rates) do
+                    local b2 = r2[2]
+                    if b2 == b then
+                        break
+                    end
+                    b2.level = b2.level + req[r2[1]] * b2.per
+                end
+                return 0
+            end
+            b.level = level - need
+        end
+    end
+    st.take = take
+    reserve(plan, req)
+    return take
+end
+
+-- the store's time and the state document ------------------------------------
+
+local now = args.now
+if now < 0 then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local raw = redis.call('GET', S)
+local doc = nil
+if raw then
+    doc = cjson.decode(raw)
+end
+
+-- the hot path: acquisitions on a plan of rates alone, with nobody queued and
+-- no lease records, are decided here as the rest of the script decides them
+-- (load, run, dump and the writes below), without making what such a batch
+-- never uses: the script's other functions are made only when it goes on.
+-- It answers nil (and has written nothing) for any other batch, or when an
+-- acquisition would wait ------------------------------------------------------
+
+-- the start of ``run``: the store's clock never goes back; its (clamped) time
+local function run_clock(st, now)
+    if now < st.clock then
+        now = st.clock
+    end
+    st.clock = now
+    if st.wall < now then
+        st.wall = now
+    end
+    return now
+end
+
+local function hot()
+    local slots, batch = args.plan, args.ops
+    for _, s in ipairs(slots) do
+        if s[1] ~= 'r' then
+            return nil
+        end
+    end
+    for _, op in ipairs(batch) do
+        if op[1] ~= 'acquire' then
+            return nil
+        end
+    end
+    -- load
+    local st = { clock = 0, wall = 0, take = 0 }
+    local buckets, counters = {}, {}
+    if doc ~= nil then
+        if #doc.q > 0 then
+            return nil
+        end
+        st.clock, st.wall, st.take = doc.clock, doc.wall, doc.take
+        for key, row in pairs(doc.b) do
+            local b = Bucket(key, row[1], row[2], row[3], row[4], row[5])
+            b.full, b.peaks = row[6], row[7]
+            buckets[key] = b
+        end
+        counters = doc.c
+    end
+    if redis.call('ZCARD', X) > 0 then
+        return nil
+    end
+    -- bind (State.bucket)
+    local rates = {}
+    for i, s in ipairs(slots) do
+        local b = buckets[s[2]]
+        if b == nil then
+            b = Bucket(s[2], s[3], s[4], s[5], s[5], now)
+            buckets[s[2]] = b
+        end
+        rates[i] = { i, b }
+    end
+    local plan = { rates = rates, caps = {} }
+    -- run, and acquire with no queue and no caps
+    local at = run_clock(st, now)
+    local results = {}
+    for k, op in ipairs(batch) do
+        local take = take_now(st, plan, op[3], at)
+        if take ~= 0 then
+            results[k] = '["granted",' .. fmt(take) .. ']'
+        elseif op[5] == 0 then
+            results[k] = '["none"]'
+        else
+            if raw then
+                doc = cjson.decode(raw) -- its peaks were changed: start afresh
+            end
+            return nil
+        end
+    end
+    -- dump, and how long the state is kept
+    local out = {
+        '{"clock":', integer(st.clock), ',"wall":', integer(st.wall),
+        ',"take":', integer(st.take), ',"b":',
+    }
+    local n, sep = 7, '{'
+    for key, b in pairs(buckets) do
+        out[n + 1], out[n + 2], out[n + 3] = sep, quote(key), ':'
+        n = encode_into(out, n + 3, { b.rate, b.per, b.cap, b.level, b.last, b.full, b.peaks })
+        sep = ','
+    end
+    out[n + 1], out[n + 2] = sep == '{' and '{}' or '}', ',"c":'
+    n, sep = n + 2, '{'
+    local keep = args.idle + fdiv(args.ttl, 1000)
+    for key, row in pairs(counters) do
+        out[n + 1], out[n + 2], out[n + 3] = sep, quote(key), ':'
+        n = encode_into(out, n + 3, { row[1], nn(nul(row[2])), row[3], row[4], row[5], row[6] })
+        sep = ','
+        if keep >= 0 and (row[3] ~= 0 or row[4] ~= 0) then
+            if row[5] == NULL and row[1] == '' then
+                keep = -1
+            elseif args.keep_usage > keep then
+                keep = args.keep_usage
+            end
+        end
+    end
+    out[n + 1], out[n + 2] = sep == '{' and '{}' or '}', ',"p":{},"q":[]}'
+    local answer = '{"results":[' .. concat(results, ',') .. '],"now":' .. integer(st.clock)
+        .. ',"woken":[]}'
+    -- the writes: the lease keys do not exist
+    if keep < 0 then
+        redis.call('SET', S, concat(out))
+    else
+        redis.call('SET', S, concat(out), 'PX', fmt(keep))
+    end
+    return answer
+end
+
+do
+    local answer = hot()
+    if answer ~= nil then
+        return answer
     end
 end
 
@@ -527,10 +734,7 @@ local function _take(st, plan, req)
             b.level = b.level - n * b.per
         end
     end
-    for _, cs in ipairs(plan.caps) do
-        local c = cs[2].counter
-        c.reserved = c.reserved + req[cs[1]]
-    end
+    reserve(plan, req)
     return take
 end
 
@@ -715,59 +919,6 @@ local function service(st, now, wall)
             break
         end
     end
-end
-
--- the hot path of acquire: take ``req`` from every rate at ``now`` and reserve
--- it on the caps, or take nothing (0) when a rate falls short
-local function take_now(st, plan, req, now)
-    -- refill each rate involved, note its level for refunds (Bucket.mark, its
-    -- common case inlined) and take; if one falls short, put back what was
-    -- taken
-    local take = st.take + 1
-    local rates = plan.rates
-    for _, r in ipairs(rates) do
-        local i, b = r[1], r[2]
-        local n = req[i]
-        if n ~= 0 then
-            local level = b.level
-            local cap = b.cap
-            if level < cap then
-                level = level + b.rate * (now - b.last)
-                if level > cap then
-                    level = cap
-                end
-            end
-            b.last = now
-            if level >= cap then
-                b.full = take
-                if #b.peaks > 0 then
-                    b.peaks = {}
-                end
-            else
-                b.level = level
-                bucket_mark(b, take)
-            end
-            local need = n * b.per
-            if level < need then
-                b.level = level
-                for _, r2 in ipairs(rates) do
-                    local b2 = r2[2]
-                    if b2 == b then
-                        break
-                    end
-                    b2.level = b2.level + req[r2[1]] * b2.per
-                end
-                return 0
-            end
-            b.level = level - need
-        end
-    end
-    st.take = take
-    for _, cs in ipairs(plan.caps) do
-        local c = cs[2].counter
-        c.reserved = c.reserved + req[cs[1]]
-    end
-    return take
 end
 
 -- acquire: returns "granted", take | "queued", entry | "refused", error | "none"
@@ -1194,13 +1345,7 @@ local function _leave(st, plan, key, req, now)
 end
 
 local function run(st, plan, ops, now)
-    if now < st.clock then
-        now = st.clock
-    end
-    st.clock = now
-    if st.wall < now then
-        st.wall = now
-    end
+    now = run_clock(st, now)
     reclaim(st, now)
     local out = {}
     for _, op in ipairs(ops) do
@@ -1413,17 +1558,6 @@ end
 
 -- run_document, and the writes of RedisStore ---------------------------------------
 
-local now = args.now
-if now < 0 then
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-
-local raw = redis.call('GET', S)
-local doc = nil
-if raw then
-    doc = cjson.decode(raw)
-end
 local clock = now
 if doc ~= nil and doc.clock > now then
     clock = doc.clock
@@ -1501,21 +1635,7 @@ for _, w in ipairs(woken) do
 end
 local answer = encode(object({ results = results, now = st.clock, woken = woken }))
 
-redis.call('SET', S, doc_out)
-for first = 1, #gone, 1000 do
-    local last = math.min(first + 999, #gone)
-    redis.call('HDEL', R, unpack(gone, first, last))
-    redis.call('ZREM', X, unpack(gone, first, last))
-end
-for first = 1, #fields, 1000 do
-    local last = math.min(first + 999, #fields)
-    redis.call('HSET', R, unpack(fields, first, last))
-    redis.call('ZADD', X, unpack(scores, first, last))
-end
 local idle = args.idle + fdiv(args.ttl, 1000)
-for _, key in ipairs(KEYS) do
-    redis.call('PEXPIRE', key, fmt(idle))
-end
 -- the state outlives idleness while a cap still counts something: a period's
 -- usage for ``args.keep_usage`` ms after its last change, a lifetime's forever
 local keep_state = idle
@@ -1531,9 +1651,24 @@ for _, c in pairs(st.counters) do
     end
 end
 if keep_state < 0 then
-    redis.call('PERSIST', S)
+    redis.call('SET', S, doc_out)
 else
-    redis.call('PEXPIRE', S, fmt(keep_state))
+    redis.call('SET', S, doc_out, 'PX', fmt(keep_state))
+end
+for first = 1, #gone, 1000 do
+    local last = math.min(first + 999, #gone)
+    redis.call('HDEL', R, unpack(gone, first, last))
+    redis.call('ZREM', X, unpack(gone, first, last))
+end
+for first = 1, #fields, 1000 do
+    local last = math.min(first + 999, #fields)
+    redis.call('HSET', R, unpack(fields, first, last))
+    redis.call('ZADD', X, unpack(scores, first, last))
+end
+-- the lease keys, while they hold records (those not loaded lie after ``clock``)
+if #after > 0 or next(st.records) ~= nil then
+    redis.call('PEXPIRE', R, fmt(idle))
+    redis.call('PEXPIRE', X, fmt(idle))
 end
 if #woken_keys > 0 then
     redis.call('PUBLISH', string.sub(S, 1, -3) .. ':wake', encode(woken_keys))
