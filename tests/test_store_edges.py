@@ -265,3 +265,56 @@ async def test_an_unreadable_counter_is_store_unavailable(tmp_path: Path) -> Non
         conn.execute("UPDATE rb_limiter SET state = ?", (json.dumps(doc),))
     with pytest.raises(StoreUnavailable, match="unreadable"):
         await lim.snapshot()
+
+
+# -- a wake-up that comes before the answer that queued its waiter ----------------
+
+
+class AfterEachCall(SQLiteStore):
+    """An SQLite store that runs ``after`` once, right after a store call
+    that queued a waiter, before its answer reaches that waiter."""
+
+    after: Any = None
+
+    def execute(self, *args: Any, **kw: Any) -> ops.Answer:
+        answer = super().execute(*args, **kw)
+        if self.after is not None and any(
+            isinstance(r, ops.Queued) for r in answer.results
+        ):
+            after, self.after = self.after, None
+            after()
+        return answer
+
+
+@pytest.mark.parametrize("waiting_in", ["task", "thread"])
+async def test_a_wake_up_before_the_queued_answer_is_read_is_not_lost(
+    tmp_path: Path, waiting_in: str
+) -> None:
+    """Another caller moves the queue between the store queueing a waiter and
+    the waiter reading that answer: the waiter is woken all the same (it slept
+    until its foreseen time, which on a fake clock never came)."""
+    import threading
+
+    import anyio
+    import anyio.to_thread
+
+    store = AfterEachCall(tmp_path / "b.db")
+    lim = Limiter(Rate(tokens=10, per=1), store=store, name="w", clock=FakeClock())
+    holder = lim.sync.acquire(10)  # the bucket is empty: the next caller waits
+    store.after = lambda: holder.commit(tokens=3)  # 7 come back: enough for 5
+    with anyio.fail_after(10):
+        if waiting_in == "task":
+            async with lim.acquire(5):
+                pass
+        else:
+            done = threading.Event()
+
+            def sync_caller() -> None:
+                with lim.sync.acquire(5):
+                    done.set()
+
+            t = threading.Thread(target=sync_caller, daemon=True)
+            t.start()
+            await anyio.to_thread.run_sync(t.join, 10)
+            assert done.is_set(), "the woken thread never proceeded"
+    assert store.after is None  # the commit did come in between

@@ -312,29 +312,40 @@ class RemoteBinding(Binding):
         key = os.urandom(9).hex()
         timeout = None if timeout_ns is None else -(-timeout_ns // 1000)
         op = ops.Acquire(key, req, timeout, waiter is not None)
+        w: Waiter | None = None
+        if waiter is not None:
+            # armed and findable before the call leaves: once the store has
+            # queued it, another caller may move the queue and wake it before
+            # this call's answer is read, and that wake-up must not be lost
+            w = waiter()
+            w.id, w.req = key, req
+            w.arm()
+            self._waiters[key] = w
 
         def finish(r: ops.Result, answer: ops.Answer) -> Acquired:
+            if isinstance(r, ops.Queued):
+                assert w is not None
+                w.timeout_at = None if timeout_ns is None else answer.local + timeout_ns
+                self._subscribe()  # other processes' wake-ups, from now on
+                self._queued(w, r.deadline, answer)
+                return w
+            self._waiters.pop(key, None)
             if isinstance(r, ops.Granted):
                 return r.take
-            if isinstance(r, ops.Queued):
-                assert waiter is not None
-                w = waiter()
-                w.id, w.req = key, req
-                w.timeout_at = None if timeout_ns is None else answer.local + timeout_ns
-                self._waiters[key] = w
-                self._subscribe()
-                self._queued(w, r.deadline, answer)
-                w.arm()
-                return w
             assert r is None or isinstance(r, (Exceeded, TooLong))
             return r
 
         def leave(r: ops.Result) -> ops.Op | None:
+            self._waiters.pop(key, None)
             if isinstance(r, (ops.Granted, ops.Queued)):
                 return ops.Leave(key, req)
             return None
 
-        return RemoteCall(self.calls, op, finish, _unmetered_grant, leave, key)
+        def unavailable(e: StoreUnavailable) -> Acquired:
+            self._waiters.pop(key, None)
+            return _unmetered_grant(e)
+
+        return RemoteCall(self.calls, op, finish, unavailable, leave, key)
 
     def poll(self, w: Waiter) -> int | Call[int | None] | None:
         if w.state == GRANTED:
@@ -343,15 +354,15 @@ class RemoteBinding(Binding):
         if w.state != WAITING:
             return None
 
+        w.arm()  # before the look leaves: a wake-up meanwhile means look again
+
         def finish(r: ops.Result, answer: ops.Answer) -> int | None:
             if isinstance(r, ops.Granted):
                 w.take, w.state = r.take, CLAIMED
                 self._waiters.pop(w.id, None)
                 return None
             if isinstance(r, ops.Queued):
-                deadline = self._queued(w, r.deadline, answer)
-                w.arm()
-                return deadline
+                return self._queued(w, r.deadline, answer)
             self._waiters.pop(w.id, None)
             if isinstance(r, (Exceeded, TooLong)):
                 w.error, w.state = r, FAILED
