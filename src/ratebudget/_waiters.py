@@ -12,6 +12,7 @@ import sys
 import threading
 from asyncio import _get_running_loop as _running_loop
 from collections.abc import Awaitable, Callable, Iterable
+from threading import get_ident
 from typing import TYPE_CHECKING
 
 import anyio
@@ -56,51 +57,28 @@ class TaskWaiter(Waiter):
     quiet with thousands queued); elsewhere on the backend's own event.
     """
 
-    __slots__ = (
-        "call_soon",
-        "event",
-        "fut",
-        "loop",
-        "new_event",
-        "schedule",
-        "thread",
-        "timer",
-    )
+    __slots__ = ("event", "fut", "loop", "native", "schedule", "thread", "timer")
 
     def __init__(self, schedule: Schedule | None = None) -> None:
-        super().__init__()
+        Entry.__init__(self)  # and ``Waiter``'s, inlined: one is made per wait
+        self.backoff = 0.005
         self.schedule = schedule
         self.timer: Callable[[], object] | None = None
-        self.thread = threading.get_ident()
+        self.thread = get_ident()
         self.fut: Future[None] | None = None
         self.event: Sleeper | None = None
         # how another thread wakes this one: asyncio's loop, found cheaply,
-        # else whatever anyio's token says (trio's ``run_sync_soon``)
+        # else the backend's token (trio's ``run_sync_soon``) and its event
         loop = self.loop = _running_loop()
-        self.new_event: Callable[[], Sleeper] = anyio.Event
-        if loop is not None:
-            self.call_soon: Callable[[Callable[[], object]], object] = (
-                loop.call_soon_threadsafe
-            )
-            return
-        trio = sys.modules.get("trio")
-        if trio is not None and trio.lowlevel.in_trio_run():
-            # trio's own token and event, without anyio's backend dispatch
-            self.call_soon = trio.lowlevel.current_trio_token().run_sync_soon
-            self.new_event = trio.Event
-            return
-        native = anyio.lowlevel.current_token().native_token
-        call_soon = getattr(native, "call_soon_threadsafe", None)
-        self.call_soon = (
-            call_soon if call_soon is not None else native.run_sync_soon  # type: ignore[attr-defined]
-        )
+        self.native = None if loop is not None else _native()
 
     def arm(self) -> None:
         self.disarm()
         if self.loop is not None:
             self.fut = self.loop.create_future()
         else:
-            self.event = self.new_event()
+            assert self.native is not None
+            self.event = self.native[1]()
 
     def disarm(self) -> None:
         """Cancel the timer ``wake`` may have set (the waiter looks anyway)."""
@@ -126,7 +104,7 @@ class TaskWaiter(Waiter):
         return self.event.wait()
 
     def wake(self) -> None:
-        if threading.get_ident() == self.thread:
+        if get_ident() == self.thread:
             deadline = self.deadline
             if (
                 self.state == WAITING
@@ -143,10 +121,30 @@ class TaskWaiter(Waiter):
                     return
             self.set()
         else:
+            loop, native = self.loop, self.native
             try:
-                self.call_soon(self.set)
+                if loop is not None:
+                    loop.call_soon_threadsafe(self.set)
+                else:
+                    assert native is not None
+                    native[0](self.set)
             except RuntimeError:  # its event loop has closed: nobody to wake
                 pass
+
+
+def _native() -> tuple[Callable[[Callable[[], object]], object], Callable[[], Sleeper]]:
+    """Off asyncio: how another thread runs a callback in this thread's event
+    loop, and the event to sleep on there."""
+    trio = sys.modules.get("trio")
+    if trio is not None and trio.lowlevel.in_trio_run():
+        # trio's own token and event, without anyio's backend dispatch
+        return trio.lowlevel.current_trio_token().run_sync_soon, trio.Event
+    native = anyio.lowlevel.current_token().native_token
+    call_soon = getattr(native, "call_soon_threadsafe", None)
+    return (
+        call_soon if call_soon is not None else native.run_sync_soon,  # type: ignore[attr-defined]
+        anyio.Event,
+    )
 
 
 class ThreadWaiter(Waiter):
