@@ -13,7 +13,7 @@ import threading
 from asyncio import _get_running_loop as _running_loop
 from collections.abc import Awaitable, Callable, Iterable
 from threading import get_ident
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -52,12 +52,23 @@ def wake_all(woken: Iterable[Entry], but: Entry | None = None) -> None:
 class TaskWaiter(Waiter):
     """A waiter that is an async task; it is also the event it sleeps on.
 
-    On asyncio it sleeps on a bare future (no ``asyncio.Event``, no cancel
-    scope: a waiter allocates little, which keeps the garbage collector
-    quiet with thousands queued); elsewhere on the backend's own event.
+    It allocates little, which keeps the garbage collector quiet with
+    thousands queued: on asyncio it sleeps on a bare future (no
+    ``asyncio.Event``, no cancel scope), on trio it parks its task itself
+    (no ``trio.Event``), elsewhere it sleeps on an ``anyio.Event``.
     """
 
-    __slots__ = ("event", "fut", "loop", "native", "schedule", "thread", "timer")
+    __slots__ = (
+        "due",
+        "event",
+        "fut",
+        "loop",
+        "native",
+        "schedule",
+        "task",
+        "thread",
+        "timer",
+    )
 
     def __init__(self, schedule: Schedule | None = None) -> None:
         Entry.__init__(self)  # and ``Waiter``'s, inlined: one is made per wait
@@ -67,8 +78,10 @@ class TaskWaiter(Waiter):
         self.thread = get_ident()
         self.fut: Future[None] | None = None
         self.event: Sleeper | None = None
+        self.task: object = None  # trio: the task parked until ``set``
+        self.due = False  # trio: ``set`` since ``arm``
         # how another thread wakes this one: asyncio's loop, found cheaply,
-        # else the backend's token (trio's ``run_sync_soon``) and its event
+        # else the backend's (trio's run_sync_soon, or anyio's token's)
         loop = self.loop = _running_loop()
         self.native = None if loop is not None else _native()
 
@@ -76,9 +89,10 @@ class TaskWaiter(Waiter):
         self.disarm()
         if self.loop is not None:
             self.fut = self.loop.create_future()
+        elif self.native is not None and self.native[1]:
+            self.due = False
         else:
-            assert self.native is not None
-            self.event = self.native[1]()
+            self.event = anyio.Event()
 
     def disarm(self) -> None:
         """Cancel the timer ``wake`` may have set (the waiter looks anyway)."""
@@ -95,13 +109,32 @@ class TaskWaiter(Waiter):
                 fut.set_result(None)
         elif self.event is not None:
             self.event.set()
+        else:
+            self.due = True
+            task = self.task
+            if task is not None:
+                self.task = None
+                _trio.reschedule(task)
 
     def wait(self) -> Awaitable[object]:
         """The current sleep, to await (see ``Clock.wait``)."""
         if self.fut is not None:
             return self.fut
-        assert self.event is not None
-        return self.event.wait()
+        if self.event is not None:
+            return self.event.wait()
+        return self._park()
+
+    async def _park(self) -> None:
+        """trio: sleep until ``set`` (a checkpoint, like ``trio.Event.wait``)."""
+        if self.due:
+            await _trio.checkpoint()
+            return
+        self.task = _trio.current_task()
+        await _trio.wait_task_rescheduled(self._abort)
+
+    def _abort(self, _: object) -> object:
+        self.task = None  # cancelled: ``set`` must not reschedule it now
+        return _trio.Abort.SUCCEEDED
 
     def wake(self) -> None:
         if get_ident() == self.thread:
@@ -132,19 +165,35 @@ class TaskWaiter(Waiter):
                 pass
 
 
-def _native() -> tuple[Callable[[Callable[[], object]], object], Callable[[], Sleeper]]:
-    """Off asyncio: how another thread runs a callback in this thread's event
-    loop, and the event to sleep on there."""
+CallSoon = Callable[[Callable[[], object]], object]
+Native = tuple[CallSoon, bool]
+"""How another thread runs a callback in a waiter's loop; whether it parks
+its trio task itself."""
+
+_trio: Any = None  # ``trio.lowlevel``, once a waiter has met trio
+_trio_native: Any = None  # a ``trio.lowlevel.RunVar``: each trio run's ``Native``
+
+
+def _native() -> Native:
+    """Off asyncio: how this thread's event loop is reached from another."""
+    global _trio, _trio_native
     trio = sys.modules.get("trio")
     if trio is not None and trio.lowlevel.in_trio_run():
-        # trio's own token and event, without anyio's backend dispatch
-        return trio.lowlevel.current_trio_token().run_sync_soon, trio.Event
-    native = anyio.lowlevel.current_token().native_token
-    call_soon = getattr(native, "call_soon_threadsafe", None)
-    return (
-        call_soon if call_soon is not None else native.run_sync_soon,  # type: ignore[attr-defined]
-        anyio.Event,
-    )
+        # trio's own token, without anyio's backend dispatch; kept for the
+        # run, as thousands of waiters may queue in it
+        if _trio_native is None:
+            _trio = trio.lowlevel
+            _trio_native = _trio.RunVar("ratebudget_native")
+        native: Native | None = _trio_native.get(None)
+        if native is None:
+            native = (_trio.current_trio_token().run_sync_soon, True)
+            _trio_native.set(native)
+        return native
+    native_token = anyio.lowlevel.current_token().native_token
+    call_soon = getattr(native_token, "call_soon_threadsafe", None)
+    if call_soon is None:
+        call_soon = native_token.run_sync_soon  # type: ignore[attr-defined]
+    return call_soon, False
 
 
 class ThreadWaiter(Waiter):
