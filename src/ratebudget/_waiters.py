@@ -44,9 +44,61 @@ class Waiter(Entry):
 
 
 def wake_all(woken: Iterable[Entry], but: Entry | None = None) -> None:
+    spare: Alarm | None = None  # a granted head's timer, for the next head
     for w in woken:
         if w is not but and isinstance(w, Waiter):
-            w.wake()
+            if isinstance(w, TaskWaiter):
+                spare = w.wake_passing(spare)
+            else:
+                w.wake()
+    if spare is not None:
+        spare.stop()
+
+
+class Alarm:
+    """A head's timer, handed on to the next head of its thread.
+
+    In a storm of arrivals every arrival serves the queue, granting head
+    after head on their behalf long before their timers ring: the next head
+    takes over the timer of the one just granted (it rings first, then
+    again at the new head's deadline) instead of setting one per grant.
+    """
+
+    __slots__ = ("at", "cancel", "schedule", "target")
+
+    def __init__(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+        self.cancel: Callable[[], object] | None = None
+        self.at = 0  # when it rings, if ``cancel`` is set
+        self.target: TaskWaiter | None = None
+
+    def ring_for(self, w: TaskWaiter, deadline: int) -> bool:
+        """Wake ``w`` at ``deadline``; ``False``: the clock cannot here."""
+        if self.cancel is None or self.at > deadline:
+            cancel = self.schedule(deadline, self.ring)
+            if cancel is None:
+                return False
+            if self.cancel is not None:
+                self.cancel()
+            self.cancel, self.at = cancel, deadline
+        self.target = w
+        return True
+
+    def ring(self) -> None:
+        self.cancel = None
+        w = self.target
+        if w is None or w.state != WAITING:
+            return
+        deadline = w.deadline
+        if deadline is None or deadline <= self.at or not self.ring_for(w, deadline):
+            w.set()  # else: a head that took it over, due later
+
+    def stop(self) -> None:
+        self.target = None
+        cancel = self.cancel
+        if cancel is not None:
+            self.cancel = None
+            cancel()
 
 
 class TaskWaiter(Waiter):
@@ -74,7 +126,7 @@ class TaskWaiter(Waiter):
         Entry.__init__(self)  # and ``Waiter``'s, inlined: one is made per wait
         self.backoff = 0.005
         self.schedule = schedule
-        self.timer: Callable[[], object] | None = None
+        self.timer: Alarm | None = None
         self.thread = get_ident()
         self.fut: Future[None] | None = None
         self.event: Sleeper | None = None
@@ -96,10 +148,11 @@ class TaskWaiter(Waiter):
 
     def disarm(self) -> None:
         """Cancel the timer ``wake`` may have set (the waiter looks anyway)."""
-        timer = self.timer
-        if timer is not None:
+        alarm = self.timer
+        if alarm is not None:
             self.timer = None
-            timer()
+            if alarm.target is self:
+                alarm.stop()
 
     def set(self) -> None:
         """End the current sleep (in the waiter's own thread)."""
@@ -137,23 +190,14 @@ class TaskWaiter(Waiter):
         return _trio.Abort.SUCCEEDED
 
     def wake(self) -> None:
-        if get_ident() == self.thread:
-            deadline = self.deadline
-            if (
-                self.state == WAITING
-                and deadline is not None
-                and self.schedule is not None
-            ):
-                # woken only to learn its turn (it became the head): rather
-                # than wake it now to set its own timer, set the timer for
-                # it, so it wakes once, when its turn comes
-                timer = self.schedule(deadline, self.set)
-                if timer is not None:
-                    self.disarm()
-                    self.timer = timer
-                    return
-            self.set()
-        else:
+        spare = self.wake_passing(None)
+        if spare is not None:
+            spare.stop()
+
+    def wake_passing(self, spare: Alarm | None) -> Alarm | None:
+        """``wake``, taking over ``spare`` (a granted head's timer) if it
+        needs a timer; returns the timer the next head may take over."""
+        if get_ident() != self.thread:
             loop, native = self.loop, self.native
             try:
                 if loop is not None:
@@ -163,6 +207,29 @@ class TaskWaiter(Waiter):
                     native[0](self.set)
             except RuntimeError:  # its event loop has closed: nobody to wake
                 pass
+            return spare
+        deadline = self.deadline
+        if self.state == WAITING:
+            if deadline is not None and self.schedule is not None:
+                # woken only to learn its turn (it became the head): rather
+                # than wake it now to set its own timer, set the timer for
+                # it, so it wakes once, when its turn comes
+                alarm = self.timer
+                if alarm is None:
+                    if spare is not None and spare.schedule == self.schedule:
+                        alarm, spare = spare, None
+                    else:
+                        alarm = Alarm(self.schedule)
+                if alarm.ring_for(self, deadline):
+                    self.timer = alarm
+                    return spare
+        else:
+            alarm = self.timer
+            if alarm is not None and alarm.target is self and spare is None:
+                self.timer = None  # it will not ring for this one: pass it on
+                spare = alarm
+        self.set()
+        return spare
 
 
 CallSoon = Callable[[Callable[[], object]], object]
