@@ -405,6 +405,14 @@ class Limiter:
 
     # -- internals --------------------------------------------------------------
 
+    def _looked(self, w: Waiter) -> bool:
+        """After ``w`` looked (``poll``): whether it was granted; raises why it
+        was refused."""
+        if w.state == FAILED:
+            assert w.error is not None
+            raise self._refusal(w.error, w.req, None)
+        return w.state == CLAIMED
+
     def _counted(self, got: list[Crossing] | Inexact | None) -> list[Crossing] | None:
         """A settle's or record's changes, or ``InvalidRequest`` if the store
         refused to count past what it holds exactly."""
@@ -515,11 +523,8 @@ class Lease:
                     # grant made on our behalf meanwhile (``abort`` gives it back)
                     await anyio.lowlevel.checkpoint_if_cancelled()
                     deadline = await _answer(b.poll(w))
-                    if w.state == CLAIMED:
+                    if limiter._looked(w):
                         break
-                    if w.state == FAILED:
-                        assert w.error is not None
-                        raise limiter._refusal(w.error, w.req, None)
             except BaseException:
                 b.abort(w)
                 raise
