@@ -45,10 +45,23 @@ class Waiter(Entry):
 
 def wake_all(woken: Iterable[Entry], but: Entry | None = None) -> None:
     spare: Alarm | None = None  # a granted head's timer, for the next head
+    thread = get_ident()
     for w in woken:
         if w is not but and isinstance(w, Waiter):
             if isinstance(w, TaskWaiter):
-                spare = w.wake_passing(spare)
+                fut = w.fut
+                if (
+                    fut is not None
+                    and w.state != WAITING
+                    and w.timer is None
+                    and w.thread == thread
+                ):
+                    # ``wake_passing``'s common case, inlined: a grant made
+                    # on its behalf in its own asyncio thread
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    spare = w.wake_passing(spare)
             else:
                 w.wake()
     if spare is not None:
@@ -138,7 +151,8 @@ class TaskWaiter(Waiter):
         self.native = None if loop is not None else _native()
 
     def arm(self) -> None:
-        self.disarm()
+        if self.timer is not None:
+            self.disarm()
         if self.loop is not None:
             self.fut = self.loop.create_future()
         elif self.native is not None and self.native[1]:
