@@ -23,6 +23,7 @@ the queue has taken nothing, and the waiters behind it move up at once.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, TypeVar
@@ -403,7 +404,9 @@ class State:
         self.take = 0  # the latest take id
         self.buckets: dict[str, Bucket] = {}
         self.counters: dict[str, Counter] = {}
-        self.queue: dict[Entry, None] = {}  # FIFO (dicts keep insertion order)
+        # FIFO: an OrderedDict, as a dict emptied from the front scans every
+        # entry deleted so far to find its first (O(n) a head, until it grows)
+        self.queue: dict[Entry, None] = OrderedDict()
         self.projection: tuple[int, dict[Bucket, tuple[int, int]]] | None = None
         self.next_roll: float = math.inf
         self.ttl = ttl
