@@ -23,9 +23,10 @@ the queue has taken nothing, and the waiters behind it move up at once.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 __all__ = (
     "ACTIVE",
@@ -53,6 +54,7 @@ __all__ = (
     "abort",
     "acquire",
     "extend",
+    "join",
     "lower",
     "poll",
     "reclaim",
@@ -80,6 +82,8 @@ UNCLAIMED: Final = 4  # granted on a waiter's behalf; its owner has not looked y
 REFUSED: Final = 5  # a waiter failed on its behalf (its owner learns why when it looks)
 
 _PEAKS_KEPT: Final = 32
+
+E = TypeVar("E", bound="Entry")
 
 Window = tuple[str, int, int]
 """A calendar period: its key (``"2026-11"``), start and end (wall µs)."""
@@ -400,7 +404,9 @@ class State:
         self.take = 0  # the latest take id
         self.buckets: dict[str, Bucket] = {}
         self.counters: dict[str, Counter] = {}
-        self.queue: dict[Entry, None] = {}  # FIFO (dicts keep insertion order)
+        # FIFO: an OrderedDict, as a dict emptied from the front scans every
+        # entry deleted so far to find its first (O(n) a head, until it grows)
+        self.queue: dict[Entry, None] = OrderedDict()
         self.projection: tuple[int, dict[Bucket, tuple[int, int]]] | None = None
         self.next_roll: float = math.inf
         self.ttl = ttl
@@ -798,6 +804,30 @@ def take_now(st: State, plan: Plan, req: tuple[int, ...], now: int) -> int:
         for i, slot in plan.caps:
             slot.counter.reserved += req[i]
     return take
+
+
+def join(
+    st: State, plan: Plan, req: tuple[int, ...], now: int, entry: Callable[[], E]
+) -> E | None:
+    """Queue ``req`` behind a head that is not due at ``now``, or do nothing
+    (``None``): the hot path of an arrival that must wait, as ``acquire``
+    would queue it (``service`` would neither grant nor move anyone).
+
+    The caller checked that the queue is not empty, that no limit of the
+    state is a cap (so the head's deadline is when its rates can serve it,
+    exactly) and that the caller has no timeout.
+    """
+    deadline = next(iter(st.queue)).deadline
+    if deadline is None or not st.clock <= now < deadline:
+        return None
+    st.clock = now
+    e = entry()
+    e.plan = plan
+    e.req = req
+    if st.live is not None:
+        e.alive = now + st.live
+    _enqueue(st, e)
+    return e
 
 
 def _plan_req(e: Entry) -> tuple[Plan, tuple[int, ...]]:

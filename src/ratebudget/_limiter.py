@@ -405,29 +405,13 @@ class Limiter:
 
     # -- internals --------------------------------------------------------------
 
-    async def _wait(self, w: Waiter) -> None:
-        """Sleep until ``w`` is granted (``w.take``), or raise why not."""
-        b = self._b
-        wait = self._clock.wait
-        assert isinstance(w, TaskWaiter)
-        deadline = w.sleep_deadline()  # ``acquire`` armed it
-        try:
-            while True:
-                await wait(w, deadline)
-                # a cancellation that came while we slept wins over a grant
-                # made on our behalf meanwhile (which ``abort`` gives back)
-                await anyio.lowlevel.checkpoint_if_cancelled()
-                deadline = await _answer(b.poll(w))
-                if w.state == CLAIMED:
-                    return
-                if w.state == FAILED:
-                    assert w.error is not None
-                    raise self._refusal(w.error, w.req, None)
-        except BaseException:
-            b.abort(w)
-            raise
-        finally:
-            w.disarm()
+    def _looked(self, w: Waiter) -> bool:
+        """After ``w`` looked (``poll``): whether it was granted; raises why it
+        was refused."""
+        if w.state == FAILED:
+            assert w.error is not None
+            raise self._refusal(w.error, w.req, None)
+        return w.state == CLAIMED
 
     def _counted(self, got: list[Crossing] | Inexact | None) -> list[Crossing] | None:
         """A settle's or record's changes, or ``InvalidRequest`` if the store
@@ -522,9 +506,32 @@ class Lease:
             self._key = got.key
             got = await got
         if isinstance(got, Waiter):
-            await limiter._wait(got)
-            self._key = got.id
-            got = got.take
+            w = got
+            # the wait, here rather than in a coroutine of its own: thousands
+            # may queue, and each object a waiter keeps alive feeds the
+            # garbage collector's oldest generation
+            assert isinstance(w, TaskWaiter)
+            b = limiter._b
+            deadline = w.sleep_deadline()  # ``acquire`` armed it
+            try:
+                while True:
+                    if deadline is None:  # nothing for the clock to time
+                        await w.wait()
+                    else:
+                        await limiter._clock.wait(w, deadline)
+                    # a cancellation that came while we slept wins over a
+                    # grant made on our behalf meanwhile (``abort`` gives it back)
+                    await anyio.lowlevel.checkpoint_if_cancelled()
+                    deadline = await _answer(b.poll(w))
+                    if limiter._looked(w):
+                        break
+            except BaseException:
+                b.abort(w)
+                raise
+            finally:
+                w.disarm()
+            self._key = w.id
+            got = w.take
         if type(got) is not int:
             assert isinstance(got, (Exceeded, TooLong))
             raise limiter._refusal(got, self._req, self._timeout)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TypeVar, cast
 
 from ._alerts import deliver_sync
 from ._amounts import Amount
-from ._decide import CLAIMED, FAILED, Crossing, Exceeded, Inexact, TooLong
+from ._decide import Crossing, Exceeded, Inexact, TooLong
 from ._snapshot import Snapshot, exceeded, snapshot_of
 from ._waiters import ThreadWaiter, Waiter
 from .stores._base import Call
@@ -72,11 +72,8 @@ class SyncLimiter:
             while True:
                 wait_until(w.event, deadline)
                 deadline = _answer(b.poll(w))
-                if w.state == CLAIMED:
+                if limiter._looked(w):
                     return
-                if w.state == FAILED:
-                    assert w.error is not None
-                    raise limiter._refusal(w.error, w.req, None)
         except BaseException:
             b.abort(w)
             raise

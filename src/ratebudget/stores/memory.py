@@ -33,6 +33,7 @@ __all__ = ("BiasedLock", "MemoryBinding", "MemoryStore")
 _GIL: Final = bool(getattr(sys, "_is_gil_enabled", lambda: True)())
 
 _take_now: Final = core.take_now
+_join: Final = core.join
 
 # take ids of different states never meet: lease ids stay unique in the process
 _bases = itertools.count(1)
@@ -185,14 +186,23 @@ class MemoryBinding(Binding):
         st = self._state
         try:
             plan = self.plan
-            if not st.queue and not plan.caps:
-                # nobody waits, no cap to check: the core's hot path at once
+            if not st.queue:
+                if not plan.caps:
+                    # nobody waits, no cap to check: the core's hot path at once
+                    now = self._monotonic_ns()
+                    if now >= st.clock:
+                        st.clock = now
+                        take = _take_now(st, plan, req, now)
+                        if take:
+                            return take
+            elif waiter is not None and timeout_ns is None and not st.counters:
+                # a storm of arrivals: while the head is not due, serving the
+                # queue first would change nothing, so join it at once
                 now = self._monotonic_ns()
-                if now >= st.clock:
-                    st.clock = now
-                    take = _take_now(st, plan, req, now)
-                    if take:
-                        return take
+                w = _join(st, plan, req, now, waiter)
+                if w is not None:
+                    w.arm()
+                    return w
             got = core.acquire(
                 st,
                 plan,
@@ -214,6 +224,9 @@ class MemoryBinding(Binding):
         return got  # type: ignore[return-value]  # the core's Entry is our Waiter
 
     def poll(self, w: Waiter) -> int | None:
+        if w.state == core.GRANTED:
+            w.state = core.CLAIMED
+            return None
         with self._lock.guard():
             deadline = core.poll(self._state, w, self._monotonic_ns(), self._wall())
             if w.state == core.WAITING:
