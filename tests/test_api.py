@@ -211,4 +211,5 @@ class TestPackaging:
                 assert line in (
                     "from asyncio import _get_running_loop as _running_loop",
                     "from asyncio import Future",  # under TYPE_CHECKING
+                    "from asyncio import AbstractEventLoop, TimerHandle",  # ditto
                 ), (name, line)

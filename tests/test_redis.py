@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from ratebudget import Cap, Limiter, Rate, StoreUnavailable
@@ -67,6 +68,19 @@ class Monitor:
         self.client.close()
 
 
+def connected_clients(server: RedisServer) -> int:
+    """The server's count of open connections (this one's included), once
+    whatever was left for the garbage collector is gone."""
+    import gc
+
+    gc.collect()
+    info = server.client()
+    try:
+        return int(info.info("clients")["connected_clients"])
+    finally:
+        info.close()
+
+
 def script_calls(server: RedisServer) -> int:
     """Redis' own count of script calls (``INFO commandstats``)."""
     stats = server.info_commandstats()
@@ -108,7 +122,6 @@ def test_a_threads_connection_goes_back_to_the_pool_when_it_ends(
     """Each thread keeps a connection for its script calls; threads that come
     and go (the sync facade's callers, idle worker threads) do not pile up
     connections on the server."""
-    import gc
 
     from ratebudget.stores import RedisStore
 
@@ -124,14 +137,68 @@ def test_a_threads_connection_goes_back_to_the_pool_when_it_ends(
             t = threading.Thread(target=one)
             t.start()
             t.join(10)
-        gc.collect()
-        info = server.client()
-        try:
-            clients = int(info.info("clients")["connected_clients"])
-        finally:
-            info.close()
+        clients = connected_clients(server)
         # this check's own connection, and the few the pool keeps: not 20
         assert clients <= 4, clients
+    finally:
+        store.close()
+
+
+async def test_a_hung_server_is_unavailable_within_the_timeout(
+    server: RedisServer,
+) -> None:
+    """A server that stops answering (its connections open, nothing read)
+    fails each call within the store's timeout, on asyncio's own link as on
+    the worker thread; once it answers again, so does the limiter."""
+    from ratebudget.stores import RedisStore
+
+    store = RedisStore(server.url, timeout=0.3)
+    lim = Limiter(Rate(tokens=10_000, per="second"), store=store, name="hung")
+    try:
+        for _ in range(20):  # long enough for asyncio's link to be up
+            async with lim.acquire(1):
+                pass
+            await anyio.sleep(0.005)
+        server.pause()
+        try:
+            for _ in range(2):
+                started = time.monotonic()
+                with anyio.fail_after(5), pytest.raises(StoreUnavailable):
+                    await lim.acquire(1)
+                assert time.monotonic() - started < 0.3 * 2 + 1
+        finally:
+            server.resume()
+        with anyio.fail_after(5):
+            async with lim.acquire(1):
+                pass
+    finally:
+        store.close()
+
+
+def test_event_loops_that_end_leave_no_connection_behind(server: RedisServer) -> None:
+    """Each asyncio loop's own connection closes with the loop (any socket
+    left open would be a ResourceWarning, an error in this suite), and a loop
+    ending while calls are on their way gives its callers their answers."""
+
+    from ratebudget.stores import RedisStore
+
+    store = RedisStore(server.url)
+    lim = Limiter(Rate(tokens=10_000, per="second"), store=store, name="loops")
+
+    async def some_calls(n: int) -> None:
+        for _ in range(n):
+            async with lim.acquire(1):
+                pass
+            await anyio.lowlevel.checkpoint()
+
+    try:
+        for n in (1, 3, 30, 300):
+            anyio.run(some_calls, n, backend="asyncio")
+        clients = connected_clients(server)
+        # this check's, and the one each loop's worker thread keeps (for its
+        # first call, made before the loop's link was up) until it idles
+        # out: none of the four links
+        assert clients <= 1 + 4, clients
     finally:
         store.close()
 

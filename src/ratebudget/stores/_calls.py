@@ -144,12 +144,13 @@ class _Worker:
 class _Batcher:
     """The calls of one event loop: waiting to go, or on their way."""
 
-    __slots__ = ("hot", "loop", "pending", "running", "soon", "worker")
+    __slots__ = ("asyncio", "hot", "loop", "pending", "running", "soon", "worker")
 
     def __init__(
         self, loop: object, soon: Callable[[Callable[[], object]], object]
     ) -> None:
         self.loop = loop  # the event loop (asyncio) or trio token it serves
+        self.asyncio = loop is _running_loop()  # an asyncio loop
         self.soon = soon  # run a callback in that loop, from any thread
         self.pending: list[_Pending] = []
         self.running = False  # a store call is on its way
@@ -203,8 +204,14 @@ class Coalescer:
         execute: Callable[[list[ops.Op]], ops.Answer],
         defer: Callable[[ops.Op], None],
         fail_open: Callable[[StoreUnavailable, ops.Op], bool],
+        send: Callable[
+            [list[ops.Op], Callable[[ops.Answer | None, BaseException | None], None]],
+            bool,
+        ]
+        | None = None,
     ) -> None:
         self.execute = execute
+        self.send = send  # the same without blocking, from the loop, if it can
         self.defer = defer
         self.fail_open = fail_open
         self._local = threading.local()
@@ -293,6 +300,16 @@ class Coalescer:
             except RuntimeError:  # the loop has closed: nobody is waiting
                 self._orphaned(batch, answer)
 
+        if self.send is not None and b.asyncio:
+
+            def answered(
+                answer: ops.Answer | None, error: BaseException | None
+            ) -> None:
+                self._count(-1)  # in the loop: it answered here
+                self._guarded(b, batch, self._deliver, b, batch, answer, error)
+
+            if self.send(todo, answered):
+                return
         b.worker.submit(lambda: self.execute(todo), landed)
 
     def _deliver(

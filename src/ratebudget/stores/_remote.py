@@ -180,6 +180,22 @@ class SharedStore(Store):
         ``ttl`` is the lease TTL and ``keep`` how long settled records stay (µs).
         """
 
+    def send(
+        self,
+        name: str,
+        spec: PlanSpec,
+        batch: list[ops.Op],
+        done: Callable[[ops.Answer | None, BaseException | None], None],
+        *,
+        ttl: int,
+        keep: int,
+        now_us: int | None = None,
+    ) -> bool:
+        """Like ``execute``, but without blocking, from the running event
+        loop: ``done(answer, error)`` runs in the loop when it lands. Returns
+        ``False`` if it cannot here (a worker thread then runs ``execute``)."""
+        return False
+
     def subscribe(self, name: str) -> bool:
         """Relay other processes' wake-ups of ``name`` to this process's
         waiters (``wake``); returns whether the store can."""
@@ -216,7 +232,7 @@ class RemoteBinding(Binding):
         self._deferred: list[ops.Op] = []  # sent with the next store call
         self._waiters = _waiters(store.url, name)
         self._subscribed = False
-        self.calls = Coalescer(self.execute, self.defer, self._fail_open)
+        self.calls = Coalescer(self.execute, self.defer, self._fail_open, self.send)
 
     # -- the store ----------------------------------------------------------
 
@@ -248,6 +264,51 @@ class RemoteBinding(Binding):
             keep=self.keep,
             now_us=now,
         )
+        return self._landed(extra, batch, answer, local)
+
+    def send(
+        self,
+        batch: list[ops.Op],
+        done: Callable[[ops.Answer | None, BaseException | None], None],
+    ) -> bool:
+        """Send ``batch`` from the event loop, without blocking, if the store
+        can (``SharedStore.send``); ``done`` runs in the loop when it lands."""
+        if not self._registered:
+            return False  # the first call registers, on the worker thread
+        local = self.clock.monotonic_ns()
+        now = self.wall_us() if self.fake_time else None
+        extra: list[ops.Op] = []
+        if self._deferred:  # one deferred later than this look goes next time
+            with self._lock:
+                extra, self._deferred = self._deferred, []
+
+        def landed(answer: ops.Answer | None, error: BaseException | None) -> None:
+            if answer is not None:
+                try:
+                    answer = self._landed(extra, batch, answer, local)
+                except StoreUnavailable as e:
+                    answer, error = None, e
+            done(answer, error)
+
+        sent = self.store.send(
+            self.name,
+            self.spec,
+            extra + batch,
+            landed,
+            ttl=self.ttl,
+            keep=self.keep,
+            now_us=now,
+        )
+        if not sent:
+            with self._lock:  # they go with the worker thread's call instead
+                self._deferred[:0] = extra
+        return sent
+
+    def _landed(
+        self, extra: list[ops.Op], batch: list[ops.Op], answer: ops.Answer, local: int
+    ) -> ops.Answer:
+        """A store call's answer: checked, its woken waiters woken, the
+        results of ``batch`` alone."""
         if len(answer.results) != len(extra) + len(batch):
             raise StoreUnavailable(
                 f"the store {self.store.url} answered {len(answer.results)} of "

@@ -36,12 +36,15 @@ import re
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from .._exceptions import InvalidRequest, StoreUnavailable
 from .._plan import CapSpec, PlanSpec, RateSpec, _tz_name
 from . import _ops as ops
 from ._codec import decode_result, encode_op
+from ._redis_link import Links, command
+from ._redis_link import bulk as _bulk
 from ._remote import SharedStore, wake
 from ._state import _plan_doc, plan_id, windows_around
 
@@ -98,6 +101,12 @@ def _script() -> tuple[bytes, str]:
     """The script's text and its SHA1 (what ``EVALSHA`` names it by)."""
     text = SCRIPT_PATH.read_bytes()
     return text, hashlib.sha1(text, usedforsecurity=False).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _evalsha() -> bytes:
+    """The start of an ``EVALSHA`` of the script, as RESP."""
+    return _EVALSHA + _bulk(_script()[1].encode())
 
 
 def _dumps(value: Any) -> str:
@@ -195,6 +204,11 @@ class RedisStore(SharedStore):
             )
         self._redis: redis.Redis = client
         self._held = threading.local()  # each thread's own connection (_Held)
+        self._resp_keys: dict[str, bytes] = {}  # a name's keys, as RESP
+        # asyncio loops' own connections (a store of our own, plain TCP or Unix)
+        self._links = (
+            _links_for(client, self.timeout, self.url) if self._owned else None
+        )
         self._lock = threading.Lock()
         # plans seen, by identity: what the script needs of each, as JSON
         self._plans: dict[int, _PlanArgs] = {}
@@ -278,6 +292,8 @@ class RedisStore(SharedStore):
                     pass
 
     def close(self) -> None:
+        if self._links is not None:
+            self._links.close()
         self._closing.set()
         listener = self._listener
         if listener is not None and listener is not threading.current_thread():
@@ -332,6 +348,67 @@ class RedisStore(SharedStore):
         keep: int,
         now_us: int | None = None,
     ) -> ops.Answer:
+        keys, argv = self._request(name, spec, batch, ttl, keep, now_us)
+        try:
+            reply = self._run_script(keys, argv)
+        except self._errors as e:
+            raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
+        return self._answer(name, reply)
+
+    def send(
+        self,
+        name: str,
+        spec: PlanSpec,
+        batch: list[ops.Op],
+        done: Callable[[ops.Answer | None, BaseException | None], None],
+        *,
+        ttl: int,
+        keep: int,
+        now_us: int | None = None,
+    ) -> bool:
+        links = self._links
+        link = None if links is None else links.get()
+        if link is None:
+            return False
+        keys, argv = self._request(name, spec, batch, ttl, keep, now_us)
+        resp_keys = self._resp_keys.get(name)
+        if resp_keys is None:
+            if len(self._resp_keys) >= _PLANS_KEPT:
+                self._resp_keys.clear()
+            resp_keys = self._resp_keys[name] = _3 + b"".join(
+                _bulk(k.encode()) for k in keys
+            )
+        args = resp_keys + _bulk(argv.encode())
+
+        def landed(reply: Any, error: BaseException | None) -> None:
+            if error is None and isinstance(reply, Exception):
+                if str(reply).startswith("NOSCRIPT") and link.send(
+                    _EVAL + _bulk(_script()[0]) + args, landed
+                ):
+                    return
+                error = StoreUnavailable(f"Redis store {self.url}: {reply}")
+            if error is not None:
+                done(None, error)
+                return
+            try:
+                answer = self._answer(name, reply)
+            except StoreUnavailable as e:
+                done(None, e)
+                return
+            done(answer, None)
+
+        return link.send(_evalsha() + args, landed)
+
+    def _request(
+        self,
+        name: str,
+        spec: PlanSpec,
+        batch: list[ops.Op],
+        ttl: int,
+        keep: int,
+        now_us: int | None,
+    ) -> tuple[tuple[str, str, str], str]:
+        """The script's keys and argument for ``batch``."""
         if not name:
             raise InvalidRequest("a Redis limiter needs a non-empty name")
         if now_us is not None and now_us < 0:
@@ -350,15 +427,17 @@ class RedisStore(SharedStore):
             f'"idle":{_IDLE_TTL_MS},"keep_usage":{_USAGE_KEPT_MS},'
             f'"windows":{plan.windows_at(wall)}}}'
         )
+        return keys, argv
+
+    def _answer(self, name: str, reply: Any) -> ops.Answer:
+        """The script's reply, read."""
         try:
-            data = json.loads(self._run_script(keys, argv))
+            data = json.loads(reply)
             return ops.Answer(
                 [decode_result(r) for r in data["results"]],
                 int(data["now"]),
                 [ops.Woken(k, cast(Any, decode_result(r))) for k, r in data["woken"]],
             )
-        except self._errors as e:
-            raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
         except (ValueError, TypeError, KeyError) as e:
             raise StoreUnavailable(
                 f"Redis store {self.url}: the answer for {name!r} is unreadable "
@@ -411,6 +490,36 @@ class RedisStore(SharedStore):
         return held.conn
 
 
+def _links_for(client: Any, timeout: float, url: str) -> Links | None:
+    """Links for the event loops of ``client``'s server, or ``None`` where
+    they cannot serve it (TLS, another connection class, no hiredis)."""
+    try:
+        import hiredis  # noqa: F401  (the links parse replies with it)
+        from redis.connection import Connection, UnixDomainSocketConnection
+    except ImportError:
+        return None
+    pool = client.connection_pool
+    kw = pool.connection_kwargs
+    address: tuple[str, int] | str
+    if pool.connection_class is Connection:
+        address = (kw.get("host", "localhost"), int(kw.get("port", 6379)))
+    elif pool.connection_class is UnixDomainSocketConnection:
+        address = kw["path"]
+    else:
+        return None
+    hello: list[bytes] = []
+    if kw.get("password") is not None:
+        auth = (
+            [kw["password"]]
+            if kw.get("username") is None
+            else [kw["username"], kw["password"]]
+        )
+        hello.append(command(b"AUTH", *(str(a).encode() for a in auth)))
+    if kw.get("db"):
+        hello.append(command(b"SELECT", str(int(kw["db"])).encode()))
+    return Links(address, hello, timeout, url)
+
+
 class _Held:
     """A connection one thread keeps (in a fork, it is the parent's)."""
 
@@ -419,11 +528,6 @@ class _Held:
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.pid = os.getpid()
-
-
-def _bulk(data: bytes) -> bytes:
-    """``data`` as a RESP bulk string."""
-    return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
 _EVALSHA: Final = b"*7\r\n" + _bulk(b"EVALSHA")

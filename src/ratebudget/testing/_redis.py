@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -147,6 +148,7 @@ class RedisServer:
         """Shut the server down without an RDB snapshot (the AOF is flushed)."""
         if self._proc is None:
             return
+        self.resume()  # a paused server would not hear the shutdown
         if self._proc.poll() is None:
             client = self.client()
             try:
@@ -170,6 +172,17 @@ class RedisServer:
             self._proc.kill()
         self._proc.wait()
         self._proc = None
+
+    def pause(self) -> None:
+        """Freeze the server (``SIGSTOP``): connections stay open and
+        nothing answers, like a server that hangs; ``resume()`` thaws it."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Thaw a paused server (``SIGCONT``)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
 
     def close(self) -> None:
         """Stop the server and delete its directory (if this object made it)."""
