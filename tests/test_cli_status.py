@@ -485,3 +485,40 @@ class TestApi:
             assert store.limiters()["openai-prod"] == spec
         finally:
             store.close()
+
+
+def test_a_store_url_is_printed_without_its_password() -> None:
+    """``status`` never prints a credential: not in its header, its JSON or
+    its errors (the real CLI, in a subprocess)."""
+    import subprocess
+
+    from redis_server import redis_server_or_skip
+
+    def run(*argv: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "ratebudget", "status", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        return done.stdout + done.stderr
+
+    with redis_server_or_skip() as server:
+        admin = server.client()
+        try:  # a user with a password
+            admin.acl_setuser(
+                "user", enabled=True, passwords=["+s3cret-pw"], keys="*",
+                channels="*", commands=["+@all"],
+            )  # fmt: skip
+        finally:
+            admin.close()
+        url = server.url.replace("redis://", "redis://user:s3cret-pw@")
+        for argv in (["--store", url], ["--store", url, "--json"]):
+            out = run(*argv)
+            assert "s3cret-pw" not in out, out
+            assert "user:***@" in out, out
+        assert json.loads(run("--store", url, "--json"))["store"].count("***") == 1
+    out = run("--store", url)  # the server is gone: an error, no password
+    assert "unavailable" in out, out
+    assert "s3cret-pw" not in out, out

@@ -8,6 +8,7 @@ import json
 import sys
 
 from .. import InvalidRequest, StoreUnavailable
+from ..stores._base import redact
 from ._status_reader import status
 from ._status_render import render_status_plain, render_status_rich
 
@@ -50,6 +51,7 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def _run_status_command(args: argparse.Namespace) -> int:
     err = sys.stderr
     url: str = args.store
+    shown = redact(url) if isinstance(url, str) else url  # never a password
     use_rich = args.rich or (not args.plain and not args.json and sys.stdout.isatty())
     if use_rich and importlib.util.find_spec("rich") is None:
         if args.rich:
@@ -68,17 +70,17 @@ def _run_status_command(args: argparse.Namespace) -> int:
         err.write(f"ratebudget status: error: {exc}\n")
         return 2
     except ImportError as exc:  # a store whose driver is not installed
-        err.write(f"ratebudget status: error: cannot open {url}: {exc}\n")
+        err.write(f"ratebudget status: error: cannot open {shown}: {exc}\n")
         return 2
     if args.json:
-        document = {"store": url, "limiters": [s.to_json() for s in statuses]}
+        document = {"store": shown, "limiters": [s.to_json() for s in statuses]}
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
     elif use_rich:
         from rich.console import Console
 
         # off a terminal rich assumes 80 columns: let the tables keep their width
         width = None if sys.stdout.isatty() else 200
-        render_status_rich(statuses, Console(file=sys.stdout, width=width), store=url)
+        render_status_rich(statuses, Console(file=sys.stdout, width=width), store=shown)
     else:
-        render_status_plain(statuses, sys.stdout, store=url)
+        render_status_plain(statuses, sys.stdout, store=shown)
     return 0

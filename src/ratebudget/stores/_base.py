@@ -11,6 +11,7 @@ from async code, ``call.wait()`` from a plain thread.
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -150,3 +151,8 @@ class Store(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
+
+
+def redact(url: str) -> str:
+    """``url`` fit to print: its password (``user:secret@``) is ``***``."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)

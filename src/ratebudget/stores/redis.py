@@ -32,7 +32,6 @@ import hashlib
 import importlib.resources
 import json
 import os
-import re
 import threading
 import time
 import weakref
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from .._exceptions import InvalidRequest, StoreUnavailable
 from .._plan import CapSpec, PlanSpec, RateSpec, _tz_name
 from . import _ops as ops
+from ._base import redact
 from ._codec import decode_result, encode_op
 from ._redis_link import Links, command
 from ._redis_link import bulk as _bulk
@@ -84,14 +84,14 @@ def _check_url(url: str) -> None:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in ("redis", "rediss", "unix"):
         raise InvalidRequest(
-            f"url={_redact(url)!r}: use redis://host:port/db, rediss:// or unix://"
+            f"url={redact(url)!r}: use redis://host:port/db, rediss:// or unix://"
         )
     if scheme.lower() == "unix":
         return
     path = rest.partition("?")[0].partition("/")[2]
     if path and not path.isdigit():
         raise InvalidRequest(
-            f"url={_redact(url)!r}: the database after the host is a number, "
+            f"url={redact(url)!r}: the database after the host is a number, "
             f"like redis://localhost:6379/0, not {path!r}"
         )
 
@@ -151,11 +151,6 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _redact(url: str) -> str:
-    """``url`` without its password."""
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
-
-
 class RedisStore(SharedStore):
     """Limiter state in Redis: ``RedisStore("redis://localhost:6379/0")``.
 
@@ -188,7 +183,7 @@ class RedisStore(SharedStore):
             raise InvalidRequest(
                 "RedisStore needs the redis client: pip install 'ratebudget[redis]'"
             ) from None
-        self.url = _redact(url)
+        self.url = redact(url)
         self.timeout = float(timeout)
         self._errors: type[Exception] = redis_py.exceptions.RedisError
         self._noscript: type[Exception] = redis_py.exceptions.NoScriptError
