@@ -522,3 +522,21 @@ def test_a_store_url_is_printed_without_its_password() -> None:
     out = run("--store", url)  # the server is gone: an error, no password
     assert "unavailable" in out, out
     assert "s3cret-pw" not in out, out
+
+
+def test_a_sqlite_url_with_two_slashes_is_refused_with_the_right_form(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ratebudget", "status", "--store", "sqlite://b.db"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done
+    assert "'sqlite:///b.db'" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # no file made on the way

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ def test_urls_name_their_store(tmp_path: Path) -> None:
     for bad in ("nope", "ftp://x", "sqlite://", 42):
         with pytest.raises(InvalidRequest):
             open_store(bad)  # type: ignore[arg-type]
+    # two slashes would put the file where a host goes: refused, with the fix
+    with pytest.raises(InvalidRequest, match=re.escape("'sqlite:///budgets.db'")):
+        open_store("sqlite://budgets.db")
 
 
 def test_a_shared_store_needs_a_name(tmp_path: Path) -> None:

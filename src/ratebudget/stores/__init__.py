@@ -62,7 +62,14 @@ def open_store(url: str) -> Store:
     if scheme == "memory":
         return MemoryStore()
     if scheme == "sqlite":
-        path = rest[1:] if rest.startswith("/") else rest
+        if rest and not rest.startswith("/"):
+            # a path after two slashes would be a host: say the right form
+            raise InvalidRequest(
+                f"store={url!r}: the path goes after three slashes: "
+                f"'sqlite:///{rest}' (relative), or four for an absolute path "
+                "('sqlite:////var/lib/budgets.db')"
+            )
+        path = rest[1:]
         if not path:
             raise InvalidRequest(f"store={url!r}: no file; try 'sqlite:///budgets.db'")
         from .sqlite import SQLiteStore
