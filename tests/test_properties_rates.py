@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 from core_engine import Engine, Waiter
 from helpers import NS, advance_to_ns, settle
 from ratebudget import AcquireTimeout, Limiter, Rate
-from ratebudget._decide import _PEAKS_KEPT, CLAIMED, FAILED, GRANTED, Bucket, Entry
+from ratebudget._core_state import _PEAKS_KEPT
+from ratebudget._decide import CLAIMED, FAILED, GRANTED, Bucket, Entry
 from ratebudget._plan import RateSpec, plan_spec
 from ratebudget.testing import FakeClock
 
