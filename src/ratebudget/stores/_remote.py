@@ -254,8 +254,7 @@ class RemoteBinding(Binding):
         self._register()
         local = self.clock.monotonic_ns()  # the instant the store's ``now`` pairs with
         now = self.wall_us() if self.fake_time else None
-        with self._lock:
-            extra, self._deferred = self._deferred, []
+        extra = self._take_deferred()
         answer = self.store.execute(
             self.name,
             self.spec,
@@ -277,10 +276,7 @@ class RemoteBinding(Binding):
             return False  # the first call registers, on the worker thread
         local = self.clock.monotonic_ns()
         now = self.wall_us() if self.fake_time else None
-        extra: list[ops.Op] = []
-        if self._deferred:  # one deferred later than this look goes next time
-            with self._lock:
-                extra, self._deferred = self._deferred, []
+        extra = self._take_deferred()
 
         def landed(answer: ops.Answer | None, error: BaseException | None) -> None:
             if answer is not None:
@@ -317,6 +313,14 @@ class RemoteBinding(Binding):
         if answer.woken:
             wake(self.store.url, self.name, [w.key for w in answer.woken])
         return ops.Answer(answer.results[len(extra) :], answer.now, answer.woken, local)
+
+    def _take_deferred(self) -> list[ops.Op]:
+        """The deferred ops, to send now (one deferred meanwhile goes next)."""
+        if not self._deferred:  # the common case, without the lock
+            return []
+        with self._lock:
+            extra, self._deferred = self._deferred, []
+        return extra
 
     def defer(self, op: ops.Op) -> None:
         """Send ``op`` with the next store call (no round trip of its own)."""

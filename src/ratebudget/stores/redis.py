@@ -345,7 +345,7 @@ class RedisStore(SharedStore):
     ) -> ops.Answer:
         keys, argv = self._request(name, spec, batch, ttl, keep, now_us)
         try:
-            reply = self._run_script(keys, argv)
+            reply = self._run_script(name, keys, argv)
         except self._errors as e:
             raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
         return self._answer(name, reply)
@@ -366,14 +366,7 @@ class RedisStore(SharedStore):
         if link is None:
             return False
         keys, argv = self._request(name, spec, batch, ttl, keep, now_us)
-        resp_keys = self._resp_keys.get(name)
-        if resp_keys is None:
-            if len(self._resp_keys) >= _PLANS_KEPT:
-                self._resp_keys.clear()
-            resp_keys = self._resp_keys[name] = _3 + b"".join(
-                _bulk(k.encode()) for k in keys
-            )
-        args = resp_keys + _bulk(argv.encode())
+        args = self._resp_args(name, keys, argv)
 
         def landed(reply: Any, error: BaseException | None) -> None:
             if error is None and isinstance(reply, Exception):
@@ -439,17 +432,29 @@ class RedisStore(SharedStore):
                 f"({type(e).__name__}: {e})"
             ) from e
 
-    def _run_script(self, keys: tuple[str, str, str], argv: str) -> Any:
+    def _resp_args(self, name: str, keys: tuple[str, str, str], argv: str) -> bytes:
+        """The script call's arguments after its SHA or text, as RESP (a
+        name's keys encoded once)."""
+        resp_keys = self._resp_keys.get(name)
+        if resp_keys is None:
+            if len(self._resp_keys) >= _PLANS_KEPT:
+                self._resp_keys.clear()
+            resp_keys = self._resp_keys[name] = _3 + b"".join(
+                _bulk(k.encode()) for k in keys
+            )
+        return resp_keys + _bulk(argv.encode())
+
+    def _run_script(self, name: str, keys: tuple[str, str, str], argv: str) -> Any:
         """The script's reply to ``keys`` and ``argv``, on this thread's own
         connection (``EVAL`` of its text if the server does not know it)."""
-        text, sha = _script()
         conn = self._connection()
         if conn is None:  # a client without a pool of connections
+            text, sha = _script()
             try:
                 return self._redis.evalsha(sha, 3, *keys, argv)
             except self._noscript:
                 return self._redis.eval(text.decode(), 3, *keys, argv)
-        args = b"".join(_bulk(k.encode()) for k in keys) + _bulk(argv.encode())
+        args = self._resp_args(name, keys, argv)
         try:
             try:
                 # an idle connection with something to read is broken (the
@@ -459,13 +464,11 @@ class RedisStore(SharedStore):
                 stale = True
             if stale:
                 conn.disconnect()
-            conn.send_packed_command(
-                [_EVALSHA + _bulk(sha.encode()) + _3 + args], False
-            )
+            conn.send_packed_command([_evalsha() + args], False)
             try:
                 return conn.read_response()
             except self._noscript:
-                conn.send_packed_command([_EVAL + _bulk(text) + _3 + args], False)
+                conn.send_packed_command([_EVAL + _bulk(_script()[0]) + args], False)
                 return conn.read_response()
         except BaseException:
             conn.disconnect()  # never reused half-read
