@@ -308,7 +308,8 @@ class TestTables:
         assert "$23.25" in out
         assert "9,999,400" in out
         assert " UTC (in " not in out
-        assert re.search(r" in \d+h \d+m", out)
+        # the two largest units left ("5h 12m"; "15m 3s" near midnight UTC)
+        assert re.search(r" in \d+[dhm] \d+[hms]", out)
         assert main(["status", "--store", used.url, "--plain"]) == 0
         assert "█" not in capsys.readouterr().out
         document = _json(["status", "--store", used.url], capsys)  # JSON wins

@@ -105,7 +105,7 @@ def _script() -> tuple[bytes, str]:
 
 @functools.lru_cache(maxsize=1)
 def _evalsha() -> bytes:
-    """The start of an ``EVALSHA`` of the script, as RESP."""
+    """``EVALSHA`` and the script's SHA, as RESP (after the count)."""
     return _EVALSHA + _bulk(_script()[1].encode())
 
 
@@ -118,7 +118,7 @@ class _PlanArgs:
     calendar windows around the latest wall clock (remade when it leaves
     their current period)."""
 
-    __slots__ = ("head", "spec", "windows")
+    __slots__ = ("head", "hot", "spec", "windows")
 
     def __init__(self, spec: PlanSpec) -> None:
         self.spec = spec  # kept alive: the cache is by id(spec)
@@ -132,6 +132,13 @@ class _PlanArgs:
             f'"plan":{_dumps(slots)},"pid":{_dumps(plan_id(spec))},'
             f'"pdoc":{_dumps(_plan_doc(spec))}'
         )
+        # the script's hot path takes a plan of rates alone as plain
+        # arguments: their number, then each one's key, rate, per and cap
+        self.hot: list[str] | None = None
+        if all(isinstance(s, RateSpec) for s in spec.slots):
+            self.hot = [str(len(spec.slots))] + [
+                str(v) for row in slots for v in row[1:]
+            ]
         # the wall times (µs) the windows are good for, and the windows
         self.windows: tuple[int, int, str] = (0, -1, "{}")
 
@@ -366,12 +373,12 @@ class RedisStore(SharedStore):
         if link is None:
             return False
         keys, argv = self._request(name, spec, batch, ttl, keep, now_us)
-        args = self._resp_args(name, keys, argv)
+        count, args = self._resp_args(name, keys, argv)
 
         def landed(reply: Any, error: BaseException | None) -> None:
             if error is None and isinstance(reply, Exception):
                 if str(reply).startswith("NOSCRIPT") and link.send(
-                    _EVAL + _bulk(_script()[0]) + args, landed
+                    count + _EVAL + _bulk(_script()[0]) + args, landed
                 ):
                     return
                 error = StoreUnavailable(f"Redis store {self.url}: {reply}")
@@ -385,7 +392,7 @@ class RedisStore(SharedStore):
                 return
             done(answer, None)
 
-        return link.send(_evalsha() + args, landed)
+        return link.send(count + _evalsha() + args, landed)
 
     def _request(
         self,
@@ -395,8 +402,10 @@ class RedisStore(SharedStore):
         ttl: int,
         keep: int,
         now_us: int | None,
-    ) -> tuple[tuple[str, str, str], str]:
-        """The script's keys and argument for ``batch``."""
+    ) -> tuple[tuple[str, str, str], list[str]]:
+        """The script's keys and arguments for ``batch`` (ARGV[2...] for
+        its hot path only when the batch is acquisitions on a plan of rates
+        alone)."""
         if not name:
             raise InvalidRequest("a Redis limiter needs a non-empty name")
         if now_us is not None and now_us < 0:
@@ -415,7 +424,17 @@ class RedisStore(SharedStore):
             f'"idle":{_IDLE_TTL_MS},"keep_usage":{_USAGE_KEPT_MS},'
             f'"windows":{plan.windows_at(wall)}}}'
         )
-        return keys, argv
+        if plan.hot is None:
+            return keys, [argv]
+        out = [argv, "-1" if now_us is None else str(now_us)]
+        out.append(str(_IDLE_TTL_MS + ttl // 1000))
+        out += plan.hot
+        for op in batch:
+            if not isinstance(op, ops.Acquire):
+                return keys, [argv]
+            out.append("1" if op.wait else "0")
+            out += map(str, op.req)
+        return keys, out
 
     def _answer(self, name: str, reply: Any) -> ops.Answer:
         """The script's reply, read."""
@@ -432,9 +451,11 @@ class RedisStore(SharedStore):
                 f"({type(e).__name__}: {e})"
             ) from e
 
-    def _resp_args(self, name: str, keys: tuple[str, str, str], argv: str) -> bytes:
-        """The script call's arguments after its SHA or text, as RESP (a
-        name's keys encoded once)."""
+    def _resp_args(
+        self, name: str, keys: tuple[str, str, str], argv: list[str]
+    ) -> tuple[bytes, bytes]:
+        """The script call as RESP: its count of items, and what follows its
+        SHA or text (a name's keys encoded once)."""
         resp_keys = self._resp_keys.get(name)
         if resp_keys is None:
             if len(self._resp_keys) >= _PLANS_KEPT:
@@ -442,19 +463,22 @@ class RedisStore(SharedStore):
             resp_keys = self._resp_keys[name] = _3 + b"".join(
                 _bulk(k.encode()) for k in keys
             )
-        return resp_keys + _bulk(argv.encode())
+        count = b"*%d\r\n" % (6 + len(argv))
+        return count, resp_keys + b"".join([_bulk(a.encode()) for a in argv])
 
-    def _run_script(self, name: str, keys: tuple[str, str, str], argv: str) -> Any:
+    def _run_script(
+        self, name: str, keys: tuple[str, str, str], argv: list[str]
+    ) -> Any:
         """The script's reply to ``keys`` and ``argv``, on this thread's own
         connection (``EVAL`` of its text if the server does not know it)."""
         conn = self._connection()
         if conn is None:  # a client without a pool of connections
             text, sha = _script()
             try:
-                return self._redis.evalsha(sha, 3, *keys, argv)
+                return self._redis.evalsha(sha, 3, *keys, *argv)
             except self._noscript:
-                return self._redis.eval(text.decode(), 3, *keys, argv)
-        args = self._resp_args(name, keys, argv)
+                return self._redis.eval(text.decode(), 3, *keys, *argv)
+        count, args = self._resp_args(name, keys, argv)
         try:
             try:
                 # an idle connection with something to read is broken (the
@@ -464,11 +488,13 @@ class RedisStore(SharedStore):
                 stale = True
             if stale:
                 conn.disconnect()
-            conn.send_packed_command([_evalsha() + args], False)
+            conn.send_packed_command([count + _evalsha() + args], False)
             try:
                 return conn.read_response()
             except self._noscript:
-                conn.send_packed_command([_EVAL + _bulk(_script()[0]) + args], False)
+                conn.send_packed_command(
+                    [count + _EVAL + _bulk(_script()[0]) + args], False
+                )
                 return conn.read_response()
         except BaseException:
             conn.disconnect()  # never reused half-read
@@ -528,8 +554,8 @@ class _Held:
         self.pid = os.getpid()
 
 
-_EVALSHA: Final = b"*7\r\n" + _bulk(b"EVALSHA")
-_EVAL: Final = b"*7\r\n" + _bulk(b"EVAL")
+_EVALSHA: Final = _bulk(b"EVALSHA")
+_EVAL: Final = _bulk(b"EVAL")
 _3: Final = _bulk(b"3")
 
 
