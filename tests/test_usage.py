@@ -30,8 +30,10 @@ from ratebudget.integrations.usage import (
     Estimate,
     StreamUsage,
     Usage,
+    azure_deployment,
     classify,
     estimate,
+    is_free,
     usage_from_json,
 )
 
@@ -556,24 +558,74 @@ def test_usage_is_frozen_and_totals() -> None:
         ("POST", "/openai/v1/chat/completions", "/openai", Endpoint.OPENAI_CHAT),
         ("POST", "/api/embeddings", "/api", Endpoint.OPENAI_EMBEDDINGS),
         ("POST", "/api/embeddings", "api", Endpoint.OPENAI_EMBEDDINGS),
-        # passes through
+        # by its shape, wherever the base path puts it
+        ("POST", "/openai/v1/chat/completions", "", Endpoint.OPENAI_CHAT),
+        ("POST", "/api/v1/chat/completions", "", Endpoint.OPENAI_CHAT),  # OpenRouter
+        ("POST", "/v1beta/openai/chat/completions", "", Endpoint.OPENAI_CHAT),  # Gemini
+        (
+            "POST",
+            "/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21",
+            "",
+            Endpoint.OPENAI_CHAT,
+        ),  # Azure OpenAI
+        ("POST", "/openai/deployments/emb/embeddings", "", Endpoint.OPENAI_EMBEDDINGS),
+        ("POST", "/serving/llama/v1/completions", "", Endpoint.OPENAI_COMPLETIONS),
+        ("POST", "/v2/chat/completions", "", Endpoint.OPENAI_CHAT),
+        ("POST", "/anthropic/v1/messages", "", Endpoint.ANTHROPIC_MESSAGES),
+        # not a model call this recognises
         ("GET", "/v1/chat/completions", "", None),
         ("POST", "/v1/chat/completions/abc/messages/x", "", None),
         ("GET", "/v1/responses/resp_123", "", None),
         ("POST", "/v1/responses/resp_123/cancel", "", None),
         ("POST", "/v1/messages/count_tokens", "", None),
         ("POST", "/v1/messages/batches", "", None),
+        ("POST", "/v1/threads/thread_1/messages", "", None),
         ("POST", "/v1/files", "", None),
         ("POST", "/v1/audio/transcriptions", "", None),
-        ("POST", "/openai/v1/chat/completions", "", None),
         ("POST", "/v1/chat/completions", "/openai/v1", None),
         ("POST", "/openaiX/v1/chat/completions", "/openai", None),
-        ("POST", "/v2/chat/completions", "", None),
+        ("POST", "/v1/chat/completionsX", "", None),
         ("POST", "", "", None),
     ],
 )
 def test_classify(method: str, path: str, base: str, expected: Endpoint | None) -> None:
     assert classify(method, path, base) is expected
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "free"),
+    [
+        ("GET", "/v1/models", True),
+        ("POST", "/v1/messages/count_tokens", True),
+        ("POST", "/v1/responses/input_tokens", True),
+        ("POST", "/v1/responses/resp_1/cancel", True),
+        ("POST", "/v1/batches/batch_1/cancel", True),
+        ("POST", "/v1/moderations", True),
+        ("POST", "/v1/files", True),
+        ("POST", "/v1/uploads/up_1/parts", True),
+        ("POST", "/v1beta/models/gemini-2.5-flash:countTokens", True),
+        ("POST", "/v1/images/generations", False),
+        ("POST", "/v1/audio/transcriptions", False),
+        ("POST", "/v1/messages/batches", False),
+        ("POST", "/v1/chat/completions", False),
+    ],
+)
+def test_is_free(method: str, path: str, free: bool) -> None:
+    assert is_free(method, path) is free
+
+
+@pytest.mark.parametrize(
+    ("path", "deployment"),
+    [
+        ("/openai/deployments/gpt4o-prod/chat/completions", "gpt4o-prod"),
+        ("//openai/deployments/d1/embeddings/", "d1"),
+        ("/openai/v1/chat/completions", None),
+        ("/v1/deployments/x/chat/completions", None),
+        ("/openai/deployments", None),
+    ],
+)
+def test_azure_deployment(path: str, deployment: str | None) -> None:
+    assert azure_deployment(path) == deployment
 
 
 def test_endpoint_is_its_string() -> None:

@@ -19,6 +19,7 @@ from ._exceptions import BudgetExceeded as BudgetExceeded
 from ._exceptions import InvalidRequest as InvalidRequest
 from ._exceptions import RateBudgetError as RateBudgetError
 from ._exceptions import StoreUnavailable as StoreUnavailable
+from ._exceptions import UnmeteredCall as UnmeteredCall
 from ._limiter import Lease as Lease
 from ._limiter import Limiter as Limiter
 from ._limits import Cap as Cap
@@ -49,5 +50,6 @@ __all__ = (
     "SyncLease",
     "SyncLimiter",
     "SystemClock",
+    "UnmeteredCall",
     "__version__",
 )

@@ -6,6 +6,7 @@ Exception tree::
     ├── BudgetExceeded          axis, limit, used, reserved, requested, resets_at
     ├── AcquireTimeout          also TimeoutError; retry_after
     ├── InvalidRequest          also ValueError
+    │   └── UnmeteredCall       method, path: a call the transport cannot meter
     └── StoreUnavailable        the driver's error in __cause__
 """
 
@@ -20,6 +21,7 @@ __all__ = (
     "InvalidRequest",
     "RateBudgetError",
     "StoreUnavailable",
+    "UnmeteredCall",
 )
 
 Number = int | Decimal
@@ -71,6 +73,18 @@ class AcquireTimeout(RateBudgetError, TimeoutError):
 
 class InvalidRequest(RateBudgetError, ValueError):
     """The arguments can never be served: raised before any state changes."""
+
+
+class UnmeteredCall(InvalidRequest):
+    """``BudgetTransport`` cannot meter this request (a ``POST`` it does not
+    recognise, or a body it cannot read) and ``unmetered="raise"`` (the
+    default) says not to send it. Nothing was sent.
+    """
+
+    def __init__(self, message: str, *, method: str, path: str) -> None:
+        super().__init__(message)
+        self.method = method
+        self.path = path
 
 
 class StoreUnavailable(RateBudgetError):

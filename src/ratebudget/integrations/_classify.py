@@ -8,7 +8,7 @@ from typing import Final
 
 from .._exceptions import InvalidRequest
 
-__all__ = ("Endpoint", "classify")
+__all__ = ("Endpoint", "azure_deployment", "classify", "is_free")
 
 
 class Endpoint(str, Enum):
@@ -55,33 +55,86 @@ def _clean_path(path: str) -> str:
     return path.rstrip("/")
 
 
-def classify(method: str, path: str, base_path: str = "") -> Endpoint | None:
-    """Which API a request calls, or ``None`` to let it pass unmetered.
-
-    Only ``POST`` requests are metered. ``path`` is the URL's path (a query
-    string is ignored). ``base_path`` is the path an OpenAI-compatible server
-    puts its API under, e.g. ``"/openai/v1"`` or ``"/api"``; after it, an
-    optional ``/v1`` and then one of ``/chat/completions``, ``/responses``,
-    ``/completions``, ``/embeddings`` or ``/messages``. Trailing and doubled
-    slashes are tolerated. With the default ``""``, ``/v1/chat/completions``
-    (OpenAI) and ``/v1/messages`` (Anthropic) match.
-
-    >>> classify("POST", "/v1/chat/completions")
-    <Endpoint.OPENAI_CHAT: 'openai.chat'>
-    >>> classify("POST", "/openai/v1/responses/", base_path="/openai/v1")
-    <Endpoint.OPENAI_RESPONSES: 'openai.responses'>
-    >>> classify("GET", "/v1/models") is None
-    True
-    """
-    if method.upper() != "POST":
-        return None
+def _under(path: str, base_path: str) -> str | None:
+    """``path`` after ``base_path`` (cleaned), or ``None`` if it is not under it."""
     path = _clean_path(path)
     base = _clean_path(base_path)
     if base and base[0] != "/":
         base = "/" + base
     if path != base and not path.startswith(base + "/"):
         return None
-    rest = path[len(base) :]
-    if rest not in _SUFFIXES and rest.startswith("/v1/"):
-        rest = rest[3:]
-    return _SUFFIXES.get(rest)
+    return path[len(base) :]
+
+
+def classify(method: str, path: str, base_path: str = "") -> Endpoint | None:
+    """Which API a request calls, by the shape of its path, or ``None``.
+
+    Only ``POST`` requests are metered. A path is recognised by how it ends,
+    wherever the server puts its API: ``.../chat/completions``,
+    ``.../responses``, ``.../completions``, ``.../embeddings`` or
+    ``.../messages`` (OpenAI's ``/v1/...``, Azure OpenAI's
+    ``/openai/deployments/{name}/...``, OpenRouter's ``/api/v1/...``,
+    Gemini's ``/v1beta/openai/...``, vLLM or Ollama under any prefix).
+    A query string, trailing and doubled slashes are ignored. ``base_path``,
+    when given, is where the API lives: a path outside it is ``None``.
+
+    >>> classify("POST", "/v1/chat/completions")
+    <Endpoint.OPENAI_CHAT: 'openai.chat'>
+    >>> classify("POST", "/openai/deployments/gpt4o-prod/chat/completions")
+    <Endpoint.OPENAI_CHAT: 'openai.chat'>
+    >>> classify("GET", "/v1/models") is None
+    True
+    """
+    if method.upper() != "POST":
+        return None
+    rest = _under(path, base_path)
+    if rest is None:
+        return None
+    for suffix, endpoint in _SUFFIXES.items():
+        if rest.endswith(suffix) and not (
+            # an Assistants thread's message is not a model call
+            endpoint is Endpoint.ANTHROPIC_MESSAGES and "/threads/" in rest
+        ):
+            return endpoint
+    return None
+
+
+# POSTs of the LLM APIs that nobody is billed for: token counting, moderation,
+# cancelling, uploading files (by their path's last segments; ``*``: an id)
+_FREE: Final = (
+    ("messages", "count_tokens"),
+    ("responses", "input_tokens"),
+    ("responses", "*", "cancel"),
+    ("batches", "*", "cancel"),
+    ("moderations",),
+    ("files",),
+    ("uploads",),
+    ("uploads", "*", "parts"),
+    ("uploads", "*", "complete"),
+    ("uploads", "*", "cancel"),
+)
+
+
+def is_free(method: str, path: str) -> bool:
+    """Whether a request is one the provider bills nothing for (any method
+    but ``POST``; counting tokens, moderation, cancelling, file uploads)."""
+    if method.upper() != "POST":
+        return True
+    segments = _clean_path(path).split("/")
+    for shape in _FREE:
+        tail = segments[-len(shape) :]
+        if len(tail) == len(shape) and all(
+            want in ("*", got) for want, got in zip(shape, tail, strict=True)
+        ):
+            return True
+    return segments[-1].endswith(":countTokens")  # Gemini
+
+
+def azure_deployment(path: str) -> str | None:
+    """The deployment an Azure OpenAI path names
+    (``/openai/deployments/{name}/chat/completions``), or ``None``."""
+    segments = _clean_path(path).split("/")
+    for i, segment in enumerate(segments[:-2]):
+        if segment == "deployments" and i > 0 and segments[i - 1] == "openai":
+            return segments[i + 1] or None
+    return None

@@ -26,7 +26,9 @@ the request it was given.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 import sys
 import time
@@ -38,9 +40,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
-from .._exceptions import AcquireTimeout, InvalidRequest
+from .._exceptions import AcquireTimeout, InvalidRequest, UnmeteredCall
 from ._call_amounts import commit_amounts, reserve_amounts
-from ._classify import Endpoint, classify
+from ._classify import Endpoint, azure_deployment, classify, is_free
 from ._estimate import DEFAULT_MAX_OUTPUT, Estimate, estimate
 from ._parse import Usage, usage_from_json
 from ._sse import StreamUsage
@@ -49,6 +51,10 @@ if TYPE_CHECKING:
     from .. import Limiter
 
 __all__ = ("BudgetSyncTransport", "BudgetTransport")
+
+_log = logging.getLogger("ratebudget")
+
+_UNMETERED: Final = ("raise", "warn", "allow")
 
 _CHARS_PER_TOKEN: Final = 4
 _MAX_BODY: Final = (
@@ -116,6 +122,8 @@ class _Meter:
         unknown_model: str | Mapping[str, Decimal | str] = "raise",
         provider: str | None = None,
         adapt: bool = True,
+        unmetered: str = "raise",
+        models: Mapping[str, str] | None = None,
     ) -> None:
         from .. import Limiter  # at the call: no import of the limiter at load
 
@@ -123,6 +131,19 @@ class _Meter:
             raise InvalidRequest(
                 f"{type(self).__name__} needs a Limiter, not {limiter!r}"
             )
+        if unmetered not in _UNMETERED:
+            raise InvalidRequest(
+                f"unmetered={unmetered!r}: expected 'raise', 'warn' or 'allow'"
+            )
+        models = dict(models or {})
+        for key, value in models.items():
+            if not (isinstance(key, str) and isinstance(value, str) and key and value):
+                raise InvalidRequest(
+                    f"models={{{key!r}: {value!r}}}: map a deployment or request "
+                    "model name to a model name (both non-empty strings)"
+                )
+        self.unmetered = unmetered
+        self.models = models
         self.limiter = limiter
         self._inner = transport
         self.base_path = base_path
@@ -139,8 +160,33 @@ class _Meter:
     def _endpoint(self, request: Any) -> Endpoint | None:
         return classify(request.method, request.url.path, self.base_path)
 
+    def _pass(self, request: Any, why: str) -> None:
+        """A request that will not be metered: fine when the provider bills
+        nothing for it, else as ``unmetered`` says (raise, warn or allow)."""
+        method, path = request.method, request.url.path
+        if (
+            why == "unrecognised" and is_free(method, path)
+        ) or self.unmetered == "allow":
+            return
+        what = (
+            "is not an API call it recognises"
+            if why == "unrecognised"
+            else "has a body that is not a JSON object"
+        )
+        message = (
+            f"{method} {path} {what}, so it would reach the provider unmetered; "
+            f"pass {type(self).__name__}(..., unmetered='warn' or 'allow') to send "
+            "such calls anyway"
+        )
+        if self.unmetered == "raise":
+            raise UnmeteredCall(
+                message + " (nothing was sent)", method=method, path=path
+            )
+        _log.warning("ratebudget: %s", message)
+
     def _plan(self, request: Any, endpoint: Endpoint, raw: bytes) -> _Planned | None:
-        """What to reserve for ``request`` (``None``: pass it through)."""
+        """What to reserve for ``request`` (``None``: the body is not a JSON
+        object, it cannot be metered)."""
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:
@@ -164,8 +210,27 @@ class _Meter:
             self.count_tokens,
             default_max_output=self.default_max_output,
         )
+        # the model to price: models= maps an Azure deployment or a request's
+        # model name to it; an Azure deployment it does not map is priced at
+        # commit by the model the response names
+        deployment = azure_deployment(request.url.path)
+        model = self.models.get(deployment or "") or self.models.get(est.model or "")
+        if model is None and deployment is not None:
+            model = est.model or deployment
+            trust_response = True
+        else:
+            model = model or est.model
+            trust_response = False
+        est = dataclasses.replace(est, model=model)
         family = self.provider or endpoint.value.split(".")[0]
-        return _Planned(request, endpoint, est, family, self._amounts(est, family))
+        return _Planned(
+            request,
+            endpoint,
+            est,
+            family,
+            self._amounts(est, family),
+            trust_response,
+        )
 
     def _amounts(self, est: Estimate, family: str) -> dict[str, Any]:
         return reserve_amounts(
@@ -178,13 +243,18 @@ class _Meter:
 
     def actual(
         self,
-        est: Estimate,
-        family: str,
+        planned: _Planned,
         usage: Usage | None,
         model: str | None,
         text_chars: int,
     ) -> dict[str, Any]:
-        """The amounts to commit for what a response used."""
+        """The amounts to commit for what a response used (``model``: the one
+        it names)."""
+        est = planned.est
+        if planned.trust_response and model:
+            model = self.models.get(model, model)
+        else:
+            model = est.model or model
         if usage is None:
             # the provider said nothing (a stream cut short before its usage
             # event): the input as estimated, plus the output seen so far
@@ -195,8 +265,8 @@ class _Meter:
         return commit_amounts(
             usage,
             priced=self._priced,
-            model=est.model or model,
-            provider=family,
+            model=model,
+            provider=planned.family,
             unknown=self.unknown_model,
         )
 
@@ -235,7 +305,7 @@ class _Meter:
 
 
 class _Planned:
-    __slots__ = ("amounts", "endpoint", "est", "family", "request")
+    __slots__ = ("amounts", "endpoint", "est", "family", "request", "trust_response")
 
     def __init__(
         self,
@@ -244,12 +314,14 @@ class _Planned:
         est: Estimate,
         family: str,
         amounts: dict[str, Any],
+        trust_response: bool,
     ) -> None:
         self.request = request
         self.endpoint = endpoint
-        self.est = est
+        self.est = est  # its model: the one to price
         self.family = family
         self.amounts = amounts
+        self.trust_response = trust_response  # price the response's model
 
 
 def _with_body(request: Any, body: Mapping[str, Any]) -> Any:
@@ -319,9 +391,11 @@ class BudgetTransport(_Meter, _Transport):
         inner = self._transport(request)
         endpoint = self._endpoint(request)
         if endpoint is None:
+            self._pass(request, "unrecognised")
             return await inner.handle_async_request(request)
         planned = self._plan(request, endpoint, await request.aread())
         if planned is None:
+            self._pass(request, "unreadable")
             return await inner.handle_async_request(request)
         request = planned.request
         # a provider's 429 said wait (a later 429 may extend it: look again)
@@ -336,10 +410,7 @@ class BudgetTransport(_Meter, _Transport):
                 if _never_left(request, e):
                     await lease.release()
                 else:  # it may have reached the provider: its input counts
-                    est = planned.est
-                    await lease.commit(
-                        **self.actual(est, planned.family, None, None, 0)
-                    )
+                    await lease.commit(**self.actual(planned, None, None, 0))
             raise
         self._observe(response)
         if response.status_code >= 400:
@@ -380,9 +451,11 @@ class BudgetSyncTransport(_Meter, _SyncTransport):
         inner = self._transport(request)
         endpoint = self._endpoint(request)
         if endpoint is None:
+            self._pass(request, "unrecognised")
             return inner.handle_request(request)
         planned = self._plan(request, endpoint, request.read())
         if planned is None:
+            self._pass(request, "unreadable")
             return inner.handle_request(request)
         request = planned.request
         while (left := self._held_for()) > 0:  # a provider's 429 said wait
@@ -395,7 +468,7 @@ class BudgetSyncTransport(_Meter, _SyncTransport):
             if _never_left(request, e):
                 lease.release()
             else:
-                lease.commit(**self.actual(planned.est, planned.family, None, None, 0))
+                lease.commit(**self.actual(planned, None, None, 0))
             raise
         self._observe(response)
         if response.status_code >= 400:
@@ -453,9 +526,7 @@ class _Metered:
 
     def _actual(self) -> dict[str, Any]:
         usage, model, chars = self._usage()
-        return self.meter.actual(
-            self.planned.est, self.planned.family, usage, model, chars
-        )
+        return self.meter.actual(self.planned, usage, model, chars)
 
     def _usage(self) -> tuple[Usage | None, str | None, int]:
         if self.stream is not None:

@@ -2,7 +2,9 @@
 
 No optional dependency: this module only parses the providers' JSON and SSE.
 
-* :func:`classify` tells which API an HTTP request calls (or ``None``).
+* :func:`classify` tells which API an HTTP request calls (or ``None``), by
+  the shape of its path; :func:`is_free` whether the provider bills nothing
+  for it; :func:`azure_deployment` which Azure OpenAI deployment it names.
 * :func:`estimate` reads a request body *before* it is sent: its input tokens
   (counted, or estimated from characters) and the most output it may produce.
 * :func:`usage_from_json` reads the usage a JSON response reports.
@@ -53,7 +55,9 @@ from __future__ import annotations
 
 # one private module per part; this module is the public face of all four
 from ._classify import Endpoint as Endpoint
+from ._classify import azure_deployment as azure_deployment
 from ._classify import classify as classify
+from ._classify import is_free as is_free
 from ._estimate import CHARS_PER_TOKEN as CHARS_PER_TOKEN
 from ._estimate import DEFAULT_MAX_OUTPUT as DEFAULT_MAX_OUTPUT
 from ._estimate import IMAGE_TOKENS as IMAGE_TOKENS
@@ -73,7 +77,9 @@ __all__ = (
     "Estimate",
     "StreamUsage",
     "Usage",
+    "azure_deployment",
     "classify",
     "estimate",
+    "is_free",
     "usage_from_json",
 )

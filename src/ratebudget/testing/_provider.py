@@ -10,6 +10,11 @@ enough of both APIs for the official SDKs:
   base64 float32 as the SDK asks for by default).
 * Anthropic: ``POST /v1/messages`` (JSON and SSE with ``event:`` lines).
 
+The same routes are served under any prefix, as OpenAI-compatible servers
+put them: Azure OpenAI's ``/openai/deployments/{name}/chat/completions``,
+OpenRouter's ``/api/v1/...``, Gemini's ``/v1beta/openai/...``. ``models``
+maps a requested model (an Azure deployment) to the model the answer names.
+
 Everything it answers is a function of the request, so tests can compute
 what to expect:
 
@@ -98,6 +103,22 @@ from ._provider_openai import OPENAI, OPENAI_ROUTES
 __all__ = ("FakeProvider",)
 
 _ROUTES: dict[str, tuple[Dialect, Plan]] = {**OPENAI_ROUTES, **ANTHROPIC_ROUTES}
+# the same routes under any prefix (Azure's /openai/deployments/{name}/...,
+# OpenRouter's /api/v1/..., Gemini's /v1beta/openai/...): by their ends,
+# longest first (/chat/completions before /completions)
+_BY_SUFFIX: list[tuple[str, tuple[Dialect, Plan]]] = sorted(
+    ((path.removeprefix("/v1"), route) for path, route in _ROUTES.items()),
+    key=lambda item: -len(item[0]),
+)
+
+
+def _route(path: str) -> tuple[Dialect, Plan] | None:
+    route = _ROUTES.get(path)
+    if route is None:
+        for suffix, candidate in _BY_SUFFIX:
+            if path.endswith(suffix):
+                return candidate
+    return route
 
 
 @dataclass(frozen=True)
@@ -130,6 +151,7 @@ class FakeProvider:
         stream_delay: float = 0.0,
         cached_tokens: int = 0,
         reasoning_tokens: int = 0,
+        models: Mapping[str, str] | None = None,
     ) -> None:
         for name, value in (("rpm", rpm), ("tpm", tpm)):
             if value is not None and value < 1:
@@ -145,6 +167,9 @@ class FakeProvider:
         self.stream_delay = stream_delay
         self.cached_tokens = cached_tokens
         self.reasoning_tokens = reasoning_tokens
+        self.models = dict(models or {})
+        """The model a response names for a requested name (an Azure
+        deployment answers with the model it serves); others answer as asked."""
         self.requests: list[FakeRequest] = []
         """Every request received, oldest first."""
         self._lock = threading.RLock()
@@ -257,7 +282,7 @@ class FakeProvider:
 
     def _handle(self, method: str, path: str, raw: bytes) -> Response:
         now = self.clock()
-        route = _ROUTES.get(path)
+        route = _route(path)
         if route is None:
             return self._error(OPENAI, 404, f"Unknown path {path}", now)
         dialect, plan = route
@@ -273,8 +298,12 @@ class FakeProvider:
             return self._error(dialect, 400, "The body must be a JSON object", now)
         with self._lock:
             context = Context(self.cached_tokens, self.reasoning_tokens, self._new_id)
+            model = body.get("model")
+            served = body
+            if isinstance(model, str) and model in self.models:
+                served = {**body, "model": self.models[model]}
             try:
-                prompt, build = plan(context, body)
+                prompt, build = plan(context, served)
             except BadRequest as exc:
                 self._log(path, body, 0, 0, 400, now)
                 return self._error(dialect, 400, str(exc), now)
