@@ -7,6 +7,7 @@ fixture).
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -14,7 +15,7 @@ import anyio
 import pytest
 
 from conftest import Make
-from ratebudget import Alert, Cap
+from ratebudget import Alert, BudgetExceeded, Cap, Limiter
 from ratebudget.testing import FakeClock
 
 D = Decimal
@@ -64,22 +65,29 @@ class TestThresholds:
         cap = Cap(usd=10, per="day", alert_at=(0.5, 0.8, 1.0))
         limiter = make(cap, clock=FakeClock(start=utc(2026, 5, 17, 12)), on_alert=got)
         await limiter.record(usd="4.99")
+        await limiter.flush_alerts()
         assert got.alerts == []
         await limiter.record(usd="0.01")
+        await limiter.flush_alerts()
         assert got.thresholds == [0.5]
         await limiter.record(usd=1)
+        await limiter.flush_alerts()
         assert got.thresholds == [0.5]
         await limiter.record(usd=2)
+        await limiter.flush_alerts()
         assert got.thresholds == [0.5, 0.8]
         await limiter.record(usd=1)
         await limiter.record(usd=1)
+        await limiter.flush_alerts()
         assert got.thresholds == [0.5, 0.8, 1.0]
+        await limiter.flush_alerts()
         first = got.alerts[0]
-        assert first.limit is cap
+        assert first.cap is cap
         assert first.axis == "usd"
         assert first.used == D(5)
         assert first.period == "2026-05-17"
         assert first.resets_at == utc(2026, 5, 18)
+        await limiter.flush_alerts()
         assert got.alerts[2].used == D(10)
 
     async def test_one_commit_crossing_several_thresholds_fires_each_in_order(
@@ -92,6 +100,7 @@ class TestThresholds:
         )
         lease = await limiter.acquire(10)
         await lease.commit(tokens=95)
+        await limiter.flush_alerts()
         assert got.thresholds == [0.5, 0.8]
         assert all(a.used == 95 for a in got.alerts)
         assert all(a.period is None and a.resets_at is None for a in got.alerts)
@@ -102,11 +111,15 @@ class TestThresholds:
         got = Collector()
         limiter = make(Cap(usd=10, alert_at=(0.5,)), clock=FakeClock(), on_alert=got)
         lease = await limiter.acquire(usd=9)
+        await limiter.flush_alerts()
         assert got.alerts == []
         await lease.release()
+        await limiter.flush_alerts()
         assert got.alerts == []
         async with limiter.acquire(usd=6):
+            await limiter.flush_alerts()
             assert got.alerts == []
+        await limiter.flush_alerts()
         assert got.thresholds == [0.5]
 
     async def test_thresholds_fire_again_in_the_next_period(self, make: Make) -> None:
@@ -120,8 +133,10 @@ class TestThresholds:
         await limiter.record(usd=6)
         clock.advance(1800)
         await limiter.record(usd=1)
+        await limiter.flush_alerts()
         assert got.thresholds == [0.5]
         await limiter.record(usd=4)
+        await limiter.flush_alerts()
         assert got.thresholds == [0.5, 0.5]
         assert [a.period for a in got.alerts] == ["2026-01-01", "2026-01-02"]
         assert [a.used for a in got.alerts] == [D(6), D(5)]
@@ -134,8 +149,10 @@ class TestThresholds:
         await limiter.record(usd=6)
         await limiter.reset()
         await limiter.record(usd=4)
+        await limiter.flush_alerts()
         assert got.thresholds == [0.5]
         await limiter.record(usd=1)
+        await limiter.flush_alerts()
         assert got.thresholds == [0.5, 0.5]
 
     async def test_a_soft_cap_alerts_past_its_limit_and_never_blocks(
@@ -146,10 +163,13 @@ class TestThresholds:
             Cap(usd=1, soft=True, alert_at=(1.0, 2.0)), clock=FakeClock(), on_alert=got
         )
         await limiter.record(usd="1.5")
+        await limiter.flush_alerts()
         assert got.thresholds == [1.0]
         lease = await limiter.acquire(usd=5)
         await lease.commit(usd=1)
+        await limiter.flush_alerts()
         assert got.thresholds == [1.0, 2.0]
+        await limiter.flush_alerts()
         assert got.alerts[1].used == D("2.5")
 
     async def test_an_alert_on_one_cap_does_not_fire_another(self, make: Make) -> None:
@@ -158,7 +178,8 @@ class TestThresholds:
         month = Cap(usd=100, per="month", alert_at=(0.5,))
         limiter = make(day, month, clock=FakeClock(), on_alert=got)
         await limiter.record(usd=6)
-        assert [a.limit for a in got.alerts] == [day]
+        await limiter.flush_alerts()
+        assert [a.cap for a in got.alerts] == [day]
 
 
 class TestDelivery:
@@ -170,6 +191,7 @@ class TestDelivery:
         await limiter.record(usd=5)
         async with limiter.acquire(usd=5):
             pass
+        await limiter.flush_alerts()
         assert got.thresholds == [0.5, 1.0]
 
     async def test_alerts_are_logged_even_without_a_handler(
@@ -191,6 +213,7 @@ class TestDelivery:
         with caplog.at_level(logging.INFO, logger="ratebudget"):
             await limiter.record(usd=9)
             await limiter.record(usd="0.5")
+        await limiter.flush_alerts()
         logged = [r for r in alert_logs(caplog) if r.levelno == logging.INFO]
         assert len(logged) == 1
         assert not [r for r in alert_logs(caplog) if r.levelno >= logging.WARNING]
@@ -209,6 +232,7 @@ class TestDelivery:
         assert lease.settled
         snap = await limiter.snapshot()
         assert (snap.limits[0].used, snap.limits[0].reserved) == (D(6), D(0))
+        await limiter.flush_alerts()
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert len(errors) == 1
         assert errors[0].name == "ratebudget"
@@ -228,6 +252,7 @@ class TestDelivery:
         with caplog.at_level(logging.WARNING, logger="ratebudget"):
             await limiter.record(usd=10)
         assert (await limiter.snapshot()).limits[0].used == D(10)
+        await limiter.flush_alerts()
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert len(errors) == 2  # one per alert: the second is still delivered
 
@@ -246,8 +271,24 @@ class TestDelivery:
         )
         async with limiter.acquire(6):
             pass
+        await limiter.flush_alerts()
         assert calls == [0.5]
         assert (await limiter.snapshot()).limits[0].used == 6
+
+    async def test_an_alert_reads_like_budget_exceeded(self, make: Make) -> None:
+        got = Collector()
+        cap = Cap(usd="10", alert_at=(0.5,))
+        limiter = make(cap, clock=FakeClock(), on_alert=got)
+        await limiter.record(usd=6)
+        with pytest.raises(BudgetExceeded) as refused:
+            await limiter.acquire(usd=5)
+        await limiter.flush_alerts()
+        (alert,) = got.alerts
+        assert alert.cap is cap
+        assert (alert.axis, alert.limit) == (refused.value.axis, refused.value.limit)
+        assert alert.limit == D(10)
+        assert alert.used == refused.value.used == D(6)
+        assert "used 6 of 10" in str(alert)
 
 
 class TestSyncAlerts:
@@ -259,9 +300,11 @@ class TestSyncAlerts:
             Cap(usd=10, alert_at=(0.5, 1.0)), clock=FakeClock(), on_alert=got
         )
         limiter.sync.record(usd=5)
+        limiter.sync.flush_alerts()
         assert got.thresholds == [0.5]
         with limiter.sync.acquire(usd=5):
             pass
+        limiter.sync.flush_alerts()
         assert got.thresholds == [0.5, 1.0]
 
     def test_sync_calls_deliver_to_an_async_handler(self, make: Make) -> None:
@@ -272,6 +315,7 @@ class TestSyncAlerts:
         limiter.sync.record(usd=5)
         lease = limiter.sync.acquire(usd=1)
         lease.commit(usd=5)
+        limiter.sync.flush_alerts()
         assert got.thresholds == [0.5, 1.0]
 
     def test_a_failing_handler_does_not_break_a_sync_commit(
@@ -286,7 +330,9 @@ class TestSyncAlerts:
             lease.commit(usd=6)
         assert lease.settled
         assert limiter.sync.snapshot().limits[0].used == D(6)
+        limiter.sync.flush_alerts()
         assert len(alert_logs(caplog)) == 1
+        limiter.sync.flush_alerts()
         assert [r.levelno for r in caplog.records if r.exc_info] == [logging.ERROR]
 
     def test_sync_alerts_fire_again_after_reset(self, make: Make) -> None:
@@ -295,4 +341,82 @@ class TestSyncAlerts:
         limiter.sync.record(usd=5)
         limiter.sync.reset()
         limiter.sync.record(usd=5)
+        limiter.sync.flush_alerts()
         assert got.thresholds == [0.5, 0.5]
+
+
+class TestOffThePath:
+    """Handlers run off the callers' path: a slow webhook never delays a commit."""
+
+    async def test_a_slow_async_handler_does_not_delay_the_commit(
+        self, make: Make
+    ) -> None:
+        release = anyio.Event()
+        got: list[float] = []
+
+        async def slow(alert: Alert) -> None:
+            await release.wait()
+            got.append(alert.threshold)
+
+        limiter = make(Cap(usd=10, alert_at=(0.5,)), clock=FakeClock(), on_alert=slow)
+        lease = await limiter.acquire(usd=1)
+        with anyio.fail_after(10):  # were the handler awaited, this would hang
+            await lease.commit(usd=6)
+        assert lease.settled
+        assert got == []
+        release.set()
+        await limiter.flush_alerts()
+        assert got == [0.5]
+
+    async def test_the_limiter_keeps_working_while_a_handler_runs(
+        self, make: Make
+    ) -> None:
+        release = anyio.Event()
+        got = AsyncCollector()
+
+        async def slow(alert: Alert) -> None:
+            await release.wait()
+            await got(alert)
+
+        limiter = make(
+            Cap(usd=10, alert_at=(0.2, 0.4)), clock=FakeClock(), on_alert=slow
+        )
+        await limiter.record(usd=3)
+        await limiter.record(usd=2)  # queued behind the first, in order
+        async with limiter.acquire(usd=1):
+            pass
+        assert (await limiter.snapshot()).limits[0].used == D(6)
+        release.set()
+        await limiter.flush_alerts()
+        assert got.thresholds == [0.2, 0.4]
+
+    def test_a_slow_handler_does_not_delay_a_sync_record(self, make: Make) -> None:
+        release = threading.Event()
+        got: list[float] = []
+
+        def slow(alert: Alert) -> None:
+            release.wait(10)
+            got.append(alert.threshold)
+
+        limiter = make(Cap(usd=10, alert_at=(0.5,)), clock=FakeClock(), on_alert=slow)
+        limiter.sync.record(usd=6)
+        assert got == []
+        assert limiter.sync.flush_alerts(timeout=0) is False
+        release.set()
+        assert limiter.sync.flush_alerts(timeout=10)
+        assert got == [0.5]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_an_alert_fired_as_the_event_loop_ends_is_still_delivered(
+    backend: str,
+) -> None:
+    got = Collector()
+    limiter = Limiter(Cap(usd=10, alert_at=(0.5,)), on_alert=got)
+
+    async def main() -> None:
+        await limiter.record(usd=6)  # the program ends right after
+
+    anyio.run(main, backend=backend)
+    assert limiter.sync.flush_alerts(timeout=10)
+    assert got.thresholds == [0.5]

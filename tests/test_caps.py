@@ -471,7 +471,9 @@ class TestCalendarReset:
 
 
 class TestReset:
-    async def test_reset_zeroes_usage_of_every_cap(self, make: Make) -> None:
+    async def test_reset_zeroes_every_cap_and_fills_every_rate(
+        self, make: Make
+    ) -> None:
         limiter = make(
             Rate(tokens=100, per="minute"),
             Cap(usd=10, per="day"),
@@ -481,7 +483,7 @@ class TestReset:
         await limiter.record(40, usd=10)
         await limiter.reset()
         snap = await limiter.snapshot()
-        assert snap.limits[0].tokens == 60  # rates are not caps: untouched
+        assert snap.limits[0].tokens == 100  # and the rate is full again
         assert (snap.limits[1].used, snap.limits[2].used) == (D(0), 0)
         lease = await limiter.acquire(50, usd=10)
         await lease.commit()

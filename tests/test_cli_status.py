@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ratebudget import Cap, Limiter, Rate, SyncLease
+from ratebudget import Cap, InvalidRequest, Limiter, Rate, SyncLease
 from ratebudget.cli import LimiterStatus, main, status
 from ratebudget.stores.sqlite import SQLiteStore
 
@@ -371,17 +373,6 @@ class TestErrors:
         assert "does not exist" in capsys.readouterr().err
         assert not path.exists()
 
-    def test_a_file_that_is_not_a_database_exits_3(
-        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-    ) -> None:
-        path = tmp_path / "notes.db"
-        path.write_text("not a database, just text that is long enough\n" * 100)
-        assert main(["status", "--store", f"sqlite:///{path}"]) == 3
-        out, err = capsys.readouterr()
-        assert out == ""
-        assert "store unavailable" in err
-        assert "Traceback" not in err
-
     @pytest.mark.parametrize(
         ("argv", "message"),
         [
@@ -528,8 +519,6 @@ def test_a_store_url_is_printed_without_its_password() -> None:
 def test_a_sqlite_url_with_two_slashes_is_refused_with_the_right_form(
     tmp_path: Path,
 ) -> None:
-    import subprocess
-
     done = subprocess.run(
         [sys.executable, "-m", "ratebudget", "status", "--store", "sqlite://b.db"],
         capture_output=True,
@@ -541,3 +530,107 @@ def test_a_sqlite_url_with_two_slashes_is_refused_with_the_right_form(
     assert done.returncode == 2, done
     assert "'sqlite:///b.db'" in done.stderr
     assert list(tmp_path.iterdir()) == []  # no file made on the way
+
+
+def _cli(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The real CLI, in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "ratebudget", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def _tables(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return sorted(name for (name,) in rows)
+    finally:
+        conn.close()
+
+
+class TestReadOnly:
+    """``status`` opens an SQLite file read-only: it never writes to it."""
+
+    def test_a_foreign_sqlite_file_is_not_a_ratebudget_store(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "app.db"
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO users (name) VALUES ('ada')")
+        conn.commit()
+        conn.close()
+        before = path.read_bytes()
+        done = _cli("status", "--store", f"sqlite:///{path}")
+        assert done.returncode == 2, done
+        assert "not a ratebudget store" in done.stderr
+        assert _tables(path) == ["users"]  # no rb_* tables made in it
+        assert path.read_bytes() == before
+
+    def test_a_file_that_is_not_sqlite_is_not_a_ratebudget_store(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "notes.txt"
+        path.write_text("remember the milk\n" * 100)
+        done = _cli("status", "--store", f"sqlite:///{path}")
+        assert done.returncode == 2, done
+        assert "not a ratebudget store" in done.stderr
+        assert path.read_text() == "remember the milk\n" * 100
+
+    def test_status_writes_nothing_to_a_store(self, used: Used) -> None:
+        wal = used.path.with_name(used.path.name + "-wal")
+        before = (used.path.read_bytes(), wal.read_bytes() if wal.exists() else b"")
+        done = _cli("status", "--store", used.url, "--json")
+        assert done.returncode == 0, done
+        assert {item["name"] for item in json.loads(done.stdout)["limiters"]} == {
+            "openai-prod",
+            "anthropic-batch",
+        }
+        after = (used.path.read_bytes(), wal.read_bytes() if wal.exists() else b"")
+        assert after == before
+
+    def test_a_read_only_store_refuses_a_limiter(self, tmp_path: Path) -> None:
+        path = tmp_path / "b.db"
+        Limiter(Cap(usd=1), store=f"sqlite:///{path}", name="x").sync.record(usd=1)
+        store = SQLiteStore(path, readonly=True)
+        try:
+            with pytest.raises(InvalidRequest, match="read-only"):
+                Limiter(Cap(usd=1), store=store, name="y").sync.snapshot()
+        finally:
+            store.close()
+        with pytest.raises(InvalidRequest, match="readonly="):
+            SQLiteStore(path, readonly="yes")  # type: ignore[arg-type]
+
+
+class TestNamePatterns:
+    @pytest.fixture
+    def url(self, tmp_path: Path) -> str:
+        url = f"sqlite:///{tmp_path / 'org.db'}"
+        for name in ("acme/search", "acme/chat", "globex/chat"):
+            Limiter(Cap(usd=5), store=url, name=name).sync.record(usd=1)
+        return url
+
+    @pytest.mark.parametrize(
+        "argv", [["--name", "acme/*"], ["acme/*"], ["--name", "acme/[cs]*"]]
+    )
+    def test_a_pattern_picks_the_limiters(self, url: str, argv: list[str]) -> None:
+        done = _cli("status", "--store", url, "--json", *argv)
+        assert done.returncode == 0, done
+        names = [item["name"] for item in json.loads(done.stdout)["limiters"]]
+        assert names == ["acme/chat", "acme/search"]
+
+    def test_a_pattern_that_matches_nothing_says_so(self, url: str) -> None:
+        done = _cli("status", "--store", url, "--name", "initech/*")
+        assert done.returncode == 2, done
+        assert "no limiter matches 'initech/*'" in done.stderr
+        assert "'acme/chat'" in done.stderr
+
+    def test_name_and_option_together_are_refused(self, url: str) -> None:
+        done = _cli("status", "--store", url, "acme/chat", "--name", "acme/*")
+        assert done.returncode == 2, done
+        assert "not both" in done.stderr

@@ -413,9 +413,11 @@ async def test_alerts_fire_once_per_threshold(make: Make) -> None:
     await lim.record(usd="0.2")
     async with lim.acquire(usd="0.25"):
         pass
+    await lim.flush_alerts()
     assert seen == [0.5]
     await lim.record(usd="0.05")
     await lim.record(usd="0.05")
+    await lim.flush_alerts()
     assert seen == [0.5, 0.9]
 
 

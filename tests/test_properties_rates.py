@@ -19,6 +19,7 @@ import heapq
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import anyio
 import anyio.lowlevel
@@ -264,7 +265,7 @@ class Trace:
 
     takes: list[list[tuple[int, int]]]  # estimates taken by claimed grants
     usage: list[list[tuple[int, int]]]  # final usage of claimed grants, at grant time
-    charges: list[list[tuple[int, int]]]  # overuse charged by commits and records
+    charges: list[list[tuple[int, Fraction]]]  # overuse the bucket took (as debt)
     unserved: int
 
 
@@ -299,7 +300,8 @@ def run(workload: Workload) -> Trace:
         heapq.heappush(events, (sim.now + hold, next(seq), "commit", tag))
 
     sim.on_grant = schedule_commit
-    charges: list[list[tuple[int, int]]] = [[] for _ in limits]
+    charges: list[list[tuple[int, Fraction]]] = [[] for _ in limits]
+    bucket = sim.engine.plan.rates[0][1]
     while events or sim.next_wake() is not None:
         if sim.step(events[0][0] if events else None):
             continue  # a wake-up came first; it may have scheduled commits
@@ -311,15 +313,21 @@ def run(workload: Workload) -> Trace:
             sim.cancel(tag)
         elif kind == "record":
             record = (tag, 0) if nrates == 2 else (tag,)
+            before = bucket.now(sim.now)
             sim._wake(sim.engine.record(record)[0])
-            charges[0].append((sim.now, tag))
+            # what the bucket took: a debt stops at one period of the rate
+            charges[0].append((sim.now, Fraction(before - bucket.level, bucket.per)))
+            assert bucket.level >= -workload.limit * bucket.per  # one period, at most
             sim.run_ready()
         else:  # commit
             a = workload.arrivals[tag]
             actual = (a.actual, a.requests) if nrates == 2 else (a.actual,)
+            before = bucket.now(sim.now)
             woken, _ = sim.engine.settle(sim.lease_ids[tag], reqs[tag], actual)
             if a.actual > a.tokens:
-                charges[0].append((sim.now, a.actual - a.tokens))
+                taken = Fraction(before - bucket.level, bucket.per)
+                assert 0 <= taken <= a.actual - a.tokens
+                charges[0].append((sim.now, taken))
             sim._wake(woken)
             sim.run_ready()
     takes: list[list[tuple[int, int]]] = [[] for _ in limits]
@@ -354,7 +362,8 @@ class TestWindowBoundOnTheEngine:
         and cancellations: the estimates granted in any window [t1, t2] never
         exceed burst + limit/per * (t2 - t1); and overuse charged before a
         grant is debt that counts against the window too (grants in [t1, t2]
-        plus charges in [t1, t2) stay within the same bound).
+        plus what the bucket took of charges in [t1, t2) stay within the same
+        bound; a debt stops at one period of the rate).
         """
         trace = run(workload)
         assert trace.unserved == 0, "a waiter was left waiting with nobody to wake it"

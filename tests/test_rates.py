@@ -247,6 +247,79 @@ class TestDebt:
         assert snap.limits[1].tokens == 70
 
 
+class TestDebtIsBounded:
+    """A provider forgets usage after its window: so does a rate."""
+
+    async def test_debt_is_at_most_one_period_of_the_rate(self, make: Make) -> None:
+        clock = FakeClock()
+        limiter = make(Rate(tokens=10, per=1, burst=5), clock=clock)
+        await limiter.record(tokens=10**12)
+        assert await tokens_now(limiter) == -10  # 10 per second: one second
+        grants = Grants(limiter, clock)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(grants.acquirer("w", 2))
+            await settle()
+            await advance(clock, 1.1)
+            assert grants.at == {}
+            await advance(clock, 0.1)
+        assert grants.at == {"w": 12 * NS // 10}  # 12 tokens at 10/s
+
+    async def test_usage_above_an_estimate_is_bounded_too(self, make: Make) -> None:
+        limiter = make(Rate(tokens=100, per=60), clock=FakeClock())
+        lease = await limiter.acquire(10)
+        await lease.commit(tokens=10**9)
+        assert await tokens_now(limiter) == -100
+
+    async def test_reset_fills_every_rate(self, make: Make) -> None:
+        clock = FakeClock()
+        limiter = make(
+            Rate(tokens=10, per=1),
+            Rate(requests=2, per=60),
+            Cap(tokens=10**6),
+            clock=clock,
+        )
+        async with limiter.acquire(1):
+            pass
+        await limiter.record(tokens=25)
+        await limiter.reset()
+        snap = await limiter.snapshot()
+        assert [snap.limits[0].tokens, snap.limits[1].tokens, snap.limits[2].used] == [
+            10,
+            2,
+            0,
+        ]
+        assert await limiter.try_acquire(10) is not None
+
+    async def test_reset_serves_a_waiter_at_once(self, make: Make) -> None:
+        clock = FakeClock()
+        limiter = make(Rate(tokens=10, per=1), clock=clock)
+        await limiter.record(tokens=10)
+        grants = Grants(limiter, clock)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(grants.acquirer("w", 5))
+            await settle()
+            await advance(clock, 0.1)
+            await limiter.reset()
+            await settle()
+        assert grants.at == {"w": NS // 10}
+
+    async def test_a_lease_from_before_a_reset_gives_nothing_back(
+        self, make: Make
+    ) -> None:
+        limiter = make(Rate(tokens=10, per=1), clock=FakeClock())
+        lease = await limiter.acquire(8)
+        await limiter.reset()  # full again: the 8 are not owed back
+        await limiter.record(tokens=5)
+        await lease.commit(tokens=0)
+        assert await tokens_now(limiter) == 5
+
+    def test_the_sync_reset_fills_rates_too(self, make: Make) -> None:
+        limiter = make(Rate(tokens=10, per=1), clock=FakeClock())
+        limiter.sync.record(tokens=30)
+        limiter.sync.reset()
+        assert limiter.sync.try_acquire(10) is not None
+
+
 class TestRefunds:
     async def test_commit_below_the_estimate_gives_the_unused_tokens_back(
         self, make: Make

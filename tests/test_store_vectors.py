@@ -492,7 +492,7 @@ SCENARIOS = [
                 [ops.Reset(), SNAP, ops.Lower(0, 2), SNAP, ops.Lower(0, 9), SNAP],
                 [
                     ["none"],
-                    caps_snap(55, 0, 50),
+                    caps_snap(100, 0, 50),  # the rate full again, the caps at 0
                     ["none"],
                     caps_snap(20, 0, 50),
                     ["none"],

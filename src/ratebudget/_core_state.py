@@ -128,7 +128,10 @@ class Bucket:
 
     ``level`` counts units x ``per`` and refills ``rate`` per tick up to
     ``cap`` (``rate`` and ``per`` reduced by their gcd), so every quantity is
-    an exact integer; below zero it is debt.
+    an exact integer; below zero it is debt, never deeper than ``debt``
+    (what refills in one period: a provider forgets usage after its window,
+    and so does the bucket; ``None``: unbounded, for a bucket no plan of
+    this call binds, which nothing charges).
 
     A refund (a commit below the estimate, a grant given back) must not mint
     tokens that the clamp at the burst already absorbed: had the lease taken
@@ -143,10 +146,27 @@ class Bucket:
     peak since the lease.
     """
 
-    __slots__ = ("cap", "full", "key", "last", "level", "peaks", "per", "rate")
+    __slots__ = (
+        "cap",
+        "debt",
+        "full",
+        "key",
+        "last",
+        "level",
+        "peaks",
+        "per",
+        "rate",
+    )
 
     def __init__(
-        self, key: str, rate: int, per: int, cap: int, level: int, last: int
+        self,
+        key: str,
+        rate: int,
+        per: int,
+        cap: int,
+        level: int,
+        last: int,
+        debt: int | None = None,
     ) -> None:
         self.key = key
         self.rate = rate
@@ -154,6 +174,7 @@ class Bucket:
         self.cap = cap
         self.level = level
         self.last = last
+        self.debt = debt
         self.full = 0
         self.peaks: list[list[int]] = []
 
@@ -203,10 +224,22 @@ class Bucket:
             self.level = level + (amount if amount < room else room)
 
     def charge(self, amount: int, now: int, take: int) -> None:
-        """Take ``amount`` (usage above an estimate): it may go into debt."""
+        """Take ``amount`` (usage above an estimate): it may go into debt,
+        down to ``-debt``."""
         self.now(now)
         self.mark(take)
-        self.level -= amount
+        level = self.level - amount
+        if self.debt is not None and level < -self.debt:
+            level = -self.debt
+        self.level = level
+
+    def fill(self, now: int, take: int) -> None:
+        """Full now, as if nothing had been taken (``reset``): no grant
+        before take ``take`` gets a refund."""
+        self.level = self.cap
+        self.last = max(self.last, now)
+        self.full = take
+        self.peaks.clear()
 
     def lower(self, top: int, now: int) -> bool:
         """Hold at most ``top`` now (never raise); whether it changed."""
@@ -394,10 +427,14 @@ class State:
 
     # -- state that plans bind to -------------------------------------------
 
-    def bucket(self, key: str, rate: int, per: int, cap: int, now: int) -> Bucket:
+    def bucket(
+        self, key: str, rate: int, per: int, cap: int, now: int, debt: int | None
+    ) -> Bucket:
         got = self.buckets.get(key)
         if got is None:
-            got = self.buckets[key] = Bucket(key, rate, per, cap, cap, now)
+            got = self.buckets[key] = Bucket(key, rate, per, cap, cap, now, debt)
+        else:
+            got.debt = debt
         return got
 
     def counter(

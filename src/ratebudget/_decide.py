@@ -633,7 +633,8 @@ def _inexact(
     for i, b in plan.rates:
         more = amounts[i] - (est[i] if est is not None else 0)
         if (
-            more > 0
+            b.debt is None  # a bounded debt is exact whatever the amount
+            and more > 0
             and refill(b.level, b.last, now, b.rate, b.cap) - more * b.per < -exact
         ):
             return Inexact(f"slot {i}: the rate's debt")
@@ -700,11 +701,17 @@ def lower(st: State, b: Bucket, top: int, now: int) -> None:
 
 
 def reset(st: State, plan: Plan, now: int, wall: int) -> None:
-    """Zero the usage of every cap of ``plan`` this period (reservations stay)."""
+    """Zero the usage of every cap of ``plan`` this period (reservations stay)
+    and fill every rate (its debt gone; no earlier grant gets a refund)."""
     now, wall = _clock(st, now, wall)
     _roll(st, wall)
     for _, cap in plan.caps:
         cap.counter.used = 0
+    if plan.rates:
+        st.projection = None
+        st.take += 1
+        for _, b in plan.rates:
+            b.fill(now, st.take)
     if st.queue:
         service(st, now, wall)
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 import anyio
 import anyio.lowlevel
 
-from ._alerts import AlertHandler, deliver, report
+from ._alerts import AlertHandler, Dispatch, report
 from ._amounts import STANDARD_AXES, Amount, from_units, to_units
 from ._clock import SYSTEM_CLOCK, Clock
 from ._decide import CLAIMED, FAILED, Crossing, Exceeded, Inexact, TooLong
@@ -104,6 +104,7 @@ class Limiter:
         "_b",
         "_caps",
         "_clock",
+        "_dispatch",
         "_fast",
         "_index",
         "_limits",
@@ -157,6 +158,7 @@ class Limiter:
         self._limits = limits
         self._clock: Clock = SYSTEM_CLOCK if clock is None else _check_clock(clock)
         self._on_alert = on_alert
+        self._dispatch = None if on_alert is None else Dispatch(on_alert)
         self._name = name
         from .stores import MemoryStore, open_store
 
@@ -353,7 +355,7 @@ class Limiter:
         got: list[Crossing] | Exceeded | Inexact = await _answer(self._b.record(req))
         if isinstance(got, Exceeded):
             raise exceeded(self._limits, got, req, "recording")
-        await self._deliver(self._counted(got))
+        self._deliver(self._counted(got))
 
     async def snapshot(self) -> Snapshot:
         """Every limit's state now (see ``Snapshot``)."""
@@ -361,10 +363,13 @@ class Limiter:
         return snapshot_of(self._limits, views, self._pers, waiting)
 
     async def reset(self) -> None:
-        """Zero every cap's usage for its current period.
+        """Zero every cap's usage for its current period, and fill every rate
+        (any debt a ``record`` left is gone).
 
         Outstanding reservations stay reserved: their commit or release still
-        settles exactly what they hold.
+        settles exactly what they hold (a rate gives nothing back for a
+        lease granted before the reset). Waiters are served at once if the
+        limits now allow them.
         """
         await _answer(self._b.reset())
 
@@ -433,9 +438,23 @@ class Limiter:
             report(alerts, overruns, self._on_alert is not None)
         return alerts
 
-    async def _deliver(self, crossings: list[Crossing] | None) -> None:
+    def _deliver(self, crossings: list[Crossing] | None) -> None:
+        """Log what ``crossings`` fired and queue its alerts for ``on_alert``
+        (run off the caller's path)."""
         if crossings:
-            await deliver(self._on_alert, self._alerts(crossings))
+            alerts = self._alerts(crossings)
+            if alerts and self._dispatch is not None:
+                self._dispatch.post(alerts)
+
+    async def flush_alerts(self) -> None:
+        """Wait until ``on_alert`` has handled every alert fired so far.
+
+        Handlers run off the callers' path (a slow webhook never delays a
+        commit), in the order the alerts fired; call this before a program
+        or a test ends to be sure the last ones were delivered.
+        """
+        if self._dispatch is not None:
+            await self._dispatch.flush()
 
     def __repr__(self) -> str:
         peek = self._b.peek()
@@ -629,7 +648,7 @@ class Lease:
         limiter = self._limiter
         crossings = limiter._counted(await _shielded(self._settle_op(actual)))
         self._state = _SETTLED
-        await limiter._deliver(crossings)
+        limiter._deliver(crossings)
 
     async def commit(self, **actual: Amount) -> None:
         """Replace the estimate with the real usage on every limit.

@@ -33,12 +33,14 @@ __all__ = (
 @dataclass(frozen=True, slots=True)
 class RateSpec:
     """A rate in integers: ``rate`` level units per tick, ``per`` level units
-    per unit of the axis, ``cap`` the burst in level units."""
+    per unit of the axis, ``cap`` the burst in level units, ``debt`` the
+    deepest debt in level units (one period's refill; ``None``: unbounded)."""
 
     key: str
     rate: int
     per: int
     cap: int
+    debt: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,7 @@ class PlanSpec:
         slots: list[Bucket | CapSlot] = []
         for s in self.slots:
             if isinstance(s, RateSpec):
-                slots.append(st.bucket(s.key, s.rate, s.per, s.cap, now))
+                slots.append(st.bucket(s.key, s.rate, s.per, s.cap, now, s.debt))
             else:
                 window = None if s.per is None else window_us(s.per, s.tz)
                 slots.append(CapSlot(st.counter(s.key, window), s.limit, s.hard))
@@ -112,7 +114,7 @@ def plan_spec(limits: tuple[Rate | Cap, ...], tick_ns: int) -> PlanSpec:
             rate, per = limit._limit_units // g, per_ticks // g
             key = f"r:{limit.axis}:{limit._limit_units}:{limit._burst_units}:{per_ns // 1000}"
             slot: RateSpec | CapSpec = RateSpec(
-                key, rate, per, limit._burst_units * per
+                key, rate, per, limit._burst_units * per, limit._limit_units * per
             )
         else:
             kind = "soft" if limit.soft else "hard"
@@ -122,7 +124,7 @@ def plan_spec(limits: tuple[Rate | Cap, ...], tick_ns: int) -> PlanSpec:
         while slot.key in seen:
             k += 1
             slot = (
-                RateSpec(f"{base}#{k}", slot.rate, slot.per, slot.cap)
+                RateSpec(f"{base}#{k}", slot.rate, slot.per, slot.cap, slot.debt)
                 if isinstance(slot, RateSpec)
                 else CapSpec(f"{base}#{k}", slot.limit, slot.hard, slot.per, slot.tz)
             )

@@ -76,9 +76,14 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """A cap's usage reached ``threshold`` (a fraction of its limit) this period."""
+    """A cap's usage reached ``threshold`` (a fraction of its limit) this period.
 
-    limit: Cap
+    ``cap`` is the :class:`Cap`; ``axis``, ``limit`` (an amount, as in
+    :class:`BudgetExceeded`), ``used`` and ``resets_at`` are read as
+    ``BudgetExceeded`` gives them.
+    """
+
+    cap: Cap
     threshold: float
     used: int | Decimal
     period: str | None
@@ -86,13 +91,19 @@ class Alert:
 
     @property
     def axis(self) -> str:
-        return self.limit.axis
+        """The cap's axis (``"usd"``, ``"tokens"``...)."""
+        return self.cap.axis
+
+    @property
+    def limit(self) -> int | Decimal:
+        """The cap's limit, an amount (``BudgetExceeded.limit`` likewise)."""
+        return self.cap.limit
 
     def __str__(self) -> str:
         scope = f" in period {self.period}" if self.period else ""
         return (
-            f"{self.limit!r} reached {self.threshold:.0%} of its limit{scope}: "
-            f"used {self.used} of {self.limit.limit}"
+            f"{self.cap!r} reached {self.threshold:.0%} of its limit{scope}: "
+            f"used {self.used} of {self.limit}"
         )
 
 
@@ -206,7 +217,7 @@ def alerts_of(
             if c.before < units <= c.after:
                 alerts.append(
                     Alert(
-                        limit=spec,
+                        cap=spec,
                         threshold=t,
                         used=from_units(spec.axis, c.after),
                         period=c.period or None,

@@ -11,7 +11,6 @@ from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar, cast
 
-from ._alerts import deliver_sync
 from ._amounts import Amount
 from ._decide import Crossing, Exceeded, Inexact, TooLong
 from ._snapshot import Snapshot, exceeded, snapshot_of
@@ -113,13 +112,22 @@ class SyncLimiter:
         return snapshot_of(limiter.limits, views, limiter._pers, waiting)
 
     def reset(self) -> None:
-        """Zero every cap's usage for its current period."""
+        """Zero every cap's usage for its current period and fill every rate
+        (``Limiter.reset``)."""
         _answer(self._limiter._b.reset())
 
     def _deliver(self, crossings: list[Crossing] | None) -> None:
         if crossings:
             limiter = self._limiter
-            deliver_sync(limiter._on_alert, limiter._alerts(crossings))
+            alerts = limiter._alerts(crossings)
+            if alerts and limiter._dispatch is not None:
+                limiter._dispatch.post_sync(alerts)
+
+    def flush_alerts(self, timeout: float | None = None) -> bool:
+        """Wait until ``on_alert`` has handled every alert fired so far
+        (``Limiter.flush_alerts``); ``False`` if ``timeout`` seconds ran out."""
+        dispatch = self._limiter._dispatch
+        return True if dispatch is None else dispatch.flush_sync(timeout)
 
     def __repr__(self) -> str:
         return f"<SyncLimiter of {self._limiter!r}>"

@@ -32,7 +32,18 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         metavar="URL",
         help="the store: sqlite:///budgets.db, redis://host:6379/0, ...",
     )
-    parser.add_argument("name", nargs="?", metavar="NAME", help="only this limiter")
+    parser.add_argument(
+        "name",
+        nargs="?",
+        metavar="NAME",
+        help="only this limiter, or those matching a pattern ('acme/*')",
+    )
+    parser.add_argument(
+        "--name",
+        dest="name_option",
+        metavar="PATTERN",
+        help="the same as NAME: a limiter's name or a glob pattern ('acme/*')",
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument(
         "--json", action="store_true", help="print a JSON document for scripts"
@@ -62,7 +73,9 @@ def _run_status_command(args: argparse.Namespace) -> int:
             return 2
         use_rich = False
     try:
-        statuses = status(url, args.name)
+        if args.name is not None and args.name_option is not None:
+            raise InvalidRequest("give a limiter's name as NAME or --name, not both")
+        statuses = status(url, args.name if args.name is not None else args.name_option)
     except StoreUnavailable as exc:
         err.write(f"ratebudget status: error: store unavailable: {exc}\n")
         return 3

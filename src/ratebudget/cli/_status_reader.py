@@ -8,6 +8,7 @@ each of its limits now, from the same ``snapshot`` operation a limiter's own
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,6 +22,7 @@ from .._snapshot import LimitSnapshot, snapshot_of
 from ..stores import MemoryStore, Store, limits_of, open_store
 from ..stores import _ops as ops
 from ..stores._remote import SharedStore
+from ..stores.sqlite import SQLiteStore
 
 __all__ = ("LimitStatus", "LimiterStatus", "UnknownLimiter", "status")
 
@@ -203,18 +205,24 @@ def _read(store: Store, name: str, spec: dict[str, Any]) -> LimiterStatus:
 def status(
     store_url_or_store: str | Store | MemoryStore, name: str | None = None
 ) -> list[LimiterStatus]:
-    """The state of every limiter registered on a store, or of limiter ``name``.
+    """The state of every limiter registered on a store, or of those whose
+    name is ``name`` (a glob pattern if it has ``*``, ``?`` or ``[``:
+    ``"acme/*"``).
 
     Takes a URL (``"sqlite:///budgets.db"``, ``"redis://..."``) or a store
-    object; a store this function opened from a URL is closed again. Raises
-    ``InvalidRequest`` for a URL it cannot use or a ``memory://`` store
-    (its state lives inside one process), ``UnknownLimiter`` when ``name``
-    is not registered, and ``StoreUnavailable`` when the store cannot be
-    read (a missing SQLite file included: a status creates nothing).
+    object; a store this function opened from a URL is closed again, and an
+    SQLite file is opened read-only (nothing in it is created or changed).
+    Raises ``InvalidRequest`` for a URL it cannot use, a ``memory://`` store
+    (its state lives inside one process) or a file that is not a ratebudget
+    store, ``UnknownLimiter`` when no limiter is ``name``, and
+    ``StoreUnavailable`` when the store cannot be read (a missing SQLite
+    file included: a status creates nothing).
     """
     if isinstance(store_url_or_store, str):
         store = open_store(store_url_or_store)
         owned = True
+        if isinstance(store, SQLiteStore):  # a status never writes
+            store = SQLiteStore(store.path, timeout=store.timeout, readonly=True)
     else:
         store, owned = store_url_or_store, False
     if isinstance(store, MemoryStore):
@@ -230,12 +238,19 @@ def status(
         _check_exists(store)
         specs = store.limiters()
         if name is not None:
-            if name not in specs:
+            pattern = any(c in name for c in "*?[")
+            chosen = {
+                n: spec
+                for n, spec in specs.items()
+                if (fnmatch.fnmatchcase(n, name) if pattern else n == name)
+            }
+            if not chosen:
                 known = ", ".join(repr(n) for n in specs) or "none"
+                what = "matches" if pattern else "named"
                 raise UnknownLimiter(
-                    f"no limiter named {name!r} on {store.url} (limiters: {known})"
+                    f"no limiter {what} {name!r} on {store.url} (limiters: {known})"
                 )
-            specs = {name: specs[name]}
+            specs = chosen
         return [_read(store, n, spec) for n, spec in specs.items()]
     finally:
         if owned:

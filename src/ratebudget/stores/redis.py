@@ -125,7 +125,7 @@ class _PlanArgs:
         slots: list[list[Any]] = [
             ["c", s.key, s.limit, 1 if s.hard else 0, s.per, _tz_name(s.tz)]
             if isinstance(s, CapSpec)
-            else ["r", s.key, s.rate, s.per, s.cap]
+            else ["r", s.key, s.rate, s.per, s.cap, s.debt]
             for s in spec.slots
         ]
         self.head = (
@@ -137,7 +137,7 @@ class _PlanArgs:
         self.hot: list[str] | None = None
         if all(isinstance(s, RateSpec) for s in spec.slots):
             self.hot = [str(len(spec.slots))] + [
-                str(v) for row in slots for v in row[1:]
+                str(v) for row in slots for v in row[1:5]
             ]
         # the wall times (µs) the windows are good for, and the windows
         self.windows: tuple[int, int, str] = (0, -1, "{}")
@@ -313,9 +313,10 @@ class RedisStore(SharedStore):
             )
         for p in spec.slots:
             if isinstance(p, RateSpec):
-                if p.cap * _HEADROOM > _EXACT or p.rate > _EXACT:
+                if max(p.cap, p.debt or 0) * _HEADROOM > _EXACT or p.rate > _EXACT:
                     raise InvalidRequest(
-                        f"rate {p.key!r}: its burst ({p.cap} units x period) "
+                        f"rate {p.key!r}: its burst or limit (up to "
+                        f"{max(p.cap, p.debt or 0)} units x period) "
                         "cannot be represented exactly in Redis' Lua numbers "
                         "(doubles, exact below 2**53); use a rounder limit or "
                         "period (a limit and a period in microseconds with a "
@@ -331,6 +332,8 @@ class RedisStore(SharedStore):
 
     def check(self, spec: PlanSpec, amounts: tuple[int, ...]) -> None:
         for s, n in zip(spec.slots, amounts, strict=True):
+            if isinstance(s, RateSpec) and s.debt is not None:
+                continue  # its debt stops at -debt, exact whatever the amount
             units = n * s.per if isinstance(s, RateSpec) else n
             if units > _EXACT // _HEADROOM:
                 raise InvalidRequest(

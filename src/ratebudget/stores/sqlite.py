@@ -15,6 +15,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from typing import Any, Final
 
 from .._exceptions import InvalidRequest, StoreUnavailable
@@ -42,6 +43,10 @@ class SQLiteStore(SharedStore):
 
     ``timeout`` bounds how long a decision waits for another process's
     transaction (SQLite's busy timeout) before ``StoreUnavailable``.
+    ``readonly=True`` opens the file read-only (``mode=ro``) for tools that
+    only look (``ratebudget status``): nothing is created or written, a
+    snapshot is computed and rolled back, and a file without ratebudget's
+    tables is ``InvalidRequest`` ("not a ratebudget store").
     """
 
     def __init__(
@@ -50,6 +55,7 @@ class SQLiteStore(SharedStore):
         *,
         timeout: float = 5.0,
         synchronous: str = "NORMAL",
+        readonly: bool = False,
     ) -> None:
         if not isinstance(synchronous, str) or synchronous.upper() not in (
             "NORMAL",
@@ -83,6 +89,9 @@ class SQLiteStore(SharedStore):
         self.url = f"sqlite:///{self.path}"
         self.timeout = float(timeout)
         self.synchronous = synchronous.upper()
+        if not isinstance(readonly, bool):
+            raise InvalidRequest(f"readonly={readonly!r}: expected True or False")
+        self.readonly = readonly
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -97,6 +106,8 @@ class SQLiteStore(SharedStore):
             self._check_file()
             return conn
         conn = None
+        if self.readonly:
+            return self._open_readonly()
         try:
             conn = sqlite3.connect(
                 self.path, timeout=self.timeout, isolation_level=None
@@ -135,6 +146,45 @@ class SQLiteStore(SharedStore):
             self._conns.append(conn)
         return conn
 
+    def _open_readonly(self) -> sqlite3.Connection:
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+        conn = None
+        try:
+            conn = sqlite3.connect(
+                uri, uri=True, timeout=self.timeout, isolation_level=None
+            )
+            tables = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'"
+                )
+            }
+            ident = self._identity()
+        except sqlite3.DatabaseError as e:
+            if conn is not None:
+                conn.close()
+            if "not a database" in str(e):
+                raise InvalidRequest(
+                    f"{self.path} is not a ratebudget store (not an SQLite file)"
+                ) from e
+            raise StoreUnavailable(f"cannot open SQLite store {self.path}: {e}") from e
+        except OSError as e:
+            if conn is not None:
+                conn.close()
+            raise StoreUnavailable(f"cannot open SQLite store {self.path}: {e}") from e
+        if not {"rb_limiter", "rb_lease"} <= tables:
+            conn.close()
+            raise InvalidRequest(
+                f"{self.path} is not a ratebudget store (it has no rb_limiter "
+                "and rb_lease tables); nothing was changed in it"
+            )
+        with self._lock:
+            if self._file is None:
+                self._file = ident
+            self._conns.append(conn)
+        self._local.conn = conn
+        return conn
+
     def _identity(self) -> tuple[int, int]:
         st = os.stat(self.path)
         return st.st_dev, st.st_ino
@@ -168,6 +218,11 @@ class SQLiteStore(SharedStore):
     # -- the interface ------------------------------------------------------
 
     def register(self, name: str, spec: dict[str, Any]) -> list[str]:
+        if self.readonly:
+            raise InvalidRequest(
+                f"SQLite store {self.path} was opened read-only: a limiter "
+                "cannot use it"
+            )
         conn = self._conn()
         try:
             conn.execute(
@@ -200,14 +255,14 @@ class SQLiteStore(SharedStore):
         conn = self._conn()
         now = time.time_ns() // 1000 if now_us is None else now_us
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN" if self.readonly else "BEGIN IMMEDIATE")
         except sqlite3.Error as e:
             raise StoreUnavailable(
                 f"SQLite store {self.path} is locked or unreadable: {e}"
             ) from e
         try:
             answer = self._run(conn, name, spec, batch, now, ttl, keep)
-            conn.execute("COMMIT")
+            conn.execute("ROLLBACK" if self.readonly else "COMMIT")
             return answer
         except BaseException as e:
             try:
@@ -255,6 +310,8 @@ class SQLiteStore(SharedStore):
         answer, out = run_document(
             doc, records, spec, batch, now, ttl=ttl, keep=keep, next_exp=next_exp
         )
+        if self.readonly:  # the answer only: what it would write is dropped
+            return answer
         conn.execute(
             "INSERT INTO rb_limiter (name, state) VALUES (?, ?) "
             "ON CONFLICT (name) DO UPDATE SET state = excluded.state",

@@ -19,7 +19,7 @@ script call stays in one Redis Cluster slot):
 
 ARGV[1] is a JSON object:
 
-  plan     the caller's plan: ["r", key, rate, per, cap] |
+  plan     the caller's plan: ["r", key, rate, per, cap, debt or null] |
            ["c", key, limit, hard01, per or null, tz], in its order
   pid      its id (_state.plan_id); pdoc: its document (_state._plan_doc)
   ops      the batch, as _codec.encode_op writes each op
@@ -562,7 +562,21 @@ end
 local function bucket_charge(b, amount, now, take)
     bucket_now(b, now)
     bucket_mark(b, take)
-    b.level = b.level - amount
+    local level = b.level - amount
+    if b.debt ~= nil and level < -b.debt then
+        level = -b.debt
+    end
+    b.level = level
+end
+
+-- Bucket.fill
+local function bucket_fill(b, now, take)
+    b.level = b.cap
+    if now > b.last then
+        b.last = now
+    end
+    b.full = take
+    b.peaks = {}
 end
 
 -- Bucket.lower
@@ -655,12 +669,13 @@ local function State(ttl, keep, live)
 end
 
 -- State.bucket
-local function st_bucket(st, key, rate, per, cap, now)
+local function st_bucket(st, key, rate, per, cap, now, debt)
     local got = st.buckets[key]
     if got == nil then
         got = Bucket(key, rate, per, cap, cap, now)
         st.buckets[key] = got
     end
+    got.debt = debt
     return got
 end
 
@@ -1186,7 +1201,9 @@ local function _inexact(exact, plan, amounts, est, now)
         if est ~= nil then
             more = more - est[i]
         end
-        if more > 0 and refill(b.level, b.last, now, b.rate, b.cap) - more * b.per < -exact then
+        -- a bounded debt is exact whatever the amount: it stops at -debt
+        if b.debt == nil and more > 0
+            and refill(b.level, b.last, now, b.rate, b.cap) - more * b.per < -exact then
             return { 'inexact', 'slot ' .. fmt(i - 1) .. ": the rate's debt" }
         end
     end
@@ -1337,6 +1354,13 @@ local function reset(st, plan, now, wall)
     _roll(st, wall)
     for _, cs in ipairs(plan.caps) do
         cs[2].counter.used = 0
+    end
+    if #plan.rates > 0 then
+        st.projection = nil
+        st.take = st.take + 1
+        for _, r in ipairs(plan.rates) do
+            bucket_fill(r[2], now, st.take)
+        end
     end
     if #st.queue > 0 then
         service(st, now, wall)
@@ -1490,7 +1514,7 @@ local function bind(st, now)
     local slots = {}
     for _, s in ipairs(args.plan) do
         if s[1] == 'r' then
-            insert(slots, st_bucket(st, s[2], s[3], s[4], s[5], now))
+            insert(slots, st_bucket(st, s[2], s[3], s[4], s[5], now, nul(s[6])))
         else
             local window = nil
             if s[5] ~= NULL then
