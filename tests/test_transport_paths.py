@@ -168,8 +168,9 @@ async def test_an_unknown_azure_deployment_is_refused_before_it_is_sent(
     asyncio_only(anyio_backend)
     provider = FakeProvider()
     llm = azure(Limiter(Cap(usd="10")), provider)
-    with pytest.raises(InvalidRequest, match="prod-chat"):
+    with pytest.raises(InvalidRequest, match="prod-chat") as refused:
         await llm.chat.completions.create(model="prod-chat", messages=MESSAGES)
+    assert "unknown_model=" in str(refused.value)  # the transport's keyword
     assert provider.requests == []
 
 

@@ -158,8 +158,10 @@ def price(
             return calc.total_price
     if rates is None:
         raise InvalidRequest(
-            f"{problem}: pass unknown={{'input_mtok': ..., 'output_mtok': ...}} "
-            "(USD per million tokens) to price it"
+            f"{problem}: give it a rate in USD per million tokens, "
+            "{'input_mtok': ..., 'output_mtok': ...}, as unknown_model= of "
+            "BudgetTransport or limiter.meter() (unknown= of price() and "
+            "estimate_cost())"
         )
     return _at_rates(usage, rates)
 
