@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from conftest import Make
 from core_engine import Engine, Waiter
 from helpers import NS, advance_to_ns, run_out, settle
-from ratebudget import AcquireTimeout, Cap, Limiter, Rate, Snapshot
+from ratebudget import AcquireTimeout, Cap, Lease, Limiter, Rate, Snapshot
 from ratebudget._decide import CLAIMED, FAILED
 from ratebudget.testing import FakeClock
 
@@ -53,6 +53,7 @@ async def check_cancelled_waiter_takes_nothing(
     """
     clock, limiter = limiter_with_empty_bucket(make)
     granted: dict[str, int] = {}
+    held: list[Lease] = []  # the lease behind holds its reservation to the end
     done = anyio.Event()
 
     async def run_victim() -> None:
@@ -62,7 +63,7 @@ async def check_cancelled_waiter_takes_nothing(
             done.set()
 
     async def behind() -> None:
-        await limiter.acquire(5, usd="0.1")
+        held.append(await limiter.acquire(5, usd="0.1"))
         granted["behind"] = clock.monotonic_ns()
 
     async with anyio.create_task_group() as tg:

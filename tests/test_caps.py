@@ -340,7 +340,8 @@ class TestSoftCaps:
         limiter = make(Cap(usd=1, soft=True), clock=FakeClock())
         await limiter.record(usd=2)
         lease = await limiter.acquire(usd=5)
-        assert await limiter.try_acquire(usd=5) is not None
+        other = await limiter.try_acquire(usd=5)
+        assert other is not None
         await lease.commit(usd=3)
         s = await state(limiter, 0)
         assert (s.used, s.reserved, s.remaining) == (D(5), D(5), D(0))

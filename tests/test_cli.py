@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import io
 import random
+import re
 import subprocess
 import sys
 from decimal import Decimal
@@ -217,6 +218,8 @@ async def test_table_flags_what_is_over_its_bound(anyio_backend_name: str) -> No
         return next(r for r in out.getvalue().splitlines() if r.startswith("RPM peak"))
 
     assert rpm_peak_row(report).endswith(" ok")
+    # the bound checked is spelled out: a peak above the limit is not an overrun
+    assert re.search(r" [\d,]+ \+ [\d,]+ burst ", rpm_peak_row(report))
     assert rpm_peak_row(over).endswith(" OVER")
     # One simulated second of wake-up lateness can add rpm/60 requests.
     late = dataclasses.replace(over, lateness=60.0 / rpm.limit)
@@ -430,3 +433,64 @@ def test_demo_http_drives_the_openai_sdk_on_loopback(
     refused = int(out.split("refused before sending ")[1].split(" ")[0])
     assert answered + refused == 40
     assert answered > 0
+
+
+def _demo_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``ratebudget demo`` as a user runs it, in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "ratebudget", "demo", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+class TestHttpDemoFlags:
+    """``demo --http`` honours every option it can and refuses the others."""
+
+    @pytest.fixture(autouse=True)
+    def _sdks(self) -> None:
+        pytest.importorskip("openai")
+        pytest.importorskip("genai_prices")
+
+    def test_calls_cap_and_rates_are_honoured(self) -> None:
+        done = _demo_cli(
+            "--http", "--calls", "240", "--cap", "0.01", "--rpm", "30000",
+            "--rpm-burst", "20", "--tpm", "600000", "--tpm-burst", "5000",
+        )  # fmt: skip
+        assert done.returncode == 0, done
+        out = done.stdout
+        assert "240 chat completions" in out  # not cut to 200
+        assert "24,000 requests/min (burst 20)" in out  # 80% of the provider's
+        assert "480,000 tokens/min (burst 5,000)" in out
+        assert "cap $0.01 a day" in out
+        assert "of $0.01" in out
+        answered = int(out.split("answered ")[1].split(",")[0])
+        refused = int(out.split("refused before sending ")[1].split(" ")[0])
+        assert answered + refused == 240
+        assert answered == 240  # $0.01 pays for every one of them
+
+    def test_a_small_cap_refuses_calls(self) -> None:
+        done = _demo_cli("--http", "--calls", "30", "--cap", "0.00005")
+        assert done.returncode == 0, done
+        refused = int(done.stdout.split("refused before sending ")[1].split(" ")[0])
+        assert refused > 0
+
+    @pytest.mark.parametrize(
+        ("argv", "message"),
+        [
+            (["--backend", "trio"], "asyncio only"),
+            (["--seed", "3"], "--seed shape the simulated demo"),
+            (["--speed", "10", "--seed", "0"], "--seed and --speed"),
+            (["--tpm-burst", "100"], "--tpm-burst needs --tpm"),
+            (["--tpm", "100", "--tpm-burst", "10"], "burst"),
+        ],
+    )
+    def test_what_it_cannot_honour_is_refused(
+        self, argv: list[str], message: str
+    ) -> None:
+        done = _demo_cli("--http", *argv)
+        assert done.returncode == 2, done
+        assert message in done.stderr
+        assert "Traceback" not in done.stderr

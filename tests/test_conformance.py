@@ -203,7 +203,7 @@ async def test_a_cancelled_waiter_gives_everything_back(
     make: Make, clock: FakeClock
 ) -> None:
     lim = make(Rate(tokens=10, per="second"), Cap(tokens=1_000))
-    await lim.acquire(10)
+    _held = await lim.acquire(10)  # held to the end
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: lim.acquire(8)._acquire())
         await calm(lim)
@@ -311,7 +311,7 @@ async def test_a_blocked_caller_fails_once_the_overrun_is_certain(make: Make) ->
 
 async def test_a_blocked_caller_times_out(make: Make, clock: FakeClock) -> None:
     lim = make(Cap(tokens=100))
-    await lim.acquire(80)
+    _held = await lim.acquire(80)  # held to the end
     with pytest.raises(AcquireTimeout):
         await lim.acquire(50, timeout=0)
 
@@ -460,7 +460,7 @@ async def test_an_abandoned_lease_is_reclaimed_after_its_ttl(
     if store_kind == "memory":
         pytest.skip("a memory lease dies with its process")
     lim = make(Cap(tokens=100), lease_ttl=60)
-    await lim.acquire(80)  # never settled
+    _held = await lim.acquire(80)  # never settled (nor dropped: it would be released)
     clock.advance(59)
     with pytest.raises(AcquireTimeout):
         await lim.acquire(50, timeout=0)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import inspect
 import re
+import warnings
 from decimal import Decimal
 
 import anyio
@@ -430,3 +433,60 @@ class TestSyncLease:
         )
         assert lease.amounts == {"tokens": 30, "usd": D("0.25"), "requests": 1}
         assert repr(lease).startswith(f"<SyncLease {lease.id} settled")
+
+
+class TestDroppedLeases:
+    """A lease dropped while active is released, with a ``ResourceWarning``
+    that names where it was acquired (as Python does for a coroutine never
+    awaited); on a shared store the release rides with the next call."""
+
+    async def test_a_dropped_lease_is_released_and_warned_about(
+        self, make: Make
+    ) -> None:
+        limiter = make(Cap(usd=1), clock=FakeClock())
+        lease = await limiter.acquire(usd="0.75")
+        line = inspect.currentframe().f_lineno - 1  # type: ignore[union-attr]
+        assert (await limiter.snapshot())[0].reserved == Decimal("0.75")
+        with pytest.warns(ResourceWarning, match="never committed or released") as w:
+            del lease  # CPython frees it here
+        assert f"{__file__}:{line}" in str(w[0].message)
+        snap = await limiter.snapshot()
+        assert (snap[0].used, snap[0].reserved) == (0, 0)
+        async with limiter.acquire(usd=1):  # all of it is free again
+            pass
+
+    async def test_a_lease_dropped_in_a_with_block_of_its_own_is_fine(
+        self, make: Make
+    ) -> None:
+        limiter = make(Cap(usd=1), Rate(tokens=10, per=1), clock=FakeClock())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            async with limiter.acquire(1, usd="0.5"):
+                pass
+            lease = await limiter.acquire(1, usd="0.25")
+            await lease.commit()
+            del lease
+            lease = await limiter.acquire(1, usd="0.25")
+            await lease.release()
+            del lease
+            gc.collect()
+        assert (await limiter.snapshot())[0].used == Decimal("0.75")
+
+    async def test_a_rate_only_lease_holds_nothing_to_give_back(
+        self, make: Make
+    ) -> None:
+        limiter = make(Rate(tokens=10, per=1), clock=FakeClock())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            lease = await limiter.acquire(4)
+            del lease
+            gc.collect()
+        assert (await limiter.snapshot())[0].tokens == 6  # the tokens stay spent
+
+    def test_a_dropped_sync_lease_is_released_too(self, make: Make) -> None:
+        limiter = make(Cap(tokens=100), clock=FakeClock())
+        lease = limiter.sync.acquire(60)
+        with pytest.warns(ResourceWarning, match="test_leases.py"):
+            del lease
+        assert limiter.sync.snapshot()[0].reserved == 0
+        limiter.sync.acquire(100).commit()

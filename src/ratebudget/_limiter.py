@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
+import warnings
 from collections.abc import Generator, Hashable, Mapping
 from decimal import Decimal
 from types import TracebackType
@@ -107,6 +109,7 @@ class Limiter:
         "_dispatch",
         "_fast",
         "_index",
+        "_lease",
         "_limits",
         "_n",
         "_name",
@@ -181,6 +184,9 @@ class Limiter:
             s.per if isinstance(s, RateSpec) else 1 for s in self._b.spec.slots
         )
         self._caps = tuple(i for i, x in enumerate(limits) if isinstance(x, Cap))
+        # a lease that can hold a cap reservation is released (and warned
+        # about) if dropped unsettled; a rate-only lease has nothing to give back
+        self._lease: type[Lease] = _HeldLease if self._caps else Lease
         self._n = len(limits)
         index: dict[str, list[int]] = {}
         for i, limit in enumerate(limits):
@@ -296,7 +302,7 @@ class Limiter:
                 if len(self._fast) < _FAST_KEPT:
                     self._fast[tokens] = req
             # ``Lease(...)`` without the call to ``__init__`` (a third cheaper)
-            lease = _new(Lease)
+            lease = _new(self._lease)
             lease._limiter = self
             lease._units = tokens
             lease._req = req
@@ -304,6 +310,8 @@ class Limiter:
             lease._state = _PENDING
             lease._take = 0
             lease._key = ""
+            if self._caps:
+                lease._site = _caller()  # type: ignore[attr-defined]
             return lease
         # other amounts: validated once per distinct call, like ``_fast``; the
         # types are part of the key so that ``usd=True`` never hits ``usd=1``
@@ -323,7 +331,7 @@ class Limiter:
             if key is not None and len(self._seen) < _FAST_KEPT:
                 self._seen[key] = hit
         # the units dict is shared by the leases of one key: never mutated
-        return Lease(self, hit[0], hit[1], self._timeout_ns(timeout))
+        return self._lease(self, hit[0], hit[1], self._timeout_ns(timeout))
 
     async def try_acquire(self, tokens: Amount = 0, **amounts: Amount) -> Lease | None:
         """Like ``acquire`` but never waits: a granted ``Lease``, or ``None``.
@@ -331,7 +339,7 @@ class Limiter:
         Still raises ``BudgetExceeded`` when a hard cap would certainly be crossed.
         """
         units = self._units(tokens, amounts, True)
-        lease = Lease(self, units, self._request(units, True), 0)
+        lease = self._lease(self, units, self._request(units, True), 0)
         got = self._b.acquire(lease._req, 0, None)
         if isinstance(got, Call):
             lease._key = got.key
@@ -709,3 +717,51 @@ class Lease:
         state = ("pending", "active", "settled")[self._state]
         amounts = ", ".join(f"{k}={v}" for k, v in self.amounts.items())
         return f"<Lease {self.id} {state} {amounts}>"
+
+
+class _HeldLease(Lease):
+    """A lease of a limiter with caps: one dropped while active (never
+    committed or released) gives its reservation back, with a
+    ``ResourceWarning`` naming where it was acquired, as Python does for a
+    coroutine never awaited."""
+
+    __slots__ = ("_site",)
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        units: dict[str, int] | int,
+        req: tuple[int, ...],
+        timeout: int | None,
+    ) -> None:
+        super().__init__(limiter, units, req, timeout)
+        self._site = _caller()
+
+    def __del__(self) -> None:
+        # (a lease whose construction failed has no state at all)
+        if getattr(self, "_state", _PENDING) != _ACTIVE:
+            return
+        limiter = self._limiter
+        if not any(self._req[i] for i in limiter._caps):
+            return
+        self._state = _SETTLED
+        limiter._b.drop(self._key, self._take, self._req)
+        name = f"limiter {limiter._name!r}" if limiter._name else "a limiter"
+        warnings.warn(
+            f"lease {self.id} of {name} was never committed or released: its "
+            f"reservation was given back (acquired at {self._site}); use "
+            "'async with limiter.acquire(...)', or commit() or release() it",
+            ResourceWarning,
+            stacklevel=1,
+            source=self,
+        )
+
+
+def _caller() -> str:
+    """``file:line`` of the first frame outside ratebudget (who acquired)."""
+    frame = sys._getframe(2)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
+        "ratebudget."
+    ):
+        frame = frame.f_back
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"

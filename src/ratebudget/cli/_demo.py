@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import math
 import sys
@@ -64,44 +65,44 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     demo.add_argument(
         "--calls",
         type=_positive_int,
-        default=defaults.calls,
-        help="number of calls (default: %(default)s)",
+        default=None,
+        help=f"number of calls (default: {defaults.calls})",
     )
     demo.add_argument(
         "--seed",
         type=int,
-        default=defaults.seed,
-        help="random seed of the workload (default: %(default)s)",
+        default=None,
+        help=f"random seed of the workload (default: {defaults.seed})",
     )
     demo.add_argument(
         "--speed",
         type=_positive_float,
-        default=defaults.speed,
-        help="simulated seconds per real second (default: %(default)g)",
+        default=None,
+        help=f"simulated seconds per real second (default: {defaults.speed:g})",
     )
     demo.add_argument(
         "--tpm",
         type=_positive_int,
-        default=defaults.tpm,
-        help="tokens per minute (default: %(default)s)",
+        default=None,
+        help=f"tokens per minute (default: {defaults.tpm})",
     )
     demo.add_argument(
         "--tpm-burst",
         type=_positive_int,
-        default=defaults.tpm_burst,
-        help="token burst (default: %(default)s)",
+        default=None,
+        help=f"token burst (default: {defaults.tpm_burst})",
     )
     demo.add_argument(
         "--rpm",
         type=_positive_int,
-        default=defaults.rpm,
-        help="requests per minute (default: %(default)s)",
+        default=None,
+        help=f"requests per minute (default: {defaults.rpm})",
     )
     demo.add_argument(
         "--rpm-burst",
         type=_positive_int,
-        default=defaults.rpm_burst,
-        help="request burst (default: %(default)s)",
+        default=None,
+        help=f"request burst (default: {defaults.rpm_burst})",
     )
     demo.add_argument(
         "--cap",
@@ -113,7 +114,7 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     demo.add_argument(
         "--backend",
         choices=("asyncio", "trio"),
-        default="asyncio",
+        default=None,
         help="anyio backend (default: %(default)s)",
     )
     demo.add_argument(
@@ -128,25 +129,63 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     demo.add_argument(
         "--http",
         action="store_true",
-        help="drive the real openai SDK against a fake provider on loopback "
-        "(needs openai and genai-prices)",
+        help="drive the real openai SDK against a fake provider on loopback, "
+        "in real time (needs openai and genai-prices): --calls (default 200), "
+        "--rpm (the provider's; default 6000), --rpm-burst, --tpm, --tpm-burst "
+        "and --cap (default $0.0005) apply; the limiter runs at 80%% of the "
+        "provider's limits",
     )
     demo.set_defaults(handler=_run_demo_command)
 
 
 def _run_http_demo(args: argparse.Namespace) -> int:
+    err = sys.stderr
+    if args.backend == "trio":
+        err.write(
+            "ratebudget demo --http: error: the openai SDK's async client runs "
+            "on asyncio only; drop --backend trio\n"
+        )
+        return 2
+    simulated = [
+        opt
+        for opt, value in (("--seed", args.seed), ("--speed", args.speed))
+        if value is not None
+    ]
+    if simulated:
+        err.write(
+            f"ratebudget demo --http: error: {' and '.join(simulated)} shape the "
+            "simulated demo; --http sends real requests in real time\n"
+        )
+        return 2
+    if args.tpm is None and args.tpm_burst is not None:
+        err.write("ratebudget demo --http: error: --tpm-burst needs --tpm\n")
+        return 2
     missing = [
         m for m in ("openai", "genai_prices") if importlib.util.find_spec(m) is None
     ]
     if missing:
-        sys.stderr.write(
+        err.write(
             f"ratebudget demo --http: error: needs {', '.join(missing)} "
             "(pip install openai 'ratebudget[prices]')\n"
         )
         return 2
     from ._http_demo import render, run_http_demo
 
-    report = anyio.run(run_http_demo, min(args.calls, 200))
+    try:
+        report = anyio.run(
+            functools.partial(
+                run_http_demo,
+                200 if args.calls is None else args.calls,
+                cap=Decimal("0.0005") if args.cap is None else args.cap,
+                rpm=6_000 if args.rpm is None else args.rpm,
+                rpm_burst=10 if args.rpm_burst is None else args.rpm_burst,
+                tpm=args.tpm,
+                tpm_burst=args.tpm_burst,
+            )
+        )
+    except ValueError as exc:  # InvalidRequest: a limit the limiter refuses
+        err.write(f"ratebudget demo --http: error: {exc}\n")
+        return 2
     render(report, sys.stdout)
     return 0 if report.throttled == 0 else 1
 
@@ -156,20 +195,24 @@ def _run_demo_command(args: argparse.Namespace) -> int:
         return _run_http_demo(args)
     err = sys.stderr
     try:
-        config = DemoConfig(
-            calls=args.calls,
-            seed=args.seed,
-            speed=args.speed,
-            tpm=args.tpm,
-            tpm_burst=args.tpm_burst,
-            rpm=args.rpm,
-            rpm_burst=args.rpm_burst,
-            cap_usd=args.cap,
-        )
+        given = {
+            name: getattr(args, name)
+            for name in (
+                "calls",
+                "seed",
+                "speed",
+                "tpm",
+                "tpm_burst",
+                "rpm",
+                "rpm_burst",
+            )
+            if getattr(args, name) is not None
+        }
+        config = DemoConfig(**given, cap_usd=args.cap)
     except ValueError as exc:
         err.write(f"ratebudget demo: error: {exc}\n")
         return 2
-    backend: str = args.backend
+    backend: str = args.backend or "asyncio"
     if backend == "trio" and importlib.util.find_spec("trio") is None:
         err.write("ratebudget demo: error: trio is not installed (pip install trio)\n")
         return 2

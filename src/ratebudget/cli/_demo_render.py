@@ -68,7 +68,10 @@ def _rows(report: DemoReport, marks: dict[str, str]) -> list[_Row]:
         rows += [
             (
                 f"{name} peak, any {rate.window:.0f} s",
-                f"{rate.limit:,} (burst {rate.burst:,})",
+                # what the bound checked is made of: a peak above the limit
+                # but within limit + burst is what a bucket allows, not an
+                # overrun
+                f"{rate.limit:,} + {rate.burst:,} burst",
                 f"{rate.peak:,}",
                 _n(rate.peak_bound),
                 marks[peak],

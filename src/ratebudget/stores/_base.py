@@ -79,6 +79,11 @@ class Binding(abc.ABC):
         """A waiter leaves (cancelled): it takes nothing. Never blocks."""
 
     @abc.abstractmethod
+    def drop(self, key: str, take: int, est: tuple[int, ...]) -> None:
+        """Release a lease nobody holds any more (from ``__del__``: never
+        blocks, never takes a lock); done with the binding's next operation."""
+
+    @abc.abstractmethod
     def settle(
         self,
         key: str,

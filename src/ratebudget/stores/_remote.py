@@ -22,6 +22,7 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -230,6 +231,8 @@ class RemoteBinding(Binding):
         self._reg_lock = threading.Lock()
         self._lock = threading.Lock()
         self._deferred: list[ops.Op] = []  # sent with the next store call
+        # leases dropped unsettled (appended by ``__del__``, without a lock)
+        self._dropped: deque[ops.Op] = deque(maxlen=_DEFERRED_KEPT)
         self._waiters = _waiters(store.url, name)
         self._subscribed = False
         self.calls = Coalescer(self.execute, self.defer, self._fail_open, self.send)
@@ -316,11 +319,21 @@ class RemoteBinding(Binding):
 
     def _take_deferred(self) -> list[ops.Op]:
         """The deferred ops, to send now (one deferred meanwhile goes next)."""
-        if not self._deferred:  # the common case, without the lock
+        if not self._deferred and not self._dropped:  # the common case: no lock
             return []
         with self._lock:
             extra, self._deferred = self._deferred, []
+        dropped = self._dropped
+        while dropped:
+            try:
+                extra.append(dropped.popleft())
+            except IndexError:  # pragma: no cover - another thread took it
+                break
         return extra
+
+    def drop(self, key: str, take: int, est: tuple[int, ...]) -> None:
+        if take:  # a lease granted without the store (fail open) holds nothing
+            self._dropped.append(ops.Settle(key, take, est, None))
 
     def defer(self, op: ops.Op) -> None:
         """Send ``op`` with the next store call (no round trip of its own)."""

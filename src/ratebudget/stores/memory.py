@@ -12,13 +12,14 @@ import itertools
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from threading import get_ident
 from typing import TYPE_CHECKING, Final
 
 from .. import _decide as core
 from .._clock import wall_us
-from .._decide import Crossing, Exceeded, Inexact, SlotView, State
+from .._decide import Crossing, Exceeded, Inexact, Plan, SlotView, State
 from .._plan import plan_spec
 from .._waiters import Waiter, wake_all
 from ._base import Acquired, Binding, Store
@@ -89,14 +90,16 @@ class BiasedLock:
 
 
 class _Shared:
-    """One name's state and its lock."""
+    """One name's state and its lock, and the leases dropped unsettled
+    (released by the next operation that holds the lock)."""
 
-    __slots__ = ("lock", "state")
+    __slots__ = ("dropped", "lock", "state")
 
     def __init__(self) -> None:
         self.state = State()
         self.state.take = next(_bases) << 40
         self.lock = BiasedLock()
+        self.dropped: deque[tuple[Plan, int, tuple[int, ...]]] = deque()
 
 
 class MemoryStore(Store):
@@ -135,6 +138,7 @@ class MemoryBinding(Binding):
 
     __slots__ = (
         "_clock",
+        "_dropped",
         "_lock",
         "_monotonic_ns",
         "_state",
@@ -149,6 +153,7 @@ class MemoryBinding(Binding):
     ) -> None:
         self._state = shared.state
         self._lock = shared.lock
+        self._dropped = shared.dropped
         self._clock = clock
         self._monotonic_ns = clock.monotonic_ns
         self._wall = wall_us(clock)
@@ -159,6 +164,21 @@ class MemoryBinding(Binding):
             self.plan = self.spec.bind(self._state, clock.monotonic_ns())
         finally:
             self._lock.leave(biased)
+
+    def drop(self, key: str, take: int, est: tuple[int, ...]) -> None:
+        self._dropped.append((self.plan, take, est))  # atomic: no lock
+
+    def _release_dropped(self) -> None:
+        """Release the leases dropped unsettled (the lock held)."""
+        dropped = self._dropped
+        while dropped:
+            try:
+                plan, take, est = dropped.popleft()
+            except IndexError:  # pragma: no cover - another thread took it
+                return
+            core.settle(
+                self._state, plan, take, est, None, self._monotonic_ns(), self._wall()
+            )
 
     def _wake(self, but: Waiter | None = None) -> None:
         st = self._state
@@ -203,6 +223,8 @@ class MemoryBinding(Binding):
                 if w is not None:
                     w.arm()
                     return w
+            if self._dropped:
+                self._release_dropped()
             got = core.acquire(
                 st,
                 plan,
@@ -228,6 +250,8 @@ class MemoryBinding(Binding):
             w.state = core.CLAIMED
             return None
         with self._lock.guard():
+            if self._dropped:
+                self._release_dropped()
             deadline = core.poll(self._state, w, self._monotonic_ns(), self._wall())
             if w.state == core.WAITING:
                 w.arm()
@@ -247,6 +271,8 @@ class MemoryBinding(Binding):
         actual: tuple[int, ...] | None,
     ) -> list[Crossing] | Inexact | None:
         with self._lock.guard():
+            if self._dropped:
+                self._release_dropped()
             got = core.settle(
                 self._state,
                 self.plan,
@@ -261,6 +287,8 @@ class MemoryBinding(Binding):
 
     def record(self, req: tuple[int, ...]) -> list[Crossing] | Exceeded | Inexact:
         with self._lock.guard():
+            if self._dropped:
+                self._release_dropped()
             got = core.record(
                 self._state, self.plan, req, self._monotonic_ns(), self._wall()
             )
@@ -269,12 +297,18 @@ class MemoryBinding(Binding):
 
     def snapshot(self) -> tuple[tuple[SlotView, ...], int]:
         with self._lock.guard():
-            return core.snapshot(
+            if self._dropped:
+                self._release_dropped()
+            got = core.snapshot(
                 self._state, self.plan, self._monotonic_ns(), self._wall()
             )
+        self._wake()
+        return got
 
     def reset(self) -> None:
         with self._lock.guard():
+            if self._dropped:
+                self._release_dropped()
             core.reset(self._state, self.plan, self._monotonic_ns(), self._wall())
         self._wake()
 
