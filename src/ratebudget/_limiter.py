@@ -331,7 +331,10 @@ class Limiter:
             if key is not None and len(self._seen) < _FAST_KEPT:
                 self._seen[key] = hit
         # the units dict is shared by the leases of one key: never mutated
-        return self._lease(self, hit[0], hit[1], self._timeout_ns(timeout))
+        lease = self._lease(self, hit[0], hit[1], self._timeout_ns(timeout))
+        if self._caps:
+            lease._site = _caller()  # type: ignore[attr-defined]
+        return lease
 
     async def try_acquire(self, tokens: Amount = 0, **amounts: Amount) -> Lease | None:
         """Like ``acquire`` but never waits: a granted ``Lease``, or ``None``.
@@ -340,6 +343,8 @@ class Limiter:
         """
         units = self._units(tokens, amounts, True)
         lease = self._lease(self, units, self._request(units, True), 0)
+        if self._caps:
+            lease._site = _caller()  # type: ignore[attr-defined]
         got = self._b.acquire(lease._req, 0, None)
         if isinstance(got, Call):
             lease._key = got.key
@@ -725,17 +730,7 @@ class _HeldLease(Lease):
     ``ResourceWarning`` naming where it was acquired, as Python does for a
     coroutine never awaited."""
 
-    __slots__ = ("_site",)
-
-    def __init__(
-        self,
-        limiter: Limiter,
-        units: dict[str, int] | int,
-        req: tuple[int, ...],
-        timeout: int | None,
-    ) -> None:
-        super().__init__(limiter, units, req, timeout)
-        self._site = _caller()
+    __slots__ = ("_site",)  # file:line of the acquisition (``_caller``)
 
     def __del__(self) -> None:
         # (a lease whose construction failed has no state at all)
@@ -749,7 +744,8 @@ class _HeldLease(Lease):
         name = f"limiter {limiter._name!r}" if limiter._name else "a limiter"
         warnings.warn(
             f"lease {self.id} of {name} was never committed or released: its "
-            f"reservation was given back (acquired at {self._site}); use "
+            f"reservation was given back (acquired at "
+            f"{getattr(self, '_site', 'an unknown place')}); use "
             "'async with limiter.acquire(...)', or commit() or release() it",
             ResourceWarning,
             stacklevel=1,
