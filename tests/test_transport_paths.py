@@ -25,9 +25,13 @@ from ratebudget import (
     Limiter,
     UnmeteredCall,
 )
-from ratebudget.integrations.httpx import BudgetSyncTransport, BudgetTransport
-from ratebudget.integrations.prices import price
-from ratebudget.integrations.usage import Usage
+from ratebudget.integrations.httpx import (
+    SHRUNK_HEADER,
+    BudgetSyncTransport,
+    BudgetTransport,
+)
+from ratebudget.integrations.prices import estimate_cost, price
+from ratebudget.integrations.usage import Endpoint, Usage, estimate
 from ratebudget.testing import FakeProvider
 
 MESSAGES: Any = [{"role": "user", "content": "one two three"}]
@@ -259,8 +263,105 @@ def _no_app(environ: Any, start_response: Any) -> Any:  # pragma: no cover
         ({"models": {"dep": ""}}, "models="),
         ({"models": {"": "gpt-4o"}}, "models="),
         ({"models": {"dep": 4}}, "models="),
+        ({"shrink": "yes"}, "shrink="),
+        ({"min_output_tokens": 0}, "min_output_tokens="),
+        ({"min_output_tokens": 1.5}, "min_output_tokens="),
+        ({"min_output_tokens": True}, "min_output_tokens="),
     ],
 )
 def test_bad_options_are_refused(kw: dict[str, Any], match: str) -> None:
     with pytest.raises(InvalidRequest, match=match):
         BudgetTransport(Limiter(Cap(usd="1")), **kw)
+
+
+# -- shrink=True: the output the budget still allows, instead of a refusal --
+
+
+def worst_case(endpoint: Endpoint, body: dict[str, Any]) -> Decimal:
+    """What the transport reserves for ``body``: its estimate, priced."""
+    return estimate_cost("gpt-4o", estimate(endpoint, body), provider="openai")
+
+
+async def test_a_call_is_sent_with_the_output_the_cap_still_allows(
+    anyio_backend: str,
+) -> None:
+    asyncio_only(anyio_backend)
+    cap = Decimal("0.01")  # about 1,000 output tokens of gpt-4o
+    limiter, provider = Limiter(Cap(usd=cap)), FakeProvider()
+    llm = client(
+        limiter, provider, "http://fake/v1", shrink=True, min_output_tokens=256
+    )
+    raw = await llm.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=MESSAGES, max_tokens=4_000
+    )
+    fits = int(raw.headers[SHRUNK_HEADER])
+    (sent,) = provider.requests
+    assert sent.body["max_tokens"] == fits
+    assert 256 <= fits < 4_000
+    # the most that fits, exactly: one more token would cross the cap
+    body = dict(sent.body)
+    assert worst_case(Endpoint.OPENAI_CHAT, body) <= cap
+    body["max_tokens"] = fits + 1
+    assert worst_case(Endpoint.OPENAI_CHAT, body) > cap
+    (usd,) = (await limiter.snapshot()).limits
+    assert usd.reserved == 0
+    assert 0 < usd.used <= cap
+
+
+async def test_every_output_limit_the_body_sets_is_lowered(anyio_backend: str) -> None:
+    asyncio_only(anyio_backend)
+    provider = FakeProvider()
+    llm = client(Limiter(Cap(usd="0.01")), provider, "http://fake/v1", shrink=True)
+    await llm.chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, max_completion_tokens=4_000
+    )
+    await llm.responses.create(model="gpt-4o", input="hello", max_output_tokens=4_000)
+    chat, responses = provider.requests
+    assert "max_tokens" not in chat.body
+    assert 256 <= chat.body["max_completion_tokens"] < 4_000
+    assert 256 <= responses.body["max_output_tokens"] < 4_000
+
+
+@pytest.mark.parametrize(
+    ("cap", "kw"),
+    [
+        ("0.001", {"shrink": True}),  # $0.001 buys about 99 tokens: under 256
+        ("0.01", {}),  # without shrink=True
+    ],
+)
+async def test_a_call_that_cannot_shrink_enough_is_refused(
+    cap: str, kw: dict[str, Any], anyio_backend: str
+) -> None:
+    asyncio_only(anyio_backend)
+    provider = FakeProvider()
+    llm = client(Limiter(Cap(usd=cap)), provider, "http://fake/v1", **kw)
+    with pytest.raises(BudgetExceeded):
+        await llm.chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, max_tokens=4_000
+        )
+    assert provider.requests == []
+
+
+async def test_a_call_that_fits_is_sent_as_it_is(anyio_backend: str) -> None:
+    asyncio_only(anyio_backend)
+    provider = FakeProvider()
+    llm = client(Limiter(Cap(usd="10")), provider, "http://fake/v1", shrink=True)
+    raw = await llm.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=MESSAGES, max_tokens=4_000
+    )
+    assert SHRUNK_HEADER not in raw.headers
+    assert provider.requests[0].body["max_tokens"] == 4_000
+
+
+def test_the_sync_transport_shrinks_too() -> None:
+    provider = FakeProvider()
+    transport = BudgetSyncTransport(Limiter(Cap(usd="0.01")), shrink=True)
+    with provider.serve_in_thread() as url:
+        with httpx2.Client(transport=transport, base_url=url) as c:
+            response = c.post(
+                "/v1/chat/completions",
+                json={"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 4_000},
+            )
+    assert response.status_code == 200
+    fits = int(response.headers[SHRUNK_HEADER])
+    assert provider.requests[0].body["max_tokens"] == fits

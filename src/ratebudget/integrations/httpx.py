@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
-from .._exceptions import AcquireTimeout, InvalidRequest, UnmeteredCall
+from .._exceptions import AcquireTimeout, BudgetExceeded, InvalidRequest, UnmeteredCall
 from ._call_amounts import commit_amounts, reserve_amounts
 from ._classify import Endpoint, azure_deployment, classify, is_free
 from ._estimate import DEFAULT_MAX_OUTPUT, Estimate, estimate
@@ -55,6 +55,18 @@ __all__ = ("BudgetSyncTransport", "BudgetTransport")
 _log = logging.getLogger("ratebudget")
 
 _UNMETERED: Final = ("raise", "warn", "allow")
+
+# the output limits of each API's request body, the first one set when none is
+_OUTPUT_LIMITS: Final = {
+    Endpoint.OPENAI_CHAT: ("max_tokens", "max_completion_tokens"),
+    Endpoint.OPENAI_RESPONSES: ("max_output_tokens",),
+    Endpoint.OPENAI_COMPLETIONS: ("max_tokens",),
+    Endpoint.ANTHROPIC_MESSAGES: ("max_tokens",),
+}
+
+SHRUNK_HEADER: Final = "x-ratebudget-max-output-tokens"
+"""On a response to a call that ``shrink=True`` sent with a lower output
+limit than asked for: the limit it was sent with."""
 
 _CHARS_PER_TOKEN: Final = 4
 _MAX_BODY: Final = (
@@ -124,6 +136,8 @@ class _Meter:
         adapt: bool = True,
         unmetered: str = "raise",
         models: Mapping[str, str] | None = None,
+        shrink: bool = False,
+        min_output_tokens: int = 256,
     ) -> None:
         from .. import Limiter  # at the call: no import of the limiter at load
 
@@ -142,8 +156,21 @@ class _Meter:
                     f"models={{{key!r}: {value!r}}}: map a deployment or request "
                     "model name to a model name (both non-empty strings)"
                 )
+        if not isinstance(shrink, bool):
+            raise InvalidRequest(f"shrink={shrink!r}: expected True or False")
+        if (
+            isinstance(min_output_tokens, bool)
+            or not isinstance(min_output_tokens, int)
+            or min_output_tokens < 1
+        ):
+            raise InvalidRequest(
+                f"min_output_tokens={min_output_tokens!r}: expected a whole "
+                "number of tokens, at least 1"
+            )
         self.unmetered = unmetered
         self.models = models
+        self.shrink = shrink
+        self.min_output_tokens = min_output_tokens
         self.limiter = limiter
         self._inner = transport
         self.base_path = base_path
@@ -230,7 +257,38 @@ class _Meter:
             family,
             self._amounts(est, family),
             trust_response,
+            body,
         )
+
+    def _shrunk(self, planned: _Planned, refused: BudgetExceeded) -> _Planned | None:
+        """``planned`` with its output limit lowered to what the USD cap that
+        refused it still allows, or ``None`` (not a USD refusal, no output to
+        lower, or less than ``min_output_tokens`` would fit)."""
+        limits = _OUTPUT_LIMITS.get(planned.endpoint)
+        if not self.shrink or refused.axis != "usd" or not limits:
+            return None
+        est, family = planned.est, planned.family
+        left = (
+            Decimal(refused.limit) - Decimal(refused.used) - Decimal(refused.reserved)
+        )
+        base = self._amounts(dataclasses.replace(est, max_output_tokens=0), family)
+        one = self._amounts(dataclasses.replace(est, max_output_tokens=1), family)
+        per_token = one["usd"] - base["usd"]  # one more token of every choice
+        if per_token <= 0:
+            return None
+        fits = int((left - base["usd"]) // per_token)
+        if fits < self.min_output_tokens or fits >= est.max_output_tokens:
+            return None
+        body = dict(planned.body)
+        present = [k for k in limits if k in body] or [limits[0]]
+        for key in present:
+            body[key] = fits
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        again = self._plan(_with_body(planned.request, body), planned.endpoint, raw)
+        if again is None:  # pragma: no cover - the body was a JSON object
+            return None
+        again.shrunk = fits
+        return again
 
     def _amounts(self, est: Estimate, family: str) -> dict[str, Any]:
         return reserve_amounts(
@@ -305,7 +363,16 @@ class _Meter:
 
 
 class _Planned:
-    __slots__ = ("amounts", "endpoint", "est", "family", "request", "trust_response")
+    __slots__ = (
+        "amounts",
+        "body",
+        "endpoint",
+        "est",
+        "family",
+        "request",
+        "shrunk",
+        "trust_response",
+    )
 
     def __init__(
         self,
@@ -315,6 +382,7 @@ class _Planned:
         family: str,
         amounts: dict[str, Any],
         trust_response: bool,
+        body: dict[str, Any],
     ) -> None:
         self.request = request
         self.endpoint = endpoint
@@ -322,6 +390,8 @@ class _Planned:
         self.family = family
         self.amounts = amounts
         self.trust_response = trust_response  # price the response's model
+        self.body = body
+        self.shrunk: int | None = None  # the output limit shrink=True set
 
 
 def _with_body(request: Any, body: Mapping[str, Any]) -> Any:
@@ -341,10 +411,13 @@ def _never_left(request: Any, error: BaseException) -> bool:
     return isinstance(error, (package.ConnectError, package.ConnectTimeout))
 
 
-def _respond(response: Any, request: Any, stream: Any) -> Any:
+def _respond(response: Any, request: Any, stream: Any, shrunk: int | None) -> Any:
+    headers = response.headers
+    if shrunk is not None:  # shrink=True lowered the output limit: say so
+        headers = [*headers.raw, (SHRUNK_HEADER.encode(), str(shrunk).encode())]
     return type(response)(
         status_code=response.status_code,
-        headers=response.headers,
+        headers=headers,
         stream=stream,
         extensions=response.extensions,
         request=request,
@@ -402,7 +475,14 @@ class BudgetTransport(_Meter, _Transport):
         while (left := self._held_for()) > 0:
             self._check_hold(left)
             await anyio.sleep(left)
-        lease = await self.limiter.acquire(timeout=self.timeout, **planned.amounts)
+        try:
+            lease = await self.limiter.acquire(timeout=self.timeout, **planned.amounts)
+        except BudgetExceeded as refused:
+            smaller = self._shrunk(planned, refused)
+            if smaller is None:
+                raise
+            planned, request = smaller, smaller.request
+            lease = await self.limiter.acquire(timeout=self.timeout, **planned.amounts)
         try:
             response = await inner.handle_async_request(request)
         except BaseException as e:
@@ -422,7 +502,7 @@ class BudgetTransport(_Meter, _Transport):
         stream = _stream_class(request, _AsyncMetered, "AsyncByteStream")(
             self, planned, lease, response.stream, _is_sse(response)
         )
-        return _respond(response, request, stream)
+        return _respond(response, request, stream, planned.shrunk)
 
 
 class BudgetSyncTransport(_Meter, _SyncTransport):
@@ -461,7 +541,14 @@ class BudgetSyncTransport(_Meter, _SyncTransport):
         while (left := self._held_for()) > 0:  # a provider's 429 said wait
             self._check_hold(left)
             time.sleep(left)
-        lease = self.limiter.sync.acquire(timeout=self.timeout, **planned.amounts)
+        try:
+            lease = self.limiter.sync.acquire(timeout=self.timeout, **planned.amounts)
+        except BudgetExceeded as refused:
+            smaller = self._shrunk(planned, refused)
+            if smaller is None:
+                raise
+            planned, request = smaller, smaller.request
+            lease = self.limiter.sync.acquire(timeout=self.timeout, **planned.amounts)
         try:
             response = inner.handle_request(request)
         except BaseException as e:
@@ -479,7 +566,7 @@ class BudgetSyncTransport(_Meter, _SyncTransport):
         stream = _stream_class(request, _SyncMetered, "SyncByteStream")(
             self, planned, lease, response.stream, _is_sse(response)
         )
-        return _respond(response, request, stream)
+        return _respond(response, request, stream, planned.shrunk)
 
 
 def _package(request: Any) -> Any:
