@@ -113,7 +113,6 @@ class Limiter:
         "_limits",
         "_n",
         "_name",
-        "_on_alert",
         "_pers",
         "_seen",
         "_store",
@@ -160,7 +159,6 @@ class Limiter:
             )
         self._limits = limits
         self._clock: Clock = SYSTEM_CLOCK if clock is None else _check_clock(clock)
-        self._on_alert = on_alert
         self._dispatch = None if on_alert is None else Dispatch(on_alert)
         self._name = name
         from .stores import MemoryStore, open_store
@@ -310,7 +308,7 @@ class Limiter:
             lease._state = _PENDING
             lease._take = 0
             lease._key = ""
-            if self._caps:
+            if self._caps:  # ``_made``, inlined: a rate-only lease skips it
                 lease._site = _caller()  # type: ignore[attr-defined]
             return lease
         # other amounts: validated once per distinct call, like ``_fast``; the
@@ -331,7 +329,11 @@ class Limiter:
             if key is not None and len(self._seen) < _FAST_KEPT:
                 self._seen[key] = hit
         # the units dict is shared by the leases of one key: never mutated
-        lease = self._lease(self, hit[0], hit[1], self._timeout_ns(timeout))
+        return self._made(self._lease(self, hit[0], hit[1], self._timeout_ns(timeout)))
+
+    def _made(self, lease: Lease) -> Lease:
+        """``lease``, stamped with where it was made if it can hold a cap
+        reservation (its ``ResourceWarning`` names it, should it be dropped)."""
         if self._caps:
             lease._site = _caller()  # type: ignore[attr-defined]
         return lease
@@ -342,9 +344,7 @@ class Limiter:
         Still raises ``BudgetExceeded`` when a hard cap would certainly be crossed.
         """
         units = self._units(tokens, amounts, True)
-        lease = self._lease(self, units, self._request(units, True), 0)
-        if self._caps:
-            lease._site = _caller()  # type: ignore[attr-defined]
+        lease = self._made(self._lease(self, units, self._request(units, True), 0))
         got = self._b.acquire(lease._req, 0, None)
         if isinstance(got, Call):
             lease._key = got.key
@@ -448,16 +448,22 @@ class Limiter:
             return []
         alerts, overruns = alerts_of(self._limits, crossings)
         if alerts or overruns:
-            report(alerts, overruns, self._on_alert is not None)
+            report(alerts, overruns, self._dispatch is not None)
         return alerts
 
-    def _deliver(self, crossings: list[Crossing] | None) -> None:
+    def _deliver(
+        self, crossings: list[Crossing] | None, blocking: bool = False
+    ) -> None:
         """Log what ``crossings`` fired and queue its alerts for ``on_alert``
-        (run off the caller's path)."""
+        (run off the caller's path: in its event loop, or for a ``blocking``
+        caller in the alerts thread)."""
         if crossings:
             alerts = self._alerts(crossings)
             if alerts and self._dispatch is not None:
-                self._dispatch.post(alerts)
+                if blocking:
+                    self._dispatch.post_sync(alerts)
+                else:
+                    self._dispatch.post(alerts)
 
     async def flush_alerts(self) -> None:
         """Wait until ``on_alert`` has handled every alert fired so far.
@@ -755,7 +761,7 @@ class _HeldLease(Lease):
 
 def _caller() -> str:
     """``file:line`` of the first frame outside ratebudget (who acquired)."""
-    frame = sys._getframe(2)
+    frame = sys._getframe(1)
     while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
         "ratebudget."
     ):

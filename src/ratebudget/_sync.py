@@ -117,11 +117,7 @@ class SyncLimiter:
         _answer(self._limiter._b.reset())
 
     def _deliver(self, crossings: list[Crossing] | None) -> None:
-        if crossings:
-            limiter = self._limiter
-            alerts = limiter._alerts(crossings)
-            if alerts and limiter._dispatch is not None:
-                limiter._dispatch.post_sync(alerts)
+        self._limiter._deliver(crossings, blocking=True)
 
     def flush_alerts(self, timeout: float | None = None) -> bool:
         """Wait until ``on_alert`` has handled every alert fired so far
