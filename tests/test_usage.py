@@ -904,6 +904,7 @@ def test_stream_usage(endpoint: Endpoint) -> None:
     assert meter.text_chars == chars
     assert meter.model == model
     assert meter.finished
+    assert meter.usage_final
 
 
 @pytest.mark.parametrize("endpoint", list(STREAMS))

@@ -8,7 +8,7 @@ from typing import Final
 
 from .._exceptions import InvalidRequest
 
-__all__ = ("Endpoint", "azure_deployment", "classify", "is_free")
+__all__ = ("Endpoint", "azure_deployment", "classify", "gemini_model", "is_free")
 
 
 class Endpoint(str, Enum):
@@ -24,6 +24,10 @@ class Endpoint(str, Enum):
     """``POST /v1/embeddings``."""
     ANTHROPIC_MESSAGES = "anthropic.messages"
     """``POST /v1/messages``."""
+    GEMINI_GENERATE = "gemini.generate_content"
+    """``POST .../models/{model}:generateContent`` (the Gemini API, Vertex AI)."""
+    GEMINI_STREAM = "gemini.stream_generate_content"
+    """``POST .../models/{model}:streamGenerateContent`` (SSE with ``?alt=sse``)."""
 
     def __str__(self) -> str:
         return self.value
@@ -35,6 +39,12 @@ _SUFFIXES: Final[Mapping[str, Endpoint]] = {
     "/completions": Endpoint.OPENAI_COMPLETIONS,
     "/embeddings": Endpoint.OPENAI_EMBEDDINGS,
     "/messages": Endpoint.ANTHROPIC_MESSAGES,
+}
+
+# Gemini's methods end the last segment: .../models/{model}:generateContent
+_METHODS: Final[Mapping[str, Endpoint]] = {
+    ":generateContent": Endpoint.GEMINI_GENERATE,
+    ":streamGenerateContent": Endpoint.GEMINI_STREAM,
 }
 
 
@@ -74,7 +84,10 @@ def classify(method: str, path: str, base_path: str = "") -> Endpoint | None:
     ``.../responses``, ``.../completions``, ``.../embeddings`` or
     ``.../messages`` (OpenAI's ``/v1/...``, Azure OpenAI's
     ``/openai/deployments/{name}/...``, OpenRouter's ``/api/v1/...``,
-    Gemini's ``/v1beta/openai/...``, vLLM or Ollama under any prefix).
+    Gemini's ``/v1beta/openai/...``, vLLM or Ollama under any prefix), and
+    Gemini's own ``.../{model}:generateContent`` and
+    ``.../{model}:streamGenerateContent`` (the Gemini API's
+    ``/v1beta/models/...``, Vertex AI's ``.../publishers/google/models/...``).
     A query string, trailing and doubled slashes are ignored. ``base_path``,
     when given, is where the API lives: a path outside it is ``None``.
 
@@ -82,6 +95,8 @@ def classify(method: str, path: str, base_path: str = "") -> Endpoint | None:
     <Endpoint.OPENAI_CHAT: 'openai.chat'>
     >>> classify("POST", "/openai/deployments/gpt4o-prod/chat/completions")
     <Endpoint.OPENAI_CHAT: 'openai.chat'>
+    >>> classify("POST", "/v1beta/models/gemini-2.5-flash:streamGenerateContent")
+    <Endpoint.GEMINI_STREAM: 'gemini.stream_generate_content'>
     >>> classify("GET", "/v1/models") is None
     True
     """
@@ -90,6 +105,9 @@ def classify(method: str, path: str, base_path: str = "") -> Endpoint | None:
     rest = _under(path, base_path)
     if rest is None:
         return None
+    for method_suffix, endpoint in _METHODS.items():
+        if rest.endswith(method_suffix):
+            return endpoint
     for suffix, endpoint in _SUFFIXES.items():
         if rest.endswith(suffix) and not (
             # an Assistants thread's message is not a model call
@@ -138,3 +156,15 @@ def azure_deployment(path: str) -> str | None:
         if segment == "deployments" and i > 0 and segments[i - 1] == "openai":
             return segments[i + 1] or None
     return None
+
+
+def gemini_model(path: str) -> str | None:
+    """The model a Gemini path names (``.../models/{model}:generateContent``
+    gives ``{model}``), or ``None`` if it names none.
+
+    Vertex AI's tuned endpoints (``.../endpoints/{id}:generateContent``) give
+    the endpoint's id: map it to a model with ``models=``.
+    """
+    last = _clean_path(path).rsplit("/", 1)[-1]
+    model, colon, _ = last.partition(":")
+    return (model or None) if colon else None

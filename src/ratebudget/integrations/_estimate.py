@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from .._exceptions import InvalidRequest
 from ._classify import Endpoint, _endpoint
-from ._parse import _check_body, _count, _is_count
+from ._parse import _check_body, _count, _either, _is_count
 
 __all__ = (
     "CHARS_PER_TOKEN",
@@ -58,6 +58,9 @@ _FLAT_PARTS: Final = frozenset(
 )
 """Content parts counted as ``IMAGE_TOKENS`` each, whatever their size."""
 
+_FLAT_KEYS: Final = frozenset({"inlineData", "inline_data", "fileData", "file_data"})
+"""Gemini's media fields of a part: ``IMAGE_TOKENS`` each, whatever their size."""
+
 _SKIPPED_KEYS: Final = frozenset(
     {
         "type",
@@ -70,6 +73,13 @@ _SKIPPED_KEYS: Final = frozenset(
         "signature",
         "encrypted_content",
         "status",
+        # Gemini's
+        "mimeType",
+        "mime_type",
+        "fileUri",
+        "file_uri",
+        "thoughtSignature",
+        "thought_signature",
     }
 )
 """Keys whose string values are identifiers, not text the model reads."""
@@ -91,7 +101,9 @@ class _Counter:
                 self.tokens += IMAGE_TOKENS
                 return
             for key, item in value.items():
-                if key not in _SKIPPED_KEYS:
+                if key in _FLAT_KEYS:
+                    self.tokens += IMAGE_TOKENS
+                elif key not in _SKIPPED_KEYS:
                     self.walk(item)
         elif isinstance(value, list | tuple):
             for item in value:
@@ -145,7 +157,8 @@ class Estimate:
     """What a request may use, read from its body before it is sent."""
 
     model: str | None
-    """The ``model`` the request names, if any."""
+    """The ``model`` the request's body names, if any (Gemini names it in the
+    path: see ``gemini_model``)."""
     input_tokens: int
     """Input tokens: counted, or estimated from characters (see :func:`estimate`)."""
     max_output_tokens: int
@@ -153,7 +166,8 @@ class Estimate:
     n: int
     """How many choices the provider generates, and bills, for the request."""
     stream: bool
-    """Whether the response will be streamed (``"stream": true``)."""
+    """Whether the response will be streamed (``"stream": true``, or Gemini's
+    ``streamGenerateContent``)."""
 
     @property
     def max_total_tokens(self) -> int:
@@ -189,10 +203,18 @@ def estimate(
 
     **Output tokens** are the request's limit: ``max_completion_tokens`` or
     ``max_tokens`` (chat; the larger if both), ``max_output_tokens``
-    (responses), ``max_tokens`` (completions, Anthropic); ``default_max_output``
-    when the request sets none. Embeddings produce none. ``n`` is the number
-    of choices billed: OpenAI's ``n`` (and ``best_of`` for completions, which
-    bills every candidate), else 1.
+    (responses), ``max_tokens`` (completions, Anthropic),
+    ``generationConfig.maxOutputTokens`` (Gemini, whose thinking counts
+    against it); ``default_max_output`` when the request sets none.
+    Embeddings produce none. ``n`` is the number of choices billed: OpenAI's
+    ``n`` (and ``best_of`` for completions, which bills every candidate),
+    Gemini's ``generationConfig.candidateCount``, else 1.
+
+    Gemini bodies are read as the REST API spells them (``systemInstruction``,
+    ``generationConfig``) or in snake_case (``system_instruction``); each
+    ``inlineData`` or ``fileData`` part counts :data:`IMAGE_TOKENS`. A
+    ``cachedContent`` the request refers to is not counted: its tokens are
+    only known from the response.
     """
     endpoint = _endpoint(endpoint)
     body = _check_body(body)
@@ -203,8 +225,23 @@ def estimate(
 
     counter = _Counter()
     limits: Iterable[str]
+    settings: Mapping[str, Any] = body  # where the output limit is set
     n = 1
-    if endpoint is Endpoint.OPENAI_CHAT:
+    if endpoint in (Endpoint.GEMINI_GENERATE, Endpoint.GEMINI_STREAM):
+        counter.walk(_either(body, "systemInstruction", "system_instruction"))
+        counter.messages(body.get("contents"))
+        counter.definitions(body.get("tools"))
+        counter.definitions(_either(body, "toolConfig", "tool_config"))
+        config = _either(body, "generationConfig", "generation_config")
+        settings = config if isinstance(config, Mapping) else {}
+        for camel, snake in (
+            ("responseSchema", "response_schema"),
+            ("responseJsonSchema", "response_json_schema"),
+        ):
+            counter.definitions(_either(settings, camel, snake))
+        limits = ("maxOutputTokens", "max_output_tokens")
+        n = _positive(_either(settings, "candidateCount", "candidate_count")) or 1
+    elif endpoint is Endpoint.OPENAI_CHAT:
         counter.messages(body.get("messages"))
         for key in ("tools", "functions", "response_format"):
             counter.definitions(body.get(key))
@@ -234,7 +271,9 @@ def estimate(
     if endpoint is Endpoint.OPENAI_EMBEDDINGS:
         max_output = 0
     else:
-        given = [v for v in (_positive(body.get(k)) for k in limits) if v is not None]
+        given = [
+            v for v in (_positive(settings.get(k)) for k in limits) if v is not None
+        ]
         max_output = max(given) if given else default_max_output
     model = body.get("model")
     return Estimate(
@@ -242,5 +281,5 @@ def estimate(
         input_tokens=counter.total(count_tokens),
         max_output_tokens=max_output,
         n=n,
-        stream=body.get("stream") is True,
+        stream=body.get("stream") is True or endpoint is Endpoint.GEMINI_STREAM,
     )

@@ -173,6 +173,41 @@ def _anthropic_usage(usage: object) -> Usage | None:
     )
 
 
+def _either(body: Mapping[str, Any], camel: str, snake: str) -> object:
+    """A Gemini field, as the REST API spells it or as the SDK's ``model_dump()``
+    does."""
+    value = body.get(camel)
+    return body.get(snake) if value is None else value
+
+
+def _gemini_usage(body: Mapping[str, Any]) -> Usage | None:
+    """``usageMetadata`` of a Gemini response (camelCase, or snake_case as
+    ``google-genai``'s ``model_dump()`` gives it).
+
+    ``promptTokenCount`` includes the cached tokens; tool-use prompts (search
+    results, code execution) are input too; thoughts are billed as output
+    but not counted in ``candidatesTokenCount``.
+    """
+    usage = _either(body, "usageMetadata", "usage_metadata")
+    if not isinstance(usage, Mapping):
+        return None
+    prompt = _either(usage, "promptTokenCount", "prompt_token_count")
+    output = _either(usage, "candidatesTokenCount", "candidates_token_count")
+    if not (_is_count(prompt) or _is_count(output)):
+        return None
+    tool = _count(
+        _either(usage, "toolUsePromptTokenCount", "tool_use_prompt_token_count")
+    )
+    thoughts = _count(_either(usage, "thoughtsTokenCount", "thoughts_token_count"))
+    return _usage(
+        _count(prompt) + tool,
+        _count(output) + thoughts,
+        _count(_either(usage, "cachedContentTokenCount", "cached_content_token_count")),
+        0,
+        thoughts,
+    )
+
+
 def usage_from_json(endpoint: Endpoint | str, body: Mapping[str, Any]) -> Usage | None:
     """The usage a (non-streamed) JSON response reports, or ``None``.
 
@@ -181,6 +216,8 @@ def usage_from_json(endpoint: Endpoint | str, body: Mapping[str, Any]) -> Usage 
     """
     endpoint = _endpoint(endpoint)
     body = _check_body(body)
+    if endpoint in (Endpoint.GEMINI_GENERATE, Endpoint.GEMINI_STREAM):
+        return _gemini_usage(body)
     usage = body.get("usage")
     if endpoint is Endpoint.OPENAI_RESPONSES:
         return _openai_responses_usage(usage)

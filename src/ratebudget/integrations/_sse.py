@@ -10,6 +10,8 @@ from ._classify import Endpoint, _endpoint
 from ._parse import (
     Usage,
     _anthropic_usage,
+    _either,
+    _gemini_usage,
     _get,
     _openai_chat_usage,
     _openai_responses_usage,
@@ -40,6 +42,8 @@ class StreamUsage:
       (or ``response.incomplete`` / ``response.failed``).
     * **Anthropic** sends the input (and cache) tokens in ``message_start``
       and the *cumulative* output tokens in each ``message_delta``.
+    * **Gemini** (``streamGenerateContent?alt=sse``) sends ``usageMetadata``
+      in its chunks, cumulative: the last one wins.
 
     ``usage`` is what the provider reported so far; if a stream is cut short
     before that, ``text_chars`` (the characters of output seen: text,
@@ -56,6 +60,7 @@ class StreamUsage:
         self._event = ""
         self._data: list[str] = []
         self._usage: Usage | None = None
+        self._usage_final = False
         self._anthropic: dict[str, object] = {}
         self._model: str | None = None
         self._text_chars = 0
@@ -65,6 +70,15 @@ class StreamUsage:
     def usage(self) -> Usage | None:
         """The usage the provider reported so far, or ``None``."""
         return self._usage
+
+    @property
+    def usage_final(self) -> bool:
+        """Whether ``usage`` is the provider's count for the whole call, not a
+        count so far (Anthropic's ``message_start`` before its
+        ``message_delta``, a Gemini chunk before the one with its
+        ``finishReason``): a stream cut short before that used at least
+        ``usage`` and maybe ``text_chars`` more."""
+        return self._usage is not None and self._usage_final
 
     @property
     def text_chars(self) -> int:
@@ -82,7 +96,7 @@ class StreamUsage:
 
         ``data: [DONE]`` (OpenAI chat, completions), ``response.completed``,
         ``response.incomplete`` or ``response.failed`` (responses),
-        ``message_stop`` (Anthropic).
+        ``message_stop`` (Anthropic), a ``finishReason`` (Gemini).
         """
         return self._finished
 
@@ -155,6 +169,8 @@ class StreamUsage:
             self._anthropic_event(kind, payload)
         elif endpoint is Endpoint.OPENAI_RESPONSES:
             self._responses_event(kind, payload)
+        elif endpoint in (Endpoint.GEMINI_GENERATE, Endpoint.GEMINI_STREAM):
+            self._gemini_chunk(payload)
         else:
             self._chat_chunk(payload)
 
@@ -190,7 +206,31 @@ class StreamUsage:
                         self._add_text(_get(call, "function", "arguments"))
         usage = _openai_chat_usage(payload.get("usage"))
         if usage is not None:
-            self._usage = usage
+            self._usage, self._usage_final = usage, True
+
+    def _gemini_chunk(self, payload: Mapping[str, Any]) -> None:
+        self._set_model(_either(payload, "modelVersion", "model_version"))
+        finishes = False
+        candidates = payload.get("candidates")
+        if isinstance(candidates, list):
+            for candidate in candidates:
+                if not isinstance(candidate, Mapping):
+                    continue
+                if _either(candidate, "finishReason", "finish_reason"):
+                    self._finished = finishes = True
+                parts = _get(candidate, "content", "parts")
+                if not isinstance(parts, list):
+                    continue
+                for part in parts:
+                    if not isinstance(part, Mapping):
+                        continue
+                    self._add_text(part.get("text"))
+                    call = _either(part, "functionCall", "function_call")
+                    if isinstance(call, Mapping) and call.get("args") is not None:
+                        self._add_text(json.dumps(call.get("args"), default=str))
+        usage = _gemini_usage(payload)
+        if usage is not None:
+            self._usage, self._usage_final = usage, finishes
 
     def _responses_event(self, kind: str, payload: Mapping[str, Any]) -> None:
         response = payload.get("response")
@@ -198,7 +238,7 @@ class StreamUsage:
             self._set_model(response.get("model"))
             usage = _openai_responses_usage(response.get("usage"))
             if usage is not None:
-                self._usage = usage
+                self._usage, self._usage_final = usage, True
         if kind.endswith(".delta"):
             self._add_text(payload.get("delta"))
         elif kind in ("response.completed", "response.incomplete", "response.failed"):
@@ -212,6 +252,7 @@ class StreamUsage:
                 self._merge(message.get("usage"))
         elif kind == "message_delta":
             self._merge(payload.get("usage"))
+            self._usage_final = True
         elif kind == "content_block_delta":
             delta = payload.get("delta")
             if isinstance(delta, Mapping):

@@ -42,7 +42,7 @@ import anyio
 
 from .._exceptions import AcquireTimeout, BudgetExceeded, InvalidRequest, UnmeteredCall
 from ._call_amounts import commit_amounts, reserve_amounts
-from ._classify import Endpoint, azure_deployment, classify, is_free
+from ._classify import Endpoint, azure_deployment, classify, gemini_model, is_free
 from ._estimate import DEFAULT_MAX_OUTPUT, Estimate, estimate
 from ._parse import Usage, usage_from_json
 from ._sse import StreamUsage
@@ -62,7 +62,10 @@ _OUTPUT_LIMITS: Final = {
     Endpoint.OPENAI_RESPONSES: ("max_output_tokens",),
     Endpoint.OPENAI_COMPLETIONS: ("max_tokens",),
     Endpoint.ANTHROPIC_MESSAGES: ("max_tokens",),
+    Endpoint.GEMINI_GENERATE: ("maxOutputTokens", "max_output_tokens"),
+    Endpoint.GEMINI_STREAM: ("maxOutputTokens", "max_output_tokens"),
 }
+_GEMINI: Final = (Endpoint.GEMINI_GENERATE, Endpoint.GEMINI_STREAM)
 
 SHRUNK_HEADER: Final = "x-ratebudget-max-output-tokens"
 """On a response to a call that ``shrink=True`` sent with a lower output
@@ -237,6 +240,8 @@ class _Meter:
             self.count_tokens,
             default_max_output=self.default_max_output,
         )
+        if endpoint in _GEMINI:  # Gemini names the model in the path
+            est = dataclasses.replace(est, model=gemini_model(request.url.path))
         # the model to price: models= maps an Azure deployment or a request's
         # model name to it; an Azure deployment it does not map is priced at
         # commit by the model the response names
@@ -279,10 +284,7 @@ class _Meter:
         fits = int((left - base["usd"]) // per_token)
         if fits < self.min_output_tokens or fits >= est.max_output_tokens:
             return None
-        body = dict(planned.body)
-        present = [k for k in limits if k in body] or [limits[0]]
-        for key in present:
-            body[key] = fits
+        body = _with_output_limit(planned.endpoint, planned.body, limits, fits)
         raw = json.dumps(body, separators=(",", ":")).encode()
         again = self._plan(_with_body(planned.request, body), planned.endpoint, raw)
         if again is None:  # pragma: no cover - the body was a JSON object
@@ -392,6 +394,23 @@ class _Planned:
         self.trust_response = trust_response  # price the response's model
         self.body = body
         self.shrunk: int | None = None  # the output limit shrink=True set
+
+
+def _with_output_limit(
+    endpoint: Endpoint, body: dict[str, Any], limits: tuple[str, ...], fits: int
+) -> dict[str, Any]:
+    """``body`` (a copy) with every output limit it sets, else the first of
+    ``limits``, set to ``fits`` (Gemini's in its ``generationConfig``)."""
+    body = dict(body)
+    settings = body
+    if endpoint in _GEMINI:
+        key = "generation_config" if "generation_config" in body else "generationConfig"
+        config = body.get(key)
+        settings = body[key] = dict(config) if isinstance(config, Mapping) else {}
+    present = [k for k in limits if k in settings] or [limits[0]]
+    for key in present:
+        settings[key] = fits
+    return body
 
 
 def _with_body(request: Any, body: Mapping[str, Any]) -> Any:
@@ -616,15 +635,27 @@ class _Metered:
         return self.meter.actual(self.planned, usage, model, chars)
 
     def _usage(self) -> tuple[Usage | None, str | None, int]:
-        if self.stream is not None:
-            return self.stream.usage, self.stream.model, self.stream.text_chars
+        stream = self.stream
+        if stream is not None:
+            usage = stream.usage
+            if usage is not None and not stream.usage_final:
+                # cut short: the output reported so far may lag what was seen
+                seen = math.ceil(stream.text_chars / _CHARS_PER_TOKEN)
+                if seen > usage.output_tokens:
+                    usage = dataclasses.replace(usage, output_tokens=seen)
+            return usage, stream.model, stream.text_chars
         try:
             body = json.loads(bytes(self.body))
         except ValueError:
             return None, None, 0
+        endpoint = self.planned.endpoint
+        if endpoint in _GEMINI and isinstance(body, list):
+            # streamGenerateContent without alt=sse: a JSON array of chunks,
+            # each with the usage so far
+            body = next((c for c in reversed(body) if isinstance(c, dict)), None)
         if not isinstance(body, dict):
             return None, None, 0
-        model = body.get("model")
+        model = body.get("modelVersion" if endpoint in _GEMINI else "model")
         return (
             usage_from_json(self.planned.endpoint, body),
             (model if isinstance(model, str) else None),

@@ -11,8 +11,8 @@
 The block reserves an estimate (as the transport does: the prompt's tokens,
 the most output the call may produce, and its USD when the limiter counts
 ``usd``); ``settle`` reads the usage from the SDK's response object (OpenAI
-chat completion, response, completion or embeddings; Anthropic message) and
-commits it. Leaving the block without ``settle`` commits the estimate;
+chat completion, response, completion or embeddings; Anthropic message;
+google-genai ``GenerateContentResponse``) and commits it. Leaving the block without ``settle`` commits the estimate;
 leaving it by an exception releases the reservation, as a lease does.
 """
 
@@ -37,6 +37,8 @@ __all__ = ("Meter",)
 
 def _endpoint_of(body: Mapping[str, Any]) -> Endpoint | None:
     """Which API a response body came from, by its own ``type``/``object``."""
+    if any(key in body for key in ("usageMetadata", "usage_metadata", "candidates")):
+        return Endpoint.GEMINI_GENERATE
     kind = body.get("object") or body.get("type")
     if kind == "message":
         return Endpoint.ANTHROPIC_MESSAGES

@@ -4,7 +4,8 @@ No optional dependency: this module only parses the providers' JSON and SSE.
 
 * :func:`classify` tells which API an HTTP request calls (or ``None``), by
   the shape of its path; :func:`is_free` whether the provider bills nothing
-  for it; :func:`azure_deployment` which Azure OpenAI deployment it names.
+  for it; :func:`azure_deployment` which Azure OpenAI deployment it names,
+  :func:`gemini_model` which model a Gemini path names.
 * :func:`estimate` reads a request body *before* it is sent: its input tokens
   (counted, or estimated from characters) and the most output it may produce.
 * :func:`usage_from_json` reads the usage a JSON response reports.
@@ -35,6 +36,15 @@ reasoning_tokens      completion_tokens_details.          output_tokens_details.
                       reasoning_tokens                    reasoning_tokens
 ====================  ==================================  ================================  ==================================================
 
+Gemini (``generateContent``, ``streamGenerateContent``) reports
+``usageMetadata``: ``input_tokens`` is ``promptTokenCount`` (cached tokens
+included) + ``toolUsePromptTokenCount``; ``output_tokens`` is
+``candidatesTokenCount`` + ``thoughtsTokenCount`` (Gemini counts thoughts
+apart, and bills them as output); ``cached_input_tokens`` is
+``cachedContentTokenCount``; ``reasoning_tokens`` is ``thoughtsTokenCount``.
+The same fields in snake_case (``usage_metadata.prompt_token_count``, as the
+``google-genai`` SDK's ``model_dump()`` gives them) are read too.
+
 OpenAI embeddings report ``prompt_tokens`` only: it is ``input_tokens``, and
 ``output_tokens`` is 0.
 
@@ -57,6 +67,7 @@ from __future__ import annotations
 from ._classify import Endpoint as Endpoint
 from ._classify import azure_deployment as azure_deployment
 from ._classify import classify as classify
+from ._classify import gemini_model as gemini_model
 from ._classify import is_free as is_free
 from ._estimate import CHARS_PER_TOKEN as CHARS_PER_TOKEN
 from ._estimate import DEFAULT_MAX_OUTPUT as DEFAULT_MAX_OUTPUT
@@ -80,6 +91,7 @@ __all__ = (
     "azure_deployment",
     "classify",
     "estimate",
+    "gemini_model",
     "is_free",
     "usage_from_json",
 )

@@ -9,6 +9,10 @@ enough of both APIs for the official SDKs:
   /v1/completions`` (JSON and SSE) and ``POST /v1/embeddings`` (float lists, or
   base64 float32 as the SDK asks for by default).
 * Anthropic: ``POST /v1/messages`` (JSON and SSE with ``event:`` lines).
+* Gemini: ``POST .../models/{model}:generateContent`` and
+  ``...:streamGenerateContent`` (SSE with ``?alt=sse``, else a JSON array),
+  under any prefix; usage in ``usageMetadata`` (``thoughtsTokenCount`` apart
+  from ``candidatesTokenCount``, as Gemini reports them).
 
 The same routes are served under any prefix, as OpenAI-compatible servers
 put them: Azure OpenAI's ``/openai/deployments/{name}/chat/completions``,
@@ -96,6 +100,7 @@ from ._provider_api import (
     count_tokens,
     json_response,
 )
+from ._provider_gemini import GEMINI_METHODS, path_fields
 from ._provider_limits import SlidingWindow
 from ._provider_log import FakeRequest, FakeUsage
 from ._provider_openai import OPENAI, OPENAI_ROUTES
@@ -113,6 +118,9 @@ _BY_SUFFIX: list[tuple[str, tuple[Dialect, Plan]]] = sorted(
 
 
 def _route(path: str) -> tuple[Dialect, Plan] | None:
+    gemini = GEMINI_METHODS.get(path.rstrip("/").rsplit(":", 1)[-1])
+    if gemini is not None and ":" in path:  # .../models/{model}:generateContent
+        return gemini
     route = _ROUTES.get(path)
     if route is None:
         for suffix, candidate in _BY_SUFFIX:
@@ -256,7 +264,12 @@ class FakeProvider:
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
-        response = self._handle(scope["method"], scope["path"], b"".join(chunks))
+        response = self._handle(
+            scope["method"],
+            scope["path"],
+            b"".join(chunks),
+            scope.get("query_string", b""),
+        )
         if self.latency:
             await anyio.sleep(self.latency)
         headers = [
@@ -280,7 +293,9 @@ class FakeProvider:
 
     # -- request handling (synchronous, under the lock) ------------------------
 
-    def _handle(self, method: str, path: str, raw: bytes) -> Response:
+    def _handle(
+        self, method: str, path: str, raw: bytes, query: bytes = b""
+    ) -> Response:
         now = self.clock()
         route = _route(path)
         if route is None:
@@ -298,10 +313,10 @@ class FakeProvider:
             return self._error(dialect, 400, "The body must be a JSON object", now)
         with self._lock:
             context = Context(self.cached_tokens, self.reasoning_tokens, self._new_id)
-            model = body.get("model")
-            served = body
+            served = {**body, **path_fields(path, query)}  # Gemini: from the path
+            model = served.get("model")
             if isinstance(model, str) and model in self.models:
-                served = {**body, "model": self.models[model]}
+                served = {**served, "model": self.models[model]}
             try:
                 prompt, build = plan(context, served)
             except BadRequest as exc:
@@ -346,12 +361,13 @@ class FakeProvider:
         cached: int = 0,
         reasoning: int = 0,
     ) -> None:
-        model = body.get("model")
+        named = {**body, **path_fields(path)}  # Gemini names them in the path
+        model = named.get("model")
         self.requests.append(
             FakeRequest(
                 path=path,
                 model=model if isinstance(model, str) else None,
-                stream=bool(body.get("stream", False)),
+                stream=bool(named.get("stream", False)),
                 prompt_tokens=prompt,
                 output_tokens=output,
                 status=status,
