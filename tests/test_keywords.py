@@ -34,6 +34,7 @@ PUBLIC_MODULES = (
     "ratebudget.integrations.usage",
     "ratebudget.integrations.prices",
     "ratebudget.integrations.langchain",
+    "ratebudget.alerts",
 )
 
 # ``name=`` written in docs or messages that are not Python keywords of ours

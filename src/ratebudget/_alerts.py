@@ -8,19 +8,41 @@ import logging
 import threading
 from asyncio import _get_running_loop as _running_loop
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import anyio
 
 from ._snapshot import Alert
 
-__all__ = ("AlertHandler", "Dispatch", "logger", "report")
+__all__ = ("AlertHandler", "Dispatch", "handlers_of", "logger", "report")
 
 logger: Final = logging.getLogger("ratebudget")
 
 AlertHandler = Callable[[Alert], Awaitable[None] | None]
 """``on_alert``: a plain or async callable taking an ``Alert``."""
+
+
+def handlers_of(
+    on_alert: AlertHandler | Sequence[AlertHandler] | None,
+) -> tuple[AlertHandler, ...]:
+    """``on_alert`` as a tuple of handlers, or ``InvalidRequest``."""
+    from ._exceptions import InvalidRequest
+
+    if on_alert is None:
+        return ()
+    handlers = (
+        tuple(on_alert)
+        if isinstance(on_alert, (list, tuple)) and not callable(on_alert)
+        else (on_alert,)
+    )
+    for handler in handlers:
+        if not callable(handler):
+            raise InvalidRequest(
+                f"on_alert: {handler!r} is not callable (give a callable, an "
+                "async callable, or a list of them)"
+            )
+    return handlers
 
 
 def report(alerts: list[Alert], overruns: list[str], handled: bool) -> None:
@@ -39,7 +61,7 @@ class Dispatch:
     A commit or record that crosses a threshold queues its alerts and
     returns; one drainer at a time runs the handler for each: a task of the
     caller's event loop (asyncio or trio: an async handler runs where its
-    resources live), or, for the blocking facade, the shared
+    resources live), each handler of ``on_alert`` in turn, or, for the blocking facade, the shared
     ``ratebudget-alerts`` thread (an async handler runs there in a loop of
     its own). A failing handler is logged (ERROR) and the next alert is
     still delivered. Alerts a cancelled drainer left (its event loop
@@ -47,10 +69,10 @@ class Dispatch:
     alert queued so far has been handled.
     """
 
-    __slots__ = ("_busy", "_handler", "_idle", "_lock", "_queue", "_tasks")
+    __slots__ = ("_busy", "_handlers", "_idle", "_lock", "_queue", "_tasks")
 
-    def __init__(self, handler: AlertHandler) -> None:
-        self._handler = handler
+    def __init__(self, handlers: tuple[AlertHandler, ...]) -> None:
+        self._handlers = handlers
         self._queue: deque[Alert] = deque()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -102,12 +124,13 @@ class Dispatch:
 
     async def _drain(self) -> None:
         while (alert := self._next()) is not None:
-            try:
-                result = self._handler(alert)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                logger.exception("ratebudget: on_alert handler failed for %s", alert)
+            for handler in self._handlers:
+                try:
+                    result = handler(alert)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    _failed(handler, alert)
 
     def _ended(self, task: Any) -> None:
         """An asyncio drainer ended: if its loop cancelled it (closing), even
@@ -125,12 +148,13 @@ class Dispatch:
 
     def _drain_sync(self) -> None:
         while (alert := self._next()) is not None:
-            try:
-                result = self._handler(alert)
-                if inspect.isawaitable(result):
-                    anyio.run(_await, result)
-            except Exception:
-                logger.exception("ratebudget: on_alert handler failed for %s", alert)
+            for handler in self._handlers:
+                try:
+                    result = handler(alert)
+                    if inspect.isawaitable(result):
+                        anyio.run(_await, result)
+                except Exception:
+                    _failed(handler, alert)
 
     async def flush(self) -> None:
         """Wait until every alert queued so far has been handled."""
@@ -144,6 +168,12 @@ class Dispatch:
         """``flush`` for plain threads; ``False`` if ``timeout`` ran out."""
         with self._lock:
             return self._idle.wait_for(lambda: not self._busy, timeout)
+
+
+def _failed(handler: AlertHandler, alert: Alert) -> None:
+    logger.exception(
+        "ratebudget: on_alert handler %r failed for %s (%s)", handler, alert, alert.id
+    )
 
 
 async def _await(awaitable: Awaitable[Any]) -> None:

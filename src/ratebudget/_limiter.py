@@ -11,7 +11,7 @@ import functools
 import math
 import sys
 import warnings
-from collections.abc import Generator, Hashable, Mapping
+from collections.abc import Generator, Hashable, Mapping, Sequence
 from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 import anyio
 import anyio.lowlevel
 
-from ._alerts import AlertHandler, Dispatch, report
+from ._alerts import AlertHandler, Dispatch, handlers_of, report
 from ._amounts import STANDARD_AXES, Amount, from_units, to_units
 from ._clock import SYSTEM_CLOCK, Clock
 from ._decide import CLAIMED, FAILED, Crossing, Exceeded, Inexact, TooLong
@@ -95,7 +95,8 @@ class Limiter:
     ``store`` (a URL or a store object) holds the state: this process's
     memory by default; limiters of one ``name`` on one store share it.
     ``clock`` is for tests (``ratebudget.testing.FakeClock``); ``on_alert`` a
-    plain or async callable that receives each ``Alert``. One limiter may be
+    plain or async callable that receives each ``Alert`` (or a list of them,
+    each called in turn: ``ratebudget.alerts.Webhook(url)`` is one). One limiter may be
     shared by the tasks of one event loop, by threads each running their own
     loop, and by plain threads through ``limiter.sync``.
     """
@@ -128,15 +129,14 @@ class Limiter:
         lease_ttl: float = 600.0,
         on_store_error: str = "raise",
         clock: Clock | None = None,
-        on_alert: AlertHandler | None = None,
+        on_alert: AlertHandler | Sequence[AlertHandler] | None = None,
     ) -> None:
         for limit in limits:
             if not isinstance(limit, (Rate, Cap)):
                 raise InvalidRequest(
                     f"Limiter() takes Rate and Cap objects, not {limit!r}"
                 )
-        if on_alert is not None and not callable(on_alert):
-            raise InvalidRequest(f"on_alert={on_alert!r} is not callable")
+        handlers = handlers_of(on_alert)
         if name is not None and (
             not isinstance(name, str)
             or not name
@@ -159,7 +159,7 @@ class Limiter:
             )
         self._limits = limits
         self._clock: Clock = SYSTEM_CLOCK if clock is None else _check_clock(clock)
-        self._dispatch = None if on_alert is None else Dispatch(on_alert)
+        self._dispatch = Dispatch(handlers) if handlers else None
         self._name = name
         from .stores import MemoryStore, open_store
 
@@ -446,7 +446,7 @@ class Limiter:
         """The alerts a change of usage fired (logged here, with overruns)."""
         if not crossings:
             return []
-        alerts, overruns = alerts_of(self._limits, crossings)
+        alerts, overruns = alerts_of(self._limits, crossings, self._name)
         if alerts or overruns:
             report(alerts, overruns, self._dispatch is not None)
         return alerts

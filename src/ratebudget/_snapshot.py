@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -88,6 +89,33 @@ class Alert:
     used: int | Decimal
     period: str | None
     resets_at: datetime | None
+    scope: str | None = None
+    """The name of the limiter whose cap it is (``None``: an unnamed one)."""
+    kind: str = "threshold"
+    """What happened: ``"threshold"``, usage reached ``threshold``."""
+
+    @property
+    def id(self) -> str:
+        """A stable id: the same for the same (scope, cap, threshold, period,
+        kind) in every process, for receivers that deduplicate.
+
+        The cap is named by what its counter is keyed by (axis, period
+        length, zone, hard or soft), not by its limit: raising a cap within
+        a period does not make an alert already sent a new one.
+        """
+        cap = self.cap
+        parts = (
+            self.scope or "",
+            cap.axis,
+            cap.per or "life",
+            str(getattr(cap.tz, "key", None) or cap.tz),
+            "soft" if cap.soft else "hard",
+            repr(float(self.threshold)),
+            self.period or "",
+            self.kind,
+        )
+        digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+        return "alert_" + digest[:24]
 
     @property
     def axis(self) -> str:
@@ -100,9 +128,10 @@ class Alert:
         return self.cap.limit
 
     def __str__(self) -> str:
-        scope = f" in period {self.period}" if self.period else ""
+        period = f" in period {self.period}" if self.period else ""
+        where = f"{self.scope}: " if self.scope else ""
         return (
-            f"{self.cap!r} reached {self.threshold:.0%} of its limit{scope}: "
+            f"{where}{self.cap!r} reached {self.threshold:.0%} of its limit{period}: "
             f"used {self.used} of {self.limit}"
         )
 
@@ -203,7 +232,7 @@ def timed_out(refusal: TooLong, tick_ns: int, timeout_ns: int | None) -> Acquire
 
 
 def alerts_of(
-    limits: tuple[Rate | Cap, ...], crossings: list[Crossing]
+    limits: tuple[Rate | Cap, ...], crossings: list[Crossing], scope: str | None = None
 ) -> tuple[list[Alert], list[str]]:
     """The alerts a change of usage fired, and notes of hard caps it overran."""
     alerts: list[Alert] = []
@@ -222,6 +251,7 @@ def alerts_of(
                         used=from_units(spec.axis, c.after),
                         period=c.period or None,
                         resets_at=_resets_at(spec, c.end),
+                        scope=scope,
                     )
                 )
         if not spec.soft and c.after > spec._limit_units:
