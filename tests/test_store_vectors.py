@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 from ratebudget import InvalidRequest, StoreUnavailable
 from ratebudget._plan import CapSpec, PlanSpec, RateSpec
 from ratebudget.stores import _ops as ops
-from ratebudget.stores._codec import encode_result
+from ratebudget.stores._codec import encode_result, encode_shadowed
 from ratebudget.stores._state import run_document, wanted
 from ratebudget.stores.redis import COUNT_MAX, SCRIPT_PATH, RedisStore
 from ratebudget.stores.sqlite import SQLiteStore
@@ -73,6 +73,10 @@ SOFT = CapSpec("c:usd:life:UTC:soft", 50, False, None, UTC)
 
 RATE = PlanSpec((R,), 1000)
 CAPS = PlanSpec((R, HARD, SOFT), 1000)
+# HARD's counter, in shadow: it reports instead of refusing
+SHADOWING = PlanSpec(
+    (R, CapSpec(HARD.key, 100, False, "month", UTC, shadow=True), SOFT), 1000
+)
 NOV: tuple[str, int] = ("2026-11", T0 + DEC)  # HARD's period and its end, in November
 
 
@@ -124,6 +128,7 @@ class Batch:
     expect: list[Any] | None = None  # the answers (as _codec writes them), pinned
     woken: list[Any] | None = None  # the woken waiters, pinned
     plan: PlanSpec | None = None  # another limiter of the same name
+    shadowed: list[Any] | None = None  # what shadow caps reported, pinned
 
 
 @dataclass
@@ -628,6 +633,38 @@ SCENARIOS = [
         ],
         sqlite=False,
     ),
+    # a shadow plan beside an enforcing one, on the same counter: the shadow
+    # cap grants and reports what the hard one refuses
+    Scenario(
+        "shadow-caps-report-beside-hard-ones",
+        SHADOWING,
+        [
+            Batch(
+                0,
+                [acq("a", 0, 80, 0), acq("b", 0, 30, 0), ops.Record((0, 40, 0))],
+                [
+                    ["granted", 1],
+                    ["granted", 2],
+                    ["crossings", [[1, 0, 40, *NOV]]],
+                ],
+                # b only waits when enforced; the record would be refused
+                shadowed=[[1, 0, 110, 40, *NOV]],
+            ),
+            Batch(
+                1,
+                [acq("c", 0, 61, 0), ops.Record((0, 61, 0))],
+                [["x", 1, 40, 110, *NOV], ["x", 1, 40, 110, *NOV]],
+                plan=CAPS,
+                shadowed=[],
+            ),
+            Batch(
+                2,
+                [commit("a", 1, (0, 80, 0), 0, 80, 0), acq("d", 0, 1, 0, wait=False)],
+                [["crossings", [[1, 40, 120, *NOV]]], ["granted", 3]],
+                shadowed=[[1, 120, 30, 1, *NOV]],
+            ),
+        ],
+    ),
 ]
 
 
@@ -643,6 +680,7 @@ class Outcome:
     woken: list[Any]
     doc: Any
     records: dict[str, Any] = field(default_factory=dict)
+    shadowed: list[Any] = field(default_factory=list)
 
 
 def outcome(answer: ops.Answer, doc: Any, records: dict[str, Any]) -> Outcome:
@@ -652,6 +690,7 @@ def outcome(answer: ops.Answer, doc: Any, records: dict[str, Any]) -> Outcome:
         [[w.key, encode_result(w.result)] for w in answer.woken],
         doc,
         records,
+        [encode_shadowed(x) for x in answer.shadowed],
     )
 
 
@@ -787,6 +826,8 @@ def test_core_answers_as_pinned(sc: Scenario) -> None:
             assert got.results == b.expect, f"batch {i} at {b.at}"
         if b.woken is not None:
             assert got.woken == b.woken, f"batch {i} at {b.at}"
+        if b.shadowed is not None:
+            assert got.shadowed == b.shadowed, f"batch {i} at {b.at}"
 
 
 @pytest.mark.parametrize("sc", SCENARIOS, ids=[sc.id for sc in SCENARIOS])
@@ -809,6 +850,10 @@ PLANS = [
     PlanSpec((RA, MONTH, RB, LIFE), 1000),
     PlanSpec((RA, DAY, LIFE), 1000),
     PlanSpec((RB,), 1000),
+    # MONTH's counter in shadow mode, beside the plan that enforces it
+    PlanSpec(
+        (RB, CapSpec(MONTH.key, 20, False, "month", UTC, shadow=True), LIFE), 1000
+    ),
 ]
 KEYS = st.sampled_from(["a", "b", "c", "d"])
 HOUR = 3_600_000_000

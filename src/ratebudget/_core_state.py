@@ -78,6 +78,19 @@ class Exceeded:
 
 
 @dataclass(frozen=True, slots=True)
+class Shadowed:
+    """A cap of a shadow plan would have refused ``requested`` (it counted
+    it all the same): for ``Limiter(shadow=True)``'s reports."""
+
+    slot: int  # the cap's index in the caller's plan
+    used: int
+    reserved: int
+    requested: int
+    period: str
+    end: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class TooLong:
     """The foreseeable wait (ticks; ``None``: not foreseeable) exceeds the timeout."""
 
@@ -294,20 +307,24 @@ class Counter:
 
 
 class CapSlot:
-    """A cap as one plan declares it: its counter, limit and kind."""
+    """A cap as one plan declares it: its counter, limit and kind (``shadow``:
+    a hard cap that does not refuse, only reports what it would have)."""
 
-    __slots__ = ("counter", "hard", "limit")
+    __slots__ = ("counter", "hard", "limit", "shadow")
 
-    def __init__(self, counter: Counter, limit: int, hard: bool) -> None:
+    def __init__(
+        self, counter: Counter, limit: int, hard: bool, shadow: bool = False
+    ) -> None:
         self.counter = counter
         self.limit = limit
         self.hard = hard
+        self.shadow = shadow
 
 
 class Plan:
     """One limiter's limits bound to the state they count in, in its order."""
 
-    __slots__ = ("calendar", "caps", "hard", "rates", "slots", "tick_ns")
+    __slots__ = ("calendar", "caps", "hard", "rates", "shadow", "slots", "tick_ns")
 
     def __init__(self, slots: Iterable[Bucket | CapSlot], tick_ns: int) -> None:
         self.slots: tuple[Bucket | CapSlot, ...] = tuple(slots)
@@ -318,6 +335,7 @@ class Plan:
             (i, s) for i, s in enumerate(self.slots) if isinstance(s, CapSlot)
         )
         self.hard = tuple((i, s) for i, s in self.caps if s.hard)
+        self.shadow = tuple((i, s) for i, s in self.caps if s.shadow)
         self.calendar = any(s.counter.window is not None for _, s in self.caps)
         self.tick_ns = tick_ns  # nanoseconds per tick of ``now``
 
@@ -397,6 +415,7 @@ class State:
         "projection",
         "queue",
         "records",
+        "shadowed",
         "take",
         "ttl",
         "wall",
@@ -424,6 +443,7 @@ class State:
         # shared stores: the first expiry of a record not loaded (a hint)
         self.next_exp: int | None = None
         self.woken: list[Entry] = []  # entries whose state or deadline changed
+        self.shadowed: list[Shadowed] = []  # what shadow caps would have refused
 
     # -- state that plans bind to -------------------------------------------
 

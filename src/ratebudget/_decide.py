@@ -45,6 +45,7 @@ from ._core_state import (
     Inexact,
     Plan,
     Record,
+    Shadowed,
     State,
     TooLong,
     Window,
@@ -71,6 +72,7 @@ __all__ = (
     "Inexact",
     "Plan",
     "Record",
+    "Shadowed",
     "SlotView",
     "State",
     "TooLong",
@@ -141,6 +143,16 @@ def _certain_overrun(plan: Plan, req: tuple[int, ...]) -> Exceeded | None:
         if n and cap.counter.used + n > cap.limit:
             return _exceeded(i, cap)
     return None
+
+
+def _shadow(st: State, plan: Plan, req: tuple[int, ...], reserved: bool) -> None:
+    """Note each shadow cap that would have refused ``req``: pushed past its
+    limit (``reserved``: counting the reservations, as ``record`` refuses)."""
+    for i, cap in plan.shadow:
+        n = req[i]
+        c = cap.counter
+        if n and c.used + (c.reserved if reserved else 0) + n > cap.limit:
+            st.shadowed.append(Shadowed(i, c.used, c.reserved, n, c.period, c.end))
 
 
 def _caps_fit(plan: Plan, req: tuple[int, ...]) -> bool:
@@ -374,6 +386,8 @@ def acquire(
             if error is not None:
                 return error
             fits = _caps_fit(plan, req)
+        if plan.shadow:
+            _shadow(st, plan, req, False)
     if fits and not queue:
         take = take_now(st, plan, req, now)
         if take:
@@ -664,6 +678,8 @@ def record(
         c = cap.counter
         if n and c.used + c.reserved + n > cap.limit:
             return _exceeded(i, cap)
+    if plan.shadow:
+        _shadow(st, plan, req, True)
     for i, b in plan.rates:
         if req[i]:
             st.projection = None

@@ -11,6 +11,7 @@ import functools
 import math
 import sys
 import warnings
+from asyncio import _get_running_loop as _running_loop
 from collections.abc import Generator, Hashable, Mapping, Sequence
 from decimal import Decimal
 from types import TracebackType
@@ -19,14 +20,22 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 import anyio
 import anyio.lowlevel
 
-from ._alerts import AlertHandler, Dispatch, handlers_of, report
+from ._alerts import AlertHandler, Dispatch, handlers_of, logger, report
 from ._amounts import STANDARD_AXES, Amount, from_units, to_units
 from ._clock import SYSTEM_CLOCK, Clock
-from ._decide import CLAIMED, FAILED, Crossing, Exceeded, Inexact, TooLong
+from ._decide import CLAIMED, FAILED, Crossing, Exceeded, Inexact, Shadowed, TooLong
 from ._exceptions import InvalidRequest
 from ._limits import Cap, Rate
 from ._plan import RateSpec
-from ._snapshot import Alert, Snapshot, alerts_of, exceeded, snapshot_of, timed_out
+from ._snapshot import (
+    Alert,
+    Snapshot,
+    alerts_of,
+    exceeded,
+    shadow_alert,
+    snapshot_of,
+    timed_out,
+)
 from ._waiters import TaskWaiter, Waiter
 from .stores._base import Binding, Call, Store
 
@@ -42,6 +51,23 @@ _new: Final = object.__new__
 
 _FAST_KEPT: Final = 1024  # token counts whose request tuple is cached
 _MAX_SECONDS: Final = 10.0**10  # timeouts and TTLs beyond ~300 years are "forever"
+
+_SHADOW_KEPT: Final = 1024  # (cap, period) pairs whose shadow alert went out
+
+
+def _in_event_loop() -> bool:
+    """Whether this thread runs an event loop (asyncio or trio) right now."""
+    if _running_loop() is not None:
+        return True
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return False
+    return True
+
 
 _PENDING: Final = 0
 _ACTIVE: Final = 1
@@ -116,6 +142,8 @@ class Limiter:
         "_name",
         "_pers",
         "_seen",
+        "_shadow",
+        "_shadow_seen",
         "_store",
         "_sync",
         "_task_waiter",
@@ -130,6 +158,7 @@ class Limiter:
         on_store_error: str = "raise",
         clock: Clock | None = None,
         on_alert: AlertHandler | Sequence[AlertHandler] | None = None,
+        shadow: bool = False,
     ) -> None:
         for limit in limits:
             if not isinstance(limit, (Rate, Cap)):
@@ -137,6 +166,8 @@ class Limiter:
                     f"Limiter() takes Rate and Cap objects, not {limit!r}"
                 )
         handlers = handlers_of(on_alert)
+        if not isinstance(shadow, bool):
+            raise InvalidRequest(f"shadow={shadow!r}: expected True or False")
         if name is not None and (
             not isinstance(name, str)
             or not name
@@ -177,7 +208,15 @@ class Limiter:
                 "one name share their state, in every process"
             )
         self._store = resolved
-        self._b: Binding = resolved.bind(name, limits, self._clock, ttl, on_store_error)
+        if shadow:
+            self._b: Binding = resolved.bind(
+                name, limits, self._clock, ttl, on_store_error, shadow=True
+            )
+            self._b.on_shadow = self._on_shadow
+        else:
+            self._b = resolved.bind(name, limits, self._clock, ttl, on_store_error)
+        self._shadow = shadow
+        self._shadow_seen: set[tuple[int, str]] = set()
         self._pers = tuple(
             s.per if isinstance(s, RateSpec) else 1 for s in self._b.spec.slots
         )
@@ -212,6 +251,11 @@ class Limiter:
 
             self._sync = SyncLimiter(self)
         return self._sync
+
+    @property
+    def shadow(self) -> bool:
+        """Whether hard caps only report what they would refuse (shadow mode)."""
+        return self._shadow
 
     @property
     def name(self) -> str | None:
@@ -464,6 +508,28 @@ class Limiter:
                     self._dispatch.post_sync(alerts)
                 else:
                     self._dispatch.post(alerts)
+
+    def _on_shadow(self, shadowed: list[Shadowed]) -> None:
+        """Shadow mode: what the caps would have refused. Each refusal is
+        logged (INFO); the first of each cap and period is an alert too."""
+        alerts: list[Alert] = []
+        seen = self._shadow_seen
+        for x in shadowed:
+            alert = shadow_alert(self._limits, x, self._name)
+            if (x.slot, x.period) in seen:
+                logger.info("ratebudget: %s", alert)
+                continue
+            if len(seen) >= _SHADOW_KEPT:
+                seen.clear()
+            seen.add((x.slot, x.period))
+            alerts.append(alert)
+        if alerts:
+            report(alerts, [], self._dispatch is not None)
+            if self._dispatch is not None:
+                if _in_event_loop():
+                    self._dispatch.post(alerts)
+                else:  # a plain thread, or a store's worker thread
+                    self._dispatch.post_sync(alerts)
 
     async def flush_alerts(self) -> None:
         """Wait until ``on_alert`` has handled every alert fired so far.

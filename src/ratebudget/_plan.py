@@ -45,11 +45,15 @@ class RateSpec:
 
 @dataclass(frozen=True, slots=True)
 class CapSpec:
+    """A cap in integers; ``shadow``: a hard cap that only reports what it
+    would have refused (its key is still the hard cap's: same counter)."""
+
     key: str
     limit: int
     hard: bool
     per: Period | None
     tz: tzinfo
+    shadow: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +71,9 @@ class PlanSpec:
                 slots.append(st.bucket(s.key, s.rate, s.per, s.cap, now, s.debt))
             else:
                 window = None if s.per is None else window_us(s.per, s.tz)
-                slots.append(CapSlot(st.counter(s.key, window), s.limit, s.hard))
+                slots.append(
+                    CapSlot(st.counter(s.key, window), s.limit, s.hard, s.shadow)
+                )
         st.set_roll()
         return Plan(slots, self.tick_ns)
 
@@ -97,8 +103,11 @@ def _tz_of(name: str) -> str | tzinfo:
     return name
 
 
-def plan_spec(limits: tuple[Rate | Cap, ...], tick_ns: int) -> PlanSpec:
-    """The store's view of ``limits`` for a clock counting ``tick_ns`` per tick."""
+def plan_spec(
+    limits: tuple[Rate | Cap, ...], tick_ns: int, shadow: bool = False
+) -> PlanSpec:
+    """The store's view of ``limits`` for a clock counting ``tick_ns`` per tick
+    (``shadow``: hard caps report instead of refusing)."""
     slots: list[RateSpec | CapSpec] = []
     seen: set[str] = set()
     for limit in limits:
@@ -119,14 +128,24 @@ def plan_spec(limits: tuple[Rate | Cap, ...], tick_ns: int) -> PlanSpec:
         else:
             kind = "soft" if limit.soft else "hard"
             key = f"c:{limit.axis}:{limit.per or 'life'}:{_tz_name(limit.tz)}:{kind}"
-            slot = CapSpec(key, limit._limit_units, not limit.soft, limit.per, limit.tz)
+            watch = shadow and not limit.soft
+            slot = CapSpec(
+                key,
+                limit._limit_units,
+                not limit.soft and not watch,
+                limit.per,
+                limit.tz,
+                watch,
+            )
         base, k = slot.key, 1
         while slot.key in seen:
             k += 1
             slot = (
                 RateSpec(f"{base}#{k}", slot.rate, slot.per, slot.cap, slot.debt)
                 if isinstance(slot, RateSpec)
-                else CapSpec(f"{base}#{k}", slot.limit, slot.hard, slot.per, slot.tz)
+                else CapSpec(
+                    f"{base}#{k}", slot.limit, slot.hard, slot.per, slot.tz, slot.shadow
+                )
             )
         seen.add(slot.key)
         slots.append(slot)

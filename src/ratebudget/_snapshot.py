@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Literal
 
 from ._amounts import _EXACT, from_units
-from ._decide import Crossing, Exceeded, SlotView, TooLong
+from ._decide import Crossing, Exceeded, Shadowed, SlotView, TooLong
 from ._exceptions import AcquireTimeout, BudgetExceeded
 from ._limits import Cap, Rate
 
@@ -92,7 +92,11 @@ class Alert:
     scope: str | None = None
     """The name of the limiter whose cap it is (``None``: an unnamed one)."""
     kind: str = "threshold"
-    """What happened: ``"threshold"``, usage reached ``threshold``."""
+    """What happened: ``"threshold"``, usage reached ``threshold``; or
+    ``"shadow"``, a cap of a ``Limiter(shadow=True)`` would have refused
+    ``requested`` (``used`` is its usage then; ``threshold`` is 1.0)."""
+    requested: int | Decimal | None = None
+    """``"shadow"``: the amount the cap would have refused."""
 
     @property
     def id(self) -> str:
@@ -130,6 +134,11 @@ class Alert:
     def __str__(self) -> str:
         period = f" in period {self.period}" if self.period else ""
         where = f"{self.scope}: " if self.scope else ""
+        if self.kind == "shadow":
+            return (
+                f"{where}{self.cap!r} would have refused {self.axis}={self.requested}"
+                f"{period} (shadow mode): used {self.used} of {self.limit}"
+            )
         return (
             f"{where}{self.cap!r} reached {self.threshold:.0%} of its limit{period}: "
             f"used {self.used} of {self.limit}"
@@ -228,6 +237,24 @@ def timed_out(refusal: TooLong, tick_ns: int, timeout_ns: int | None) -> Acquire
     return AcquireTimeout(
         f"acquisition needs {retry:.3f}s; timeout is {(timeout_ns or 0) / 1e9:g}s",
         retry_after=retry,
+    )
+
+
+def shadow_alert(
+    limits: tuple[Rate | Cap, ...], x: Shadowed, scope: str | None
+) -> Alert:
+    """The alert of what a shadow cap would have refused."""
+    spec = limits[x.slot]
+    assert isinstance(spec, Cap)
+    return Alert(
+        cap=spec,
+        threshold=1.0,
+        used=from_units(spec.axis, x.used),
+        period=x.period or None,
+        resets_at=_resets_at(spec, x.end),
+        scope=scope,
+        kind="shadow",
+        requested=from_units(spec.axis, x.requested),
     )
 
 

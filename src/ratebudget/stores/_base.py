@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .._decide import Crossing, Exceeded, Inexact, SlotView, TooLong
+from .._decide import Crossing, Exceeded, Inexact, Shadowed, SlotView, TooLong
 from .._waiters import Waiter
 
 if TYPE_CHECKING:
@@ -60,6 +60,9 @@ class Binding(abc.ABC):
 
     spec: PlanSpec
     tick_ns: int  # nanoseconds per tick of the store's clock (take times, waits)
+    # a shadow plan's reports: called with what its caps would have refused
+    # (from the caller's task or thread, or a store worker thread)
+    on_shadow: Callable[[list[Shadowed]], None] | None = None
 
     @abc.abstractmethod
     def acquire(
@@ -144,8 +147,11 @@ class Store(abc.ABC):
         clock: Clock,
         lease_ttl: float,
         on_store_error: str,
+        shadow: bool = False,
     ) -> Binding:
-        """The binding of limiter ``name`` (``None``: a private state)."""
+        """The binding of limiter ``name`` (``None``: a private state);
+        ``shadow``: its hard caps report (``Binding.on_shadow``) instead of
+        refusing."""
 
     def limiters(self) -> dict[str, dict[str, Any]]:
         """Every limiter registered on this store: name -> its spec."""

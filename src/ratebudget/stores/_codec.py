@@ -17,16 +17,44 @@ Results::
     ["inexact", what]                  (a count would leave the exact range)
     ["snapshot", [[level, used, reserved, period, end or null], ...], waiting]
     ["ok"]   ["bool", 0 | 1]
+
+A batch's answer also lists, under ``shadowed`` (left out when empty), what
+the caps of a shadow plan would have refused::
+
+    [slot, used, reserved, requested, period, end or null]
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .._decide import Crossing, Exceeded, Inexact, SlotView, TooLong
+from .._decide import Crossing, Exceeded, Inexact, Shadowed, SlotView, TooLong
 from . import _ops as ops
 
-__all__ = ("decode_op", "decode_result", "encode_op", "encode_result")
+__all__ = (
+    "decode_op",
+    "decode_result",
+    "decode_shadowed",
+    "encode_op",
+    "encode_result",
+    "encode_shadowed",
+)
+
+
+def encode_shadowed(x: Shadowed) -> list[Any]:
+    return [x.slot, x.used, x.reserved, x.requested, x.period, x.end]
+
+
+def decode_shadowed(v: list[Any]) -> Shadowed:
+    slot, used, reserved, requested, period, end = v
+    return Shadowed(
+        int(slot),
+        int(used),
+        int(reserved),
+        int(requested),
+        str(period),
+        None if end is None else int(end),
+    )
 
 
 def _tuple(v: Any) -> tuple[int, ...]:

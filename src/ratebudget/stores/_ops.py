@@ -9,7 +9,7 @@ state live in different processes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .. import _decide as core
@@ -25,6 +25,7 @@ from .._decide import (
     Exceeded,
     Inexact,
     Plan,
+    Shadowed,
     SlotView,
     State,
     TooLong,
@@ -163,13 +164,16 @@ class Answer:
 
     ``local``: the caller's monotonic clock (ns) when it sent the batch, the
     instant it pairs with the store's ``now`` (µs) to place the store's
-    deadlines on its own clock.
+    deadlines on its own clock. A batch's ops all come from one limiter, so
+    ``shadowed`` is that limiter's.
     """
 
     results: list[Result]
     now: int
     woken: list[Woken]
     local: int = 0
+    shadowed: list[Shadowed] = field(default_factory=list)
+    """What the caps of a shadow plan would have refused in the batch."""
 
 
 # -- running a batch on a state ---------------------------------------------------------------

@@ -35,6 +35,7 @@ from .._decide import (
     Crossing,
     Exceeded,
     Inexact,
+    Shadowed,
     SlotView,
     TooLong,
 )
@@ -146,9 +147,12 @@ class SharedStore(Store):
         clock: Clock,
         lease_ttl: float,
         on_store_error: str,
+        shadow: bool = False,
     ) -> RemoteBinding:
         assert name is not None
-        return RemoteBinding(self, name, limits, clock, lease_ttl, on_store_error)
+        return RemoteBinding(
+            self, name, limits, clock, lease_ttl, on_store_error, shadow
+        )
 
     def validate(self, spec: PlanSpec) -> None:
         """Refuse a plan this store cannot count exactly (``InvalidRequest``)."""
@@ -214,12 +218,14 @@ class RemoteBinding(Binding):
         clock: Clock,
         lease_ttl: float,
         on_store_error: str,
+        shadow: bool = False,
     ) -> None:
         self.store = store
         self.name = name
         self.limits = limits
         self.tick_ns = 1000
-        self.spec = plan_spec(limits, 1000)
+        self.spec = plan_spec(limits, 1000, shadow)
+        self.on_shadow: Callable[[list[Shadowed]], None] | None = None
         store.validate(self.spec)
         self.clock = clock
         self.fake_time = clock is not SYSTEM_CLOCK
@@ -315,6 +321,8 @@ class RemoteBinding(Binding):
             )
         if answer.woken:
             wake(self.store.url, self.name, [w.key for w in answer.woken])
+        if answer.shadowed and self.on_shadow is not None:
+            self.on_shadow(answer.shadowed)
         return ops.Answer(answer.results[len(extra) :], answer.now, answer.woken, local)
 
     def _take_deferred(self) -> list[ops.Op]:

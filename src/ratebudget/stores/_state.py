@@ -6,7 +6,9 @@ The state document::
     {"clock": µs, "wall": µs, "take": int,
      "b": {ratekey: [rate, per, cap, level, last, full, [[take, level], ...]]},
      "c": {capkey: [period, end or null, used, reserved, per or null, tz]},
-     "p": {planid: [["r", ratekey] | ["c", capkey, limit, hard01], ...]},
+     "p": {planid: [["r", ratekey] | ["c", capkey, limit, kind], ...]},
+
+A cap's ``kind``: 0 soft, 1 hard, 2 shadow (hard, but it only reports).
      "q": [[key, planid, [amount per slot], deadline, timeout_at, alive], ...]}
 
 A lease record: ``[status, exp, take, [[capkey, n], ...], error or null]``.
@@ -85,7 +87,7 @@ def run_document(
         {key: dump_record(rec) for key, rec in st.records.items()},
         [key for key in records if key not in st.records],
     )
-    return ops.Answer(results, st.clock, woken), out
+    return ops.Answer(results, st.clock, woken, shadowed=st.shadowed), out
 
 
 __all__ = (
@@ -110,11 +112,14 @@ def plan_id(spec: PlanSpec) -> str:
 
 def _plan_doc(spec: PlanSpec) -> list[list[Any]]:
     return [
-        ["c", s.key, s.limit, 1 if s.hard else 0]
-        if isinstance(s, CapSpec)
-        else ["r", s.key]
+        ["c", s.key, s.limit, _kind(s)] if isinstance(s, CapSpec) else ["r", s.key]
         for s in spec.slots
     ]
+
+
+def _kind(s: CapSpec) -> int:
+    """A cap's kind as its plan document writes it: 0 soft, 1 hard, 2 shadow."""
+    return 2 if s.shadow else 1 if s.hard else 0
 
 
 def _int(value: Any) -> int:
@@ -217,7 +222,7 @@ def _bind(doc: list[list[Any]], st: State, tick_ns: int) -> Plan:
             counter = st.counters.get(s[1]) or st.counters.setdefault(
                 s[1], Counter(s[1], None)
             )
-            slots.append(CapSlot(counter, s[2], bool(s[3])))
+            slots.append(CapSlot(counter, s[2], s[3] == 1, s[3] == 2))
     return Plan(slots, tick_ns)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 from .. import _decide as core
 from .._clock import wall_us
-from .._decide import Crossing, Exceeded, Inexact, Plan, SlotView, State
+from .._decide import Crossing, Exceeded, Inexact, Plan, Shadowed, SlotView, State
 from .._plan import plan_spec
 from .._waiters import Waiter, wake_all
 from ._base import Acquired, Binding, Store
@@ -119,6 +119,7 @@ class MemoryStore(Store):
         clock: Clock,
         lease_ttl: float,
         on_store_error: str,
+        shadow: bool = False,
     ) -> MemoryBinding:
         if name is None:
             shared = _Shared()
@@ -127,7 +128,7 @@ class MemoryStore(Store):
                 shared = self._states.get(name) or self._states.setdefault(
                     name, _Shared()
                 )
-        return MemoryBinding(shared, limits, clock)
+        return MemoryBinding(shared, limits, clock, shadow)
 
     def __repr__(self) -> str:
         return "MemoryStore()"
@@ -143,13 +144,18 @@ class MemoryBinding(Binding):
         "_monotonic_ns",
         "_state",
         "_wall",
+        "on_shadow",
         "plan",
         "spec",
         "tick_ns",
     )
 
     def __init__(
-        self, shared: _Shared, limits: tuple[Rate | Cap, ...], clock: Clock
+        self,
+        shared: _Shared,
+        limits: tuple[Rate | Cap, ...],
+        clock: Clock,
+        shadow: bool = False,
     ) -> None:
         self._state = shared.state
         self._lock = shared.lock
@@ -158,7 +164,8 @@ class MemoryBinding(Binding):
         self._monotonic_ns = clock.monotonic_ns
         self._wall = wall_us(clock)
         self.tick_ns = 1
-        self.spec = plan_spec(limits, 1)
+        self.spec = plan_spec(limits, 1, shadow)
+        self.on_shadow: Callable[[list[Shadowed]], None] | None = None
         biased = self._lock.enter()
         try:
             self.plan = self.spec.bind(self._state, clock.monotonic_ns())
@@ -236,6 +243,7 @@ class MemoryBinding(Binding):
             )
             if type(got) is not int and isinstance(got, Waiter):
                 got.arm()  # ready to sleep until its deadline: no first poll
+            shadowed = self._shadowed() if plan.shadow else None
         finally:
             if biased:
                 lock.busy = False
@@ -243,7 +251,15 @@ class MemoryBinding(Binding):
                 lock.lock.release()
             if st.woken:
                 self._wake()
+        if shadowed and self.on_shadow is not None:
+            self.on_shadow(shadowed)
         return got  # type: ignore[return-value]  # the core's Entry is our Waiter
+
+    def _shadowed(self) -> list[Shadowed]:
+        """What the shadow caps would have refused in this call (lock held)."""
+        st = self._state
+        got, st.shadowed = st.shadowed, []
+        return got
 
     def poll(self, w: Waiter) -> int | None:
         if w.state == core.GRANTED:
@@ -292,7 +308,10 @@ class MemoryBinding(Binding):
             got = core.record(
                 self._state, self.plan, req, self._monotonic_ns(), self._wall()
             )
+            shadowed = self._shadowed() if self.plan.shadow else None
         self._wake()
+        if shadowed and self.on_shadow is not None:
+            self.on_shadow(shadowed)
         return got
 
     def snapshot(self) -> tuple[tuple[SlotView, ...], int]:

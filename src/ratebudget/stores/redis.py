@@ -42,11 +42,11 @@ from .._exceptions import InvalidRequest, StoreUnavailable
 from .._plan import CapSpec, PlanSpec, RateSpec, _tz_name
 from . import _ops as ops
 from ._base import redact
-from ._codec import decode_result, encode_op
+from ._codec import decode_result, decode_shadowed, encode_op
 from ._redis_link import Links, command
 from ._redis_link import bulk as _bulk
 from ._remote import SharedStore, wake
-from ._state import _plan_doc, plan_id, windows_around
+from ._state import _kind, _plan_doc, plan_id, windows_around
 
 if TYPE_CHECKING:
     import redis
@@ -123,7 +123,7 @@ class _PlanArgs:
     def __init__(self, spec: PlanSpec) -> None:
         self.spec = spec  # kept alive: the cache is by id(spec)
         slots: list[list[Any]] = [
-            ["c", s.key, s.limit, 1 if s.hard else 0, s.per, _tz_name(s.tz)]
+            ["c", s.key, s.limit, _kind(s), s.per, _tz_name(s.tz)]
             if isinstance(s, CapSpec)
             else ["r", s.key, s.rate, s.per, s.cap, s.debt]
             for s in spec.slots
@@ -447,6 +447,7 @@ class RedisStore(SharedStore):
                 [decode_result(r) for r in data["results"]],
                 int(data["now"]),
                 [ops.Woken(k, cast(Any, decode_result(r))) for k, r in data["woken"]],
+                shadowed=[decode_shadowed(x) for x in data.get("shadowed", ())],
             )
         except (ValueError, TypeError, KeyError) as e:
             raise StoreUnavailable(

@@ -20,7 +20,8 @@ script call stays in one Redis Cluster slot):
 ARGV[1] is a JSON object:
 
   plan     the caller's plan: ["r", key, rate, per, cap, debt or null] |
-           ["c", key, limit, hard01, per or null, tz], in its order
+           ["c", key, limit, kind, per or null, tz], in its order (a cap's
+           kind: 0 soft, 1 hard, 2 shadow: hard, but it only reports)
   pid      its id (_state.plan_id); pdoc: its document (_state._plan_doc)
   ops      the batch, as _codec.encode_op writes each op
   now      µs of wall-clock time, or -1: Redis' TIME
@@ -34,7 +35,9 @@ ARGV[2...] repeat what the hot path needs as plain strings, sent only with a
 batch of acquisitions on a plan of rates alone (see "the hot path" below).
 
 It returns one JSON string: {"results": [...], "now": µs, "woken": [[key,
-result], ...]}, each result as _codec.encode_result writes it. Every write
+result], ...]}, each result as _codec.encode_result writes it, and
+"shadowed": [...] (_codec.encode_shadowed) when a shadow cap would have
+refused something. Every write
 comes after every decision, so an error (Redis does not roll a script back)
 writes nothing. A batch that woke waiters PUBLISHes their keys (a JSON list)
 on {<name>}:wake for the processes they wait in.
@@ -622,14 +625,16 @@ local function counter_roll(c, wall)
     return true
 end
 
--- class CapSlot
-local function CapSlot(counter, limit, hard)
-    return { counter = counter, limit = limit, hard = hard }
+-- class CapSlot; ``kind`` as a plan document writes it: 0 soft, 1 hard, 2 shadow
+local function CapSlot(counter, limit, kind)
+    return { counter = counter, limit = limit, hard = kind == 1, shadow = kind == 2 }
 end
 
--- class Plan: rates, caps, hard hold {slot index (from 1), slot}
+-- class Plan: rates, caps, hard, shadow hold {slot index (from 1), slot}
 local function Plan(slots)
-    local p = { slots = slots, rates = {}, caps = {}, hard = {}, calendar = false }
+    local p = {
+        slots = slots, rates = {}, caps = {}, hard = {}, shadow = {}, calendar = false,
+    }
     for i, s in ipairs(slots) do
         if s.counter == nil then
             insert(p.rates, { i, s })
@@ -637,6 +642,9 @@ local function Plan(slots)
             insert(p.caps, { i, s })
             if s.hard then
                 insert(p.hard, { i, s })
+            end
+            if s.shadow then
+                insert(p.shadow, { i, s })
             end
             if s.counter.window ~= nil then
                 p.calendar = true
@@ -664,7 +672,7 @@ local function State(ttl, keep, live)
     return {
         clock = 0, wall = 0, take = 0, buckets = {}, counters = {}, queue = {},
         projection = nil, next_roll = huge, ttl = ttl, keep = keep, exact = nil,
-        live = live, records = {}, woken = {}, next_exp = nil,
+        live = live, records = {}, woken = {}, next_exp = nil, shadowed = {},
     }
 end
 
@@ -782,6 +790,18 @@ local function _certain_overrun(plan, req)
         end
     end
     return nil
+end
+
+-- what shadow caps would have refused (``reserved``: counting reservations)
+local function _shadow(st, plan, req, reserved)
+    for _, h in ipairs(plan.shadow) do
+        local i, cap = h[1], h[2]
+        local n = req[i]
+        local c = cap.counter
+        if n ~= 0 and c.used + (reserved and c.reserved or 0) + n > cap.limit then
+            insert(st.shadowed, { i - 1, c.used, c.reserved, n, c.period, nn(c.end_) })
+        end
+    end
 end
 
 local function _caps_fit(plan, req)
@@ -1040,6 +1060,9 @@ local function acquire(st, plan, req, now, wall, timeout, wait, lease_id)
                 return 'refused', err
             end
             fits = _caps_fit(plan, req)
+        end
+        if #plan.shadow > 0 then
+            _shadow(st, plan, req, false)
         end
     end
     if fits and #queue == 0 then
@@ -1304,6 +1327,9 @@ local function record(st, plan, req, now, wall)
             return _exceeded(i, cap)
         end
     end
+    if #plan.shadow > 0 then
+        _shadow(st, plan, req, true)
+    end
     for _, r in ipairs(plan.rates) do
         local i, b = r[1], r[2]
         if req[i] ~= 0 then
@@ -1520,7 +1546,7 @@ local function bind(st, now)
             if s[5] ~= NULL then
                 window = windows[s[2]] or {}
             end
-            insert(slots, CapSlot(st_counter(st, s[2], window), s[3], s[4] ~= 0))
+            insert(slots, CapSlot(st_counter(st, s[2], window), s[3], s[4]))
         end
     end
     set_roll(st)
@@ -1541,7 +1567,7 @@ local function _bind(pdoc, st)
                 counter = Counter(s[2], nil)
                 st.counters[s[2]] = counter
             end
-            insert(slots, CapSlot(counter, s[3], s[4] ~= 0))
+            insert(slots, CapSlot(counter, s[3], s[4]))
         end
     end
     return Plan(slots)
@@ -1730,7 +1756,11 @@ local woken_keys = {}
 for _, w in ipairs(woken) do
     insert(woken_keys, w[1])
 end
-local answer = encode(object({ results = results, now = st.clock, woken = woken }))
+local reply = { results = results, now = st.clock, woken = woken }
+if #st.shadowed > 0 then
+    reply.shadowed = st.shadowed
+end
+local answer = encode(object(reply))
 
 local idle = args.idle + fdiv(args.ttl, 1000)
 -- the state outlives idleness while a cap still counts something: a period's
