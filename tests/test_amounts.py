@@ -257,7 +257,7 @@ class TestInvalidAmountsChangeNothing:
     async def test_an_unhashable_amount_is_rejected_not_remembered(self) -> None:
         limiter = make_limiter()
         with pytest.raises(InvalidRequest):
-            limiter.acquire(1, usd=[1])  # type: ignore[arg-type]
+            limiter.acquire(1, usd=[1])  # type: ignore[call-overload]
 
     @pytest.mark.parametrize("timeout", [-1, -0.001, math.nan, "5", True, [1]])
     async def test_bad_timeouts_are_rejected_at_the_call(self, timeout: Any) -> None:

@@ -24,6 +24,9 @@ from ._limiter import Lease as Lease
 from ._limiter import Limiter as Limiter
 from ._limits import Cap as Cap
 from ._limits import Rate as Rate
+from ._scope import Scope as Scope
+from ._scope import current_scope as current_scope
+from ._scope import scope as scope
 from ._snapshot import Alert as Alert
 from ._snapshot import LimitSnapshot as LimitSnapshot
 from ._snapshot import Snapshot as Snapshot
@@ -44,6 +47,7 @@ __all__ = (
     "Limiter",
     "Rate",
     "RateBudgetError",
+    "Scope",
     "Sleeper",
     "Snapshot",
     "StoreUnavailable",
@@ -52,4 +56,6 @@ __all__ = (
     "SystemClock",
     "UnmeteredCall",
     "__version__",
+    "current_scope",
+    "scope",
 )

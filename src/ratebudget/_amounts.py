@@ -70,10 +70,18 @@ def scale_of(axis: str) -> int:
     return OTHER_SCALE
 
 
+_KEYWORDS: Final = frozenset({"timeout", "labels"})
+"""The keywords of acquire() besides the amounts: never an axis."""
+
+
 def check_axis(axis: str) -> str:
     """Return ``axis`` if it is a valid axis name, else raise ``InvalidRequest``."""
     if not axis.isidentifier() or axis.startswith("_"):
         raise InvalidRequest(f"invalid axis name {axis!r}: use an identifier")
+    if axis in _KEYWORDS:
+        raise InvalidRequest(
+            f"invalid axis name {axis!r}: it is a keyword of acquire()"
+        )
     return axis
 
 

@@ -12,6 +12,7 @@ Exception tree::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 
@@ -48,6 +49,8 @@ class BudgetExceeded(RateBudgetError):
         requested: Number,
         reserved: Number = 0,
         resets_at: datetime | None = None,
+        scope: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.axis = axis
@@ -56,6 +59,10 @@ class BudgetExceeded(RateBudgetError):
         self.reserved = reserved
         self.requested = requested
         self.resets_at = resets_at
+        self.scope = scope
+        """The name of the limiter whose cap refused (``None``: an unnamed one)."""
+        self.labels: Mapping[str, str] = labels if labels is not None else {}
+        """The labels of the refused call."""
 
 
 class AcquireTimeout(RateBudgetError, TimeoutError):

@@ -15,7 +15,7 @@ from asyncio import _get_running_loop as _running_loop
 from collections.abc import Generator, Hashable, Mapping, Sequence
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, overload
 
 import anyio
 import anyio.lowlevel
@@ -27,6 +27,7 @@ from ._decide import CLAIMED, FAILED, Crossing, Exceeded, Inexact, Shadowed, Too
 from ._exceptions import InvalidRequest
 from ._limits import Cap, Rate
 from ._plan import RateSpec
+from ._scope import EMPTY_LABELS, labels_of
 from ._snapshot import (
     Alert,
     Snapshot,
@@ -316,16 +317,40 @@ class Limiter:
         return math.ceil(t * 1e9)
 
     def _refusal(
-        self, got: Exceeded | TooLong, req: tuple[int, ...], timeout: int | None
+        self,
+        got: Exceeded | TooLong,
+        req: tuple[int, ...],
+        timeout: int | None,
+        labels: Mapping[str, str] = EMPTY_LABELS,
     ) -> Exception:
         if isinstance(got, Exceeded):
-            return exceeded(self._limits, got, req, "acquiring")
+            return exceeded(self._limits, got, req, "acquiring", self._name, labels)
         return timed_out(got, self._b.tick_ns, timeout)
 
     # -- the API --------------------------------------------------------------
 
+    @overload
     def acquire(
         self, tokens: Amount = 0, *, timeout: float | None = None, **amounts: Amount
+    ) -> Lease: ...
+
+    @overload
+    def acquire(
+        self,
+        tokens: Amount = 0,
+        *,
+        timeout: float | None = None,
+        labels: Mapping[str, str] | None,
+        **amounts: Amount,
+    ) -> Lease: ...
+
+    def acquire(
+        self,
+        tokens: Amount = 0,
+        *,
+        timeout: float | None = None,
+        labels: Any = None,  # Mapping[str, str] (checked at the call)
+        **amounts: Amount,
     ) -> Lease:
         """Reserve ``tokens`` and ``amounts`` on every limit at once.
 
@@ -333,10 +358,12 @@ class Limiter:
         for rates; raises ``BudgetExceeded`` if a hard cap would be crossed,
         ``AcquireTimeout`` if the wait would exceed ``timeout`` seconds, and
         ``InvalidRequest`` (here, at the call) for bad amounts. Counts one
-        request unless ``requests=`` is given. An uncontended grant on the
-        memory store returns without yielding to the event loop.
+        request unless ``requests=`` is given. ``labels`` (at most 16 string
+        pairs) go with the lease (``Lease.labels``) and a refusal
+        (``BudgetExceeded.labels``). An uncontended grant on the memory
+        store returns without yielding to the event loop.
         """
-        if not amounts and type(tokens) is int:
+        if not amounts and type(tokens) is int and labels is None:
             try:
                 req = self._fast[tokens]
             except KeyError:
@@ -373,7 +400,10 @@ class Limiter:
             if key is not None and len(self._seen) < _FAST_KEPT:
                 self._seen[key] = hit
         # the units dict is shared by the leases of one key: never mutated
-        return self._made(self._lease(self, hit[0], hit[1], self._timeout_ns(timeout)))
+        lease = self._lease(self, hit[0], hit[1], self._timeout_ns(timeout))
+        if labels is not None:
+            lease._labels = labels_of(labels)
+        return self._made(lease)
 
     def _made(self, lease: Lease) -> Lease:
         """``lease``, stamped with where it was made if it can hold a cap
@@ -382,13 +412,35 @@ class Limiter:
             lease._site = _caller()  # type: ignore[attr-defined]
         return lease
 
-    async def try_acquire(self, tokens: Amount = 0, **amounts: Amount) -> Lease | None:
+    @overload
+    async def try_acquire(
+        self, tokens: Amount = 0, **amounts: Amount
+    ) -> Lease | None: ...
+
+    @overload
+    async def try_acquire(
+        self,
+        tokens: Amount = 0,
+        *,
+        labels: Mapping[str, str] | None,
+        **amounts: Amount,
+    ) -> Lease | None: ...
+
+    async def try_acquire(
+        self,
+        tokens: Amount = 0,
+        *,
+        labels: Any = None,  # Mapping[str, str] (checked at the call)
+        **amounts: Amount,
+    ) -> Lease | None:
         """Like ``acquire`` but never waits: a granted ``Lease``, or ``None``.
 
         Still raises ``BudgetExceeded`` when a hard cap would certainly be crossed.
         """
         units = self._units(tokens, amounts, True)
         lease = self._made(self._lease(self, units, self._request(units, True), 0))
+        if labels is not None:
+            lease._labels = labels_of(labels)
         got = self._b.acquire(lease._req, 0, None)
         if isinstance(got, Call):
             lease._key = got.key
@@ -396,22 +448,42 @@ class Limiter:
         if got is None or isinstance(got, TooLong):
             return None
         if isinstance(got, Exceeded):
-            raise self._refusal(got, lease._req, 0)
+            raise self._refusal(got, lease._req, 0, lease.labels)
         assert type(got) is int
         lease._take = got
         lease._state = _ACTIVE
         return lease
 
-    async def record(self, tokens: Amount = 0, **amounts: Amount) -> None:
+    @overload
+    async def record(self, tokens: Amount = 0, **amounts: Amount) -> None: ...
+
+    @overload
+    async def record(
+        self,
+        tokens: Amount = 0,
+        *,
+        labels: Mapping[str, str] | None,
+        **amounts: Amount,
+    ) -> None: ...
+
+    async def record(
+        self,
+        tokens: Amount = 0,
+        *,
+        labels: Any = None,  # Mapping[str, str] (checked at the call)
+        **amounts: Amount,
+    ) -> None:
         """Charge usage after the fact: rates go into debt, caps count it.
 
         Raises ``BudgetExceeded`` and records nothing if a hard cap would be
-        crossed. Counts no request unless ``requests=`` is given.
+        crossed. Counts no request unless ``requests=`` is given. ``labels``
+        as for ``acquire``.
         """
+        checked = labels_of(labels)
         req = self._request(self._units(tokens, amounts, False), False)
         got: list[Crossing] | Exceeded | Inexact = await _answer(self._b.record(req))
         if isinstance(got, Exceeded):
-            raise exceeded(self._limits, got, req, "recording")
+            raise exceeded(self._limits, got, req, "recording", self._name, checked)
         self._deliver(self._counted(got))
 
     async def snapshot(self) -> Snapshot:
@@ -456,10 +528,12 @@ class Limiter:
 
         ``async with limiter.meter(model="gpt-4o", messages=msgs, max_tokens=500) as m:``
         reserves the call's estimate; ``await m.settle(reply)`` commits the
-        usage an OpenAI or Anthropic SDK response reports. Keywords:
+        usage an OpenAI, Anthropic or Gemini SDK response reports. Keywords:
         ``messages``, ``prompt``, ``system``, ``max_tokens``, ``n``,
-        ``provider``, ``timeout``, ``count_tokens``, ``unknown_model`` (see
-        ``ratebudget.integrations.meter.Meter``).
+        ``provider``, ``timeout``, ``count_tokens``, ``unknown_model``,
+        ``labels`` (see ``ratebudget.integrations.meter.Meter``). Inside
+        ``ratebudget.scope(other, ...)`` it charges ``other`` instead, with
+        the scope's labels.
         """
         from .integrations.meter import Meter
 
@@ -467,12 +541,12 @@ class Limiter:
 
     # -- internals --------------------------------------------------------------
 
-    def _looked(self, w: Waiter) -> bool:
+    def _looked(self, w: Waiter, labels: Mapping[str, str] = EMPTY_LABELS) -> bool:
         """After ``w`` looked (``poll``): whether it was granted; raises why it
         was refused."""
         if w.state == FAILED:
             assert w.error is not None
-            raise self._refusal(w.error, w.req, None)
+            raise self._refusal(w.error, w.req, None, labels)
         return w.state == CLAIMED
 
     def _counted(self, got: list[Crossing] | Inexact | None) -> list[Crossing] | None:
@@ -573,7 +647,17 @@ class Lease:
     the cap reservations (rate tokens stay spent).
     """
 
-    __slots__ = ("_key", "_limiter", "_req", "_state", "_take", "_timeout", "_units")
+    __slots__ = (
+        "_key",
+        "_labels",
+        "_limiter",
+        "_req",
+        "_state",
+        "_take",
+        "_timeout",
+        "_units",
+    )
+    _labels: Mapping[str, str]  # set only when given (``labels``)
 
     def __init__(
         self,
@@ -627,7 +711,7 @@ class Lease:
                     # grant made on our behalf meanwhile (``abort`` gives it back)
                     await anyio.lowlevel.checkpoint_if_cancelled()
                     deadline = await _answer(b.poll(w))
-                    if limiter._looked(w):
+                    if limiter._looked(w, self.labels):
                         break
             except BaseException:
                 b.abort(w)
@@ -638,7 +722,7 @@ class Lease:
             got = w.take
         if type(got) is not int:
             assert isinstance(got, (Exceeded, TooLong))
-            raise limiter._refusal(got, self._req, self._timeout)
+            raise limiter._refusal(got, self._req, self._timeout, self.labels)
         self._take = got
         self._state = _ACTIVE
         return self
@@ -693,6 +777,14 @@ class Lease:
             units = self._units = self._limiter._units(units, {}, True)
         assert isinstance(units, dict)
         return units
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        """The labels it was acquired with (read-only; empty if none)."""
+        try:
+            return self._labels
+        except AttributeError:  # the fast path leaves them unset
+            return EMPTY_LABELS
 
     @property
     def settled(self) -> bool:

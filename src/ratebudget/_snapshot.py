@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -204,7 +205,12 @@ def snapshot_of(
 
 
 def exceeded(
-    limits: tuple[Rate | Cap, ...], refusal: Exceeded, req: tuple[int, ...], kind: str
+    limits: tuple[Rate | Cap, ...],
+    refusal: Exceeded,
+    req: tuple[int, ...],
+    kind: str,
+    scope: str | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> BudgetExceeded:
     """The ``BudgetExceeded`` for a store's refusal of ``req``."""
     spec = limits[refusal.slot]
@@ -215,8 +221,9 @@ def exceeded(
     resets_at = _resets_at(spec, refusal.end)
     period = f" this {spec.per}" if spec.per else ""
     resets = f"; it resets at {resets_at.isoformat()}" if resets_at else ""
+    where = f" of {scope!r}" if scope else ""
     return BudgetExceeded(
-        f"{kind} {axis}={requested} would push {spec!r} past its limit: "
+        f"{kind} {axis}={requested} would push {spec!r}{where} past its limit: "
         f"{used} of {spec.limit} used{period}{resets}",
         axis=axis,
         limit=spec.limit,
@@ -224,6 +231,8 @@ def exceeded(
         reserved=from_units(axis, refusal.reserved),
         requested=requested,
         resets_at=resets_at,
+        scope=scope,
+        labels=labels,
     )
 
 

@@ -7,12 +7,14 @@ the calling thread (``call.wait()``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from ._amounts import Amount
 from ._decide import Crossing, Exceeded, Inexact, TooLong
+from ._scope import labels_of
 from ._snapshot import Snapshot, exceeded, snapshot_of
 from ._waiters import ThreadWaiter, Waiter
 from .stores._base import Call
@@ -40,28 +42,48 @@ class SyncLimiter:
     def __init__(self, limiter: Limiter) -> None:
         self._limiter = limiter
 
+    @overload
     def acquire(
         self, tokens: Amount = 0, *, timeout: float | None = None, **amounts: Amount
+    ) -> SyncLease: ...
+
+    @overload
+    def acquire(
+        self,
+        tokens: Amount = 0,
+        *,
+        timeout: float | None = None,
+        labels: Mapping[str, str] | None,
+        **amounts: Amount,
+    ) -> SyncLease: ...
+
+    def acquire(
+        self,
+        tokens: Amount = 0,
+        *,
+        timeout: float | None = None,
+        labels: Any = None,  # Mapping[str, str] (checked at the call)
+        **amounts: Amount,
     ) -> SyncLease:
         """Block until granted; return a ``SyncLease`` (also a context manager)."""
         limiter = self._limiter
-        lease = limiter.acquire(tokens, timeout=timeout, **amounts)
+        lease = limiter.acquire(tokens, timeout=timeout, labels=labels, **amounts)
         got = limiter._b.acquire(lease._req, lease._timeout, ThreadWaiter)
         if isinstance(got, Call):
             lease._key = got.key
             got = got.wait()
         if isinstance(got, Waiter):
-            self._wait(got)
+            self._wait(got, lease.labels)
             lease._key = got.id
             got = got.take
         if type(got) is not int:
             assert isinstance(got, (Exceeded, TooLong))
-            raise limiter._refusal(got, lease._req, lease._timeout)
+            raise limiter._refusal(got, lease._req, lease._timeout, lease.labels)
         lease._take = got
         lease._state = 1  # active
         return SyncLease(self, lease)
 
-    def _wait(self, w: Waiter) -> None:
+    def _wait(self, w: Waiter, labels: Mapping[str, str]) -> None:
         limiter = self._limiter
         b = limiter._b
         wait_until = limiter._clock.wait_until
@@ -71,16 +93,36 @@ class SyncLimiter:
             while True:
                 wait_until(w.event, deadline)
                 deadline = _answer(b.poll(w))
-                if limiter._looked(w):
+                if limiter._looked(w, labels):
                     return
         except BaseException:
             b.abort(w)
             raise
 
-    def try_acquire(self, tokens: Amount = 0, **amounts: Amount) -> SyncLease | None:
+    @overload
+    def try_acquire(
+        self, tokens: Amount = 0, **amounts: Amount
+    ) -> SyncLease | None: ...
+
+    @overload
+    def try_acquire(
+        self,
+        tokens: Amount = 0,
+        *,
+        labels: Mapping[str, str] | None,
+        **amounts: Amount,
+    ) -> SyncLease | None: ...
+
+    def try_acquire(
+        self,
+        tokens: Amount = 0,
+        *,
+        labels: Any = None,  # Mapping[str, str] (checked at the call)
+        **amounts: Amount,
+    ) -> SyncLease | None:
         """A granted ``SyncLease`` now, or ``None``; never blocks."""
         limiter = self._limiter
-        lease = limiter.acquire(tokens, timeout=0, **amounts)
+        lease = limiter.acquire(tokens, timeout=0, labels=labels, **amounts)
         got = limiter._b.acquire(lease._req, 0, None)
         if isinstance(got, Call):
             lease._key = got.key
@@ -88,21 +130,40 @@ class SyncLimiter:
         if got is None or isinstance(got, TooLong):
             return None
         if isinstance(got, Exceeded):
-            raise limiter._refusal(got, lease._req, 0)
+            raise limiter._refusal(got, lease._req, 0, lease.labels)
         assert type(got) is int
         lease._take = got
         lease._state = 1  # active
         return SyncLease(self, lease)
 
-    def record(self, tokens: Amount = 0, **amounts: Amount) -> None:
+    @overload
+    def record(self, tokens: Amount = 0, **amounts: Amount) -> None: ...
+
+    @overload
+    def record(
+        self,
+        tokens: Amount = 0,
+        *,
+        labels: Mapping[str, str] | None,
+        **amounts: Amount,
+    ) -> None: ...
+
+    def record(
+        self,
+        tokens: Amount = 0,
+        *,
+        labels: Any = None,  # Mapping[str, str] (checked at the call)
+        **amounts: Amount,
+    ) -> None:
         """Charge usage after the fact (see ``Limiter.record``)."""
         limiter = self._limiter
+        checked = labels_of(labels)
         req = limiter._request(limiter._units(tokens, amounts, False), False)
         got = cast(
             "list[Crossing] | Exceeded | Inexact", _answer(limiter._b.record(req))
         )
         if isinstance(got, Exceeded):
-            raise exceeded(limiter.limits, got, req, "recording")
+            raise exceeded(limiter.limits, got, req, "recording", limiter.name, checked)
         self._deliver(limiter._counted(got))
 
     def snapshot(self) -> Snapshot:
@@ -149,6 +210,11 @@ class SyncLease:
     @property
     def amounts(self) -> dict[str, int | Decimal]:
         return self._lease.amounts
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        """The labels it was acquired with (``Lease.labels``)."""
+        return self._lease.labels
 
     @property
     def settled(self) -> bool:

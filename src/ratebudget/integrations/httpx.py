@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 
 from .._exceptions import AcquireTimeout, BudgetExceeded, InvalidRequest, UnmeteredCall
+from .._scope import current_scope, labels_of
 from ._call_amounts import commit_amounts, reserve_amounts
 from ._classify import Endpoint, azure_deployment, classify, gemini_model, is_free
 from ._estimate import DEFAULT_MAX_OUTPUT, Estimate, estimate
@@ -66,6 +67,29 @@ _OUTPUT_LIMITS: Final = {
     Endpoint.GEMINI_STREAM: ("maxOutputTokens", "max_output_tokens"),
 }
 _GEMINI: Final = (Endpoint.GEMINI_GENERATE, Endpoint.GEMINI_STREAM)
+
+# the ``operation`` label of each API (OpenTelemetry's gen_ai.operation.name)
+OPERATIONS: Final = {
+    Endpoint.OPENAI_CHAT: "chat",
+    Endpoint.OPENAI_RESPONSES: "chat",
+    Endpoint.OPENAI_COMPLETIONS: "text_completion",
+    Endpoint.OPENAI_EMBEDDINGS: "embeddings",
+    Endpoint.ANTHROPIC_MESSAGES: "chat",
+    Endpoint.GEMINI_GENERATE: "generate_content",
+    Endpoint.GEMINI_STREAM: "generate_content",
+}
+
+# whether a limiter counts ``usd`` (and so its calls are priced)
+_priced: weakref.WeakKeyDictionary[Limiter, bool] = weakref.WeakKeyDictionary()
+
+
+def priced(limiter: Limiter) -> bool:
+    """Whether ``limiter`` counts ``usd``: its calls must be priced."""
+    got = _priced.get(limiter)
+    if got is None:
+        got = _priced[limiter] = "usd" in {limit.axis for limit in limiter.limits}
+    return got
+
 
 SHRUNK_HEADER: Final = "x-ratebudget-max-output-tokens"
 """On a response to a call that ``shrink=True`` sent with a lower output
@@ -183,8 +207,7 @@ class _Meter:
         self.unknown_model = unknown_model
         self.provider = provider
         self.adapt = adapt
-        self._priced = "usd" in {limit.axis for limit in limiter.limits}
-        if self._priced:
+        if priced(limiter):
             from . import prices  # noqa: F401  (fails early without genai-prices)
 
     def _endpoint(self, request: Any) -> Endpoint | None:
@@ -255,14 +278,27 @@ class _Meter:
             trust_response = False
         est = dataclasses.replace(est, model=model)
         family = self.provider or endpoint.value.split(".")[0]
+        # the current scope (``ratebudget.scope``): its limiter and labels
+        current = current_scope()
+        limiter = self.limiter
+        labels: dict[str, str] = {}
+        if current is not None:
+            limiter = current.limiter or limiter
+            labels.update(current.labels)
+        labels["operation"] = OPERATIONS[endpoint]
+        labels["provider"] = family
+        if model:
+            labels["model"] = model[:256]
         return _Planned(
             request,
             endpoint,
             est,
             family,
-            self._amounts(est, family),
+            self._amounts(est, family, priced(limiter)),
             trust_response,
             body,
+            limiter,
+            labels_of(labels),
         )
 
     def _shrunk(self, planned: _Planned, refused: BudgetExceeded) -> _Planned | None:
@@ -276,8 +312,10 @@ class _Meter:
         left = (
             Decimal(refused.limit) - Decimal(refused.used) - Decimal(refused.reserved)
         )
-        base = self._amounts(dataclasses.replace(est, max_output_tokens=0), family)
-        one = self._amounts(dataclasses.replace(est, max_output_tokens=1), family)
+        base = self._amounts(
+            dataclasses.replace(est, max_output_tokens=0), family, True
+        )
+        one = self._amounts(dataclasses.replace(est, max_output_tokens=1), family, True)
         per_token = one["usd"] - base["usd"]  # one more token of every choice
         if per_token <= 0:
             return None
@@ -292,10 +330,10 @@ class _Meter:
         again.shrunk = fits
         return again
 
-    def _amounts(self, est: Estimate, family: str) -> dict[str, Any]:
+    def _amounts(self, est: Estimate, family: str, priced: bool) -> dict[str, Any]:
         return reserve_amounts(
             est,
-            priced=self._priced,
+            priced=priced,
             model=est.model,
             provider=family,
             unknown=self.unknown_model,
@@ -324,7 +362,7 @@ class _Meter:
             )
         return commit_amounts(
             usage,
-            priced=self._priced,
+            priced=priced(planned.limiter),
             model=model,
             provider=planned.family,
             unknown=self.unknown_model,
@@ -371,6 +409,8 @@ class _Planned:
         "endpoint",
         "est",
         "family",
+        "labels",
+        "limiter",
         "request",
         "shrunk",
         "trust_response",
@@ -385,7 +425,11 @@ class _Planned:
         amounts: dict[str, Any],
         trust_response: bool,
         body: dict[str, Any],
+        limiter: Limiter,
+        labels: Mapping[str, str],
     ) -> None:
+        self.limiter = limiter  # the one to charge: the scope's, or the transport's
+        self.labels = labels
         self.request = request
         self.endpoint = endpoint
         self.est = est  # its model: the one to price
@@ -458,6 +502,10 @@ class BudgetTransport(_Meter, _Transport):
     ``"anthropic"``, ``"groq"``...); by default the API's own (OpenAI's for
     the OpenAI endpoints, Anthropic's for messages): give it for an
     OpenAI-compatible server that serves another provider's models.
+    Inside ``with ratebudget.scope(limiter, **labels):`` a call is charged
+    to the scope's limiter instead, and carries its labels; every lease is
+    labelled ``model``, ``provider`` and ``operation`` (``"chat"``,
+    ``"text_completion"``, ``"embeddings"``, ``"generate_content"``).
     ``adapt`` (default on): after each response, pull the limiter's
     per-minute rates down to what the provider's ``x-ratelimit-remaining-*``
     (``anthropic-ratelimit-*-remaining``) headers say remains, so clients
@@ -495,13 +543,17 @@ class BudgetTransport(_Meter, _Transport):
             self._check_hold(left)
             await anyio.sleep(left)
         try:
-            lease = await self.limiter.acquire(timeout=self.timeout, **planned.amounts)
+            lease = await planned.limiter.acquire(
+                timeout=self.timeout, labels=planned.labels, **planned.amounts
+            )
         except BudgetExceeded as refused:
             smaller = self._shrunk(planned, refused)
             if smaller is None:
                 raise
             planned, request = smaller, smaller.request
-            lease = await self.limiter.acquire(timeout=self.timeout, **planned.amounts)
+            lease = await planned.limiter.acquire(
+                timeout=self.timeout, labels=planned.labels, **planned.amounts
+            )
         try:
             response = await inner.handle_async_request(request)
         except BaseException as e:
@@ -561,13 +613,17 @@ class BudgetSyncTransport(_Meter, _SyncTransport):
             self._check_hold(left)
             time.sleep(left)
         try:
-            lease = self.limiter.sync.acquire(timeout=self.timeout, **planned.amounts)
+            lease = planned.limiter.sync.acquire(
+                timeout=self.timeout, labels=planned.labels, **planned.amounts
+            )
         except BudgetExceeded as refused:
             smaller = self._shrunk(planned, refused)
             if smaller is None:
                 raise
             planned, request = smaller, smaller.request
-            lease = self.limiter.sync.acquire(timeout=self.timeout, **planned.amounts)
+            lease = planned.limiter.sync.acquire(
+                timeout=self.timeout, labels=planned.labels, **planned.amounts
+            )
         try:
             response = inner.handle_request(request)
         except BaseException as e:

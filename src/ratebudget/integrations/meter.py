@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._exceptions import InvalidRequest
+from .._scope import current_scope, labels_of
 from ._call_amounts import commit_amounts, reserve_amounts
 from ._classify import Endpoint
 from ._estimate import DEFAULT_MAX_OUTPUT, Estimate, estimate
@@ -83,11 +84,23 @@ class Meter:
         timeout: float | None = None,
         count_tokens: Callable[[str], int] | None = None,
         unknown_model: Literal["raise"] | Mapping[str, Decimal | str] = "raise",
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         if not isinstance(model, str) or not model:
             raise InvalidRequest(f"model={model!r}: name the model the call uses")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InvalidRequest(f"n={n!r}: expected a count >= 1")
+        # the current scope (``ratebudget.scope``): its limiter and labels
+        current = current_scope()
+        tags: dict[str, str] = {}
+        if current is not None:
+            limiter = current.limiter or limiter
+            tags.update(current.labels)
+        tags.update(labels_of(labels))
+        tags.setdefault("operation", "chat")
+        tags.setdefault("provider", provider or "openai")
+        tags.setdefault("model", model[:256])
+        self.labels = labels_of(tags)
         self.limiter = limiter
         self.model = model
         self.provider = provider
@@ -139,7 +152,7 @@ class Meter:
                 "this meter was already entered; call limiter.meter() again"
             )
         self._lease = await self.limiter.acquire(
-            timeout=self.timeout, **self._reserve()
+            timeout=self.timeout, labels=self.labels, **self._reserve()
         )
         return self
 
