@@ -59,6 +59,24 @@ async def commits(url: str, name: str) -> None:
         print(n, flush=True)
 
 
+async def alerts(url: str, name: str, shadow: bool, times: int) -> None:
+    """Record 1 token ``times`` times on a cap of 100 with thresholds every
+    10%: print every alert this process was handed."""
+    got: list[str] = []
+    lim = Limiter(
+        Cap(tokens=100, alert_at=tuple(k / 10 for k in range(1, 11))),
+        store=url,
+        name=name,
+        shadow=shadow,
+        on_alert=lambda a: got.append(f"alert {a.kind} {a.threshold} {a.id}"),
+    )
+    for _ in range(times):
+        await lim.record(tokens=1)
+    await lim.flush_alerts()
+    for line in got:
+        print(line, flush=True)
+
+
 def main() -> None:
     mode, url, name, *args = sys.argv[1:]
     if mode == "cap":
@@ -69,6 +87,8 @@ def main() -> None:
         anyio.run(hold, url, name, float(args[0]))
     elif mode == "commits":
         anyio.run(commits, url, name)
+    elif mode == "alerts":
+        anyio.run(alerts, url, name, args[0] == "shadow", int(args[1]))
     else:
         raise SystemExit(f"unknown mode {mode}")
 

@@ -141,19 +141,45 @@ class TestThresholds:
         assert [a.period for a in got.alerts] == ["2026-01-01", "2026-01-02"]
         assert [a.used for a in got.alerts] == [D(6), D(5)]
 
-    async def test_thresholds_fire_again_after_reset(self, make: Make) -> None:
+    async def test_a_threshold_fires_once_a_period_even_after_reset(
+        self, make: Make
+    ) -> None:
+        """Contract 17: once per (scope, cap, threshold, period, kind), the
+        latch in the store; ``Alert.id`` names exactly that."""
         got = Collector()
         limiter = make(
-            Cap(usd=10, alert_at=(0.5, 1.0)), clock=FakeClock(), on_alert=got
+            Cap(usd=10, soft=True, alert_at=(0.5, 1.0)),
+            clock=FakeClock(),
+            on_alert=got,
         )
         await limiter.record(usd=6)
         await limiter.reset()
         await limiter.record(usd=4)
         await limiter.flush_alerts()
         assert got.thresholds == [0.5]
-        await limiter.record(usd=1)
+        await limiter.record(usd=1)  # 5 again since the reset: 50% was sent
+        await limiter.record(usd=3)  # 8: the period's peak was 6
         await limiter.flush_alerts()
-        assert got.thresholds == [0.5, 0.5]
+        assert got.thresholds == [0.5]
+        await limiter.record(usd=3)  # 11: past the peak, to 100%
+        await limiter.flush_alerts()
+        assert got.thresholds == [0.5, 1.0]
+
+    async def test_each_threshold_fires_once_across_limiter_objects(
+        self, make: Make
+    ) -> None:
+        """Limiters of one name (processes, on a shared store) share the
+        latch: one alert per threshold in all, whoever crossed it."""
+        got = Collector()
+        a = make(Cap(usd=10, alert_at=(0.5,)), name="latch", on_alert=got)
+        b = make(Cap(usd=10, alert_at=(0.5,)), name="latch", on_alert=got)
+        await a.record(usd=6)
+        await b.reset()
+        await b.record(usd=6)
+        await a.record(usd=1)
+        await a.flush_alerts()
+        await b.flush_alerts()
+        assert got.thresholds == [0.5]
 
     async def test_a_soft_cap_alerts_past_its_limit_and_never_blocks(
         self, make: Make
@@ -335,14 +361,14 @@ class TestSyncAlerts:
         limiter.sync.flush_alerts()
         assert [r.levelno for r in caplog.records if r.exc_info] == [logging.ERROR]
 
-    def test_sync_alerts_fire_again_after_reset(self, make: Make) -> None:
+    def test_sync_alerts_fire_once_a_period_even_after_reset(self, make: Make) -> None:
         got = Collector()
         limiter = make(Cap(usd=10, alert_at=(0.5,)), clock=FakeClock(), on_alert=got)
         limiter.sync.record(usd=5)
         limiter.sync.reset()
         limiter.sync.record(usd=5)
         limiter.sync.flush_alerts()
-        assert got.thresholds == [0.5, 0.5]
+        assert got.thresholds == [0.5]
 
 
 class TestOffThePath:

@@ -64,6 +64,22 @@ def test_eight_processes_never_overspend_a_hard_cap(store_url: str, name: str) -
     assert snap[0].reserved == 0
 
 
+def test_eight_processes_deliver_each_alert_once(store_url: str, name: str) -> None:
+    """Contract 17: 8 processes on one cap (hard, in shadow mode: nothing
+    refused) cross its ten thresholds and go past it; each threshold alert,
+    and the period's one shadow alert, is delivered once in all."""
+    procs = [spawn("alerts", store_url, name, "shadow", 20) for _ in range(8)]
+    lines = finish(procs)  # 160 tokens recorded on a cap of 100
+    kinds = sorted(line.split()[1:3] for line in lines)
+    expected = [["shadow", "1.0"]] + [
+        ["threshold", str(k / 10)] for k in range(1, 11)
+    ]
+    assert kinds == sorted(expected)
+    assert len({line.split()[3] for line in lines}) == len(expected)
+    snap = Limiter(Cap(tokens=100), store=store_url, name=name).sync.snapshot()
+    assert snap[0].used == 160
+
+
 def test_four_processes_share_one_rate(store_url: str, name: str) -> None:
     limit, burst, count = 40, 5, 12  # 48 grants: 5 at once, then 40 per second
     start = time.time()

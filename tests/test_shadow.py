@@ -133,3 +133,19 @@ def test_shadow_must_be_a_bool() -> None:
 
     with pytest.raises(InvalidRequest, match="shadow"):
         Limiter(Cap(tokens=1), shadow="yes")  # type: ignore[arg-type]
+
+
+async def test_one_shadow_alert_a_period_across_limiter_objects(make: Make) -> None:
+    """The latch is in the store: limiter objects of one name (processes, on
+    a shared store) send one shadow alert a cap and period in all."""
+    got: list[Alert] = []
+    a = make(Cap(tokens=10), name="latch", shadow=True, on_alert=got.append)
+    b = make(Cap(tokens=10), name="latch", shadow=True, on_alert=got.append)
+    await a.record(tokens=11)
+    await b.record(tokens=5)
+    async with b.acquire(tokens=3):
+        pass
+    await settle()
+    await a.flush_alerts()
+    await b.flush_alerts()
+    assert [(x.kind, x.requested) for x in got] == [("shadow", 11)]

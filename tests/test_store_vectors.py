@@ -648,7 +648,7 @@ SCENARIOS = [
                     ["crossings", [[1, 0, 40, *NOV]]],
                 ],
                 # b only waits when enforced; the record would be refused
-                shadowed=[[1, 0, 110, 40, *NOV]],
+                shadowed=[[1, 0, 110, 40, *NOV, 1]],
             ),
             Batch(
                 1,
@@ -661,7 +661,7 @@ SCENARIOS = [
                 2,
                 [commit("a", 1, (0, 80, 0), 0, 80, 0), acq("d", 0, 1, 0, wait=False)],
                 [["crossings", [[1, 40, 120, *NOV]]], ["granted", 3]],
-                shadowed=[[1, 120, 30, 1, *NOV]],
+                shadowed=[[1, 120, 30, 1, *NOV, 0]],  # the period's second
             ),
         ],
     ),

@@ -88,6 +88,7 @@ class Shadowed:
     requested: int
     period: str
     end: int | None
+    first: bool = True  # the first of the cap's period, in any process
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +107,9 @@ class Inexact:
 
 @dataclass(frozen=True, slots=True)
 class Crossing:
-    """A cap's usage changed from ``before`` to ``after`` (for alerts and overruns)."""
+    """A cap's usage changed from ``before`` to ``after`` (for alerts and
+    overruns; ``before`` is the period's peak, should a ``reset`` have
+    lowered the usage since)."""
 
     slot: int
     before: int
@@ -270,9 +273,13 @@ class Counter:
     periods their caller sent: the counter keeps its period); ``window`` is
     ``None`` for a lifetime cap. ``reserved`` spans periods: a lease granted
     in one period and committed in the next counts in the next.
+
+    The alert latches of the period: ``peak``, the most its usage reached
+    (a threshold fires once, when usage first passes it, even after a
+    ``reset``), and ``noted``, whether a shadow refusal was reported.
     """
 
-    __slots__ = ("end", "key", "period", "reserved", "used", "window")
+    __slots__ = ("end", "key", "noted", "peak", "period", "reserved", "used", "window")
 
     def __init__(
         self,
@@ -289,6 +296,18 @@ class Counter:
         self.end = end
         self.used = used
         self.reserved = reserved
+        self.peak = used
+        self.noted = False
+
+    def add(self, n: int) -> int:
+        """Count ``n`` more used; the usage alerts start from (the period's
+        peak before it)."""
+        before = self.used
+        peak = self.peak if self.peak > before else before
+        self.used = after = before + n
+        if after > peak:
+            self.peak = after
+        return peak
 
     def roll(self, wall: int) -> bool:
         """Move to the period holding ``wall`` if the current one ended."""
@@ -303,6 +322,7 @@ class Counter:
         if period == self.period:  # pragma: no cover - a window that never ends
             return False
         self.period, self.end, self.used = period, end, 0
+        self.peak, self.noted = 0, False
         return True
 
 

@@ -152,7 +152,11 @@ def _shadow(st: State, plan: Plan, req: tuple[int, ...], reserved: bool) -> None
         n = req[i]
         c = cap.counter
         if n and c.used + (c.reserved if reserved else 0) + n > cap.limit:
-            st.shadowed.append(Shadowed(i, c.used, c.reserved, n, c.period, c.end))
+            first = not c.noted
+            c.noted = True
+            st.shadowed.append(
+                Shadowed(i, c.used, c.reserved, n, c.period, c.end, first)
+            )
 
 
 def _caps_fit(plan: Plan, req: tuple[int, ...]) -> bool:
@@ -624,8 +628,7 @@ def settle(
     for i, cap in plan.caps:
         c = cap.counter
         if actual is not None and actual[i]:
-            before = c.used
-            c.used = before + actual[i]
+            before = c.add(actual[i])
             crossings.append(Crossing(i, before, c.used, c.period, c.end))
     if st.ttl is not None and lease_id:
         st.records[lease_id] = Record(SETTLED, now + st.keep, take, ())
@@ -689,8 +692,7 @@ def record(
     for i, cap in plan.caps:
         if req[i]:
             c = cap.counter
-            before = c.used
-            c.used = before + req[i]
+            before = c.add(req[i])
             crossings.append(Crossing(i, before, c.used, c.period, c.end))
     if st.queue:
         _fail_certain(st)

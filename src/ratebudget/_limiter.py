@@ -53,8 +53,6 @@ _new: Final = object.__new__
 _FAST_KEPT: Final = 1024  # token counts whose request tuple is cached
 _MAX_SECONDS: Final = 10.0**10  # timeouts and TTLs beyond ~300 years are "forever"
 
-_SHADOW_KEPT: Final = 1024  # (cap, period) pairs whose shadow alert went out
-
 
 def _in_event_loop() -> bool:
     """Whether this thread runs an event loop (asyncio or trio) right now."""
@@ -144,7 +142,6 @@ class Limiter:
         "_pers",
         "_seen",
         "_shadow",
-        "_shadow_seen",
         "_store",
         "_sync",
         "_task_waiter",
@@ -217,7 +214,6 @@ class Limiter:
         else:
             self._b = resolved.bind(name, limits, self._clock, ttl, on_store_error)
         self._shadow = shadow
-        self._shadow_seen: set[tuple[int, str]] = set()
         self._pers = tuple(
             s.per if isinstance(s, RateSpec) else 1 for s in self._b.spec.slots
         )
@@ -584,19 +580,16 @@ class Limiter:
                     self._dispatch.post(alerts)
 
     def _on_shadow(self, shadowed: list[Shadowed]) -> None:
-        """Shadow mode: what the caps would have refused. Each refusal is
-        logged (INFO); the first of each cap and period is an alert too."""
+        """Shadow mode: what the caps would have refused. The first of each
+        cap and period (in any process: the store latches it) is an alert;
+        the others are logged (INFO)."""
         alerts: list[Alert] = []
-        seen = self._shadow_seen
         for x in shadowed:
             alert = shadow_alert(self._limits, x, self._name)
-            if (x.slot, x.period) in seen:
+            if x.first:
+                alerts.append(alert)
+            else:
                 logger.info("ratebudget: %s", alert)
-                continue
-            if len(seen) >= _SHADOW_KEPT:
-                seen.clear()
-            seen.add((x.slot, x.period))
-            alerts.append(alert)
         if alerts:
             report(alerts, [], self._dispatch is not None)
             if self._dispatch is not None:

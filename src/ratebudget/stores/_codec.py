@@ -21,7 +21,7 @@ Results::
 A batch's answer also lists, under ``shadowed`` (left out when empty), what
 the caps of a shadow plan would have refused::
 
-    [slot, used, reserved, requested, period, end or null]
+    [slot, used, reserved, requested, period, end or null, first01]
 """
 
 from __future__ import annotations
@@ -42,11 +42,12 @@ __all__ = (
 
 
 def encode_shadowed(x: Shadowed) -> list[Any]:
-    return [x.slot, x.used, x.reserved, x.requested, x.period, x.end]
+    first = 1 if x.first else 0
+    return [x.slot, x.used, x.reserved, x.requested, x.period, x.end, first]
 
 
 def decode_shadowed(v: list[Any]) -> Shadowed:
-    slot, used, reserved, requested, period, end = v
+    slot, used, reserved, requested, period, end, first = v
     return Shadowed(
         int(slot),
         int(used),
@@ -54,6 +55,7 @@ def decode_shadowed(v: list[Any]) -> Shadowed:
         int(requested),
         str(period),
         None if end is None else int(end),
+        first == 1,
     )
 
 

@@ -5,7 +5,8 @@ The state document::
 
     {"clock": µs, "wall": µs, "take": int,
      "b": {ratekey: [rate, per, cap, level, last, full, [[take, level], ...]]},
-     "c": {capkey: [period, end or null, used, reserved, per or null, tz]},
+     "c": {capkey: [period, end or null, used, reserved, per or null, tz,
+                   peak, noted01]},
      "p": {planid: [["r", ratekey] | ["c", capkey, limit, kind], ...]},
 
 A cap's ``kind``: 0 soft, 1 hard, 2 shadow (hard, but it only reports).
@@ -180,11 +181,15 @@ def load(
             )
             b.full = _int(full)
             b.peaks = [[_int(t), _int(lv)] for t, lv in peaks]
-        for key, (period, end, used, reserved, per, _tz) in doc["c"].items():
+        for key, row in doc["c"].items():
+            period, end, used, reserved, per = row[:5]
             window = None if per is None else _known(windows.get(key, []))
             c = st.counters[key] = Counter(key, window)
             c.period, c.end = str(period), None if end is None else _int(end)
             c.used, c.reserved = _int(used), _int(reserved)
+            # the alert latches (a document written before them has none)
+            c.peak = _int(row[6]) if len(row) > 6 else c.used
+            c.noted = len(row) > 7 and row[7] == 1
     # the plan's calendar caps roll into the windows the caller sent
     for s in spec.slots:
         if isinstance(s, CapSpec) and s.per is not None:
@@ -267,7 +272,15 @@ def dump(
             for k, b in st.buckets.items()
         },
         "c": {
-            k: [c.period, c.end, c.used, c.reserved, *specs.get(k, (None, "UTC"))]
+            k: [
+                c.period,
+                c.end,
+                c.used,
+                c.reserved,
+                *specs.get(k, (None, "UTC")),
+                c.peak,
+                1 if c.noted else 0,
+            ]
             for k, c in st.counters.items()
         },
         "p": plans,

@@ -593,8 +593,27 @@ end
 
 -- class Counter: ``window`` is the list of windows it may roll into
 -- (ARGV.windows), nil for a lifetime cap
+-- peak, noted: the period's alert latches (the most its usage reached; whether
+-- a shadow refusal was reported)
 local function Counter(key, window)
-    return { key = key, window = window, period = '', end_ = nil, used = 0, reserved = 0 }
+    return {
+        key = key, window = window, period = '', end_ = nil, used = 0, reserved = 0,
+        peak = 0, noted = false,
+    }
+end
+
+-- Counter.add: count n more used; the usage alerts start from
+local function counter_add(c, n)
+    local before = c.used
+    local peak = c.peak
+    if before > peak then
+        peak = before
+    end
+    c.used = before + n
+    if c.used > peak then
+        c.peak = c.used
+    end
+    return peak
 end
 
 -- the window of ``windows`` holding ``wall`` (_state._known)
@@ -622,6 +641,7 @@ local function counter_roll(c, wall)
         return false
     end
     c.period, c.end_, c.used = got[1], got[3], 0
+    c.peak, c.noted = 0, false
     return true
 end
 
@@ -799,7 +819,9 @@ local function _shadow(st, plan, req, reserved)
         local n = req[i]
         local c = cap.counter
         if n ~= 0 and c.used + (reserved and c.reserved or 0) + n > cap.limit then
-            insert(st.shadowed, { i - 1, c.used, c.reserved, n, c.period, nn(c.end_) })
+            local first = c.noted and 0 or 1
+            c.noted = true
+            insert(st.shadowed, { i - 1, c.used, c.reserved, n, c.period, nn(c.end_), first })
         end
     end
 end
@@ -1292,8 +1314,7 @@ local function settle(st, plan, take, est, actual, now, wall, lease_id)
     for _, cs in ipairs(plan.caps) do
         local i, c = cs[1], cs[2].counter
         if actual ~= nil and actual[i] ~= 0 then
-            local before = c.used
-            c.used = before + actual[i]
+            local before = counter_add(c, actual[i])
             insert(crossings, { i - 1, before, c.used, c.period, nn(c.end_) })
         end
     end
@@ -1342,8 +1363,7 @@ local function record(st, plan, req, now, wall)
     for _, cs in ipairs(plan.caps) do
         local i, c = cs[1], cs[2].counter
         if req[i] ~= 0 then
-            local before = c.used
-            c.used = before + req[i]
+            local before = counter_add(c, req[i])
             insert(crossings, { i - 1, before, c.used, c.period, nn(c.end_) })
         end
     end
@@ -1614,6 +1634,9 @@ local function load(doc, records, st, now)
             end
             local c = Counter(key, window)
             c.period, c.end_, c.used, c.reserved = row[1], nul(row[2]), row[3], row[4]
+            -- the alert latches (a document written before them has none)
+            c.peak = row[7] or c.used
+            c.noted = row[8] == 1
             st.counters[key] = c
         end
     end
@@ -1671,7 +1694,10 @@ local function dump(st, specs)
     local counters = object({})
     for k, c in pairs(st.counters) do
         local spec = specs[k] or { NULL, 'UTC' }
-        counters[k] = { c.period, nn(c.end_), c.used, c.reserved, spec[1], spec[2] }
+        counters[k] = {
+            c.period, nn(c.end_), c.used, c.reserved, spec[1], spec[2], c.peak,
+            c.noted and 1 or 0,
+        }
     end
     return object({
         clock = st.clock, wall = st.wall, take = st.take,
