@@ -22,7 +22,14 @@ import pytest
 from google import genai
 from google.genai import types
 
-from ratebudget import BudgetExceeded, Cap, InvalidRequest, Limiter, Rate
+from ratebudget import (
+    AcquireTimeout,
+    BudgetExceeded,
+    Cap,
+    InvalidRequest,
+    Limiter,
+    Rate,
+)
 from ratebudget.integrations.httpx import (
     SHRUNK_HEADER,
     BudgetSyncTransport,
@@ -483,3 +490,58 @@ async def test_meter_settles_the_sdks_response() -> None:
     assert usage == Usage(r.prompt_tokens, r.output_tokens, reasoning_tokens=4)
     _, usd = logged(provider)
     assert (await limiter.snapshot())[0].used == usd
+
+
+# -- a 429 says when to retry in its body ---------------------------------------
+
+
+@pytest.mark.parametrize("pkg", [httpx, httpx2], ids=lambda p: p.__name__)
+async def test_a_429s_retry_delay_in_the_body_holds_later_callers(pkg: Any) -> None:
+    """Gemini puts a 429's delay in ``error.details`` (RetryInfo), not in
+    ``Retry-After``: the transport reads it there (a hold longer than the
+    timeout fails at once), and the caller still gets the error body."""
+    provider = FakeProvider()
+    provider.fail_next(429, retry_after=30)
+    limiter = Limiter(Rate(requests=100, per=1))
+    transport = BudgetTransport(
+        limiter, transport=pkg.ASGITransport(app=provider), timeout=5
+    )
+    body = {"contents": [{"parts": [{"text": "hello"}]}]}
+    url = f"/v1beta/models/{MODEL}:generateContent"
+    async with pkg.AsyncClient(transport=transport, base_url="http://fake") as client:
+        first = await client.post(url, json=body)
+        assert first.status_code == 429
+        assert "retry-after" not in first.headers
+        (detail,) = first.json()["error"]["details"]
+        assert detail["retryDelay"] == "30s"
+        with pytest.raises(AcquireTimeout) as held:
+            await client.post(url, json=body)
+    assert held.value.retry_after is not None
+    assert 25 < held.value.retry_after <= 30
+    assert len(provider.requests) == 1  # the second never left
+
+
+def test_the_sync_transport_reads_it_too() -> None:
+    provider = FakeProvider()
+    provider.fail_next(429, retry_after=30)
+    body = {"contents": [{"parts": [{"text": "hello"}]}]}
+    url = f"/v1beta/models/{MODEL}:generateContent"
+    with provider.serve_in_thread() as base:
+        transport = BudgetSyncTransport(Limiter(Rate(requests=100, per=1)), timeout=5)
+        with httpx2.Client(transport=transport, base_url=base) as client:
+            assert client.post(url, json=body).status_code == 429
+            with pytest.raises(AcquireTimeout):
+                client.post(url, json=body)
+
+
+async def test_the_sdk_sees_the_429_and_then_the_hold() -> None:
+    provider = FakeProvider()
+    provider.fail_next(429, retry_after=30, message="Resource exhausted")
+    client = gemini(Limiter(Rate(requests=100, per=1)), provider, timeout=5)
+    with pytest.raises(genai.errors.ClientError) as refused:
+        await client.aio.models.generate_content(model=MODEL, contents="hi")
+    assert refused.value.code == 429
+    assert "Resource exhausted" in str(refused.value)
+    with pytest.raises(AcquireTimeout):
+        await client.aio.models.generate_content(model=MODEL, contents="hi")
+    assert len(provider.requests) == 1

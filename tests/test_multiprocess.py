@@ -71,9 +71,7 @@ def test_eight_processes_deliver_each_alert_once(store_url: str, name: str) -> N
     procs = [spawn("alerts", store_url, name, "shadow", 20) for _ in range(8)]
     lines = finish(procs)  # 160 tokens recorded on a cap of 100
     kinds = sorted(line.split()[1:3] for line in lines)
-    expected = [["shadow", "1.0"]] + [
-        ["threshold", str(k / 10)] for k in range(1, 11)
-    ]
+    expected = [["shadow", "1.0"]] + [["threshold", str(k / 10)] for k in range(1, 11)]
     assert kinds == sorted(expected)
     assert len({line.split()[3] for line in lines}) == len(expected)
     snap = Limiter(Cap(tokens=100), store=store_url, name=name).sync.snapshot()

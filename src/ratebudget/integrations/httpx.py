@@ -114,6 +114,26 @@ _REMAINING: Final = (
 _held: weakref.WeakKeyDictionary[Limiter, float] = weakref.WeakKeyDictionary()
 
 
+def _retry_delay(raw: bytes) -> float | None:
+    """Seconds from an error body's ``google.rpc.RetryInfo`` (Gemini's 429:
+    ``{"error": {"details": [{"retryDelay": "36s", ...}]}}``)."""
+    try:
+        body = json.loads(raw)
+        details = body["error"]["details"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    for item in details if isinstance(details, list) else ():
+        delay = item.get("retryDelay") if isinstance(item, Mapping) else None
+        if isinstance(delay, str) and delay.endswith("s"):
+            try:
+                seconds = float(delay[:-1])
+            except ValueError:
+                continue
+            if math.isfinite(seconds):
+                return max(0.0, seconds)
+    return None
+
+
 def _retry_after(headers: Any) -> float | None:
     """Seconds from a ``Retry-After`` (or ``retry-after-ms``) header."""
     ms = headers.get("retry-after-ms")
@@ -474,6 +494,20 @@ def _never_left(request: Any, error: BaseException) -> bool:
     return isinstance(error, (package.ConnectError, package.ConnectTimeout))
 
 
+def _with_content(response: Any, request: Any, raw: bytes) -> Any:
+    """``response`` anew, its body read (``raw``) and given again."""
+    # the body is decoded now: its encoding and length go with the old one
+    gone = (b"content-encoding", b"content-length", b"transfer-encoding")
+    headers = [(k, v) for k, v in response.headers.raw if k.lower() not in gone]
+    return type(response)(
+        status_code=response.status_code,
+        headers=headers,
+        content=raw,
+        extensions=response.extensions,
+        request=request,
+    )
+
+
 def _respond(response: Any, request: Any, stream: Any, shrunk: int | None) -> Any:
     headers = response.headers
     if shrunk is not None:  # shrink=True lowered the output limit: say so
@@ -566,7 +600,12 @@ class BudgetTransport(_Meter, _Transport):
         self._observe(response)
         if response.status_code >= 400:
             if response.status_code == 429:
-                self._hold(_retry_after(response.headers))
+                wait = _retry_after(response.headers)
+                if wait is None and planned.endpoint in _GEMINI:
+                    raw = await response.aread()  # its delay is in the body
+                    wait = _retry_delay(raw)
+                    response = _with_content(response, request, raw)
+                self._hold(wait)
             with anyio.CancelScope(shield=True):
                 await lease.release()
             return response
@@ -635,7 +674,12 @@ class BudgetSyncTransport(_Meter, _SyncTransport):
         self._observe(response)
         if response.status_code >= 400:
             if response.status_code == 429:
-                self._hold(_retry_after(response.headers))
+                wait = _retry_after(response.headers)
+                if wait is None and planned.endpoint in _GEMINI:
+                    raw = response.read()  # its delay is in the body
+                    wait = _retry_delay(raw)
+                    response = _with_content(response, request, raw)
+                self._hold(wait)
             lease.release()
             return response
         stream = _stream_class(request, _SyncMetered, "SyncByteStream")(

@@ -394,7 +394,10 @@ class FakeProvider:
         with self._lock:
             headers = self._window.headers(dialect, now, self.rpm, self.tpm)
         if retry_after is not None:
-            headers.append(("retry-after", str(max(0, math.ceil(retry_after)))))
+            if dialect.retry_info is not None:
+                dialect.retry_info(payload, retry_after)
+            else:
+                headers.append(("retry-after", str(max(0, math.ceil(retry_after)))))
         return json_response(payload, status, headers)
 
     def _rate_limited(

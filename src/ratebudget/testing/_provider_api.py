@@ -113,6 +113,9 @@ class Dialect:
     """(status, message, the own limit that refused it on a 429) -> error JSON."""
     limit_headers: Callable[[str, int, int, float], list[tuple[str, str]]]
     """(``"requests"``/``"tokens"``, limit, remaining, seconds to reset) -> headers."""
+    retry_info: Callable[[dict[str, Any], float], None] | None = None
+    """Puts a retry delay (seconds) into the error JSON, for a family that
+    says it there rather than in ``Retry-After`` (Gemini)."""
 
 
 def count_tokens(text: str) -> int:

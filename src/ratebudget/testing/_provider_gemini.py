@@ -6,13 +6,15 @@ The model is named in the path, under any prefix (the Gemini API's
 A stream is SSE with ``?alt=sse`` (as ``google-genai`` asks), else one JSON
 array of the chunks. Every chunk carries ``usageMetadata`` so far (the prompt
 only, until the last, which has the ``finishReason`` and every count), as
-Gemini does. Errors are ``{"error": {"code", "message", "status"}}``; Gemini
-sends no rate-limit headers, so neither does this.
+Gemini does. Errors are ``{"error": {"code", "message", "status"}}``, and a
+429's delay is a ``google.rpc.RetryInfo`` in its ``details`` (no
+``Retry-After``); Gemini sends no rate-limit headers, so neither does this.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -48,6 +50,16 @@ _STATUS = {
 def _error_payload(status: int, message: str, limit: str | None) -> dict[str, Any]:
     name = _STATUS.get(status, "INTERNAL" if status >= 500 else "INVALID_ARGUMENT")
     return {"error": {"code": status, "message": message, "status": name}}
+
+
+def _retry_info(payload: dict[str, Any], seconds: float) -> None:
+    """Gemini says when to retry in the error's details (``google.rpc.RetryInfo``)."""
+    payload["error"]["details"] = [
+        {
+            "@type": "type.googleapis.com/google.rpc.RetryInfo",
+            "retryDelay": f"{math.ceil(seconds)}s",
+        }
+    ]
 
 
 def _no_limit_headers(
@@ -200,6 +212,7 @@ GEMINI = Dialect(
     request_id_header="x-request-id",
     error_payload=_error_payload,
     limit_headers=_no_limit_headers,
+    retry_info=_retry_info,
 )
 
 GEMINI_METHODS: dict[str, tuple[Dialect, Plan]] = {
