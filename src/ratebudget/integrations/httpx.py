@@ -494,31 +494,31 @@ def _never_left(request: Any, error: BaseException) -> bool:
     return isinstance(error, (package.ConnectError, package.ConnectTimeout))
 
 
+def _rebuilt(response: Any, request: Any, headers: Any, **body: Any) -> Any:
+    """``response`` anew, for ``request``: ``headers``, and its body as
+    ``stream=`` or ``content=``."""
+    return type(response)(
+        status_code=response.status_code,
+        headers=headers,
+        extensions=response.extensions,
+        request=request,
+        **body,
+    )
+
+
 def _with_content(response: Any, request: Any, raw: bytes) -> Any:
     """``response`` anew, its body read (``raw``) and given again."""
     # the body is decoded now: its encoding and length go with the old one
     gone = (b"content-encoding", b"content-length", b"transfer-encoding")
     headers = [(k, v) for k, v in response.headers.raw if k.lower() not in gone]
-    return type(response)(
-        status_code=response.status_code,
-        headers=headers,
-        content=raw,
-        extensions=response.extensions,
-        request=request,
-    )
+    return _rebuilt(response, request, headers, content=raw)
 
 
 def _respond(response: Any, request: Any, stream: Any, shrunk: int | None) -> Any:
     headers = response.headers
     if shrunk is not None:  # shrink=True lowered the output limit: say so
         headers = [*headers.raw, (SHRUNK_HEADER.encode(), str(shrunk).encode())]
-    return type(response)(
-        status_code=response.status_code,
-        headers=headers,
-        stream=stream,
-        extensions=response.extensions,
-        request=request,
-    )
+    return _rebuilt(response, request, headers, stream=stream)
 
 
 class BudgetTransport(_Meter, _Transport):
