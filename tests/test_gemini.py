@@ -52,6 +52,7 @@ from ratebudget.integrations.usage import (
 from ratebudget.testing import FakeProvider
 
 MODEL = "gemini-2.5-flash"
+EMBED = "gemini-embedding-001"
 
 GEMINI_JSON: dict[str, Any] = {
     "candidates": [
@@ -163,7 +164,9 @@ def test_usage_from_json_and_from_the_sdks_model_dump() -> None:
             "1234",
         ),
         (f"/v1beta/models/{MODEL}:countTokens", None, MODEL),
-        (f"/v1beta/models/{MODEL}:embedContent", None, MODEL),
+        (f"/v1beta/models/{EMBED}:embedContent", Endpoint.GEMINI_EMBED, EMBED),
+        (f"/v1beta/models/{EMBED}:batchEmbedContents", Endpoint.GEMINI_EMBED, EMBED),
+        (f"/v1beta/models/{MODEL}:predict", None, MODEL),  # Vertex's embeddings
         (f"/v1beta/models/{MODEL}", None, None),
     ],
 )
@@ -177,8 +180,25 @@ def test_classify_and_model(
 
 def test_counting_tokens_is_free_embedding_is_not() -> None:
     assert is_free("POST", f"/v1beta/models/{MODEL}:countTokens")
-    assert not is_free("POST", f"/v1beta/models/{MODEL}:embedContent")
+    assert not is_free("POST", f"/v1beta/models/{EMBED}:embedContent")
     assert not is_free("POST", f"/v1beta/models/{MODEL}:generateContent")
+
+
+def test_embeddings_estimate_every_content_and_no_output() -> None:
+    one = {"content": {"parts": [{"text": "abcd" * 3}]}, "title": "abcd"}
+    est = estimate(Endpoint.GEMINI_EMBED, one)
+    assert (est.input_tokens, est.max_output_tokens, est.n) == (4, 0, 1)
+    batch = {
+        "requests": [
+            {"model": f"models/{EMBED}", "content": {"parts": [{"text": "abcd"}]}},
+            {"model": f"models/{EMBED}", "content": {"parts": [{"text": "ab"}]}},
+        ]
+    }
+    assert estimate(Endpoint.GEMINI_EMBED, batch).input_tokens == 2  # 6 chars
+    # Gemini's embeddings report no usage: the estimate is committed
+    assert usage_from_json(Endpoint.GEMINI_EMBED, {"embeddings": []}) is None
+    counted = {"usageMetadata": {"promptTokenCount": 7}}
+    assert usage_from_json(Endpoint.GEMINI_EMBED, counted) == Usage(7, 0)
 
 
 def test_estimate_reads_every_text_and_the_output_limit() -> None:
@@ -545,3 +565,27 @@ async def test_the_sdk_sees_the_429_and_then_the_hold() -> None:
     with pytest.raises(AcquireTimeout):
         await client.aio.models.generate_content(model=MODEL, contents="hi")
     assert len(provider.requests) == 1
+
+
+@pytest.mark.parametrize("exact", [True, False])
+async def test_embeddings_through_the_sdk_are_metered(exact: bool) -> None:
+    """No usage in the answer: what is committed is the estimate, exact when
+    the transport counts tokens as the provider does (``count_tokens=``)."""
+    provider = FakeProvider()
+    limiter = Limiter(Cap(usd=1), Cap(tokens=10**6))
+    counter = FakeProvider.count_tokens if exact else None
+    client = gemini(limiter, provider, count_tokens=counter)
+    texts: list[Any] = ["one two three", "four five"]
+    reply = await client.aio.models.embed_content(model=EMBED, contents=texts)
+    assert reply.embeddings is not None
+    assert len(reply.embeddings) == 2
+    (request,) = provider.requests
+    assert request.model == EMBED
+    usd, tokens = (await limiter.snapshot()).limits
+    expected = (
+        request.prompt_tokens
+        if exact
+        else estimate(Endpoint.GEMINI_EMBED, request.body).input_tokens
+    )
+    assert (tokens.used, tokens.reserved) == (expected, 0)
+    assert usd.used == price(EMBED, Usage(expected, 0), provider="google")

@@ -28,6 +28,8 @@ class Endpoint(str, Enum):
     """``POST .../models/{model}:generateContent`` (the Gemini API, Vertex AI)."""
     GEMINI_STREAM = "gemini.stream_generate_content"
     """``POST .../models/{model}:streamGenerateContent`` (SSE with ``?alt=sse``)."""
+    GEMINI_EMBED = "gemini.embed_content"
+    """``POST .../models/{model}:embedContent`` or ``:batchEmbedContents``."""
 
     def __str__(self) -> str:
         return self.value
@@ -45,6 +47,8 @@ _SUFFIXES: Final[Mapping[str, Endpoint]] = {
 _METHODS: Final[Mapping[str, Endpoint]] = {
     ":generateContent": Endpoint.GEMINI_GENERATE,
     ":streamGenerateContent": Endpoint.GEMINI_STREAM,
+    ":embedContent": Endpoint.GEMINI_EMBED,
+    ":batchEmbedContents": Endpoint.GEMINI_EMBED,
 }
 
 
@@ -85,8 +89,9 @@ def classify(method: str, path: str, base_path: str = "") -> Endpoint | None:
     ``.../messages`` (OpenAI's ``/v1/...``, Azure OpenAI's
     ``/openai/deployments/{name}/...``, OpenRouter's ``/api/v1/...``,
     Gemini's ``/v1beta/openai/...``, vLLM or Ollama under any prefix), and
-    Gemini's own ``.../{model}:generateContent`` and
-    ``.../{model}:streamGenerateContent`` (the Gemini API's
+    Gemini's own ``.../{model}:generateContent``,
+    ``.../{model}:streamGenerateContent``, ``:embedContent`` and
+    ``:batchEmbedContents`` (the Gemini API's
     ``/v1beta/models/...``, Vertex AI's ``.../publishers/google/models/...``).
     A query string, trailing and doubled slashes are ignored. ``base_path``,
     when given, is where the API lives: a path outside it is ``None``.

@@ -214,7 +214,8 @@ def estimate(
     ``generationConfig``) or in snake_case (``system_instruction``); each
     ``inlineData`` or ``fileData`` part counts :data:`IMAGE_TOKENS`. A
     ``cachedContent`` the request refers to is not counted: its tokens are
-    only known from the response.
+    only known from the response. Gemini embeddings count the ``content``
+    (and ``title``) of each request of the batch, and produce no output.
     """
     endpoint = _endpoint(endpoint)
     body = _check_body(body)
@@ -247,6 +248,14 @@ def estimate(
             counter.definitions(body.get(key))
         limits = ("max_completion_tokens", "max_tokens")
         n = _positive(body.get("n")) or 1
+    elif endpoint is Endpoint.GEMINI_EMBED:
+        # :embedContent has one ``content``; :batchEmbedContents ``requests``
+        asks = body.get("requests")
+        for ask in asks if isinstance(asks, list) else [body]:
+            if isinstance(ask, Mapping):
+                counter.walk(ask.get("content"))
+                counter.walk(ask.get("title"))
+        limits = ()
     elif endpoint is Endpoint.OPENAI_RESPONSES:
         counter.walk(body.get("instructions"))
         counter.messages(body.get("input"))
@@ -268,7 +277,7 @@ def estimate(
             counter.definitions(body.get(key))
         limits = ("max_tokens",)
 
-    if endpoint is Endpoint.OPENAI_EMBEDDINGS:
+    if endpoint in (Endpoint.OPENAI_EMBEDDINGS, Endpoint.GEMINI_EMBED):
         max_output = 0
     else:
         given = [

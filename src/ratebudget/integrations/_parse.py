@@ -218,6 +218,11 @@ def usage_from_json(endpoint: Endpoint | str, body: Mapping[str, Any]) -> Usage 
     body = _check_body(body)
     if endpoint in (Endpoint.GEMINI_GENERATE, Endpoint.GEMINI_STREAM):
         return _gemini_usage(body)
+    if endpoint is Endpoint.GEMINI_EMBED:
+        # Gemini's embeddings report no usage (the estimate is committed);
+        # read it should a response carry it
+        usage = _gemini_usage(body)
+        return None if usage is None else _usage(usage.input_tokens, 0)
     usage = body.get("usage")
     if endpoint is Endpoint.OPENAI_RESPONSES:
         return _openai_responses_usage(usage)

@@ -66,7 +66,11 @@ _OUTPUT_LIMITS: Final = {
     Endpoint.GEMINI_GENERATE: ("maxOutputTokens", "max_output_tokens"),
     Endpoint.GEMINI_STREAM: ("maxOutputTokens", "max_output_tokens"),
 }
-_GEMINI: Final = (Endpoint.GEMINI_GENERATE, Endpoint.GEMINI_STREAM)
+_GEMINI: Final = (
+    Endpoint.GEMINI_GENERATE,
+    Endpoint.GEMINI_STREAM,
+    Endpoint.GEMINI_EMBED,
+)
 
 # the ``operation`` label of each API (OpenTelemetry's gen_ai.operation.name)
 OPERATIONS: Final = {
@@ -77,6 +81,7 @@ OPERATIONS: Final = {
     Endpoint.ANTHROPIC_MESSAGES: "chat",
     Endpoint.GEMINI_GENERATE: "generate_content",
     Endpoint.GEMINI_STREAM: "generate_content",
+    Endpoint.GEMINI_EMBED: "embeddings",
 }
 
 # whether a limiter counts ``usd`` (and so its calls are priced)

@@ -68,15 +68,24 @@ def _no_limit_headers(
     return []
 
 
+_METHODS = (
+    "generateContent",
+    "streamGenerateContent",
+    "embedContent",
+    "batchEmbedContents",
+)
+
+
 def path_fields(path: str, query: bytes = b"") -> dict[str, Any]:
-    """What a Gemini path says of its call (``model``, ``stream``, ``alt``),
-    or ``{}`` for any other path."""
+    """What a Gemini path says of its call (``model``, ``stream``, ``alt``,
+    ``method``), or ``{}`` for any other path."""
     last = path.rstrip("/").rsplit("/", 1)[-1]
     model, _, method = last.partition(":")
-    if method not in ("generateContent", "streamGenerateContent"):
+    if method not in _METHODS:
         return {}
     alt = "sse" if b"alt=sse" in query else "json"
-    return {"model": model, "stream": method == "streamGenerateContent", "alt": alt}
+    stream = method == "streamGenerateContent"
+    return {"model": model, "stream": stream, "alt": alt, "method": method}
 
 
 def _get(body: Mapping[str, Any], camel: str, snake: str) -> Any:
@@ -215,7 +224,44 @@ GEMINI = Dialect(
     retry_info=_retry_info,
 )
 
+
+def plan_embed(context: Context, body: dict[str, Any]) -> tuple[int, Build]:
+    """``:embedContent`` (one ``content``) and ``:batchEmbedContents``
+    (``requests``, each with its ``content``): a vector per content, of
+    ``outputDimensionality`` numbers (3 by default); no usage reported, as
+    Gemini reports none."""
+    batch = body.get("method") == "batchEmbedContents"
+    asks = body.get("requests") if batch else [body]
+    if not isinstance(asks, list) or not asks:
+        raise BadRequest("* BatchEmbedContentsRequest.requests: requests is empty")
+    texts: list[str] = []
+    for ask in asks:
+        if not isinstance(ask, Mapping) or not isinstance(ask.get("content"), Mapping):
+            raise BadRequest("* EmbedContentRequest.content: content is not specified")
+        texts.append(" ".join(_texts(ask["content"])))
+    size = int_or_none(
+        _get(asks[0], "outputDimensionality", "output_dimensionality"),
+        "outputDimensionality",
+    )
+    prompt = sum(count_tokens(t) for t in texts)
+
+    def vector(text: str) -> dict[str, Any]:
+        seed = [len(text) / 100, count_tokens(text) / 10, 0.5]
+        return {"values": [seed[i % 3] for i in range(size or 3)]}
+
+    def build() -> tuple[int, int, int, Callable[[], Response]]:
+        if batch:
+            payload: dict[str, Any] = {"embeddings": [vector(t) for t in texts]}
+        else:
+            payload = {"embedding": vector(texts[0])}
+        return 0, 0, 0, lambda: json_response(payload)
+
+    return prompt, build
+
+
 GEMINI_METHODS: dict[str, tuple[Dialect, Plan]] = {
     "generateContent": (GEMINI, plan_generate),
     "streamGenerateContent": (GEMINI, plan_generate),
+    "embedContent": (GEMINI, plan_embed),
+    "batchEmbedContents": (GEMINI, plan_embed),
 }
