@@ -121,9 +121,11 @@ class Limiter:
     memory by default; limiters of one ``name`` on one store share it.
     ``clock`` is for tests (``ratebudget.testing.FakeClock``); ``on_alert`` a
     plain or async callable that receives each ``Alert`` (or a list of them,
-    each called in turn: ``ratebudget.alerts.Webhook(url)`` is one). One limiter may be
-    shared by the tasks of one event loop, by threads each running their own
-    loop, and by plain threads through ``limiter.sync``.
+    each called in turn: ``ratebudget.alerts.Webhook(url)`` is one);
+    ``shadow=True`` makes hard caps report what they would refuse instead of
+    refusing it. One limiter may be shared by the tasks of one event loop,
+    by threads each running their own loop, and by plain threads through
+    ``limiter.sync``.
     """
 
     __slots__ = (
@@ -582,7 +584,14 @@ class Limiter:
     def _on_shadow(self, shadowed: list[Shadowed]) -> None:
         """Shadow mode: what the caps would have refused. The first of each
         cap and period (in any process: the store latches it) is an alert;
-        the others are logged (INFO)."""
+        the others are logged (INFO). Never raises: it runs where a store's
+        answer is delivered."""
+        try:
+            self._report_shadowed(shadowed)
+        except Exception:  # pragma: no cover - reporting must not lose a grant
+            logger.exception("ratebudget: reporting a shadow refusal failed")
+
+    def _report_shadowed(self, shadowed: list[Shadowed]) -> None:
         alerts: list[Alert] = []
         for x in shadowed:
             alert = shadow_alert(self._limits, x, self._name)
