@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import inspect
 import logging
+import sys
 import threading
 from asyncio import _get_running_loop as _running_loop
 from collections import deque
@@ -97,6 +98,14 @@ class Dispatch:
             self._to_thread()
             raise
 
+    def post_here(self, alerts: list[Alert]) -> None:
+        """Queue ``alerts`` from wherever this runs: ``post`` in an event
+        loop, ``post_sync`` in a plain thread (a store's worker, say)."""
+        if _in_event_loop():
+            self.post(alerts)
+        else:
+            self.post_sync(alerts)
+
     def post_sync(self, alerts: list[Alert]) -> None:
         """Queue ``alerts`` from a plain thread; drain them in the alerts thread."""
         if self._claim(alerts):
@@ -168,6 +177,20 @@ class Dispatch:
         """``flush`` for plain threads; ``False`` if ``timeout`` ran out."""
         with self._lock:
             return self._idle.wait_for(lambda: not self._busy, timeout)
+
+
+def _in_event_loop() -> bool:
+    """Whether this thread runs an event loop (asyncio or trio) right now."""
+    if _running_loop() is not None:
+        return True
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _failed(handler: AlertHandler, alert: Alert) -> None:

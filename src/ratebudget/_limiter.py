@@ -11,7 +11,6 @@ import functools
 import math
 import sys
 import warnings
-from asyncio import _get_running_loop as _running_loop
 from collections.abc import Generator, Hashable, Mapping, Sequence
 from decimal import Decimal
 from types import TracebackType
@@ -52,20 +51,6 @@ _new: Final = object.__new__
 
 _FAST_KEPT: Final = 1024  # token counts whose request tuple is cached
 _MAX_SECONDS: Final = 10.0**10  # timeouts and TTLs beyond ~300 years are "forever"
-
-
-def _in_event_loop() -> bool:
-    """Whether this thread runs an event loop (asyncio or trio) right now."""
-    if _running_loop() is not None:
-        return True
-    trio = sys.modules.get("trio")
-    if trio is None:
-        return False
-    try:
-        trio.lowlevel.current_trio_token()
-    except RuntimeError:
-        return False
-    return True
 
 
 _PENDING: Final = 0
@@ -587,25 +572,19 @@ class Limiter:
         the others are logged (INFO). Never raises: it runs where a store's
         answer is delivered."""
         try:
-            self._report_shadowed(shadowed)
+            first: list[Alert] = []
+            for x in shadowed:
+                alert = shadow_alert(self._limits, x, self._name)
+                if x.first:
+                    first.append(alert)
+                else:
+                    logger.info("ratebudget: %s", alert)
+            if first:
+                report(first, [], self._dispatch is not None)
+                if self._dispatch is not None:
+                    self._dispatch.post_here(first)
         except Exception:  # pragma: no cover - reporting must not lose a grant
             logger.exception("ratebudget: reporting a shadow refusal failed")
-
-    def _report_shadowed(self, shadowed: list[Shadowed]) -> None:
-        alerts: list[Alert] = []
-        for x in shadowed:
-            alert = shadow_alert(self._limits, x, self._name)
-            if x.first:
-                alerts.append(alert)
-            else:
-                logger.info("ratebudget: %s", alert)
-        if alerts:
-            report(alerts, [], self._dispatch is not None)
-            if self._dispatch is not None:
-                if _in_event_loop():
-                    self._dispatch.post(alerts)
-                else:  # a plain thread, or a store's worker thread
-                    self._dispatch.post_sync(alerts)
 
     async def flush_alerts(self) -> None:
         """Wait until ``on_alert`` has handled every alert fired so far.

@@ -23,6 +23,7 @@ __all__ = (
     "CapSpec",
     "PlanSpec",
     "RateSpec",
+    "cap_key",
     "limits_of",
     "plan_spec",
     "spec_of",
@@ -103,6 +104,13 @@ def _tz_of(name: str) -> str | tzinfo:
     return name
 
 
+def cap_key(cap: Cap) -> str:
+    """The key of a cap's counter: its axis, period, zone and kind, not its
+    limit (limiters of one name with different limits share the counter)."""
+    kind = "soft" if cap.soft else "hard"
+    return f"c:{cap.axis}:{cap.per or 'life'}:{_tz_name(cap.tz)}:{kind}"
+
+
 def plan_spec(
     limits: tuple[Rate | Cap, ...], tick_ns: int, shadow: bool = False
 ) -> PlanSpec:
@@ -126,8 +134,7 @@ def plan_spec(
                 key, rate, per, limit._burst_units * per, limit._limit_units * per
             )
         else:
-            kind = "soft" if limit.soft else "hard"
-            key = f"c:{limit.axis}:{limit.per or 'life'}:{_tz_name(limit.tz)}:{kind}"
+            key = cap_key(limit)
             watch = shadow and not limit.soft
             slot = CapSpec(
                 key,

@@ -30,10 +30,6 @@ MAX_VALUE: Final = 256
 EMPTY_LABELS: Final[Mapping[str, str]] = MappingProxyType({})
 
 
-def _printable(text: str) -> bool:
-    return text.isprintable()
-
-
 def labels_of(labels: object) -> Mapping[str, str]:
     """``labels`` checked, as a read-only copy, or ``InvalidRequest``.
 
@@ -56,7 +52,7 @@ def labels_of(labels: object) -> Mapping[str, str]:
         if (
             not isinstance(key, str)
             or not 0 < len(key) <= MAX_KEY
-            or not _printable(key)
+            or not key.isprintable()
             or " " in key
         ):
             raise InvalidRequest(
@@ -66,7 +62,7 @@ def labels_of(labels: object) -> Mapping[str, str]:
         if (
             not isinstance(value, str)
             or len(value) > MAX_VALUE
-            or not _printable(value)
+            or not value.isprintable()
         ):
             raise InvalidRequest(
                 f"label {key}={value!r:.80}: expected a string of at most "

@@ -14,6 +14,7 @@ from ._amounts import _EXACT, from_units
 from ._decide import Crossing, Exceeded, Shadowed, SlotView, TooLong
 from ._exceptions import AcquireTimeout, BudgetExceeded
 from ._limits import Cap, Rate
+from ._plan import cap_key
 
 __all__ = (
     "Alert",
@@ -104,17 +105,13 @@ class Alert:
         """A stable id: the same for the same (scope, cap, threshold, period,
         kind) in every process, for receivers that deduplicate.
 
-        The cap is named by what its counter is keyed by (axis, period
-        length, zone, hard or soft), not by its limit: raising a cap within
-        a period does not make an alert already sent a new one.
+        The cap is named by its counter's key (axis, period length, zone,
+        hard or soft), not by its limit: raising a cap within a period does
+        not make an alert already sent a new one.
         """
-        cap = self.cap
         parts = (
             self.scope or "",
-            cap.axis,
-            cap.per or "life",
-            str(getattr(cap.tz, "key", None) or cap.tz),
-            "soft" if cap.soft else "hard",
+            cap_key(self.cap),
             repr(float(self.threshold)),
             self.period or "",
             self.kind,

@@ -23,7 +23,6 @@ import urllib.request
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
 from typing import Any, Final, Literal
 
 import anyio
@@ -31,6 +30,7 @@ import anyio.to_thread
 
 from ._alerts import logger
 from ._exceptions import InvalidRequest, RateBudgetError
+from ._http import retry_after
 from ._snapshot import Alert
 
 __all__ = ("Alert", "Webhook", "WebhookFailed")
@@ -181,23 +181,9 @@ class Webhook:
                 return int(response.status), None
         except urllib.error.HTTPError as error:
             with error:
-                return int(error.code), _retry_after(error.headers.get("Retry-After"))
+                return int(error.code), retry_after(error.headers.get("Retry-After"))
         except (OSError, ValueError):  # refused, reset, timed out, bad answer
             return None, None
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.timestamp() - datetime.now(moment.tzinfo).timestamp())
 
 
 def _redact(url: str) -> str:

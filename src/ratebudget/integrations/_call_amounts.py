@@ -1,15 +1,44 @@
-"""The amounts a metered call reserves and commits (shared by the transport and
+"""What a metered call charges, and which limiter (shared by the transport and
 ``limiter.meter()``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from .._exceptions import InvalidRequest
+from .._scope import current_scope, labels_of
 from ._estimate import Estimate
 from ._parse import Usage
 
-__all__ = ("commit_amounts", "reserve_amounts")
+if TYPE_CHECKING:
+    from .. import Limiter
+
+__all__ = ("charged", "commit_amounts", "priced", "reserve_amounts")
+
+
+def priced(limiter: Limiter) -> bool:
+    """Whether ``limiter`` counts ``usd``: its calls must be priced."""
+    return any(limit.axis == "usd" for limit in limiter.limits)
+
+
+def charged(
+    limiter: Limiter,
+    labels: Mapping[str, str] | None = None,
+    **call: str | None,
+) -> tuple[Limiter, Mapping[str, str]]:
+    """The limiter a metered call charges (the current ``ratebudget.scope``'s,
+    else ``limiter``) and its labels: the scope's, then the call's own
+    (``operation``, ``provider``, ``model``; those not ``None``), then
+    ``labels``, each replacing the ones before of the same key."""
+    merged: dict[str, str] = {}
+    current = current_scope()
+    if current is not None:
+        limiter = current.limiter or limiter
+        merged.update(current.labels)
+    merged.update((k, v[:256]) for k, v in call.items() if v)
+    merged.update(labels_of(labels))
+    return limiter, labels_of(merged)
 
 
 def reserve_amounts(

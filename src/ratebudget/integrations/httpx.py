@@ -35,14 +35,13 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
 from .._exceptions import AcquireTimeout, BudgetExceeded, InvalidRequest, UnmeteredCall
-from .._scope import current_scope, labels_of
-from ._call_amounts import commit_amounts, reserve_amounts
+from .._http import retry_after
+from ._call_amounts import charged, commit_amounts, priced, reserve_amounts
 from ._classify import Endpoint, azure_deployment, classify, gemini_model, is_free
 from ._estimate import DEFAULT_MAX_OUTPUT, Estimate, estimate
 from ._parse import Usage, usage_from_json
@@ -83,17 +82,6 @@ OPERATIONS: Final = {
     Endpoint.GEMINI_STREAM: "generate_content",
     Endpoint.GEMINI_EMBED: "embeddings",
 }
-
-# whether a limiter counts ``usd`` (and so its calls are priced)
-_priced: weakref.WeakKeyDictionary[Limiter, bool] = weakref.WeakKeyDictionary()
-
-
-def priced(limiter: Limiter) -> bool:
-    """Whether ``limiter`` counts ``usd``: its calls must be priced."""
-    got = _priced.get(limiter)
-    if got is None:
-        got = _priced[limiter] = "usd" in {limit.axis for limit in limiter.limits}
-    return got
 
 
 SHRUNK_HEADER: Final = "x-ratebudget-max-output-tokens"
@@ -147,16 +135,7 @@ def _retry_after(headers: Any) -> float | None:
             return max(0.0, float(ms) / 1000)
         except ValueError:
             pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
+    return retry_after(headers.get("retry-after"))
 
 
 if TYPE_CHECKING:  # one class each, typed as a transport of both packages
@@ -304,16 +283,9 @@ class _Meter:
         est = dataclasses.replace(est, model=model)
         family = self.provider or endpoint.value.split(".")[0]
         # the current scope (``ratebudget.scope``): its limiter and labels
-        current = current_scope()
-        limiter = self.limiter
-        labels: dict[str, str] = {}
-        if current is not None:
-            limiter = current.limiter or limiter
-            labels.update(current.labels)
-        labels["operation"] = OPERATIONS[endpoint]
-        labels["provider"] = family
-        if model:
-            labels["model"] = model[:256]
+        limiter, labels = charged(
+            self.limiter, operation=OPERATIONS[endpoint], provider=family, model=model
+        )
         return _Planned(
             request,
             endpoint,
@@ -323,7 +295,7 @@ class _Meter:
             trust_response,
             body,
             limiter,
-            labels_of(labels),
+            labels,
         )
 
     def _shrunk(self, planned: _Planned, refused: BudgetExceeded) -> _Planned | None:

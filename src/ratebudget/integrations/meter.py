@@ -24,8 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._exceptions import InvalidRequest
-from .._scope import current_scope, labels_of
-from ._call_amounts import commit_amounts, reserve_amounts
+from ._call_amounts import charged, commit_amounts, priced, reserve_amounts
 from ._classify import Endpoint
 from ._estimate import DEFAULT_MAX_OUTPUT, Estimate, estimate
 from ._parse import Usage, usage_from_json
@@ -91,16 +90,13 @@ class Meter:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InvalidRequest(f"n={n!r}: expected a count >= 1")
         # the current scope (``ratebudget.scope``): its limiter and labels
-        current = current_scope()
-        tags: dict[str, str] = {}
-        if current is not None:
-            limiter = current.limiter or limiter
-            tags.update(current.labels)
-        tags.update(labels_of(labels))
-        tags.setdefault("operation", "chat")
-        tags.setdefault("provider", provider or "openai")
-        tags.setdefault("model", model[:256])
-        self.labels = labels_of(tags)
+        limiter, self.labels = charged(
+            limiter,
+            labels,
+            operation="chat",
+            provider=provider or "openai",
+            model=model,
+        )
         self.limiter = limiter
         self.model = model
         self.provider = provider
@@ -126,7 +122,7 @@ class Meter:
             count_tokens,
             default_max_output=DEFAULT_MAX_OUTPUT,
         )
-        self._priced = "usd" in {limit.axis for limit in limiter.limits}
+        self._priced = priced(limiter)
         self._lease: Lease | None = None
         self.usage: Usage | None = None
 
