@@ -112,7 +112,7 @@ def tree() -> tuple[Scope, Scope, Scope, Scope]:
 
 def test_an_uncontended_acquisition_takes_from_every_level() -> None:
     org, team, a, _ = tree()
-    got = acquire(a, {}, 0, requests=1, tokens=10)
+    got = acquire(a, Climbs(), 0, requests=1, tokens=10)
     assert isinstance(got, list)
     assert len(got) == 3
     assert (a.level_of(0), team.level_of(0), org.cap(0)) == (0, 1, (0, 10))
@@ -120,7 +120,7 @@ def test_an_uncontended_acquisition_takes_from_every_level() -> None:
 
 def test_a_refusal_anywhere_leaves_every_level_as_it_was() -> None:
     org, team, a, _ = tree()
-    climbs: Climbs = {}
+    climbs = Climbs()
     got = acquire(a, climbs, 0, requests=1, tokens=101)  # past the org's cap
     assert isinstance(got, Refused)
     assert got.level == 2
@@ -131,7 +131,7 @@ def test_a_refusal_anywhere_leaves_every_level_as_it_was() -> None:
 
 def test_a_caller_waiting_on_its_own_rate_holds_back_no_sibling() -> None:
     _, team, a, b = tree()
-    climbs: Climbs = {}
+    climbs = Climbs()
     assert isinstance(acquire(a, climbs, 0, requests=1), list)
     waiting = acquire(a, climbs, 0, requests=1)  # a's own rate is empty
     assert isinstance(waiting, Entry)
@@ -144,7 +144,7 @@ def test_a_caller_waiting_on_its_own_rate_holds_back_no_sibling() -> None:
 def test_waiters_of_a_shared_level_are_served_in_order() -> None:
     org, team, a, b = tree()
     c = Scope((Rate(requests=1, per=1),), team)
-    climbs: Climbs = {}
+    climbs = Climbs()
     # the team's 2 requests: a takes one, then c one
     assert isinstance(acquire(a, climbs, 0, requests=1), list)
     assert isinstance(acquire(c, climbs, 0, requests=1), list)
@@ -177,7 +177,7 @@ def empty_team(team: Scope, a: Scope, climbs: Climbs) -> None:
 
 def test_cancelling_a_waiter_gives_back_what_it_took_below() -> None:
     _, team, a, b = tree()
-    climbs: Climbs = {}
+    climbs = Climbs()
     empty_team(team, a, climbs)
     waiting = acquire(b, climbs, 0, requests=1)
     assert isinstance(waiting, Entry)
@@ -192,7 +192,7 @@ def test_a_refusal_found_higher_up_gives_back_below() -> None:
     org = Scope((Cap(tokens=10),))
     team = Scope((Rate(requests=1, per=1),), org)
     a, b = (Scope((Rate(requests=1, per=1),), team) for _ in range(2))
-    climbs: Climbs = {}
+    climbs = Climbs()
     lease = acquire(a, climbs, 0, requests=1, tokens=6)
     assert isinstance(lease, list)
     waiting = acquire(b, climbs, 0, requests=1, tokens=5)  # queued at the team
@@ -221,7 +221,7 @@ def test_a_wait_higher_up_times_out_and_gives_back() -> None:
     org = Scope((Cap(tokens=100),))
     team = Scope((Rate(requests=1, per=10),), org)  # one request per 10 s
     a, b = (Scope((Rate(requests=1, per=1),), team) for _ in range(2))
-    climbs: Climbs = {}
+    climbs = Climbs()
     assert isinstance(acquire(a, climbs, 0, requests=1), list)
     waiting = acquire(b, climbs, 0, timeout=20 * S, requests=1)
     assert isinstance(waiting, Entry)
@@ -245,7 +245,7 @@ def test_a_wait_higher_up_times_out_and_gives_back() -> None:
 
 def test_a_record_refused_anywhere_changes_nothing() -> None:
     org, team, a, _ = tree()
-    climbs: Climbs = {}
+    climbs = Climbs()
     got = path_record(levels(a), reqs(a, requests=5, tokens=101), 0, 0, climbs)
     assert isinstance(got, Refused)
     assert got.level == 2
@@ -289,7 +289,7 @@ def test_no_cap_is_ever_crossed_and_the_totals_add_up(
     org = Scope((Cap(tokens=60), Rate(requests=1, per=1, burst=2)))
     teams = [Scope((Cap(tokens=40), Rate(requests=1, per=1)), org) for _ in range(2)]
     users = [Scope((Cap(tokens=25), Rate(requests=2, per=1)), t) for t in teams * 2]
-    climbs: Climbs = {}
+    climbs = Climbs()
     held: list[Held] = []
     waiting: list[tuple[Entry, Scope, int]] = []
     committed = {id(s): 0 for s in [org, *teams, *users]}

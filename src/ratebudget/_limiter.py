@@ -40,6 +40,7 @@ from ._waiters import TaskWaiter, Waiter
 from .stores._base import Binding, Call, Store
 
 if TYPE_CHECKING:
+    from ._keys import Keys
     from ._sync import SyncLimiter
     from .integrations.meter import Meter
 
@@ -87,6 +88,60 @@ def seconds(what: str, value: object, *, zero: bool) -> float:
     return float(value)
 
 
+def _check_limits(limits: tuple[object, ...]) -> None:
+    for limit in limits:
+        if not isinstance(limit, (Rate, Cap)):
+            raise InvalidRequest(f"Limiter() takes Rate and Cap objects, not {limit!r}")
+
+
+def _segment(name: object, what: str) -> str:
+    """``name`` if it is one segment of a scope's name (DESIGN §6)."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or len(name) > 200
+        or "/" in name
+        or not name.isprintable()
+    ):
+        raise InvalidRequest(
+            f"{what} {name!r:.60}: expected a non-empty string of at most 200 "
+            "printable characters without '/'"
+        )
+    return name
+
+
+def _scoped(
+    parent: Limiter,
+    name: str,
+    limits: tuple[Rate | Cap, ...],
+    handlers: tuple[AlertHandler, ...],
+) -> Limiter:
+    """The child scope ``name`` (its full name) of ``parent``."""
+    self = _new(Limiter)
+    self._limits = limits
+    self._clock = parent._clock
+    self._dispatch = Dispatch(handlers) if handlers else None
+    self._name = name
+    self._store = parent._store
+    self._opts = parent._opts
+    self._shadow = parent._shadow
+    self._parent = parent
+    ttl, on_store_error = parent._opts
+    self._b = parent._store.bind(
+        name,
+        limits,
+        self._clock,
+        ttl,
+        on_store_error,
+        shadow=parent._shadow,
+        parent=parent._b,
+    )
+    if parent._shadow:
+        self._b.on_shadow = self._on_shadow
+    self._setup(limits)
+    return self
+
+
 def _check_clock(clock: object) -> Clock:
     needs = ("monotonic_ns", "time", "sleep_until", "wait", "wait_until")
     missing = [n for n in needs if not callable(getattr(clock, n, None))]
@@ -126,7 +181,13 @@ class Limiter:
         "_limits",
         "_n",
         "_name",
+        "_opts",
+        "_own",
+        "_parent",
         "_pers",
+        "_routes",
+        "_routes_up",
+        "_scopes",
         "_seen",
         "_shadow",
         "_store",
@@ -145,11 +206,7 @@ class Limiter:
         on_alert: AlertHandler | Sequence[AlertHandler] | None = None,
         shadow: bool = False,
     ) -> None:
-        for limit in limits:
-            if not isinstance(limit, (Rate, Cap)):
-                raise InvalidRequest(
-                    f"Limiter() takes Rate and Cap objects, not {limit!r}"
-                )
+        _check_limits(limits)
         handlers = handlers_of(on_alert)
         if not isinstance(shadow, bool):
             raise InvalidRequest(f"shadow={shadow!r}: expected True or False")
@@ -193,6 +250,7 @@ class Limiter:
                 "one name share their state, in every process"
             )
         self._store = resolved
+        self._opts = (ttl, on_store_error)
         if shadow:
             self._b: Binding = resolved.bind(
                 name, limits, self._clock, ttl, on_store_error, shadow=True
@@ -201,6 +259,27 @@ class Limiter:
         else:
             self._b = resolved.bind(name, limits, self._clock, ttl, on_store_error)
         self._shadow = shadow
+        self._parent: Limiter | None = None
+        self._setup(limits)
+
+    def _setup(self, own: tuple[Rate | Cap, ...]) -> None:
+        """What a limiter derives from its limits and its binding; a scope's
+        run over its path (its own limits, then its parent's path)."""
+        parent = self._parent
+        self._own = len(own)
+        routes: tuple[Dispatch, ...] = (self._dispatch,) if self._dispatch else ()
+        if parent is None:
+            limits = own
+            self._scopes: tuple[str | None, ...] = (self._name,) * len(own)
+            self._routes: tuple[tuple[Dispatch, ...], ...] = (routes,) * len(own)
+        else:
+            limits = own + parent._limits
+            self._scopes = (self._name,) * len(own) + parent._scopes
+            up = parent._routes_up
+            self._routes = (routes + up,) * len(own) + parent._routes
+            routes += up
+        self._routes_up: tuple[Dispatch, ...] = routes
+        self._limits = limits
         self._pers = tuple(
             s.per if isinstance(s, RateSpec) else 1 for s in self._b.spec.slots
         )
@@ -224,8 +303,56 @@ class Limiter:
 
     @property
     def limits(self) -> tuple[Rate | Cap, ...]:
-        """The limits, in the order given."""
-        return self._limits
+        """The limits, in the order given (a scope's own: not its ancestors')."""
+        return self._limits[: self._own]
+
+    def per_key(
+        self,
+        *limits: Rate | Cap,
+        max_keys: int = 100_000,
+        on_alert: AlertHandler | Sequence[AlertHandler] | None = None,
+    ) -> Keys:
+        """A child scope per key, with ``limits``: ``users = org.per_key(...)``,
+        then ``users["alice"]`` (made on first use; see ``Keys``).
+
+        ``max_keys`` bounds the keys held while idle: past it, the least
+        recently used keys whose state counts nothing any more are
+        forgotten (a key that still counts is never forgotten, and a new
+        key is never refused).
+        """
+        _check_limits(limits)
+        if type(max_keys) is not int or max_keys < 1:
+            raise InvalidRequest(f"max_keys={max_keys!r}: expected a positive int")
+        from ._keys import Keys
+
+        return Keys(self, limits, max_keys, handlers_of(on_alert))
+
+    @property
+    def parent(self) -> Limiter | None:
+        """The scope this one is a child of (``None``: a root)."""
+        return self._parent
+
+    def child(
+        self,
+        name: str,
+        *limits: Rate | Cap,
+        on_alert: AlertHandler | Sequence[AlertHandler] | None = None,
+    ) -> Limiter:
+        """A scope under this one, named ``name`` (its full name is this
+        one's, ``/``, ``name``).
+
+        An acquisition on it is charged to its own ``limits`` and to every
+        ancestor's in one decision, or refused with nothing charged
+        anywhere; ``BudgetExceeded.scope`` names the scope that refused.
+        Its store, clock, lease TTL and shadow mode are this one's; its
+        alerts reach its ``on_alert`` and every ancestor's. Children of
+        one name on one parent share their state (as limiters of one name
+        do).
+        """
+        _check_limits(limits)
+        segment = _segment(name, "child name")
+        full = segment if self._name is None else f"{self._name}/{segment}"
+        return _scoped(self, full, limits, handlers_of(on_alert))
 
     @property
     def sync(self) -> SyncLimiter:
@@ -307,8 +434,18 @@ class Limiter:
         labels: Mapping[str, str] = EMPTY_LABELS,
     ) -> Exception:
         if isinstance(got, Exceeded):
-            return exceeded(self._limits, got, req, "acquiring", self._name, labels)
+            return self._exceeded(got, req, "acquiring", labels)
         return timed_out(got, self._b.tick_ns, timeout)
+
+    def _exceeded(
+        self,
+        got: Exceeded,
+        req: tuple[int, ...],
+        kind: str,
+        labels: Mapping[str, str] = EMPTY_LABELS,
+    ) -> Exception:
+        """The ``BudgetExceeded`` for a refusal, naming the scope that refused."""
+        return exceeded(self._limits, got, req, kind, self._scopes[got.slot], labels)
 
     # -- the API --------------------------------------------------------------
 
@@ -466,13 +603,13 @@ class Limiter:
         req = self._request(self._units(tokens, amounts, False), False)
         got: list[Crossing] | Exceeded | Inexact = await _answer(self._b.record(req))
         if isinstance(got, Exceeded):
-            raise exceeded(self._limits, got, req, "recording", self._name, checked)
+            raise self._exceeded(got, req, "recording", checked)
         self._deliver(self._counted(got))
 
     async def snapshot(self) -> Snapshot:
         """Every limit's state now (see ``Snapshot``)."""
         views, waiting = await _answer(self._b.snapshot())
-        return snapshot_of(self._limits, views, self._pers, waiting)
+        return snapshot_of(self.limits, views, self._pers, waiting)
 
     async def reset(self) -> None:
         """Zero every cap's usage for its current period, and fill every rate
@@ -524,12 +661,14 @@ class Limiter:
 
     # -- internals --------------------------------------------------------------
 
-    def _looked(self, w: Waiter, labels: Mapping[str, str] = EMPTY_LABELS) -> bool:
+    def _looked(
+        self, w: Waiter, req: tuple[int, ...], labels: Mapping[str, str] = EMPTY_LABELS
+    ) -> bool:
         """After ``w`` looked (``poll``): whether it was granted; raises why it
         was refused."""
         if w.state == FAILED:
             assert w.error is not None
-            raise self._refusal(w.error, w.req, None, labels)
+            raise self._refusal(w.error, req, None, labels)
         return w.state == CLAIMED
 
     def _counted(self, got: list[Crossing] | Inexact | None) -> list[Crossing] | None:
@@ -543,28 +682,41 @@ class Limiter:
             )
         return got
 
-    def _alerts(self, crossings: list[Crossing] | None) -> list[Alert]:
-        """The alerts a change of usage fired (logged here, with overruns)."""
-        if not crossings:
-            return []
-        alerts, overruns = alerts_of(self._limits, crossings, self._name)
-        if alerts or overruns:
-            report(alerts, overruns, self._dispatch is not None)
-        return alerts
-
     def _deliver(
         self, crossings: list[Crossing] | None, blocking: bool = False
     ) -> None:
-        """Log what ``crossings`` fired and queue its alerts for ``on_alert``
-        (run off the caller's path: in its event loop, or for a ``blocking``
+        """Log what ``crossings`` fired and queue its alerts for the
+        ``on_alert`` of the scope each belongs to and of its ancestors (run
+        off the caller's path: in its event loop, or for a ``blocking``
         caller in the alerts thread)."""
-        if crossings:
-            alerts = self._alerts(crossings)
-            if alerts and self._dispatch is not None:
+        if not crossings:
+            return
+        alerts, overruns = alerts_of(self._limits, crossings, self._scopes)
+        if not (alerts or overruns):
+            return
+        routed = self._routed([(c.slot, a) for c, a in alerts])
+        report([a for _, a in alerts], overruns, routed)
+        if routed:
+            for dispatch, batch in self._batches([(c.slot, a) for c, a in alerts]):
                 if blocking:
-                    self._dispatch.post_sync(alerts)
+                    dispatch.post_sync(batch)
                 else:
-                    self._dispatch.post(alerts)
+                    dispatch.post(batch)
+
+    def _routed(self, alerts: list[tuple[int, Alert]]) -> bool:
+        """Whether some handler gets these alerts (else they are warnings)."""
+        return any(self._routes[slot] for slot, _ in alerts)
+
+    def _batches(
+        self, alerts: list[tuple[int, Alert]]
+    ) -> list[tuple[Dispatch, list[Alert]]]:
+        """Each handler's alerts, in the order they fired: an alert of a
+        scope goes to the handlers of that scope and of its ancestors."""
+        out: dict[Dispatch, list[Alert]] = {}
+        for slot, alert in alerts:
+            for dispatch in self._routes[slot]:
+                out.setdefault(dispatch, []).append(alert)
+        return list(out.items())
 
     def _on_shadow(self, shadowed: list[Shadowed]) -> None:
         """Shadow mode: what the caps would have refused. The first of each
@@ -572,38 +724,39 @@ class Limiter:
         the others are logged (INFO). Never raises: it runs where a store's
         answer is delivered."""
         try:
-            first: list[Alert] = []
+            first: list[tuple[int, Alert]] = []
             for x in shadowed:
-                alert = shadow_alert(self._limits, x, self._name)
+                alert = shadow_alert(self._limits, x, self._scopes[x.slot])
                 if x.first:
-                    first.append(alert)
+                    first.append((x.slot, alert))
                 else:
                     logger.info("ratebudget: %s", alert)
             if first:
-                report(first, [], self._dispatch is not None)
-                if self._dispatch is not None:
-                    self._dispatch.post_here(first)
+                report([a for _, a in first], [], self._routed(first))
+                for dispatch, batch in self._batches(first):
+                    dispatch.post_here(batch)
         except Exception:  # pragma: no cover - reporting must not lose a grant
             logger.exception("ratebudget: reporting a shadow refusal failed")
 
     async def flush_alerts(self) -> None:
-        """Wait until ``on_alert`` has handled every alert fired so far.
+        """Wait until ``on_alert`` has handled every alert fired so far
+        (this scope's handlers and its ancestors').
 
         Handlers run off the callers' path (a slow webhook never delays a
         commit), in the order the alerts fired; call this before a program
         or a test ends to be sure the last ones were delivered.
         """
-        if self._dispatch is not None:
-            await self._dispatch.flush()
+        for dispatch in self._routes_up:
+            await dispatch.flush()
 
     def __repr__(self) -> str:
         peek = self._b.peek()
         if peek is None:
-            limits = ", ".join(map(repr, self._limits))
+            limits = ", ".join(map(repr, self.limits))
             return f"<Limiter {self._name!r} on {self._store.url}: {limits}>"
         views, waiting = peek
         parts = []
-        for spec, view, per in zip(self._limits, views, self._pers, strict=True):
+        for spec, view, per in zip(self.limits, views, self._pers, strict=True):
             axis = spec.axis
             if isinstance(spec, Rate):
                 tokens = from_units(axis, view.level // per)
@@ -692,7 +845,7 @@ class Lease:
                     # grant made on our behalf meanwhile (``abort`` gives it back)
                     await anyio.lowlevel.checkpoint_if_cancelled()
                     deadline = await _answer(b.poll(w))
-                    if limiter._looked(w, self.labels):
+                    if limiter._looked(w, self._req, self.labels):
                         break
             except BaseException:
                 b.abort(w)

@@ -91,9 +91,17 @@ class Climb:
         return self.at == len(self.levels)
 
 
-Climbs = dict[Entry, Climb]
-"""The waiters on their way up, by entry (kept by whoever holds the states);
-the owner of a waiter takes its ``Climb`` out once it is granted or failed."""
+class Climbs(dict[Entry, Climb]):
+    """The waiters on their way up, by entry (kept by whoever holds the
+    states); the owner of a waiter takes its ``Climb`` out once it is
+    granted or failed. ``touched``: the states ``climb`` left entries to
+    wake in (whoever holds the states wakes them and clears it)."""
+
+    __slots__ = ("touched",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.touched: list[State] = []
 
 
 def _give_back(climbs: Climbs, c: Climb, below: int, now: int, wall: int) -> None:
@@ -132,6 +140,14 @@ def acquire(
     several levels is foreseen level by level (a lower bound: a caller is
     never refused for a wait it would not have had).
     """
+    for k, (level, req) in enumerate(zip(levels, reqs, strict=True)):
+        # a hard cap anywhere that can never fit refuses now, not once the
+        # levels below have served it (a ``try`` raises, as on one level)
+        if level.plan.hard:
+            core._roll(level.st, core._clock(level.st, now, wall)[1])
+            error = core._certain_overrun(level.plan, req)
+            if error is not None:
+                return Refused(k, error)
     takes: list[int] = []
     for k, (level, req) in enumerate(zip(levels, reqs, strict=True)):
         got = core.acquire(
@@ -213,6 +229,8 @@ def climb(climbs: Climbs, states: Iterable[State], now: int, wall: int) -> None:
                     where.woken.append(e)
                 if where not in pending:
                     pending.append(where)
+        if st.woken and all(s is not st for s in climbs.touched):
+            climbs.touched.append(st)
 
 
 def poll(climbs: Climbs, e: Entry, now: int, wall: int) -> int | None:

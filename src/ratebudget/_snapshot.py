@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -265,31 +265,39 @@ def shadow_alert(
 
 
 def alerts_of(
-    limits: tuple[Rate | Cap, ...], crossings: list[Crossing], scope: str | None = None
-) -> tuple[list[Alert], list[str]]:
-    """The alerts a change of usage fired, and notes of hard caps it overran."""
-    alerts: list[Alert] = []
+    limits: tuple[Rate | Cap, ...],
+    crossings: list[Crossing],
+    scopes: Sequence[str | None],
+) -> tuple[list[tuple[Crossing, Alert]], list[str]]:
+    """The alerts a change of usage fired (each with its crossing), and
+    notes of hard caps it overran; ``scopes``: the scope of each slot."""
+    alerts: list[tuple[Crossing, Alert]] = []
     overruns: list[str] = []
     for c in crossings:
         spec = limits[c.slot]
         assert isinstance(spec, Cap)
+        scope = scopes[c.slot]
         for t in spec.alert_at:
             # exact, whatever the caller's decimal context
             units = math.ceil(_EXACT.multiply(Decimal(repr(t)), spec._limit_units))
             if c.before < units <= c.after:
                 alerts.append(
-                    Alert(
-                        cap=spec,
-                        threshold=t,
-                        used=from_units(spec.axis, c.after),
-                        period=c.period or None,
-                        resets_at=_resets_at(spec, c.end),
-                        scope=scope,
+                    (
+                        c,
+                        Alert(
+                            cap=spec,
+                            threshold=t,
+                            used=from_units(spec.axis, c.after),
+                            period=c.period or None,
+                            resets_at=_resets_at(spec, c.end),
+                            scope=scope,
+                        ),
                     )
                 )
         if not spec.soft and c.after > spec._limit_units:
+            where = f" of {scope!r}" if scope else ""
             overruns.append(
-                f"commit pushed {spec!r} over its limit: "
+                f"commit pushed {spec!r}{where} over its limit: "
                 f"used {from_units(spec.axis, c.after)}"
             )
     return alerts, overruns

@@ -7,6 +7,7 @@ the calling thread (``call.wait()``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from decimal import Decimal
 from types import TracebackType
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 from ._amounts import Amount
 from ._decide import Crossing, Exceeded, Inexact, TooLong
 from ._scope import labels_of
-from ._snapshot import Snapshot, exceeded, snapshot_of
+from ._snapshot import Snapshot, snapshot_of
 from ._waiters import ThreadWaiter, Waiter
 from .stores._base import Call
 
@@ -73,7 +74,7 @@ class SyncLimiter:
             lease._key = got.key
             got = got.wait()
         if isinstance(got, Waiter):
-            self._wait(got, lease.labels)
+            self._wait(got, lease._req, lease.labels)
             lease._key = got.id
             got = got.take
         if type(got) is not int:
@@ -83,7 +84,7 @@ class SyncLimiter:
         lease._state = 1  # active
         return SyncLease(self, lease)
 
-    def _wait(self, w: Waiter, labels: Mapping[str, str]) -> None:
+    def _wait(self, w: Waiter, req: tuple[int, ...], labels: Mapping[str, str]) -> None:
         limiter = self._limiter
         b = limiter._b
         wait_until = limiter._clock.wait_until
@@ -93,7 +94,7 @@ class SyncLimiter:
             while True:
                 wait_until(w.event, deadline)
                 deadline = _answer(b.poll(w))
-                if limiter._looked(w, labels):
+                if limiter._looked(w, req, labels):
                     return
         except BaseException:
             b.abort(w)
@@ -163,7 +164,7 @@ class SyncLimiter:
             "list[Crossing] | Exceeded | Inexact", _answer(limiter._b.record(req))
         )
         if isinstance(got, Exceeded):
-            raise exceeded(limiter.limits, got, req, "recording", limiter.name, checked)
+            raise limiter._exceeded(got, req, "recording", checked)
         self._deliver(limiter._counted(got))
 
     def snapshot(self) -> Snapshot:
@@ -183,8 +184,12 @@ class SyncLimiter:
     def flush_alerts(self, timeout: float | None = None) -> bool:
         """Wait until ``on_alert`` has handled every alert fired so far
         (``Limiter.flush_alerts``); ``False`` if ``timeout`` seconds ran out."""
-        dispatch = self._limiter._dispatch
-        return True if dispatch is None else dispatch.flush_sync(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for dispatch in self._limiter._routes_up:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not dispatch.flush_sync(left):
+                return False
+        return True
 
     def __repr__(self) -> str:
         return f"<SyncLimiter of {self._limiter!r}>"

@@ -18,8 +18,9 @@ __all__ = ("charged", "commit_amounts", "priced", "reserve_amounts")
 
 
 def priced(limiter: Limiter) -> bool:
-    """Whether ``limiter`` counts ``usd``: its calls must be priced."""
-    return any(limit.axis == "usd" for limit in limiter.limits)
+    """Whether ``limiter`` (or a scope it is charged with) counts ``usd``:
+    its calls must be priced."""
+    return any(limit.axis == "usd" for limit in limiter._limits)
 
 
 def charged(

@@ -127,6 +127,12 @@ class Binding(abc.ABC):
         """Whether a store call is under way (for tests that let time settle)."""
         return False
 
+    def forget(self) -> bool:
+        """Let an idle per-key scope's state go (``Limiter.per_key``), if
+        nothing of it still counts; whether it did (or has nothing to do:
+        a shared store expires idle keys by their TTL)."""
+        return True
+
     def peek(self) -> tuple[tuple[SlotView, ...], int] | None:
         """``snapshot()`` if it needs no store call, else ``None`` (for ``repr``)."""
         return None
@@ -148,10 +154,12 @@ class Store(abc.ABC):
         lease_ttl: float,
         on_store_error: str,
         shadow: bool = False,
+        parent: Binding | None = None,
     ) -> Binding:
         """The binding of limiter ``name`` (``None``: a private state);
         ``shadow``: its hard caps report (``Binding.on_shadow``) instead of
-        refusing."""
+        refusing; ``parent``: the binding of the scope whose child ``name``
+        (a full name) is, charged down its path with it."""
 
     def limiters(self) -> dict[str, dict[str, Any]]:
         """Every limiter registered on this store: name -> its spec."""

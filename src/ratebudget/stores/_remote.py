@@ -39,11 +39,11 @@ from .._decide import (
     SlotView,
     TooLong,
 )
-from .._exceptions import StoreUnavailable
+from .._exceptions import InvalidRequest, StoreUnavailable
 from .._plan import PlanSpec, plan_spec, spec_of
 from .._waiters import Waiter
 from . import _ops as ops
-from ._base import Acquired, Binding, Call, Store
+from ._base import Acquired, Binding, Call, Store, redact
 from ._calls import Coalescer, RemoteCall
 
 if TYPE_CHECKING:
@@ -148,8 +148,15 @@ class SharedStore(Store):
         lease_ttl: float,
         on_store_error: str,
         shadow: bool = False,
+        parent: Binding | None = None,
     ) -> RemoteBinding:
         assert name is not None
+        if parent is not None:
+            raise InvalidRequest(
+                f"scopes (Limiter.child, per_key) are not available on "
+                f"{redact(self.url)} yet, only on the memory store (issue 12); "
+                "until then, nest limiters of their own names"
+            )
         return RemoteBinding(
             self, name, limits, clock, lease_ttl, on_store_error, shadow
         )

@@ -14,12 +14,25 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from threading import get_ident
 from typing import TYPE_CHECKING, Final
 
 from .. import _decide as core
+from .. import _path
 from .._clock import wall_us
-from .._decide import Crossing, Exceeded, Inexact, Plan, Shadowed, SlotView, State
+from .._decide import (
+    FAILED,
+    Crossing,
+    Entry,
+    Exceeded,
+    Inexact,
+    Shadowed,
+    SlotView,
+    State,
+    TooLong,
+)
+from .._path import Climbs, Level, Refused
 from .._plan import plan_spec
 from .._waiters import Waiter, wake_all
 from ._base import Acquired, Binding, Store
@@ -28,13 +41,15 @@ if TYPE_CHECKING:
     from .._clock import Clock
     from .._limits import Cap, Rate
 
-__all__ = ("BiasedLock", "MemoryBinding", "MemoryStore")
+__all__ = ("BiasedLock", "MemoryBinding", "MemoryPathBinding", "MemoryStore")
 
 # Biased locking needs the GIL's sequentially consistent attribute access.
 _GIL: Final = bool(getattr(sys, "_is_gil_enabled", lambda: True)())
 
 _take_now: Final = core.take_now
 _join: Final = core.join
+
+_RATE_TAKES: Final = 4096  # a scope's rate-only leases whose takes it keeps
 
 # take ids of different states never meet: lease ids stay unique in the process
 _bases = itertools.count(1)
@@ -90,16 +105,27 @@ class BiasedLock:
 
 
 class _Shared:
-    """One name's state and its lock, and the leases dropped unsettled
-    (released by the next operation that holds the lock)."""
+    """One scope's state, and what its tree shares: one lock, the leases
+    dropped unsettled (released by the next operation that holds the lock),
+    the waiters on their way up (``_path``) and the child scopes' states."""
 
-    __slots__ = ("dropped", "lock", "state")
+    __slots__ = ("climbs", "dropped", "gone", "kids", "lock", "state")
 
-    def __init__(self) -> None:
+    def __init__(self, root: _Shared | None = None) -> None:
         self.state = State()
         self.state.take = next(_bases) << 40
-        self.lock = BiasedLock()
-        self.dropped: deque[tuple[Plan, int, tuple[int, ...]]] = deque()
+        self.kids: dict[str, _Shared] = {}
+        self.gone = False  # forgotten (an idle key): its bindings look anew
+        if root is None:
+            self.lock = BiasedLock()
+            self.dropped: deque[Dropped] = deque()
+            self.climbs = Climbs()
+        else:
+            self.lock, self.dropped, self.climbs = root.lock, root.dropped, root.climbs
+
+
+Dropped = tuple[Callable[[int, tuple[int, ...]], None], int, tuple[int, ...]]
+"""A lease dropped unsettled: its binding's release, its take and estimate."""
 
 
 class MemoryStore(Store):
@@ -120,7 +146,13 @@ class MemoryStore(Store):
         lease_ttl: float,
         on_store_error: str,
         shadow: bool = False,
-    ) -> MemoryBinding:
+        parent: Binding | None = None,
+    ) -> MemoryBinding | MemoryPathBinding:
+        if parent is not None:
+            if not isinstance(parent, (MemoryBinding, MemoryPathBinding)):
+                raise TypeError(f"{parent!r} is not a binding of a MemoryStore")
+            assert name is not None
+            return MemoryPathBinding(name, parent, limits, clock, shadow)
         if name is None:
             shared = _Shared()
         else:
@@ -134,14 +166,40 @@ class MemoryStore(Store):
         return "MemoryStore()"
 
 
+def _release_dropped(dropped: deque[Dropped], climbs: Climbs, st: State) -> None:
+    """Release the leases dropped unsettled in a tree (its lock held); the
+    waiters that woke anywhere in it are moved to ``st``'s to wake."""
+    while dropped:
+        try:
+            release, take, est = dropped.popleft()
+        except IndexError:  # pragma: no cover - another thread took it
+            return
+        release(take, est)
+    if climbs.touched:
+        _gather(climbs, st)
+
+
+def _gather(climbs: Climbs, st: State) -> None:
+    """Move the waiters to wake in the states ``climbs`` touched into
+    ``st.woken`` (the lock held), for one wake-up pass. Safe: ``climb``
+    leaves none in a ``woken`` list that it would still take on up."""
+    for other in climbs.touched:
+        if other is not st and other.woken:
+            st.woken.extend(other.woken)
+            other.woken = []
+    climbs.touched.clear()
+
+
 class MemoryBinding(Binding):
     """One limiter on a ``MemoryStore``: every operation decided inline."""
 
     __slots__ = (
+        "_climbs",
         "_clock",
         "_dropped",
         "_lock",
         "_monotonic_ns",
+        "_shared",
         "_state",
         "_wall",
         "on_shadow",
@@ -160,6 +218,8 @@ class MemoryBinding(Binding):
         self._state = shared.state
         self._lock = shared.lock
         self._dropped = shared.dropped
+        self._climbs = shared.climbs
+        self._shared = shared
         self._clock = clock
         self._monotonic_ns = clock.monotonic_ns
         self._wall = wall_us(clock)
@@ -172,20 +232,26 @@ class MemoryBinding(Binding):
         finally:
             self._lock.leave(biased)
 
+    @property
+    def levels(self) -> list[Level]:
+        """The path of this scope: its own level only (a root)."""
+        return [Level(self._state, self.plan)]
+
+    @property
+    def _bounds(self) -> list[tuple[int, int]]:
+        return [(0, len(self.plan.slots))]
+
     def drop(self, key: str, take: int, est: tuple[int, ...]) -> None:
-        self._dropped.append((self.plan, take, est))  # atomic: no lock
+        self._dropped.append((self._release, take, est))  # atomic: no lock
+
+    def _release(self, take: int, est: tuple[int, ...]) -> None:
+        core.settle(
+            self._state, self.plan, take, est, None, self._monotonic_ns(), self._wall()
+        )
 
     def _release_dropped(self) -> None:
-        """Release the leases dropped unsettled (the lock held)."""
-        dropped = self._dropped
-        while dropped:
-            try:
-                plan, take, est = dropped.popleft()
-            except IndexError:  # pragma: no cover - another thread took it
-                return
-            core.settle(
-                self._state, plan, take, est, None, self._monotonic_ns(), self._wall()
-            )
+        """Release the leases dropped unsettled in this tree (the lock held)."""
+        _release_dropped(self._dropped, self._climbs, self._state)
 
     def _wake(self, but: Waiter | None = None) -> None:
         st = self._state
@@ -345,3 +411,333 @@ class MemoryBinding(Binding):
 
     def peek(self) -> tuple[tuple[SlotView, ...], int]:
         return self.snapshot()
+
+
+def _kid(parent: _Shared, name: str) -> _Shared:
+    """The state of child scope ``name`` of ``parent`` (the tree's lock held)."""
+    got = parent.kids.get(name)
+    if got is None:
+        got = parent.kids[name] = _Shared(parent)
+    return got
+
+
+class MemoryPathBinding(Binding):
+    """A child scope on a ``MemoryStore``: every operation decided down its
+    path (the scope's own state, then each ancestor's) by ``_path``, under
+    its tree's one lock.
+
+    Amounts (``req``) run over the path's slots, the scope's own first, then
+    its parent's path; so do the slots of refusals, crossings and shadow
+    reports. Its take ids are its own level's; it keeps every level's take
+    of each lease it granted until the lease is settled.
+    """
+
+    _shared: _Shared
+    _state: State
+    _levels: list[Level]
+    _bounds: list[tuple[int, int]]
+
+    def __init__(
+        self,
+        name: str,
+        parent: MemoryBinding | MemoryPathBinding,
+        limits: tuple[Rate | Cap, ...],
+        clock: Clock,
+        shadow: bool = False,
+    ) -> None:
+        self.name = name
+        self._parent = parent
+        up = parent._shared
+        self._up = up
+        self._lock = up.lock
+        self._dropped = up.dropped
+        self._climbs = up.climbs
+        self._clock = clock
+        self._monotonic_ns = clock.monotonic_ns
+        self._wall = wall_us(clock)
+        self.tick_ns = 1
+        self.spec = plan_spec(limits, 1, shadow)
+        self.on_shadow: Callable[[list[Shadowed]], None] | None = None
+        # leaf take -> the path it was granted on and every level's take
+        self._takes: dict[int, tuple[list[Level], list[int]]] = {}
+        n = len(self.spec.slots)
+        self._bounds = [(0, n)] + [(n + a, n + b) for a, b in parent._bounds]
+        with self._lock.guard():
+            self._bind()
+
+    def _bind(self) -> None:
+        """Find (or make) this scope's state (the lock held)."""
+        parent = self._parent
+        parent.levels  # noqa: B018 - a parent forgotten finds its state anew
+        self._shared = _kid(parent._shared, self.name)
+        self._state = self._shared.state
+        self.plan = self.spec.bind(self._state, self._monotonic_ns())
+        self._levels = [Level(self._state, self.plan), *self._parent.levels]
+        self._capped = any(lv.plan.caps for lv in self._levels)
+        self._shadow = any(lv.plan.shadow for lv in self._levels)
+
+    def _keep(self, takes: list[int]) -> int:
+        """Keep every level's take of a lease granted (the lock held); its id.
+
+        A lease that holds a cap is settled or released (dropped, it is
+        released); a rate-only one may never be: at most ``_RATE_TAKES`` of
+        those are kept, and one forgotten settles as if its rates were
+        taken before every refund's peak (no refund; a charge above its
+        estimate still counts).
+        """
+        held = self._takes
+        held[takes[0]] = (self._levels, takes)
+        if not self._capped and len(held) > _RATE_TAKES:
+            del held[next(iter(held))]
+        return takes[0]
+
+    @property
+    def levels(self) -> list[Level]:
+        if self._shared.gone:
+            self._bind()
+        return self._levels
+
+    def _split(self, req: tuple[int, ...]) -> list[tuple[int, ...]]:
+        return [req[a:b] for a, b in self._bounds]
+
+    def _enter(self) -> list[Level]:
+        """The path, with the lock held and the tree's dropped leases released."""
+        levels = self.levels
+        if self._dropped:
+            _release_dropped(self._dropped, self._climbs, self._state)
+        return levels
+
+    def _leave(self, levels: list[Level]) -> list[Entry]:
+        """What to wake, gathered from the path's states (the lock held)."""
+        climbs = self._climbs
+        if climbs.touched:
+            _gather(climbs, self._state)
+        woken: list[Entry] = []
+        for level in levels:
+            if level.st.woken:
+                woken.extend(level.st.woken)
+                level.st.woken = []
+        return woken
+
+    def _shadowed(self, levels: list[Level]) -> list[Shadowed]:
+        out: list[Shadowed] = []
+        for (a, _b), level in zip(self._bounds, levels, strict=True):
+            if level.st.shadowed:
+                out.extend(replace(x, slot=x.slot + a) for x in level.st.shadowed)
+                level.st.shadowed = []
+        return out
+
+    def _report(self, shadowed: list[Shadowed]) -> None:
+        if shadowed and self.on_shadow is not None:
+            self.on_shadow(shadowed)
+
+    def _error(
+        self, error: Exceeded | TooLong | None, level: int
+    ) -> Exceeded | TooLong | None:
+        if isinstance(error, Exceeded):
+            return replace(error, slot=error.slot + self._bounds[level][0])
+        return error
+
+    def drop(self, key: str, take: int, est: tuple[int, ...]) -> None:
+        self._dropped.append((self._release, take, est))  # atomic: no lock
+
+    def _release(self, take: int, est: tuple[int, ...]) -> None:
+        held = self._takes.pop(take, None)
+        if held is not None:
+            levels, takes = held
+            _path.settle(
+                levels,
+                takes,
+                self._split(est),
+                None,
+                self._monotonic_ns(),
+                self._wall(),
+                self._climbs,
+            )
+
+    def acquire(
+        self,
+        req: tuple[int, ...],
+        timeout_ns: int | None,
+        waiter: Callable[[], Waiter] | None,
+    ) -> Acquired:
+        got: Acquired
+        with self._lock.guard():
+            levels = self._enter()
+            out = _path.acquire(
+                levels,
+                self._split(req),
+                self._monotonic_ns(),
+                self._wall(),
+                timeout_ns,
+                waiter,
+                self._climbs,
+            )
+            if isinstance(out, list):
+                got = self._keep(out)
+            elif isinstance(out, Refused):
+                got = self._error(out.error, out.level)
+            else:
+                assert isinstance(out, Waiter)
+                out.arm()
+                got = out
+            shadowed = self._shadowed(levels) if self._shadow else []
+            woken = self._leave(levels)
+        wake_all(woken)
+        self._report(shadowed)
+        return got
+
+    def poll(self, w: Waiter) -> int | None:
+        with self._lock.guard():
+            levels = self._enter()
+            climbs = self._climbs
+            deadline = _path.poll(climbs, w, self._monotonic_ns(), self._wall())
+            if w.state == core.CLAIMED:
+                w.take = self._keep(climbs.pop(w).takes)
+            elif w.state == FAILED:
+                c = climbs.pop(w)
+                assert c.failed_at is not None
+                w.error = self._error(w.error, c.failed_at)
+            else:
+                w.arm()
+            woken = self._leave(levels)
+        wake_all(woken, but=w)
+        return deadline
+
+    def abort(self, w: Waiter) -> None:
+        with self._lock.guard():
+            levels = self._enter()
+            _path.abort(self._climbs, w, self._monotonic_ns(), self._wall())
+            woken = self._leave(levels)
+        wake_all(woken)
+
+    def settle(
+        self,
+        key: str,
+        take: int,
+        est: tuple[int, ...],
+        actual: tuple[int, ...] | None,
+    ) -> list[Crossing] | Inexact | None:
+        with self._lock.guard():
+            levels = self._enter()
+            held = self._takes.pop(take, None)
+            if held is None and not self._capped:
+                held = levels, [0] * len(levels)  # forgotten (``_keep``)
+            if held is None:
+                got: list[Crossing] | Inexact | None = None
+            else:
+                out = _path.settle(
+                    held[0],
+                    held[1],
+                    self._split(est),
+                    None if actual is None else self._split(actual),
+                    self._monotonic_ns(),
+                    self._wall(),
+                    self._climbs,
+                )
+                if isinstance(out, Inexact):  # pragma: no cover - memory is exact
+                    self._takes[take] = held
+                    got = out
+                else:
+                    got = self._crossings(out)
+            woken = self._leave(levels)
+        wake_all(woken)
+        return got
+
+    def _crossings(self, per_level: list[list[Crossing]]) -> list[Crossing]:
+        out: list[Crossing] = []
+        for (a, _b), got in zip(self._bounds, per_level, strict=True):
+            out.extend(replace(c, slot=c.slot + a) if a else c for c in got)
+        return out
+
+    def record(self, req: tuple[int, ...]) -> list[Crossing] | Exceeded | Inexact:
+        with self._lock.guard():
+            levels = self._enter()
+            out = _path.record(
+                levels,
+                self._split(req),
+                self._monotonic_ns(),
+                self._wall(),
+                self._climbs,
+            )
+            got: list[Crossing] | Exceeded | Inexact
+            if isinstance(out, Refused):
+                error = self._error(out.error, out.level)
+                assert isinstance(error, Exceeded)
+                got = error
+            elif isinstance(out, Inexact):  # pragma: no cover - memory is exact
+                got = out
+            else:
+                got = self._crossings(out)
+            shadowed = self._shadowed(levels) if self._shadow else []
+            woken = self._leave(levels)
+        wake_all(woken)
+        self._report(shadowed)
+        return got
+
+    def snapshot(self) -> tuple[tuple[SlotView, ...], int]:
+        """This scope's own slots, and how many callers wait on any of them."""
+        with self._lock.guard():
+            levels = self._enter()
+            got = core.snapshot(
+                self._state, self.plan, self._monotonic_ns(), self._wall()
+            )
+            woken = self._leave(levels)
+        wake_all(woken)
+        return got
+
+    def reset(self) -> None:
+        """Zero this scope's own caps and fill its own rates (its ancestors'
+        are theirs to reset)."""
+        with self._lock.guard():
+            levels = self._enter()
+            core.reset(self._state, self.plan, self._monotonic_ns(), self._wall())
+            _path.climb(self._climbs, [self._state], self._monotonic_ns(), self._wall())
+            woken = self._leave(levels)
+        wake_all(woken)
+
+    def lower(self, slot: int, units: int) -> None:
+        level = next(k for k, (a, b) in enumerate(self._bounds) if a <= slot < b)
+        with self._lock.guard():
+            levels = self._enter()
+            st, plan = levels[level].st, levels[level].plan
+            b = plan.slots[slot - self._bounds[level][0]]
+            assert isinstance(b, core.Bucket)
+            now = self._monotonic_ns()
+            core.lower(st, b, units * b.per, now)
+            if st.queue:
+                core.service(st, now, self._wall())
+                _path.climb(self._climbs, [st], now, self._wall())
+            woken = self._leave(levels)
+        wake_all(woken)
+
+    def extend(self, key: str, ttl_ns: int | None) -> bool:
+        return True  # memory leases never expire
+
+    def peek(self) -> tuple[tuple[SlotView, ...], int]:
+        return self.snapshot()
+
+    def forget(self) -> bool:
+        """Forget this scope's state if nothing of it still counts: nobody
+        waits on it, it has no child scope, every cap is unused and
+        unreserved this period, every rate is full. Its bindings find a
+        fresh state on their next operation; leases granted before settle
+        on the state they were granted on."""
+        with self._lock.guard():
+            sh = self._shared
+            if sh.gone:
+                return True
+            st = self._state
+            if st.queue or sh.kids:
+                return False
+            now = self._monotonic_ns()
+            core._roll(st, self._wall())
+            if any(c.used or c.reserved for c in st.counters.values()):
+                return False
+            if any(b.now(now) < b.cap for b in st.buckets.values()):
+                return False
+            up = self._parent._shared
+            if up.kids.get(self.name) is sh:
+                del up.kids[self.name]
+            sh.gone = True
+            return True
