@@ -49,6 +49,7 @@ __all__ = (
     "abort",
     "acquire",
     "climb",
+    "give_back",
     "poll",
     "record",
     "settle",
@@ -102,6 +103,20 @@ class Climbs(dict[Entry, Climb]):
     def __init__(self) -> None:
         super().__init__()
         self.touched: list[State] = []
+
+
+def give_back(
+    climbs: Climbs,
+    levels: list[Level],
+    reqs: list[tuple[int, ...]],
+    takes: list[int],
+    now: int,
+    wall: int,
+) -> None:
+    """Give back the ``takes`` of the first ``len(takes)`` levels (granted
+    there, not yet further up: a caller's fast path that fell short)."""
+    below = len(takes)
+    _give_back(climbs, Climb(levels, reqs, takes, below), below, now, wall)
 
 
 def _give_back(climbs: Climbs, c: Climb, below: int, now: int, wall: int) -> None:

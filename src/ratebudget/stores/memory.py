@@ -49,7 +49,8 @@ _GIL: Final = bool(getattr(sys, "_is_gil_enabled", lambda: True)())
 _take_now: Final = core.take_now
 _join: Final = core.join
 
-_RATE_TAKES: Final = 4096  # a scope's rate-only leases whose takes it keeps
+_TAKE_BITS: Final = 96  # a path lease's id: each level's take in 96 bits
+_TAKE_MASK: Final = (1 << _TAKE_BITS) - 1
 
 # take ids of different states never meet: lease ids stay unique in the process
 _bases = itertools.count(1)
@@ -458,8 +459,6 @@ class MemoryPathBinding(Binding):
         self.tick_ns = 1
         self.spec = plan_spec(limits, 1, shadow)
         self.on_shadow: Callable[[list[Shadowed]], None] | None = None
-        # leaf take -> the path it was granted on and every level's take
-        self._takes: dict[int, tuple[list[Level], list[int]]] = {}
         n = len(self.spec.slots)
         self._bounds = [(0, n)] + [(n + a, n + b) for a, b in parent._bounds]
         with self._lock.guard():
@@ -473,23 +472,27 @@ class MemoryPathBinding(Binding):
         self._state = self._shared.state
         self.plan = self.spec.bind(self._state, self._monotonic_ns())
         self._levels = [Level(self._state, self.plan), *self._parent.levels]
-        self._capped = any(lv.plan.caps for lv in self._levels)
         self._shadow = any(lv.plan.shadow for lv in self._levels)
 
-    def _keep(self, takes: list[int]) -> int:
-        """Keep every level's take of a lease granted (the lock held); its id.
+    @staticmethod
+    def _keep(takes: list[int]) -> int:
+        """The take id of a lease granted down the path: every level's take
+        in one int (the memory store keeps nothing per lease)."""
+        out = 0
+        for k, take in enumerate(takes):
+            out |= take << (_TAKE_BITS * k)
+        return out
 
-        A lease that holds a cap is settled or released (dropped, it is
-        released); a rate-only one may never be: at most ``_RATE_TAKES`` of
-        those are kept, and one forgotten settles as if its rates were
-        taken before every refund's peak (no refund; a charge above its
-        estimate still counts).
-        """
-        held = self._takes
-        held[takes[0]] = (self._levels, takes)
-        if not self._capped and len(held) > _RATE_TAKES:
-            del held[next(iter(held))]
-        return takes[0]
+    @staticmethod
+    def _takes_of(take: int, levels: list[Level]) -> list[int]:
+        """Each level's take of lease ``take``; 0 for a level whose state was
+        forgotten (an idle key) since: nothing of it counted there, and a
+        settle of take 0 refunds no rate (``Bucket.refund``)."""
+        out: list[int] = []
+        for k, level in enumerate(levels):
+            t = (take >> (_TAKE_BITS * k)) & _TAKE_MASK
+            out.append(t if t >> 40 == level.st.take >> 40 else 0)
+        return out
 
     @property
     def levels(self) -> list[Level]:
@@ -542,18 +545,16 @@ class MemoryPathBinding(Binding):
         self._dropped.append((self._release, take, est))  # atomic: no lock
 
     def _release(self, take: int, est: tuple[int, ...]) -> None:
-        held = self._takes.pop(take, None)
-        if held is not None:
-            levels, takes = held
-            _path.settle(
-                levels,
-                takes,
-                self._split(est),
-                None,
-                self._monotonic_ns(),
-                self._wall(),
-                self._climbs,
-            )
+        levels = self.levels
+        _path.settle(
+            levels,
+            self._takes_of(take, levels),
+            self._split(est),
+            None,
+            self._monotonic_ns(),
+            self._wall(),
+            self._climbs,
+        )
 
     def acquire(
         self,
@@ -562,30 +563,63 @@ class MemoryPathBinding(Binding):
         waiter: Callable[[], Waiter] | None,
     ) -> Acquired:
         got: Acquired
+        shadowed: list[Shadowed] = []
         with self._lock.guard():
             levels = self._enter()
-            out = _path.acquire(
-                levels,
-                self._split(req),
-                self._monotonic_ns(),
-                self._wall(),
-                timeout_ns,
-                waiter,
-                self._climbs,
-            )
-            if isinstance(out, list):
-                got = self._keep(out)
-            elif isinstance(out, Refused):
-                got = self._error(out.error, out.level)
+            reqs = self._split(req)
+            now = self._monotonic_ns()
+            # nobody waits, no calendar to roll, every cap fits: the core's
+            # hot path at each level; else (or if a rate falls short) the
+            # whole decision, once what the fast path took is given back
+            takes: list[int] = []
+            for level, r in zip(levels, reqs, strict=True):
+                st, plan = level.st, level.plan
+                if (
+                    st.queue
+                    or now < st.clock
+                    or (plan.caps and (plan.calendar or plan.shadow))
+                    or (plan.hard and not core._caps_fit(plan, r))
+                ):
+                    break
+                st.clock = now
+                take = _take_now(st, plan, r, now)
+                if not take:
+                    break
+                takes.append(take)
+            if len(takes) == len(levels):
+                got = self._keep(takes)
             else:
-                assert isinstance(out, Waiter)
-                out.arm()
-                got = out
-            shadowed = self._shadowed(levels) if self._shadow else []
+                got = self._decide(levels, reqs, takes, now, timeout_ns, waiter)
+                if self._shadow:
+                    shadowed = self._shadowed(levels)
             woken = self._leave(levels)
-        wake_all(woken)
-        self._report(shadowed)
+        if woken:
+            wake_all(woken)
+        if shadowed:
+            self._report(shadowed)
         return got
+
+    def _decide(
+        self,
+        levels: list[Level],
+        reqs: list[tuple[int, ...]],
+        takes: list[int],
+        now: int,
+        timeout_ns: int | None,
+        waiter: Callable[[], Waiter] | None,
+    ) -> Acquired:
+        """An acquisition the whole way (the lock held)."""
+        wall = self._wall()
+        if takes:
+            _path.give_back(self._climbs, levels, reqs, takes, now, wall)
+        out = _path.acquire(levels, reqs, now, wall, timeout_ns, waiter, self._climbs)
+        if isinstance(out, list):
+            return self._keep(out)
+        if isinstance(out, Refused):
+            return self._error(out.error, out.level)
+        assert isinstance(out, Waiter)
+        out.arm()
+        return out
 
     def poll(self, w: Waiter) -> int | None:
         with self._lock.guard():
@@ -617,37 +651,35 @@ class MemoryPathBinding(Binding):
         take: int,
         est: tuple[int, ...],
         actual: tuple[int, ...] | None,
-    ) -> list[Crossing] | Inexact | None:
+    ) -> list[Crossing] | Inexact:
         with self._lock.guard():
             levels = self._enter()
-            held = self._takes.pop(take, None)
-            if held is None and not self._capped:
-                held = levels, [0] * len(levels)  # forgotten (``_keep``)
-            if held is None:
-                got: list[Crossing] | Inexact | None = None
-            else:
-                out = _path.settle(
-                    held[0],
-                    held[1],
-                    self._split(est),
-                    None if actual is None else self._split(actual),
-                    self._monotonic_ns(),
-                    self._wall(),
-                    self._climbs,
-                )
-                if isinstance(out, Inexact):  # pragma: no cover - memory is exact
-                    self._takes[take] = held
-                    got = out
-                else:
-                    got = self._crossings(out)
+            ests = self._split(est)
+            out = _path.settle(
+                levels,
+                self._takes_of(take, levels),
+                ests,
+                # the estimate itself: each level's rates skip the refund
+                None
+                if actual is None
+                else ests
+                if actual is est
+                else self._split(actual),
+                self._monotonic_ns(),
+                self._wall(),
+                self._climbs,
+            )
+            got = out if isinstance(out, Inexact) else self._crossings(out)
             woken = self._leave(levels)
         wake_all(woken)
         return got
 
     def _crossings(self, per_level: list[list[Crossing]]) -> list[Crossing]:
-        out: list[Crossing] = []
-        for (a, _b), got in zip(self._bounds, per_level, strict=True):
-            out.extend(replace(c, slot=c.slot + a) if a else c for c in got)
+        """Every level's crossings, numbered over the path's slots."""
+        out = per_level[0]
+        for (a, _b), got in zip(self._bounds[1:], per_level[1:], strict=True):
+            for c in got:
+                out.append(Crossing(c.slot + a, c.before, c.after, c.period, c.end))
         return out
 
     def record(self, req: tuple[int, ...]) -> list[Crossing] | Exceeded | Inexact:
