@@ -77,6 +77,49 @@ async def alerts(url: str, name: str, shadow: bool, times: int) -> None:
         print(line, flush=True)
 
 
+async def org(url: str, name: str, index: int, tasks: int) -> None:
+    """Act for users of one of two teams under one org cap (USD, thresholds
+    every 25%) until the org refuses: print every committed amount and every
+    alert this process was handed."""
+    from decimal import Decimal
+
+    got: list[str] = []
+    root = Limiter(
+        Cap(usd="1.5", alert_at=(0.25, 0.5, 0.75, 1.0)),
+        store=url,
+        name=name,
+        on_alert=lambda a: got.append(f"alert {a.scope} {a.threshold} {a.id}"),
+    )
+    team = root.child(f"team{index % 2}", Cap(usd="1"))
+    users = team.per_key(Cap(usd="0.25"))
+    done = anyio.Event()
+
+    async def one(k: int) -> None:
+        user = users[f"u{index}-{k}"]
+        n = 0
+        while not done.is_set():
+            n += 1
+            try:
+                async with user.acquire(usd="0.007", timeout=30) as lease:
+                    spent = Decimal("0.005") + Decimal(n % 3) / 1000
+                    await lease.commit(usd=spent)
+                print("committed", spent, flush=True)
+            except BudgetExceeded as e:
+                if e.scope == root.name:
+                    done.set()
+                else:  # this user's or team's cap: on to another user
+                    user = users[f"u{index}-{k}-{n}"]
+                    if e.scope == team.name:
+                        done.set()
+
+    async with anyio.create_task_group() as tg:
+        for k in range(tasks):
+            tg.start_soon(one, k)
+    await root.flush_alerts()
+    for line in got:
+        print(line, flush=True)
+
+
 def main() -> None:
     mode, url, name, *args = sys.argv[1:]
     if mode == "cap":
@@ -87,6 +130,8 @@ def main() -> None:
         anyio.run(hold, url, name, float(args[0]))
     elif mode == "commits":
         anyio.run(commits, url, name)
+    elif mode == "org":
+        anyio.run(org, url, name, int(args[0]), int(args[1]))
     elif mode == "alerts":
         anyio.run(alerts, url, name, args[0] == "shadow", int(args[1]))
     else:

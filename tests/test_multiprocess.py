@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import anyio
@@ -76,6 +77,40 @@ def test_eight_processes_deliver_each_alert_once(store_url: str, name: str) -> N
     assert len({line.split()[3] for line in lines}) == len(expected)
     snap = Limiter(Cap(tokens=100), store=store_url, name=name).sync.snapshot()
     assert snap[0].used == 160
+
+
+@pytest.mark.parametrize("kind", ["sqlite"])
+def test_eight_processes_of_two_teams_never_overspend_the_org(
+    kind: str, tmp_path: Path, name: str
+) -> None:
+    """Contract 13 and 17 across processes: 8 processes act for users of
+    two teams (per-key caps under team caps) under one org cap; everything
+    committed fits the org's cap to the nano-dollar, the store's counters
+    say exactly that, and each threshold alert is delivered once in all."""
+    url = f"sqlite:///{tmp_path / 'budgets.db'}"
+    procs = [spawn("org", url, name, i, 3) for i in range(8)]
+    lines = finish(procs, timeout=120)
+    spent = [Decimal(line.split()[1]) for line in lines if line.startswith("committed")]
+    alerts = [line.split()[1:] for line in lines if line.startswith("alert")]
+    org = Limiter(Cap(usd="1.5"), store=url, name=name)
+    teams = [org.child(f"team{t}", Cap(usd="1")) for t in (0, 1)]
+    assert sum(spent) <= Decimal("1.5")
+    assert org.sync.snapshot()[0].used == sum(spent)
+    assert org.sync.snapshot()[0].reserved == 0
+    assert sum(t.sync.snapshot()[0].used for t in teams) == sum(spent)
+    assert all(t.sync.snapshot()[0].used <= 1 for t in teams)
+    # the org's thresholds it crossed, each once; a team's, each once
+    by_scope: dict[str, list[str]] = {}
+    for scope, threshold, _id in alerts:
+        by_scope.setdefault(scope, []).append(threshold)
+    for scope, thresholds in by_scope.items():
+        assert len(thresholds) == len(set(thresholds)), (scope, thresholds)
+    assert sorted(by_scope[name]) == [
+        t
+        for t in ("0.25", "0.5", "0.75", "1.0")
+        if Decimal(t) * Decimal("1.5") <= sum(spent)
+    ]
+    assert len({a[2] for a in alerts}) == len(alerts)
 
 
 def test_four_processes_share_one_rate(store_url: str, name: str) -> None:

@@ -309,10 +309,12 @@ def settle(
     now: int,
     wall: int,
     climbs: Climbs,
-) -> list[list[Crossing]] | Inexact:
+    lease_id: str = "",
+) -> list[list[Crossing]] | Inexact | None:
     """Commit ``actuals`` (``None``: release) at every level; each level's
     changes of usage (for its alerts), nearest first, or ``Inexact`` with
-    nothing changed."""
+    nothing changed, or ``None`` if a shared store's records say the lease
+    was settled already (a retry)."""
     if actuals is not None:
         for level, est, actual in zip(levels, ests, actuals, strict=True):
             if level.st.exact is not None:
@@ -320,6 +322,7 @@ def settle(
                 if bad is not None:
                     return bad
     out: list[list[Crossing]] = []
+    settled = False
     for k, level in enumerate(levels):
         got = core.settle(
             level.st,
@@ -329,10 +332,16 @@ def settle(
             None if actuals is None else actuals[k],
             now,
             wall,
+            lease_id,
         )
+        if got is None:  # settled already at this level (a retry)
+            settled = True
+            got = []
         assert isinstance(got, list)
         out.append(got)
     climb(climbs, (lv.st for lv in levels), now, wall)
+    if settled and not any(out):
+        return None
     return out
 
 

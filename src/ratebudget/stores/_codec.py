@@ -81,6 +81,10 @@ def encode_op(op: ops.Op) -> list[Any]:
         return ["reset"]
     if isinstance(op, ops.Lower):
         return ["lower", op.slot, op.units]
+    if isinstance(op, ops.PathPoll):
+        return ["path_poll", op.key, list(op.req), op.at, list(op.takes), op.timeout_at]
+    if isinstance(op, ops.PathLeave):
+        return ["path_leave", op.key, list(op.req), op.at, list(op.takes)]
     return ["extend", op.key, op.ttl]
 
 
@@ -106,6 +110,10 @@ def decode_op(v: list[Any]) -> ops.Op:
         return ops.Lower(v[1], v[2])
     if kind == "extend":
         return ops.Extend(v[1], v[2])
+    if kind == "path_poll":
+        return ops.PathPoll(v[1], _tuple(v[2]), int(v[3]), _tuple(v[4]), v[5])
+    if kind == "path_leave":
+        return ops.PathLeave(v[1], _tuple(v[2]), int(v[3]), _tuple(v[4]))
     raise ValueError(f"unknown store operation {kind!r}")
 
 
@@ -114,6 +122,8 @@ def encode_result(r: ops.Result) -> list[Any]:
         return ["granted", r.take]
     if isinstance(r, ops.Queued):
         return ["queued", r.deadline]
+    if isinstance(r, ops.PathQueued):
+        return ["path_queued", r.deadline, r.at, list(r.takes), r.timeout_at]
     if isinstance(r, ops.Gone):
         return ["gone"]
     if isinstance(r, Exceeded):
@@ -142,6 +152,10 @@ def decode_result(v: list[Any]) -> ops.Result:
         return ops.Granted(int(v[1]))
     if kind == "queued":
         return ops.Queued(None if v[1] is None else int(v[1]))
+    if kind == "path_queued":
+        deadline = None if v[1] is None else int(v[1])
+        timeout_at = None if v[4] is None else int(v[4])
+        return ops.PathQueued(deadline, int(v[2]), _tuple(v[3]), timeout_at)
     if kind == "gone":
         return ops.Gone()
     if kind == "x":

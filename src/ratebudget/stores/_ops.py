@@ -41,6 +41,9 @@ __all__ = (
     "Leave",
     "Lower",
     "Op",
+    "PathLeave",
+    "PathPoll",
+    "PathQueued",
     "Poll",
     "Queued",
     "Record",
@@ -115,7 +118,43 @@ class Extend:
     ttl: int | None  # ticks; None: the limiter's lease TTL
 
 
-Op = Acquire | Poll | Leave | Settle | Record | Snapshot | Reset | Lower | Extend
+@dataclass(frozen=True, slots=True)
+class PathPoll:
+    """A waiter down a path looks: it waits at level ``at`` (its answer's
+    ``PathQueued``), holding ``takes`` below (packed: ``pack``)."""
+
+    key: str
+    req: tuple[int, ...]
+    at: int
+    takes: tuple[int, ...]
+    timeout_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PathLeave:
+    """A waiter down a path left (cancelled) while at level ``at`` (the
+    path's length: granted at every level, never claimed): everything it
+    holds at every level goes back."""
+
+    key: str
+    req: tuple[int, ...]
+    at: int
+    takes: tuple[int, ...]
+
+
+Op = (
+    Acquire
+    | Poll
+    | Leave
+    | Settle
+    | Record
+    | Snapshot
+    | Reset
+    | Lower
+    | Extend
+    | PathPoll
+    | PathLeave
+)
 
 
 # -- results -------------------------------------------------------------------------
@@ -132,6 +171,18 @@ class Queued:
 
 
 @dataclass(frozen=True, slots=True)
+class PathQueued:
+    """Down a path: waiting at level ``at`` (until ``deadline``, ticks),
+    holding ``takes`` below it; ``timeout_at``: the store time its
+    wait ends, if it has a timeout."""
+
+    deadline: int | None
+    at: int
+    takes: tuple[int, ...]
+    timeout_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Gone:
     """The store knows nothing of this entry or lease (any more)."""
 
@@ -139,6 +190,7 @@ class Gone:
 Result = (
     Granted
     | Queued
+    | PathQueued
     | Gone
     | Exceeded
     | TooLong
@@ -282,9 +334,11 @@ def run(
             if st.queue:
                 core.service(st, now, now)
             out.append(None)
-        else:
+        elif isinstance(op, Extend):
             ttl = st.ttl if op.ttl is None else op.ttl
             out.append(core.extend(st, op.key, ttl or 0, now) is not None)
+        else:  # pragma: no cover - a path's op goes to _path_ops.run_path
+            raise TypeError(f"{type(op).__name__} is an op down a path")
     woken: list[Woken] = []
     for e in st.woken:
         result = _entry_result(e)

@@ -35,7 +35,7 @@ from .._plan import CapSpec, PlanSpec, _tz_name, window_us
 from . import _ops as ops
 from ._ops import decode_error, encode_error
 
-_KEYED = (ops.Poll, ops.Leave, ops.Settle, ops.Extend)
+_KEYED = (ops.Poll, ops.Leave, ops.Settle, ops.Extend, ops.PathPoll, ops.PathLeave)
 
 
 def wanted(batch: list[ops.Op]) -> list[str]:
@@ -91,6 +91,50 @@ def run_document(
     return ops.Answer(results, st.clock, woken, shadowed=st.shadowed), out
 
 
+def run_path_documents(
+    docs: list[dict[str, Any] | None],
+    records: list[dict[str, list[Any]]],
+    specs: list[PlanSpec],
+    batch: list[ops.Op],
+    now: int,
+    *,
+    ttl: int,
+    keep: int,
+    exact: int | None = None,
+    next_exps: list[int | None] | None = None,
+) -> tuple[ops.Answer, list[Document]]:
+    """``run_document`` down a path: the states of every level (nearest
+    first), each with the records of the ids the batch names and of those
+    expired; ``_path_ops.run_path`` decides."""
+    from .._path import Level
+    from ._path_ops import run_path
+
+    levels: list[Level] = []
+    loaded: list[dict[int, tuple[str, list[list[Any]]]]] = []
+    bounds: list[tuple[int, int]] = []
+    for k, (doc, recs, spec) in enumerate(zip(docs, records, specs, strict=True)):
+        st = State(ttl=ttl, keep=keep, live=ttl)
+        st.exact = exact
+        st.next_exp = None if next_exps is None else next_exps[k]
+        plan, ids = load(doc, recs, spec, st, now, windows_around(spec, now))
+        levels.append(Level(st, plan))
+        loaded.append(ids)
+        a = bounds[-1][1] if bounds else 0
+        bounds.append((a, a + len(spec.slots)))
+    results, woken, shadowed = run_path(levels, bounds, batch, now)
+    out = [
+        Document(
+            dump(level.st, ids, cap_specs(doc, spec)),
+            {key: dump_record(rec) for key, rec in level.st.records.items()},
+            [key for key in recs if key not in level.st.records],
+        )
+        for level, ids, doc, spec, recs in zip(
+            levels, loaded, docs, specs, records, strict=True
+        )
+    ]
+    return ops.Answer(results, levels[0].st.clock, woken, shadowed=shadowed), out
+
+
 __all__ = (
     "Document",
     "cap_specs",
@@ -100,6 +144,7 @@ __all__ = (
     "load_record",
     "plan_id",
     "run_document",
+    "run_path_documents",
     "wanted",
     "windows_around",
 )

@@ -669,6 +669,7 @@ class MemoryPathBinding(Binding):
                 self._wall(),
                 self._climbs,
             )
+            assert out is not None  # memory keeps no records: never a retry
             got = out if isinstance(out, Inexact) else self._crossings(out)
             woken = self._leave(levels)
         wake_all(woken)

@@ -16,13 +16,14 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any, Final
 
 from .._exceptions import InvalidRequest, StoreUnavailable
 from .._plan import PlanSpec
 from . import _ops as ops
 from ._remote import SharedStore
-from ._state import run_document, wanted
+from ._state import Document, run_document, run_path_documents, wanted
 
 __all__ = ("SQLiteStore",)
 
@@ -48,6 +49,8 @@ class SQLiteStore(SharedStore):
     snapshot is computed and rolled back, and a file without ratebudget's
     tables is ``InvalidRequest`` ("not a ratebudget store").
     """
+
+    scopes = True  # a path's states load in one transaction
 
     def __init__(
         self,
@@ -252,6 +255,35 @@ class SQLiteStore(SharedStore):
         keep: int,
         now_us: int | None = None,
     ) -> ops.Answer:
+        return self._transaction(
+            name,
+            lambda conn, now: self._run(conn, name, spec, batch, now, ttl, keep),
+            now_us,
+        )
+
+    def execute_path(
+        self,
+        names: list[str],
+        specs: list[PlanSpec],
+        batch: list[ops.Op],
+        *,
+        ttl: int,
+        keep: int,
+        now_us: int | None = None,
+    ) -> ops.Answer:
+        return self._transaction(
+            names[0],
+            lambda conn, now: self._run_path(conn, names, specs, batch, now, ttl, keep),
+            now_us,
+        )
+
+    def _transaction(
+        self,
+        name: str,
+        run: Callable[[sqlite3.Connection, int], ops.Answer],
+        now_us: int | None,
+    ) -> ops.Answer:
+        """``run`` in one ``BEGIN IMMEDIATE`` transaction (read-only: rolled back)."""
         conn = self._conn()
         now = time.time_ns() // 1000 if now_us is None else now_us
         try:
@@ -261,7 +293,7 @@ class SQLiteStore(SharedStore):
                 f"SQLite store {self.path} is locked or unreadable: {e}"
             ) from e
         try:
-            answer = self._run(conn, name, spec, batch, now, ttl, keep)
+            answer = run(conn, now)
             conn.execute("ROLLBACK" if self.readonly else "COMMIT")
             return answer
         except BaseException as e:
@@ -278,16 +310,11 @@ class SQLiteStore(SharedStore):
                 ) from e
             raise
 
-    def _run(
-        self,
-        conn: sqlite3.Connection,
-        name: str,
-        spec: PlanSpec,
-        batch: list[ops.Op],
-        now: int,
-        ttl: int,
-        keep: int,
-    ) -> ops.Answer:
+    def _load(
+        self, conn: sqlite3.Connection, name: str, keys: list[str], now: int
+    ) -> tuple[dict[str, Any] | None, dict[str, list[Any]], int | None]:
+        """Name ``name``'s state, the records of ``keys`` and of those
+        expired by its clock, and the first expiry of the others."""
         row = conn.execute(
             "SELECT state FROM rb_limiter WHERE name = ?", (name,)
         ).fetchone()
@@ -297,7 +324,7 @@ class SQLiteStore(SharedStore):
             "SELECT id, data FROM rb_lease WHERE name = ? AND exp <= ?",
             (name, clock),
         ).fetchall()
-        for key in wanted(batch):
+        for key in keys:
             got = conn.execute(
                 "SELECT data FROM rb_lease WHERE name = ? AND id = ?", (name, key)
             ).fetchone()
@@ -307,11 +334,9 @@ class SQLiteStore(SharedStore):
         (next_exp,) = conn.execute(
             "SELECT min(exp) FROM rb_lease WHERE name = ? AND exp > ?", (name, clock)
         ).fetchone()
-        answer, out = run_document(
-            doc, records, spec, batch, now, ttl=ttl, keep=keep, next_exp=next_exp
-        )
-        if self.readonly:  # the answer only: what it would write is dropped
-            return answer
+        return doc, records, next_exp
+
+    def _save(self, conn: sqlite3.Connection, name: str, out: Document) -> None:
         conn.execute(
             "INSERT INTO rb_limiter (name, state) VALUES (?, ?) "
             "ON CONFLICT (name) DO UPDATE SET state = excluded.state",
@@ -325,6 +350,50 @@ class SQLiteStore(SharedStore):
             "INSERT OR REPLACE INTO rb_lease (name, id, exp, data) VALUES (?, ?, ?, ?)",
             [(name, key, rec[1], json.dumps(rec)) for key, rec in out.records.items()],
         )
+
+    def _run(
+        self,
+        conn: sqlite3.Connection,
+        name: str,
+        spec: PlanSpec,
+        batch: list[ops.Op],
+        now: int,
+        ttl: int,
+        keep: int,
+    ) -> ops.Answer:
+        doc, records, next_exp = self._load(conn, name, wanted(batch), now)
+        answer, out = run_document(
+            doc, records, spec, batch, now, ttl=ttl, keep=keep, next_exp=next_exp
+        )
+        if not self.readonly:  # else the answer only: its writes are dropped
+            self._save(conn, name, out)
+        return answer
+
+    def _run_path(
+        self,
+        conn: sqlite3.Connection,
+        names: list[str],
+        specs: list[PlanSpec],
+        batch: list[ops.Op],
+        now: int,
+        ttl: int,
+        keep: int,
+    ) -> ops.Answer:
+        keys = wanted(batch)
+        loaded = [self._load(conn, name, keys, now) for name in names]
+        answer, outs = run_path_documents(
+            [doc for doc, _, _ in loaded],
+            [records for _, records, _ in loaded],
+            specs,
+            batch,
+            now,
+            ttl=ttl,
+            keep=keep,
+            next_exps=[next_exp for _, _, next_exp in loaded],
+        )
+        if not self.readonly:
+            for name, out in zip(names, outs, strict=True):
+                self._save(conn, name, out)
         return answer
 
 
