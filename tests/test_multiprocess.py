@@ -79,15 +79,14 @@ def test_eight_processes_deliver_each_alert_once(store_url: str, name: str) -> N
     assert snap[0].used == 160
 
 
-@pytest.mark.parametrize("kind", ["sqlite"])
 def test_eight_processes_of_two_teams_never_overspend_the_org(
-    kind: str, tmp_path: Path, name: str
+    store_url: str, name: str
 ) -> None:
     """Contract 13 and 17 across processes: 8 processes act for users of
     two teams (per-key caps under team caps) under one org cap; everything
     committed fits the org's cap to the nano-dollar, the store's counters
     say exactly that, and each threshold alert is delivered once in all."""
-    url = f"sqlite:///{tmp_path / 'budgets.db'}"
+    url = store_url
     procs = [spawn("org", url, name, i, 3) for i in range(8)]
     lines = finish(procs, timeout=120)
     spent = [Decimal(line.split()[1]) for line in lines if line.startswith("committed")]

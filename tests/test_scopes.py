@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import uuid
 import warnings
 from decimal import Decimal
 from typing import Any
@@ -37,7 +38,7 @@ from ratebudget import (
 from ratebudget.testing import FakeClock
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def store_kind(request: pytest.FixtureRequest) -> str:
     """The stores that have scopes (Redis: not yet)."""
     return str(request.param)
@@ -509,10 +510,9 @@ def trees_and_ops(draw: st.DrawFn) -> tuple[Tree, list[tuple[Any, ...]]]:
 @pytest.mark.parametrize(
     ("backend", "kind"),
     [
-        ("asyncio", "memory"),
-        ("trio", "memory"),
-        ("asyncio", "sqlite"),
-        ("trio", "sqlite"),
+        (backend, kind)
+        for kind in ("memory", "sqlite", "redis")
+        for backend in ("asyncio", "trio")
     ],
 )
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -521,6 +521,7 @@ def test_no_level_ever_passes_its_cap_and_every_total_is_exact(
     backend: str,
     kind: str,
     tmp_path_factory: Any,
+    request: pytest.FixtureRequest,
     case: tuple[Tree, list[tuple[Any, ...]]],
 ) -> None:
     """Random trees, random grants, commits (at most the estimate), releases
@@ -533,6 +534,9 @@ def test_no_level_ever_passes_its_cap_and_every_total_is_exact(
     if kind == "sqlite":
         db = tmp_path_factory.mktemp("tree") / "budgets.db"
         where = {"store": f"sqlite:///{db}", "name": "root"}
+    elif kind == "redis":
+        url = request.getfixturevalue("redis_url")
+        where = {"store": url, "name": uuid.uuid4().hex}
     for i, (parent, cap) in enumerate(shape):
         limit = Cap(usd=str(cap * cents))
         scopes.append(

@@ -42,7 +42,7 @@ from ratebudget import InvalidRequest, StoreUnavailable
 from ratebudget._plan import CapSpec, PlanSpec, RateSpec
 from ratebudget.stores import _ops as ops
 from ratebudget.stores._codec import encode_result, encode_shadowed
-from ratebudget.stores._state import run_document, wanted
+from ratebudget.stores._state import run_document, run_path_documents, wanted
 from ratebudget.stores.redis import COUNT_MAX, SCRIPT_PATH, RedisStore
 from ratebudget.stores.sqlite import SQLiteStore
 from redis_server import redis_server_or_skip, redis_url_or_skip
@@ -1198,3 +1198,194 @@ def test_a_closed_store_reconnects(redis_store: RedisStore) -> None:
     (got,) = store.execute(name, RATE, [SNAP], ttl=1, keep=1, now_us=1).results
     assert encode_result(got) == ["snapshot", [rate_view(70)], 0]
     store.close()
+
+
+# -- down a path of scopes -------------------------------------------------------
+#
+# A tree of four scopes (root; a under it; x under a; b under it) shares one
+# store. Random batches of every op a scope sends, each on one scope's path
+# (or the root's own flat batch), run through ``run_path_documents`` (the
+# Python core), the Redis script and the SQLite store: after each batch the
+# three give the same answers and leave every level's state and records
+# alike.
+
+ROOT_PLAN = PlanSpec((RA, MONTH, LIFE), 1000)
+A_PLAN = PlanSpec((RB, CapSpec("c:a:life:UTC:hard", 14, True, None, UTC)), 1000)
+X_PLAN = PlanSpec((CapSpec("c:x:life:UTC:hard", 9, True, None, UTC), RA), 1000)
+B_PLAN = PlanSpec((DAY,), 1000)
+PATHS: list[tuple[tuple[str, ...], tuple[PlanSpec, ...]]] = [
+    (("/a/x", "/a", ""), (X_PLAN, A_PLAN, ROOT_PLAN)),
+    (("/a", ""), (A_PLAN, ROOT_PLAN)),
+    (("/b", ""), (B_PLAN, ROOT_PLAN)),
+    (("",), (ROOT_PLAN,)),  # the root's own limiter: flat batches
+]
+
+
+def path_op(specs: tuple[PlanSpec, ...]) -> st.SearchStrategy[ops.Op]:
+    n = len(specs)
+    req = st.tuples(*[amounts(s) for s in specs]).map(lambda t: sum(t, ()))
+    takes = st.lists(st.integers(0, 12), min_size=n, max_size=n)
+    at = st.integers(0, n - 1)
+    timeout = st.one_of(st.none(), st.integers(0, 80))
+    packed = takes.map(lambda t: sum(v << (64 * k) for k, v in enumerate(t)))
+    return st.one_of(
+        st.builds(ops.Acquire, KEYS, req, timeout, st.booleans()),
+        st.builds(ops.Acquire, KEYS, req, st.none(), st.just(True)),
+        st.builds(
+            lambda key, r, a, t, to: ops.PathPoll(key, r, a, tuple(t[:a]), to),
+            KEYS,
+            req,
+            at,
+            takes,
+            st.one_of(st.none(), st.integers(0, 10**9)),
+        ),
+        st.builds(
+            lambda key, r, a, t: ops.PathLeave(key, r, a, tuple(t[: min(a, n)])),
+            KEYS,
+            req,
+            st.integers(0, n),
+            takes,
+        ),
+        st.builds(ops.Settle, KEYS, packed, req, st.one_of(st.none(), req)),
+        st.builds(ops.Record, req),
+        st.just(ops.Snapshot()),
+        st.just(ops.Reset()),
+        st.builds(ops.Extend, KEYS, st.one_of(st.none(), st.integers(0, 400))),
+    )
+
+
+@st.composite
+def path_batches(draw: st.DrawFn) -> list[tuple[int, int, list[ops.Op]]]:
+    out = []
+    at = 0
+    for _ in range(draw(st.integers(1, 8))):
+        at += draw(STEPS)
+        p = draw(st.integers(0, len(PATHS) - 1))
+        specs = PATHS[p][1]
+        batch = draw(
+            st.lists(
+                path_op(specs) if len(specs) > 1 else op_for(specs[0]),
+                min_size=1,
+                max_size=5,
+            )
+        )
+        out.append((at, p, batch))
+    return out
+
+
+class PathCore:
+    """``run_path_documents`` on documents and records kept per name."""
+
+    def __init__(self) -> None:
+        self.docs: dict[str, Any] = {}
+        self.records: dict[str, dict[str, Any]] = {}
+
+    def execute(
+        self,
+        names: list[str],
+        specs: list[PlanSpec],
+        batch: list[ops.Op],
+        now: int,
+        ttl: int,
+        keep: int,
+    ) -> ops.Answer:
+        docs, given, nexts = [], [], []
+        for name in names:
+            doc = self.docs.get(name)
+            recs = self.records.setdefault(name, {})
+            clock = max(now, doc["clock"]) if doc else now
+            got = {k: r for k, r in recs.items() if r[1] <= clock}
+            got.update({k: recs[k] for k in wanted(batch) if k in recs})
+            docs.append(json.loads(json.dumps(doc)))
+            given.append(json.loads(json.dumps(got)))
+            nexts.append(
+                min((r[1] for r in recs.values() if r[1] > clock), default=None)
+            )
+        if len(names) == 1:
+            answer, out = run_document(
+                docs[0],
+                given[0],
+                specs[0],
+                batch,
+                now,
+                ttl=ttl,
+                keep=keep,
+                exact=COUNT_MAX,
+                next_exp=nexts[0],
+            )
+            outs = [out]
+        else:
+            answer, outs = run_path_documents(
+                docs,
+                given,
+                specs,
+                batch,
+                now,
+                ttl=ttl,
+                keep=keep,
+                exact=COUNT_MAX,
+                next_exps=nexts,
+            )
+        for name, out in zip(names, outs, strict=True):
+            self.docs[name] = json.loads(json.dumps(out.doc))
+            for k in out.gone:
+                del self.records[name][k]
+            self.records[name].update(json.loads(json.dumps(out.records)))
+        return answer
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batch_list=path_batches(),
+    ttl=st.integers(1, 300),
+    keep=st.integers(0, 300),
+)
+def test_random_batches_down_paths_agree(
+    batch_list: list[tuple[int, int, list[ops.Op]]],
+    ttl: int,
+    keep: int,
+    redis_store: RedisStore,
+    sqlite_store: SQLiteStore,
+) -> None:
+    root = f"p-{uuid.uuid4().hex[:12]}"
+    core = PathCore()
+    names_of = [[root + s for s in suffixes] for suffixes, _ in PATHS]
+    for i, (at, p, batch) in enumerate(batch_list):
+        names, specs = names_of[p], list(PATHS[p][1])
+        now = T0 + at
+        got = [core.execute(names, specs, batch, now, ttl, keep)]
+        for store in (redis_store, sqlite_store):
+            if len(names) == 1:
+                got.append(
+                    store.execute(
+                        names[0], specs[0], batch, ttl=ttl, keep=keep, now_us=now
+                    )
+                )
+            else:
+                got.append(
+                    store.execute_path(
+                        names, specs, batch, ttl=ttl, keep=keep, now_us=now
+                    )
+                )
+        first, *others = [outcome(a, None, {}) for a in got]
+        for home, other in zip(("redis", "sqlite"), others, strict=True):
+            assert other == first, f"batch {i} on {names[0]}: {home}"
+        # and every state each level's home keeps is the core's
+        client: Any = redis_store._redis
+        conn = sqlite3.connect(sqlite_store.path)
+        try:
+            for name in names:
+                tag = "{" + root + "}" + name[len(root) :]
+                on_redis = json.loads(client.get(f"{tag}:s"))
+                (on_sqlite,) = conn.execute(
+                    "SELECT state FROM rb_limiter WHERE name = ?", (name,)
+                ).fetchone()
+                assert on_redis == core.docs[name], f"batch {i}: {name} on redis"
+                assert json.loads(on_sqlite) == core.docs[name], f"batch {i}: {name}"
+                recs = {
+                    k.decode(): json.loads(v)
+                    for k, v in client.hgetall(f"{tag}:r").items()
+                }
+                assert recs == core.records[name], f"batch {i}: {name}'s records"
+        finally:
+            conn.close()

@@ -76,8 +76,10 @@ def _waiters(url: str, name: str) -> weakref.WeakValueDictionary[str, Waiter]:
 
 def wake(url: str, name: str, keys: list[str] | None) -> None:
     """Wake this process's waiters ``keys`` of ``name`` (``None``: all of them)."""
-    waiters = _waiters(url, name)
     with _registry_lock:
+        waiters = _registry.get((url, name))
+        if waiters is None:
+            return  # nobody of this process ever waited on it
         found = (
             list(waiters.values())
             if keys is None
@@ -282,7 +284,6 @@ class RemoteBinding(Binding):
         self._dropped: deque[ops.Op] = deque(maxlen=_DEFERRED_KEPT)
         self._waiters = _waiters(store.url, self.root)
         self._subscribed = False
-        self._relayed = False  # whether other processes' wake-ups reach us
         self.calls = Coalescer(self.execute, self.defer, self._fail_open, self.send)
 
     # -- the store ----------------------------------------------------------
@@ -431,11 +432,13 @@ class RemoteBinding(Binding):
             w.deadline = None
             return w.timeout_at
         w.deadline = answer.local + (deadline - answer.now) * 1000
-        if not self._relayed and not self.fake_time:
-            # no wake-ups from other processes (SQLite): a cap-blocked head
-            # is told the first lease expiry, but another process's commit
-            # may serve it long before: look again now and then, doubling
-            # (a fake clock's tests run in one process, woken by its calls)
+        if not self.fake_time:
+            # a cap-blocked head is told the first lease expiry, but another
+            # process's commit may serve it long before, and its wake-up may
+            # never come (SQLite relays none; Redis' pub/sub drops what is
+            # sent while a listener starts or reconnects): look again now
+            # and then, doubling, as waiters behind the head do (a fake
+            # clock's tests run in one process, woken by its own calls)
             soon = answer.local + round(min(w.backoff, _POLL_MAX) * 1e9)
             if soon < w.deadline:
                 w.backoff *= 2
@@ -445,7 +448,7 @@ class RemoteBinding(Binding):
     def _subscribe(self) -> None:
         if not self._subscribed:
             self._subscribed = True
-            self._relayed = self.store.subscribe(self.root)
+            self.store.subscribe(self.root)
 
     # -- the operations -------------------------------------------------------
 

@@ -43,6 +43,7 @@ from .._plan import CapSpec, PlanSpec, RateSpec, _tz_name
 from . import _ops as ops
 from ._base import redact
 from ._codec import decode_result, decode_shadowed, encode_op
+from ._path_ops import pack, unpack
 from ._redis_link import Links, command
 from ._redis_link import bulk as _bulk
 from ._remote import SharedStore, wake
@@ -166,6 +167,8 @@ class RedisStore(SharedStore):
     leaves its connections alone).
     """
 
+    scopes = True  # a path's keys share the root's hash tag: one script call
+
     def __init__(
         self,
         url: str = "redis://localhost:6379/0",
@@ -215,6 +218,7 @@ class RedisStore(SharedStore):
         # plans seen, by identity: what the script needs of each, as JSON
         self._plans: dict[int, _PlanArgs] = {}
         self._volatile: bool | None = None  # None: not checked yet, or unknown
+        self._warned = False  # the persistence warning, given once
         # wake-ups: one listener thread per store, started by the first subscriber
         self._wake_lock = threading.Lock()
         self._names: set[str] = set()
@@ -232,10 +236,11 @@ class RedisStore(SharedStore):
         except self._errors as e:
             raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
         has_cap = any(x.get("kind") == "cap" for x in spec.get("limits", ()))
-        if self._volatile and has_cap:
+        if self._volatile and has_cap and not self._warned:
+            self._warned = True  # once per store: not once per per-key scope
             return [
                 f"Redis at {self.url} persists nothing (appendonly no, save ''): "
-                f"limiter {name!r}'s cap usage lives only in memory and is lost "
+                f"limiter {name!r}'s cap usage (and any other's) lives only in memory and is lost "
                 "if Redis restarts; set 'appendonly yes' to keep budgets"
             ]
         return []
@@ -273,17 +278,30 @@ class RedisStore(SharedStore):
         """Relay ``{name}:wake`` messages to this process's waiters; reconnect
         on errors."""
         while not self._closing.is_set():
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._redis.pubsub()
             try:
                 pubsub.psubscribe("{*}:wake")
                 while not self._closing.is_set():
                     message = pubsub.get_message(timeout=0.2)
                     if message is None:
                         continue
+                    if message.get("type") == "psubscribe":
+                        # subscribed from now on: wake-ups sent before
+                        # (while it started, or reconnected) were lost, so
+                        # every waiter looks once
+                        with self._wake_lock:
+                            names = list(self._names)
+                        for name in names:
+                            wake(self.url, name, None)
+                        continue
+                    if message.get("type") != "pmessage":
+                        continue
+                    # any name: a waiter may have queued (and been woken)
+                    # before its name was noted here; ``wake`` finds nobody
+                    # for names nobody of this process waits on
                     channel = _text(message.get("channel"))
                     name = channel[1 : channel.rfind("}")]
-                    if name in self._names:
-                        wake(self.url, name, json.loads(_text(message["data"])))
+                    wake(self.url, name, json.loads(_text(message["data"])))
             except self._errors:
                 # waiters still look on their own: retry the subscription shortly
                 self._closing.wait(min(self.timeout, 1.0))
@@ -360,6 +378,64 @@ class RedisStore(SharedStore):
             raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
         return self._answer(name, reply)
 
+    def execute_path(
+        self,
+        names: list[str],
+        specs: list[PlanSpec],
+        batch: list[ops.Op],
+        *,
+        ttl: int,
+        keep: int,
+        now_us: int | None = None,
+    ) -> ops.Answer:
+        """Down a path: every level's three keys in one script call, each
+        under the root's hash tag (``{root}/team/user:s``), so a decision
+        stays on one Redis Cluster slot at any depth."""
+        if now_us is not None and now_us < 0:
+            raise InvalidRequest(f"now_us={now_us}: store time starts at 0")
+        root = names[-1]
+        keys: list[str] = []
+        for name in names:
+            tag = "{" + root + "}" + name[len(root) :]
+            keys += (f"{tag}:s", f"{tag}:r", f"{tag}:x")
+        wall = time.time_ns() // 1000 if now_us is None else now_us
+        levels = []
+        for spec in specs:
+            plan = self._plan_args(spec)
+            levels.append(f'{{{plan.head},"windows":{plan.windows_at(wall)}}}')
+        n = len(names)
+        encoded = [
+            [
+                "settle",
+                op.key,
+                unpack(op.take, n),
+                list(op.est),
+                None if op.actual is None else list(op.actual),
+            ]
+            if isinstance(op, ops.Settle)
+            else encode_op(op)
+            for op in batch
+        ]
+        argv = (
+            f'{{"path":[{",".join(levels)}],"ops":{_dumps(encoded)},'
+            f'"now":{-1 if now_us is None else now_us},"ttl":{ttl},"keep":{keep},'
+            f'"idle":{_IDLE_TTL_MS},"keep_usage":{_USAGE_KEPT_MS}}}'
+        )
+        label = "\x00".join(names)
+        try:
+            reply = self._run_script(label, tuple(keys), [argv])
+        except self._errors as e:
+            raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
+        return self._answer(names[0], reply, path=n)
+
+    def _plan_args(self, spec: PlanSpec) -> _PlanArgs:
+        plan = self._plans.get(id(spec))
+        if plan is None or plan.spec is not spec:
+            if len(self._plans) >= _PLANS_KEPT:
+                self._plans.clear()
+            plan = self._plans[id(spec)] = _PlanArgs(spec)
+        return plan
+
     def send(
         self,
         name: str,
@@ -415,11 +491,7 @@ class RedisStore(SharedStore):
             raise InvalidRequest(f"now_us={now_us}: store time starts at 0")
         tag = "{" + name + "}"
         keys = (f"{tag}:s", f"{tag}:r", f"{tag}:x")
-        plan = self._plans.get(id(spec))
-        if plan is None or plan.spec is not spec:
-            if len(self._plans) >= _PLANS_KEPT:
-                self._plans.clear()
-            plan = self._plans[id(spec)] = _PlanArgs(spec)
+        plan = self._plan_args(spec)
         wall = time.time_ns() // 1000 if now_us is None else now_us
         argv = (
             f'{{{plan.head},"ops":{_dumps([encode_op(op) for op in batch])},'
@@ -439,12 +511,18 @@ class RedisStore(SharedStore):
             out += map(str, op.req)
         return keys, out
 
-    def _answer(self, name: str, reply: Any) -> ops.Answer:
-        """The script's reply, read."""
+    def _answer(self, name: str, reply: Any, path: int = 0) -> ops.Answer:
+        """The script's reply, read (down a ``path`` of that many levels, a
+        grant's takes come as a list: packed into the lease's take)."""
         try:
             data = json.loads(reply)
             return ops.Answer(
-                [decode_result(r) for r in data["results"]],
+                [
+                    ops.Granted(pack(r[1]))
+                    if path and r[0] == "granted" and isinstance(r[1], list)
+                    else decode_result(r)
+                    for r in data["results"]
+                ],
                 int(data["now"]),
                 [ops.Woken(k, cast(Any, decode_result(r))) for k, r in data["woken"]],
                 shadowed=[decode_shadowed(x) for x in data.get("shadowed", ())],
@@ -456,7 +534,7 @@ class RedisStore(SharedStore):
             ) from e
 
     def _resp_args(
-        self, name: str, keys: tuple[str, str, str], argv: list[str]
+        self, name: str, keys: tuple[str, ...], argv: list[str]
     ) -> tuple[bytes, bytes]:
         """The script call as RESP: its count of items, and what follows its
         SHA or text (a name's keys encoded once)."""
@@ -464,24 +542,22 @@ class RedisStore(SharedStore):
         if resp_keys is None:
             if len(self._resp_keys) >= _PLANS_KEPT:
                 self._resp_keys.clear()
-            resp_keys = self._resp_keys[name] = _3 + b"".join(
+            resp_keys = self._resp_keys[name] = _bulk(b"%d" % len(keys)) + b"".join(
                 _bulk(k.encode()) for k in keys
             )
-        count = b"*%d\r\n" % (6 + len(argv))
+        count = b"*%d\r\n" % (3 + len(keys) + len(argv))
         return count, resp_keys + b"".join([_bulk(a.encode()) for a in argv])
 
-    def _run_script(
-        self, name: str, keys: tuple[str, str, str], argv: list[str]
-    ) -> Any:
+    def _run_script(self, name: str, keys: tuple[str, ...], argv: list[str]) -> Any:
         """The script's reply to ``keys`` and ``argv``, on this thread's own
         connection (``EVAL`` of its text if the server does not know it)."""
         conn = self._connection()
         if conn is None:  # a client without a pool of connections
             text, sha = _script()
             try:
-                return self._redis.evalsha(sha, 3, *keys, *argv)
+                return self._redis.evalsha(sha, len(keys), *keys, *argv)
             except self._noscript:
-                return self._redis.eval(text.decode(), 3, *keys, *argv)
+                return self._redis.eval(text.decode(), len(keys), *keys, *argv)
         count, args = self._resp_args(name, keys, argv)
         try:
             try:
@@ -560,7 +636,6 @@ class _Held:
 
 _EVALSHA: Final = _bulk(b"EVALSHA")
 _EVAL: Final = _bulk(b"EVAL")
-_3: Final = _bulk(b"3")
 
 
 _PLANS_KEPT: Final = 256

@@ -251,7 +251,6 @@ local insert, remove, concat = table.insert, table.remove, table.concat
 local format, find, gsub = string.format, string.find, string.gsub
 
 local args = cjson.decode(ARGV[1])
-local windows = args.windows
 
 -- _decide.py's constants ---------------------------------------------------
 
@@ -1555,10 +1554,12 @@ end
 
 -- stores/_state.py: the document in, the document out ------------------------------
 
--- the plan's slots over ``st`` (PlanSpec.bind)
-local function bind(st, now)
+-- the plan's slots over ``st`` (PlanSpec.bind); ``lv``: the caller's plan and
+-- windows (ARGV[1] itself, or a level of a path)
+local function bind(st, now, lv)
     local slots = {}
-    for _, s in ipairs(args.plan) do
+    local windows = lv.windows
+    for _, s in ipairs(lv.plan) do
         if s[1] == 'r' then
             insert(slots, st_bucket(st, s[2], s[3], s[4], s[5], now, nul(s[6])))
         else
@@ -1618,8 +1619,9 @@ local function dump_record(rec)
     return { rec.status, rec.exp, rec.take, caps, nn(rec.error) }
 end
 
--- _state.load: fill the empty ``st``; the caller's plan
-local function load(doc, records, st, now)
+-- _state.load: fill the empty ``st``; the caller's plan (``lv``: as for bind)
+local function load(doc, records, st, now, lv)
+    local windows = lv.windows
     if doc ~= nil then
         st.clock, st.wall, st.take = doc.clock, doc.wall, doc.take
         for key, row in pairs(doc.b) do
@@ -1641,7 +1643,7 @@ local function load(doc, records, st, now)
         end
     end
     -- the plan's calendar caps roll into the windows the caller sent
-    for _, s in ipairs(args.plan) do
+    for _, s in ipairs(lv.plan) do
         if s[1] == 'c' and s[5] ~= NULL then
             local c = st.counters[s[2]]
             if c == nil then
@@ -1651,10 +1653,10 @@ local function load(doc, records, st, now)
             end
         end
     end
-    local plan = bind(st, now)
-    plan.pid, plan.pdoc = args.pid, args.pdoc
+    local plan = bind(st, now, lv)
+    plan.pid, plan.pdoc = lv.pid, lv.pdoc
     if doc ~= nil then
-        local plans = { [args.pid] = plan }
+        local plans = { [lv.pid] = plan }
         for _, q in ipairs(doc.q) do
             local pid = q[2]
             local p = plans[pid]
@@ -1705,125 +1707,467 @@ local function dump(st, specs)
     })
 end
 
+-- _path.py and stores/_path_ops.py: a batch down a path of scopes ---------------
+-- (levels: {st, plan, a}, nearest first; ``a``: the offset of its slots in the
+-- path's; reqs split by level; takes: each level's take, an array)
+
+local function split(req, levels)
+    local out = {}
+    for k, lv in ipairs(levels) do
+        out[k] = { unpack(req, lv.a + 1, lv.a + #lv.plan.slots) }
+    end
+    return out
+end
+
+local function offset(err, levels, k) -- a level's refusal, numbered over the path
+    if err ~= nil and err[1] == 'x' then
+        return { 'x', err[2] + levels[k].a, err[3], err[4], err[5], err[6] }
+    end
+    return err
+end
+
+-- _path._give_back: the takes of levels 1 .. below go back
+local function give_back(levels, reqs, takes, below, key, now)
+    for k = below, 1, -1 do
+        local e = Entry()
+        e.id, e.plan, e.req, e.take, e.state = key, levels[k].plan, reqs[k], takes[k], GRANTED
+        abort(levels[k].st, e, now, now)
+    end
+end
+
+-- _path._advance, from level ``at`` (1-based; granted there: ``take``): on up as far
+-- as the levels serve it at once. {'granted', takes} | {'path_queued', ...} |
+-- a refusal (everything given back)
+local function advance(levels, reqs, takes, at, take, timeout_at, key, now)
+    while true do
+        insert(takes, take)
+        at = at + 1
+        if at > #levels then
+            return { 'granted', takes }
+        end
+        local lv = levels[at]
+        local left = nil
+        if timeout_at ~= nil then
+            left = math.max(0, timeout_at - now)
+        end
+        local what, got = acquire(lv.st, lv.plan, reqs[at], now, now, left, true, key)
+        if what == 'granted' then
+            take = got
+        elseif what == 'queued' then
+            local st = lv.st
+            if #st.woken > 0 and st.woken[#st.woken] == got then
+                remove(st.woken) -- it learns from this answer
+            end
+            return { 'path_queued', nn(got.deadline), at - 1, takes, nn(timeout_at) }
+        else
+            give_back(levels, reqs, takes, at - 1, key, now)
+            return offset(got, levels, at)
+        end
+    end
+end
+
+-- _path.acquire
+local function path_acquire(levels, reqs, now, timeout, wait, key)
+    for k, lv in ipairs(levels) do
+        if #lv.plan.hard > 0 then
+            local _, wall = _clock(lv.st, now, now)
+            _roll(lv.st, wall)
+            local err = _certain_overrun(lv.plan, reqs[k])
+            if err ~= nil then
+                return offset(err, levels, k)
+            end
+        end
+    end
+    local takes = {}
+    for k, lv in ipairs(levels) do
+        local what, got = acquire(lv.st, lv.plan, reqs[k], now, now, timeout, wait, key)
+        if what == 'granted' then
+            insert(takes, got)
+        elseif what == 'queued' then
+            local timeout_at = nil
+            if timeout ~= nil then
+                timeout_at = now + timeout
+            end
+            return { 'path_queued', nn(got.deadline), k - 1, takes, nn(timeout_at) }
+        else
+            give_back(levels, reqs, takes, k - 1, key, now)
+            if what == 'refused' then
+                return offset(got, levels, k)
+            end
+            return { 'none' }
+        end
+    end
+    return { 'granted', takes }
+end
+
+-- _path_ops._poll: the owner of a waiter at level ``at`` (0-based) looks
+local function path_poll(levels, reqs, key, at, below, timeout_at, now)
+    local k = at + 1
+    local got = _poll(levels[k].st, key, now)
+    if got[1] == 'queued' then
+        return { 'path_queued', got[2], at, below, nn(timeout_at) }
+    end
+    if got[1] == 'granted' then
+        return advance(levels, reqs, below, k, got[2], timeout_at, key, now)
+    end
+    if got[1] == 'x' or got[1] == 't' then
+        give_back(levels, reqs, below, k - 1, key, now)
+        return offset(got, levels, k)
+    end
+    return got -- gone
+end
+
+-- _path_ops._leave
+local function path_leave(levels, reqs, key, at, takes, now)
+    local below = at
+    if at < #levels then
+        local lv = levels[at + 1]
+        _leave(lv.st, lv.plan, key, reqs[at + 1], now)
+    else
+        below = #levels -- granted at every level, never claimed
+    end
+    give_back(levels, reqs, takes, below, key, now)
+end
+
+local function crossings_of(per_level, levels) -- numbered over the path
+    local out = {}
+    for k, got in ipairs(per_level) do
+        for _, c in ipairs(got) do
+            insert(out, { c[1] + levels[k].a, c[2], c[3], c[4], c[5] })
+        end
+    end
+    return out
+end
+
+-- _path.settle: {"crossings", [...]} | {"none"} | {"inexact", what}
+local function path_settle(levels, takes, ests, actuals, now, key)
+    if actuals ~= nil then
+        for k, lv in ipairs(levels) do
+            if lv.st.exact ~= nil then
+                local bad = _inexact(lv.st.exact, lv.plan, actuals[k], ests[k], now)
+                if bad ~= nil then
+                    return bad
+                end
+            end
+        end
+    end
+    local per_level, settled, any = {}, false, false
+    for k, lv in ipairs(levels) do
+        local actual = nil
+        if actuals ~= nil then
+            actual = actuals[k]
+        end
+        local got = settle(lv.st, lv.plan, takes[k], ests[k], actual, now, now, key)
+        if got[1] == 'none' then
+            settled = true
+            per_level[k] = {}
+        else
+            per_level[k] = got[2]
+            if #got[2] > 0 then
+                any = true
+            end
+        end
+    end
+    if settled and not any then
+        return { 'none' }
+    end
+    return { 'crossings', crossings_of(per_level, levels) }
+end
+
+-- _path.record: {"crossings", [...]} | an Exceeded | {"inexact", what}
+local function path_record(levels, reqs, now)
+    for k, lv in ipairs(levels) do
+        if lv.st.exact ~= nil then
+            local bad = _inexact(lv.st.exact, lv.plan, reqs[k], nil, now)
+            if bad ~= nil then
+                return bad
+            end
+        end
+    end
+    for k, lv in ipairs(levels) do
+        local _, wall = _clock(lv.st, now, now)
+        _roll(lv.st, wall)
+        for _, h in ipairs(lv.plan.hard) do
+            local i, cap = h[1], h[2]
+            local n = reqs[k][i]
+            local c = cap.counter
+            if n ~= 0 and c.used + c.reserved + n > cap.limit then
+                return offset(_exceeded(i, cap), levels, k)
+            end
+        end
+    end
+    local per_level = {}
+    for k, lv in ipairs(levels) do
+        per_level[k] = record(lv.st, lv.plan, reqs[k], now, now)[2]
+    end
+    return { 'crossings', crossings_of(per_level, levels) }
+end
+
+-- _path_ops.run_path
+local function run_path(levels, ops, now)
+    for _, lv in ipairs(levels) do
+        if now < lv.st.clock then
+            now = lv.st.clock
+        end
+    end
+    for _, lv in ipairs(levels) do
+        run_clock(lv.st, now)
+        reclaim(lv.st, now)
+    end
+    local out = {}
+    local n = #levels
+    for _, op in ipairs(ops) do
+        local kind = op[1]
+        local result
+        if kind == 'acquire' then
+            result = path_acquire(levels, split(op[3], levels), now, nul(op[4]), op[5] ~= 0, op[2])
+        elseif kind == 'path_poll' then
+            result = path_poll(levels, split(op[3], levels), op[2], op[4], op[5], nul(op[6]), now)
+        elseif kind == 'path_leave' then
+            path_leave(levels, split(op[3], levels), op[2], op[4], op[5], now)
+            result = { 'none' }
+        elseif kind == 'settle' then
+            local actuals = nil
+            if nul(op[5]) ~= nil then
+                actuals = split(op[5], levels)
+            end
+            result = path_settle(levels, op[3], split(op[4], levels), actuals, now, op[2])
+        elseif kind == 'record' then
+            result = path_record(levels, split(op[2], levels), now)
+        elseif kind == 'snapshot' then
+            result = snapshot(levels[1].st, levels[1].plan, now, now)
+        elseif kind == 'reset' then
+            reset(levels[1].st, levels[1].plan, now, now)
+            result = { 'none' }
+        elseif kind == 'lower' then
+            local lv = nil
+            for _, l in ipairs(levels) do
+                if op[2] >= l.a and op[2] < l.a + #l.plan.slots then
+                    lv = l
+                end
+            end
+            assert(lv ~= nil, 'ratebudget: lower names no slot of the path')
+            local b = lv.plan.slots[op[2] - lv.a + 1]
+            assert(b ~= nil and b.counter == nil, 'ratebudget: lower needs a rate slot')
+            lower(lv.st, b, op[3] * b.per, now)
+            if #lv.st.queue > 0 then
+                service(lv.st, now, now)
+            end
+            result = { 'none' }
+        elseif kind == 'extend' then
+            local kept = 0
+            for _, lv in ipairs(levels) do
+                local ttl = nul(op[3])
+                if ttl == nil then
+                    ttl = lv.st.ttl
+                end
+                if extend(lv.st, op[2], ttl or 0, now) ~= nil then
+                    kept = 1
+                end
+            end
+            result = { 'bool', kept }
+        else
+            error('ratebudget: unknown store operation down a path ' .. tostring(kind))
+        end
+        if result == nil then
+            error('ratebudget: store operation ' .. tostring(kind) .. ' gave no result')
+        end
+        out[#out + 1] = result
+    end
+    local woken, shadowed = {}, {}
+    for _, lv in ipairs(levels) do
+        for _, e in ipairs(lv.st.woken) do
+            local got = _entry_result(e)
+            if e.id ~= '' and got[1] ~= 'gone' then
+                insert(woken, { e.id, got })
+            end
+        end
+        lv.st.woken = {}
+        for _, x in ipairs(lv.st.shadowed) do
+            insert(shadowed, { x[1] + lv.a, x[2], x[3], x[4], x[5], x[6], x[7] })
+        end
+        lv.st.shadowed = {}
+    end
+    return out, woken, shadowed
+end
+
 -- run_document, and the writes of RedisStore ---------------------------------------
 
-local clock = now
-if doc ~= nil and doc.clock > now then
-    clock = doc.clock
-end
-
--- the records the batch may read: expired ones, and those its ops name
-local want, wanted = {}, {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', X, '-inf', fmt(clock))) do
-    if not wanted[id] then
-        wanted[id] = true
-        insert(want, id)
-    end
-end
-for _, op in ipairs(args.ops) do
-    local kind = op[1]
-    if kind == 'poll' or kind == 'leave' or kind == 'settle' or kind == 'extend' then
-        if not wanted[op[2]] then
-            wanted[op[2]] = true
-            insert(want, op[2])
+-- the records a batch may read of one state: expired ones, and those its ops name
+local function records_of(R, X, clock, ops)
+    local want, wanted = {}, {}
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', X, '-inf', fmt(clock))) do
+        if not wanted[id] then
+            wanted[id] = true
+            insert(want, id)
         end
     end
-end
-local records = {}
-for first = 1, #want, 1000 do
-    local last = math.min(first + 999, #want)
-    local got = redis.call('HMGET', R, unpack(want, first, last))
-    for k = first, last do
-        local data = got[k - first + 1]
-        if data then
-            records[want[k]] = cjson.decode(data)
+    for _, op in ipairs(ops) do
+        local kind = op[1]
+        if kind == 'poll' or kind == 'leave' or kind == 'settle' or kind == 'extend'
+            or kind == 'path_poll' or kind == 'path_leave' then
+            if not wanted[op[2]] then
+                wanted[op[2]] = true
+                insert(want, op[2])
+            end
         end
     end
+    local records = {}
+    for first = 1, #want, 1000 do
+        local last = math.min(first + 999, #want)
+        local got = redis.call('HMGET', R, unpack(want, first, last))
+        for k = first, last do
+            local data = got[k - first + 1]
+            if data then
+                records[want[k]] = cjson.decode(data)
+            end
+        end
+    end
+    return records
 end
 
-local st = State(args.ttl, args.keep, args.ttl)
-st.exact = EXACT
--- the first expiry of the records not loaded: a cap-blocked head looks again then
-local after = redis.call('ZRANGEBYSCORE', X, '(' .. fmt(clock), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-if #after > 0 then
-    st.next_exp = tonumber(after[2])
+-- one state, loaded: {st, plan, doc, records, after} (``lv``: its plan's arguments)
+local function load_state(S, R, X, lv, ops, now, doc_in)
+    local d = doc_in
+    if d == false then
+        local text = redis.call('GET', S)
+        d = nil
+        if text then
+            d = cjson.decode(text)
+        end
+    end
+    local clock = now
+    if d ~= nil and d.clock > now then
+        clock = d.clock
+    end
+    local records = records_of(R, X, clock, ops)
+    local st = State(args.ttl, args.keep, args.ttl)
+    st.exact = EXACT
+    -- the first expiry of the records not loaded: a cap-blocked head looks again then
+    local after = redis.call('ZRANGEBYSCORE', X, '(' .. fmt(clock), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    if #after > 0 then
+        st.next_exp = tonumber(after[2])
+    end
+    local plan = load(d, records, st, now, lv)
+    return { S = S, R = R, X = X, st = st, plan = plan, doc = d, records = records,
+        after = after, lv = lv }
 end
-local plan = load(doc, records, st, now)
-local results, woken = run(st, plan, args.ops, now)
 
-local specs = {} -- _state.cap_specs
-if doc ~= nil then
-    for key, row in pairs(doc.c) do
-        specs[key] = { row[5], row[6] }
+-- what a state's writes will be, all encoded (nothing written yet)
+local function writes_of(w)
+    local st, d = w.st, w.doc
+    local specs = {} -- _state.cap_specs
+    if d ~= nil then
+        for key, row in pairs(d.c) do
+            specs[key] = { row[5], row[6] }
+        end
+    end
+    for _, s in ipairs(w.lv.plan) do
+        if s[1] == 'c' then
+            specs[s[2]] = { s[5], s[6] }
+        end
+    end
+    w.doc_out = encode(dump(st, specs))
+    local fields, scores = {}, {}
+    for key, rec in pairs(st.records) do
+        insert(fields, key)
+        insert(fields, encode(dump_record(rec)))
+        insert(scores, fmt(rec.exp))
+        insert(scores, key)
+    end
+    local gone = {}
+    for key in pairs(w.records) do
+        if st.records[key] == nil then
+            insert(gone, key)
+        end
+    end
+    w.fields, w.scores, w.gone = fields, scores, gone
+end
+
+local function write(w)
+    local st = w.st
+    local idle = args.idle + fdiv(args.ttl, 1000)
+    -- the state outlives idleness while a cap still counts something: a period's
+    -- usage for ``args.keep_usage`` ms after its last change, a lifetime's forever
+    local keep_state = idle
+    for _, c in pairs(st.counters) do
+        if c.used ~= 0 or c.reserved ~= 0 then
+            if c.window == nil and c.period == '' then
+                keep_state = -1
+                break
+            end
+            if args.keep_usage > keep_state then
+                keep_state = args.keep_usage
+            end
+        end
+    end
+    if keep_state < 0 then
+        redis.call('SET', w.S, w.doc_out)
+    else
+        redis.call('SET', w.S, w.doc_out, 'PX', fmt(keep_state))
+    end
+    local gone, fields, scores = w.gone, w.fields, w.scores
+    for first = 1, #gone, 1000 do
+        local last = math.min(first + 999, #gone)
+        redis.call('HDEL', w.R, unpack(gone, first, last))
+        redis.call('ZREM', w.X, unpack(gone, first, last))
+    end
+    for first = 1, #fields, 1000 do
+        local last = math.min(first + 999, #fields)
+        redis.call('HSET', w.R, unpack(fields, first, last))
+        redis.call('ZADD', w.X, unpack(scores, first, last))
+    end
+    -- the lease keys, while they hold records (those not loaded lie after ``clock``)
+    if #w.after > 0 or next(st.records) ~= nil then
+        redis.call('PEXPIRE', w.R, fmt(idle))
+        redis.call('PEXPIRE', w.X, fmt(idle))
     end
 end
-for _, s in ipairs(args.plan) do
-    if s[1] == 'c' then
-        specs[s[2]] = { s[5], s[6] }
+
+local states, results, woken, shadowed
+if args.path == nil then
+    local w = load_state(S, R, X, args, args.ops, now, doc)
+    states = { w }
+    results, woken = run(w.st, w.plan, args.ops, now)
+    shadowed = w.st.shadowed
+else
+    -- a scope's path: KEYS holds each level's three keys, nearest first
+    states = {}
+    local levels = {}
+    local a = 0
+    for k, lv in ipairs(args.path) do
+        local base = 3 * (k - 1)
+        local d = false
+        if k == 1 then
+            d = doc -- read already
+        end
+        local w = load_state(KEYS[base + 1], KEYS[base + 2], KEYS[base + 3], lv, args.ops, now, d)
+        states[k] = w
+        levels[k] = { st = w.st, plan = w.plan, a = a }
+        a = a + #lv.plan
     end
+    results, woken, shadowed = run_path(levels, args.ops, now)
 end
 
 -- everything is encoded before anything is written
-local doc_out = encode(dump(st, specs))
-local fields, scores = {}, {}
-for key, rec in pairs(st.records) do
-    insert(fields, key)
-    insert(fields, encode(dump_record(rec)))
-    insert(scores, fmt(rec.exp))
-    insert(scores, key)
-end
-local gone = {}
-for key in pairs(records) do
-    if st.records[key] == nil then
-        insert(gone, key)
-    end
+for _, w in ipairs(states) do
+    writes_of(w)
 end
 local woken_keys = {}
 for _, w in ipairs(woken) do
     insert(woken_keys, w[1])
 end
-local reply = { results = results, now = st.clock, woken = woken }
-if #st.shadowed > 0 then
-    reply.shadowed = st.shadowed
+local reply = { results = results, now = states[1].st.clock, woken = woken }
+if #shadowed > 0 then
+    reply.shadowed = shadowed
 end
 local answer = encode(object(reply))
-
-local idle = args.idle + fdiv(args.ttl, 1000)
--- the state outlives idleness while a cap still counts something: a period's
--- usage for ``args.keep_usage`` ms after its last change, a lifetime's forever
-local keep_state = idle
-for _, c in pairs(st.counters) do
-    if c.used ~= 0 or c.reserved ~= 0 then
-        if c.window == nil and c.period == '' then
-            keep_state = -1
-            break
-        end
-        if args.keep_usage > keep_state then
-            keep_state = args.keep_usage
-        end
-    end
-end
-if keep_state < 0 then
-    redis.call('SET', S, doc_out)
-else
-    redis.call('SET', S, doc_out, 'PX', fmt(keep_state))
-end
-for first = 1, #gone, 1000 do
-    local last = math.min(first + 999, #gone)
-    redis.call('HDEL', R, unpack(gone, first, last))
-    redis.call('ZREM', X, unpack(gone, first, last))
-end
-for first = 1, #fields, 1000 do
-    local last = math.min(first + 999, #fields)
-    redis.call('HSET', R, unpack(fields, first, last))
-    redis.call('ZADD', X, unpack(scores, first, last))
-end
--- the lease keys, while they hold records (those not loaded lie after ``clock``)
-if #after > 0 or next(st.records) ~= nil then
-    redis.call('PEXPIRE', R, fmt(idle))
-    redis.call('PEXPIRE', X, fmt(idle))
+for _, w in ipairs(states) do
+    write(w)
 end
 if #woken_keys > 0 then
-    redis.call('PUBLISH', string.sub(S, 1, -3) .. ':wake', encode(woken_keys))
+    -- the root's channel: waiters of a tree register under its root's name
+    local root = states[#states].S
+    redis.call('PUBLISH', string.sub(root, 1, -3) .. ':wake', encode(woken_keys))
 end
 return answer
