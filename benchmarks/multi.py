@@ -1,5 +1,9 @@
 """Workload 7: several limits in one acquisition, uncontended.
 
+It also compares an acquisition on a scope three levels deep (each level
+with its own rate and cap, charged down the path in one decision) with one
+limiter holding the same six limits: the cost of the path itself.
+
 ratebudget takes an RPM rate, a TPM rate and a USD cap in one atomic
 acquisition. The nearest a peer comes is one limiter per limit, acquired in
 sequence (two ``aiolimiter``s): not atomic (the first is spent while the
@@ -39,6 +43,36 @@ def _ratebudget(with_cap: bool) -> Run:
     return run
 
 
+def _scopes(depth: int) -> Run:
+    """An RPM rate and a USD cap at each of ``depth`` levels: as scopes
+    (org > team > user) charged down the path, or (``depth`` negative) as
+    one flat limiter holding all of them (the same work in one state)."""
+
+    async def run(n: int) -> float:
+        from ratebudget import Cap, Limiter, Rate
+
+        def level(k: int) -> list[Rate | Cap]:
+            # distinct limits: one flat limiter keeps each its own counter
+            return [Rate(requests=10**9 + k, per=1), Cap(usd=10**9 + k)]
+
+        if depth > 0:
+            limiter = Limiter(*level(0))
+            for k in range(1, depth):
+                limiter = limiter.child(f"s{k}", *level(k))
+        else:
+            limiter = Limiter(*[x for k in range(-depth) for x in level(k)])
+        for _ in range(min(n, 1000)):
+            async with limiter.acquire(usd="0.0001"):
+                pass
+        start = time.perf_counter()
+        for _ in range(n):
+            async with limiter.acquire(usd="0.0001"):
+                pass
+        return (time.perf_counter() - start) / n * 1e9
+
+    return run
+
+
 async def _two_aiolimiters(n: int) -> float:
     from aiolimiter import AsyncLimiter
 
@@ -59,6 +93,14 @@ def candidates() -> dict[str, tuple[tuple[str, ...], Run]]:
     out: dict[str, tuple[tuple[str, ...], Run]] = {
         "ratebudget: RPM + TPM + USD cap": (("asyncio", "trio"), _ratebudget(True)),
         "ratebudget: RPM + TPM": (("asyncio", "trio"), _ratebudget(False)),
+        "ratebudget: 3 scopes down a path, RPM + USD cap at each": (
+            ("asyncio", "trio"),
+            _scopes(3),
+        ),
+        "ratebudget: one limiter with the same 3 RPM rates + 3 USD caps": (
+            ("asyncio", "trio"),
+            _scopes(-3),
+        ),
     }
     try:
         import aiolimiter  # noqa: F401

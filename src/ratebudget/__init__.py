@@ -20,6 +20,7 @@ from ._exceptions import InvalidRequest as InvalidRequest
 from ._exceptions import RateBudgetError as RateBudgetError
 from ._exceptions import StoreUnavailable as StoreUnavailable
 from ._exceptions import UnmeteredCall as UnmeteredCall
+from ._keys import Keys as Keys
 from ._limiter import Lease as Lease
 from ._limiter import Limiter as Limiter
 from ._limits import Cap as Cap
@@ -42,6 +43,7 @@ __all__ = (
     "Cap",
     "Clock",
     "InvalidRequest",
+    "Keys",
     "Lease",
     "LimitSnapshot",
     "Limiter",

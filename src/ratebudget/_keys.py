@@ -103,10 +103,11 @@ class Keys(Mapping[str, "Limiter"]):
         if len(held) > self.max_keys and not self._warned:
             self._warned = True
             logger.warning(
-                "ratebudget: %s.per_key holds %d keys, past max_keys=%d: "
-                "their state still counts (leases, waiters, usage this "
-                "period), so none is forgotten yet",
-                self._parent.name,
+                "ratebudget: per_key of %s holds %d keys, past max_keys=%d: "
+                "the least recently used still count something (a lease, a "
+                "waiter, a rate refilling, usage this period), so they are "
+                "kept until they no longer do (logged once)",
+                repr(self._parent.name) if self._parent.name else "an unnamed limiter",
                 len(held),
                 self.max_keys,
             )

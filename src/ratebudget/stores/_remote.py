@@ -285,6 +285,9 @@ class RemoteBinding(Binding):
         self._waiters = _waiters(store.url, self.root)
         self._subscribed = False
         self.calls = Coalescer(self.execute, self.defer, self._fail_open, self.send)
+        # listen for other processes' wake-ups from the start: one sent while
+        # a listener starts is lost (it then has every waiter look once)
+        self._subscribe()
 
     # -- the store ----------------------------------------------------------
 
