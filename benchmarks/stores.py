@@ -76,6 +76,7 @@ __all__ = (
 )
 
 RATEBUDGET: Final = "ratebudget"
+SCOPES: Final = "ratebudget, 3 scopes down a path (a rate at each)"
 LIMITS_FIXED: Final = "limits (fixed window)"
 LIMITS_MOVING: Final = "limits (moving window)"
 LIMITS_SLIDING: Final = "limits (sliding window counter)"
@@ -87,13 +88,14 @@ EVAL_THREAD: Final = "bare EVALSHA, redis-py in a worker thread"
 
 REDIS_CANDIDATES: Final = (
     RATEBUDGET,
+    SCOPES,
     LIMITS_FIXED,
     LIMITS_MOVING,
     LIMITS_SLIDING,
     PYRATE,
     PING,
 )
-NOT_PEERS: Final = (RATEBUDGET, PING)
+NOT_PEERS: Final = (RATEBUDGET, SCOPES, PING)
 LATENCY_CANDIDATES: Final = (
     (RATEBUDGET, ("asyncio", "trio")),
     (EVAL_THREAD, ("asyncio", "trio")),
@@ -111,6 +113,7 @@ TRIVIAL_SCRIPT: Final = "return 1"
 # for the worker processes to import before any clock runs
 _NEEDS: Final = {
     RATEBUDGET: ("ratebudget", "ratebudget.stores.redis", "redis"),
+    SCOPES: ("ratebudget", "ratebudget.stores.redis", "redis"),
     LIMITS_FIXED: ("limits.aio.strategies", "limits.aio.storage", "redis.asyncio"),
     LIMITS_MOVING: ("limits.aio.strategies", "limits.aio.storage", "redis.asyncio"),
     LIMITS_SLIDING: ("limits.aio.strategies", "limits.aio.storage", "redis.asyncio"),
@@ -257,6 +260,20 @@ class _RateBudget:
         self.store.close()
 
 
+class _Scoped(_RateBudget):
+    """An acquisition on a scope two levels under a root (org > team >
+    user), each level with a rate of its own: three states in one decision."""
+
+    __slots__ = ()
+
+    def __init__(self, url: str) -> None:
+        from ratebudget import Rate
+
+        super().__init__(url)
+        team = self.limiter.child("team", Rate(tokens=HUGE + 1, per="second"))
+        self.limiter = team.child("user", Rate(tokens=HUGE + 2, per="second"))
+
+
 class _Limits:
     __slots__ = ("hit", "item", "pool")
 
@@ -374,6 +391,8 @@ class _EvalThread:
 async def _open(candidate: str, url: str) -> _Client:
     if candidate in (RATEBUDGET, SQLITE):
         return _RateBudget(url)
+    if candidate == SCOPES:
+        return _Scoped(url)
     if candidate == LIMITS_FIXED:
         return _Limits(url, "fixed")
     if candidate == LIMITS_MOVING:

@@ -605,3 +605,56 @@ def test_no_level_ever_passes_its_cap_and_every_total_is_exact(
                 assert used[k] + reserved[k] <= shape[k][1]
 
     anyio.run(run, backend=backend)
+
+
+# -- ratebudget status ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_status_shows_every_scope_with_its_own_usage(
+    kind: str, tmp_path: Any, request: pytest.FixtureRequest
+) -> None:
+    """The real CLI, in a subprocess: each scope is listed under its full
+    name with its own limits, a parent's usage including its children's
+    (on Redis a scope's keys lie under its root's hash tag)."""
+    import json
+    import subprocess
+    import sys
+
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'budgets.db'}"
+    else:
+        url = request.getfixturevalue("redis_url")
+    root = f"st-{uuid.uuid4().hex[:8]}"
+    org = Limiter(Cap(usd="10"), store=url, name=root)
+    team = org.child("search", Cap(usd="4"))
+    users = team.per_key(Cap(usd="1", per="day"))
+    users["alice"].sync.record(usd="0.25")
+    with users["bob"].sync.acquire(usd="0.5") as lease:
+        lease.commit(usd="0.125")
+    got = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ratebudget",
+            "status",
+            "--store",
+            url,
+            f"{root}*",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    shown = {
+        item["name"]: item["limits"][0]["used"]
+        for item in json.loads(got.stdout)["limiters"]
+    }
+    assert shown == {
+        root: "0.375",
+        f"{root}/search": "0.375",
+        f"{root}/search/alice": "0.25",
+        f"{root}/search/bob": "0.125",
+    }

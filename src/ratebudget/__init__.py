@@ -11,6 +11,8 @@ absolute caps in tokens, requests or exact USD on top::
 
 from __future__ import annotations
 
+from ._budgets import Budgets as Budgets
+from ._budgets import load as load
 from ._clock import Clock as Clock
 from ._clock import Sleeper as Sleeper
 from ._clock import SystemClock as SystemClock
@@ -40,6 +42,7 @@ __all__ = (
     "AcquireTimeout",
     "Alert",
     "BudgetExceeded",
+    "Budgets",
     "Cap",
     "Clock",
     "InvalidRequest",
@@ -59,5 +62,6 @@ __all__ = (
     "UnmeteredCall",
     "__version__",
     "current_scope",
+    "load",
     "scope",
 )

@@ -9,7 +9,7 @@ import sys
 
 from .. import InvalidRequest, StoreUnavailable
 from ..stores._base import redact
-from ._status_reader import status
+from ._status_reader import LimiterStatus, ScopeStatus, status, status_tree
 from ._status_render import render_status_plain, render_status_rich
 
 
@@ -28,9 +28,17 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     parser.add_argument(
         "--store",
-        required=True,
         metavar="URL",
         help="the store: sqlite:///budgets.db, redis://host:6379/0, ...",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=(
+            "a budgets file (ratebudget.load's TOML): show its tree of scopes, "
+            "with their owners and the keys of their per-key scopes "
+            "(--store defaults to the file's)"
+        ),
     )
     parser.add_argument(
         "name",
@@ -61,8 +69,8 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def _run_status_command(args: argparse.Namespace) -> int:
     err = sys.stderr
-    url: str = args.store
-    shown = redact(url) if isinstance(url, str) else url  # never a password
+    url: str | None = args.store
+    shown = redact(url) if isinstance(url, str) else ""  # never a password
     use_rich = args.rich or (not args.plain and not args.json and sys.stdout.isatty())
     if use_rich and importlib.util.find_spec("rich") is None:
         if args.rich:
@@ -72,10 +80,22 @@ def _run_status_command(args: argparse.Namespace) -> int:
             )
             return 2
         use_rich = False
+    tree = None
     try:
         if args.name is not None and args.name_option is not None:
             raise InvalidRequest("give a limiter's name as NAME or --name, not both")
-        statuses = status(url, args.name if args.name is not None else args.name_option)
+        if args.config is not None:
+            if args.name is not None or args.name_option is not None:
+                raise InvalidRequest("--config shows its whole tree: give no NAME")
+            url, tree = status_tree(args.config, url)
+            shown = redact(url)
+            statuses = [_indented(s) for s in tree]
+        elif url is None:
+            raise InvalidRequest("give --store URL (or --config FILE)")
+        else:
+            statuses = status(
+                url, args.name if args.name is not None else args.name_option
+            )
     except StoreUnavailable as exc:
         err.write(f"ratebudget status: error: store unavailable: {exc}\n")
         return 3
@@ -85,7 +105,14 @@ def _run_status_command(args: argparse.Namespace) -> int:
     except ImportError as exc:  # a store whose driver is not installed
         err.write(f"ratebudget status: error: cannot open {shown}: {exc}\n")
         return 2
-    if args.json:
+    if args.json and tree is not None:
+        document = {
+            "store": shown,
+            "config": args.config,
+            "scopes": [s.to_json() for s in tree],
+        }
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    elif args.json:
         document = {"store": shown, "limiters": [s.to_json() for s in statuses]}
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
     elif use_rich:
@@ -97,3 +124,14 @@ def _run_status_command(args: argparse.Namespace) -> int:
     else:
         render_status_plain(statuses, sys.stdout, store=shown)
     return 0
+
+
+def _indented(scope: ScopeStatus) -> LimiterStatus:
+    """A scope's status named for a tree: indented, with its owner."""
+    s = scope.status
+    label = "  " * scope.depth + s.name
+    if scope.per_key:
+        label += " (per key)"
+    if scope.owner:
+        label += f" — {scope.owner}"
+    return LimiterStatus(label, s.limits, s.at, s.error)

@@ -24,7 +24,14 @@ from ..stores import _ops as ops
 from ..stores._remote import SharedStore
 from ..stores.sqlite import SQLiteStore
 
-__all__ = ("LimitStatus", "LimiterStatus", "UnknownLimiter", "status")
+__all__ = (
+    "LimitStatus",
+    "LimiterStatus",
+    "ScopeStatus",
+    "UnknownLimiter",
+    "status",
+    "status_tree",
+)
 
 _NAMED_PERIODS = {60 * 60 * 24: "day", 60 * 60: "hour", 60: "minute", 1: "second"}
 _LEASE_TTL = 600.0  # s: how long the snapshot keeps a lease it reclaims
@@ -190,7 +197,14 @@ def _read(store: Store, name: str, spec: dict[str, Any]) -> LimiterStatus:
     # store.execute, not a limiter: a status reads, so it does not register
     # the spec again over one a limiter may have just redeclared
     ttl = round(_LEASE_TTL * 1e6)
-    answer = store.execute(name, spec_, [ops.Snapshot()], ttl=ttl, keep=ttl)
+    root = spec.get("root")
+    if isinstance(root, str) and root != name and store.scopes:
+        # a scope: its state lies under its root's (Redis: the root's slot)
+        answer = store.execute_path(
+            [name], [spec_], [ops.Snapshot()], ttl=ttl, keep=ttl, root=root
+        )
+    else:
+        answer = store.execute(name, spec_, [ops.Snapshot()], ttl=ttl, keep=ttl)
     (got,) = answer.results
     assert isinstance(got, tuple)
     views, waiting = got
@@ -255,3 +269,83 @@ def status(
     finally:
         if owned:
             store.close()
+
+
+@dataclass(frozen=True)
+class ScopeStatus:
+    """A scope of a budgets file (or a key of its per-key scopes found on the
+    store), how deep in the tree, its owner, and its state."""
+
+    depth: int
+    owner: str | None
+    per_key: bool
+    status: LimiterStatus
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.status.to_json(),
+            "depth": self.depth,
+            "owner": self.owner,
+            "per_key": self.per_key,
+        }
+
+
+def status_tree(
+    config: str | os.PathLike[str], store_url: str | None = None
+) -> tuple[str, list[ScopeStatus]]:
+    """The state of every scope a budgets file describes (``ratebudget.load``'s
+    format), parents first, with the keys of its per-key scopes that the
+    store knows; and the store's URL (``store_url``, else the file's).
+    The limits shown are the file's."""
+    from .._budgets import read
+    from .._plan import spec_of
+
+    budgets = read(config)
+    url = store_url or budgets.settings.get("store")
+    if not url:
+        raise InvalidRequest(f"{budgets.path} names no store: give --store URL")
+    store = open_store(url)
+    if isinstance(store, SQLiteStore):  # a status never writes
+        store = SQLiteStore(store.path, timeout=store.timeout, readonly=True)
+    if not isinstance(store, SharedStore):
+        raise InvalidRequest(
+            "memory:// keeps a limiter's state inside its own process: there "
+            "is nothing to show from outside it; use a sqlite:/// or redis:// store"
+        )
+    root = budgets.root.name
+    out: list[ScopeStatus] = []
+    try:
+        _check_exists(store)
+        known = store.limiters()
+
+        def show(name: str, limits: tuple[Rate | Cap, ...]) -> LimiterStatus:
+            spec = spec_of(limits)
+            if name != root:
+                spec["root"] = root
+            return _read(store, name, spec)
+
+        def walk(node: Any, depth: int) -> None:
+            out.append(
+                ScopeStatus(depth, node.owner, False, show(node.name, node.limits))
+            )
+            if node.per_key is not None:
+                limits, _max, owner = node.per_key
+                children = {c.name for c in node.children}
+                prefix = node.name + "/"
+                for name in sorted(known):
+                    rest = name[len(prefix) :]
+                    if (
+                        name.startswith(prefix)
+                        and "/" not in rest
+                        and name not in children
+                    ):
+                        out.append(
+                            ScopeStatus(depth + 1, owner, True, show(name, limits))
+                        )
+            for child in node.children:
+                walk(child, depth + 1)
+
+        walk(budgets.root, 0)
+    finally:
+        store.close()
+    return url, out

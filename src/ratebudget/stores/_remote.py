@@ -208,9 +208,11 @@ class SharedStore(Store):
         ttl: int,
         keep: int,
         now_us: int | None = None,
+        root: str | None = None,
     ) -> ops.Answer:
         """``execute`` down a path of scopes: the states of ``names`` (a
-        scope's, then each ancestor's) in one atomic call (``_path_ops``)."""
+        scope's, then each ancestor's) in one atomic call (``_path_ops``);
+        ``root``: the tree's root, if ``names`` stops short of it."""
         raise NotImplementedError  # pragma: no cover - ``scopes`` is False
 
     def send(
@@ -266,6 +268,7 @@ class RemoteBinding(Binding):
             self.bounds += [(a + n, b + n) for a, b in parent.bounds]
             self.root = parent.root
         self.path = parent is not None
+        self.parent = parent
         # a waiter down a path: where it waits and what it holds below
         self._climbs: dict[str, ops.PathQueued] = {}
         self.on_shadow: Callable[[list[Shadowed]], None] | None = None
@@ -294,10 +297,15 @@ class RemoteBinding(Binding):
     def _register(self) -> None:
         if self._registered:
             return
+        if self.parent is not None:  # its ancestors too: each shows in status
+            self.parent._register()
         with self._reg_lock:
             if self._registered:
                 return
-            for warning in self.store.register(self.name, spec_of(self.limits)):
+            spec = spec_of(self.limits)
+            if self.path:  # a scope: where its state lives (Redis: the root's slot)
+                spec["root"] = self.root
+            for warning in self.store.register(self.name, spec):
                 logger.warning("ratebudget: %s", warning)
             self._registered = True
 

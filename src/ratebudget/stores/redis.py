@@ -387,13 +387,17 @@ class RedisStore(SharedStore):
         ttl: int,
         keep: int,
         now_us: int | None = None,
+        root: str | None = None,
     ) -> ops.Answer:
         """Down a path: every level's three keys in one script call, each
         under the root's hash tag (``{root}/team/user:s``), so a decision
         stays on one Redis Cluster slot at any depth."""
         if now_us is not None and now_us < 0:
             raise InvalidRequest(f"now_us={now_us}: store time starts at 0")
-        root = names[-1]
+        if root is None:
+            root = names[-1]
+        if any(n != root and not n.startswith(root + "/") for n in names):
+            raise InvalidRequest(f"{names!r}: not a path of scopes under {root!r}")
         keys: list[str] = []
         for name in names:
             tag = "{" + root + "}" + name[len(root) :]

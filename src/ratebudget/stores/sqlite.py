@@ -270,6 +270,7 @@ class SQLiteStore(SharedStore):
         ttl: int,
         keep: int,
         now_us: int | None = None,
+        root: str | None = None,
     ) -> ops.Answer:
         return self._transaction(
             names[0],
