@@ -82,7 +82,7 @@ class Keys(Mapping[str, "Limiter"]):
         segment = _segment(key, "key")
         parent = self._parent
         name = segment if parent.name is None else f"{parent.name}/{segment}"
-        made = _scoped(parent, name, self._limits, self._handlers)
+        made = _scoped(parent, name, self._limits, self._handlers, keyed=True)
         with self._lock:
             got = self._held.setdefault(key, made)
             self._held.move_to_end(key)

@@ -115,6 +115,7 @@ def _scoped(
     name: str,
     limits: tuple[Rate | Cap, ...],
     handlers: tuple[AlertHandler, ...],
+    keyed: bool = False,
 ) -> Limiter:
     """The child scope ``name`` (its full name) of ``parent``."""
     self = _new(Limiter)
@@ -135,6 +136,7 @@ def _scoped(
         on_store_error,
         shadow=parent._shadow,
         parent=parent._b,
+        keyed=keyed,
     )
     if parent._shadow:
         self._b.on_shadow = self._on_shadow

@@ -316,7 +316,6 @@ def status_tree(
     out: list[ScopeStatus] = []
     try:
         _check_exists(store)
-        known = store.limiters()
 
         def show(name: str, limits: tuple[Rate | Cap, ...]) -> LimiterStatus:
             spec = spec_of(limits)
@@ -331,17 +330,11 @@ def status_tree(
             if node.per_key is not None:
                 limits, _max, owner = node.per_key
                 children = {c.name for c in node.children}
-                prefix = node.name + "/"
-                for name in sorted(known):
-                    rest = name[len(prefix) :]
-                    if (
-                        name.startswith(prefix)
-                        and "/" not in rest
-                        and name not in children
-                    ):
-                        out.append(
-                            ScopeStatus(depth + 1, owner, True, show(name, limits))
-                        )
+                out.extend(
+                    ScopeStatus(depth + 1, owner, True, show(name, limits))
+                    for name in store.keys_of(node.name, root)
+                    if name not in children
+                )
             for child in node.children:
                 walk(child, depth + 1)
 

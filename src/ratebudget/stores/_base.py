@@ -155,15 +155,24 @@ class Store(abc.ABC):
         on_store_error: str,
         shadow: bool = False,
         parent: Binding | None = None,
+        keyed: bool = False,
     ) -> Binding:
         """The binding of limiter ``name`` (``None``: a private state);
         ``shadow``: its hard caps report (``Binding.on_shadow``) instead of
         refusing; ``parent``: the binding of the scope whose child ``name``
-        (a full name) is, charged down its path with it."""
+        (a full name) is, charged down its path with it; ``keyed``: one of
+        a ``per_key``'s scopes (a shared store lists those by their state,
+        not in its registry of limiters, which would grow with every key)."""
 
     def limiters(self) -> dict[str, dict[str, Any]]:
         """Every limiter registered on this store: name -> its spec."""
         return {}
+
+    def keys_of(self, name: str, root: str) -> list[str]:
+        """The full names of the scopes right under scope ``name`` (of the
+        tree of ``root``) that have a state on this store (per-key scopes
+        are not registered)."""
+        return []
 
     def close(self) -> None:  # noqa: B027 - nothing to release, by default
         """Release connections; the store may be used again afterwards."""

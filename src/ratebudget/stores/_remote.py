@@ -153,6 +153,7 @@ class SharedStore(Store):
         on_store_error: str,
         shadow: bool = False,
         parent: Binding | None = None,
+        keyed: bool = False,
     ) -> RemoteBinding:
         assert name is not None
         if parent is not None:
@@ -165,7 +166,7 @@ class SharedStore(Store):
             if not isinstance(parent, RemoteBinding) or parent.store is not self:
                 raise TypeError(f"{parent!r} is not a binding of {self!r}")
         return RemoteBinding(
-            self, name, limits, clock, lease_ttl, on_store_error, shadow, parent
+            self, name, limits, clock, lease_ttl, on_store_error, shadow, parent, keyed
         )
 
     def validate(self, spec: PlanSpec) -> None:
@@ -250,8 +251,10 @@ class RemoteBinding(Binding):
         on_store_error: str,
         shadow: bool = False,
         parent: RemoteBinding | None = None,
+        keyed: bool = False,
     ) -> None:
         self.store = store
+        self.keyed = keyed  # a per-key scope: not in the store's registry
         self.name = name
         self.limits = limits
         self.tick_ns = 1000
@@ -299,6 +302,9 @@ class RemoteBinding(Binding):
             return
         if self.parent is not None:  # its ancestors too: each shows in status
             self.parent._register()
+        if self.keyed:  # listed by its state instead (``keys_of``)
+            self._registered = True
+            return
         with self._reg_lock:
             if self._registered:
                 return

@@ -148,6 +148,7 @@ class MemoryStore(Store):
         on_store_error: str,
         shadow: bool = False,
         parent: Binding | None = None,
+        keyed: bool = False,
     ) -> MemoryBinding | MemoryPathBinding:
         if parent is not None:
             if not isinstance(parent, (MemoryBinding, MemoryPathBinding)):

@@ -263,6 +263,19 @@ class RedisStore(SharedStore):
             raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
         return {_text(k): json.loads(_text(v)) for k, v in sorted(got.items())}
 
+    def keys_of(self, name: str, root: str) -> list[str]:
+        tag = "{" + root + "}" + name[len(root) :] + "/"
+        escaped = "".join("\\" + c if c in "*?[]\\" else c for c in tag)
+        out: set[str] = set()
+        try:
+            for key in self._redis.scan_iter(match=f"{escaped}*:s", count=1000):
+                rest = _text(key)[len(tag) : -2]
+                if rest and "/" not in rest:
+                    out.add(f"{name}/{rest}")
+        except self._errors as e:
+            raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
+        return sorted(out)
+
     def subscribe(self, name: str) -> bool:
         with self._wake_lock:
             self._names.add(name)

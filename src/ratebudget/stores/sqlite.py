@@ -237,10 +237,26 @@ class SQLiteStore(SharedStore):
             raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
         return []
 
+    def keys_of(self, name: str, root: str) -> list[str]:
+        conn = self._conn()
+        prefix = name + "/"
+        like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        try:
+            rows = conn.execute(
+                "SELECT name FROM rb_limiter WHERE name LIKE ? ESCAPE '\\' "
+                "AND state IS NOT NULL ORDER BY name",
+                (like + "%",),
+            ).fetchall()
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
+        return [n for (n,) in rows if "/" not in n[len(prefix) :]]
+
     def limiters(self) -> dict[str, dict[str, Any]]:
         conn = self._conn()
         try:
-            rows = conn.execute("SELECT name, spec FROM rb_limiter ORDER BY name")
+            rows = conn.execute(
+                "SELECT name, spec FROM rb_limiter WHERE spec != '{}' ORDER BY name"
+            )
             return {name: json.loads(spec) for name, spec in rows}
         except sqlite3.Error as e:
             raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
