@@ -592,9 +592,11 @@ def settle(
     now: int,
     wall: int,
     lease_id: str = "",
+    base: int = 0,
 ) -> list[Crossing] | Inexact | None:
     """Commit ``actual`` in place of the estimate ``est`` of take ``take``
-    (``actual=None``: release). The caps' usage changes, or ``None`` when
+    (``actual=None``: release). The caps' usage changes (their slots
+    numbered from ``base``: a level's place in a path), or ``None`` when
     the lease was already settled (a retry: nothing changes again), or
     ``Inexact`` (nothing changed) when a count would leave ``st.exact``.
     """
@@ -629,7 +631,7 @@ def settle(
         c = cap.counter
         if actual is not None and actual[i]:
             before = c.add(actual[i])
-            crossings.append(Crossing(i, before, c.used, c.period, c.end))
+            crossings.append(Crossing(i + base, before, c.used, c.period, c.end))
     if st.ttl is not None and lease_id:
         st.records[lease_id] = Record(SETTLED, now + st.keep, take, ())
     if st.queue:

@@ -566,15 +566,18 @@ class MemoryPathBinding(Binding):
         got: Acquired
         shadowed: list[Shadowed] = []
         with self._lock.guard():
+            released = bool(self._dropped)  # it may wake waiters anywhere
             levels = self._enter()
-            reqs = self._split(req)
             now = self._monotonic_ns()
             # nobody waits, no calendar to roll, every cap fits: the core's
-            # hot path at each level; else (or if a rate falls short) the
-            # whole decision, once what the fast path took is given back
-            takes: list[int] = []
-            for level, r in zip(levels, reqs, strict=True):
+            # hot path at each level (its take packed into the lease's id);
+            # else (or if a rate falls short) the whole decision, once what
+            # the fast path took is given back
+            got = 0
+            k = 0
+            for (a, b), level in zip(self._bounds, levels, strict=True):
                 st, plan = level.st, level.plan
+                r = req[a:b]
                 if (
                     st.queue
                     or now < st.clock
@@ -586,14 +589,20 @@ class MemoryPathBinding(Binding):
                 take = _take_now(st, plan, r, now)
                 if not take:
                     break
-                takes.append(take)
-            if len(takes) == len(levels):
-                got = self._keep(takes)
-            else:
-                got = self._decide(levels, reqs, takes, now, timeout_ns, waiter)
+                got |= take << (_TAKE_BITS * k)
+                k += 1
+            if k < len(levels):
+                taken = [(got >> (_TAKE_BITS * j)) & _TAKE_MASK for j in range(k)]
+                got = self._decide(
+                    levels, self._split(req), taken, now, timeout_ns, waiter
+                )
                 if self._shadow:
                     shadowed = self._shadowed(levels)
-            woken = self._leave(levels)
+                woken = self._leave(levels)
+            elif released or self._climbs.touched:
+                woken = self._leave(levels)
+            else:
+                woken = []
         if woken:
             wake_all(woken)
         if shadowed:
@@ -653,28 +662,42 @@ class MemoryPathBinding(Binding):
         est: tuple[int, ...],
         actual: tuple[int, ...] | None,
     ) -> list[Crossing] | Inexact:
+        # ``_path.settle`` for a store that counts exactly and keeps no
+        # records, each level's slice taken in place (the hot path of a commit)
         with self._lock.guard():
             levels = self._enter()
-            ests = self._split(est)
-            out = _path.settle(
-                levels,
-                self._takes_of(take, levels),
-                ests,
-                # the estimate itself: each level's rates skip the refund
-                None
-                if actual is None
-                else ests
-                if actual is est
-                else self._split(actual),
-                self._monotonic_ns(),
-                self._wall(),
-                self._climbs,
-            )
-            assert out is not None  # memory keeps no records: never a retry
-            got = out if isinstance(out, Inexact) else self._crossings(out)
+            now, wall = self._monotonic_ns(), self._wall()
+            out: list[Crossing] = []
+            woke = False
+            k = 0
+            for (a, b), level in zip(self._bounds, levels, strict=True):
+                st = level.st
+                t = (take >> (_TAKE_BITS * k)) & _TAKE_MASK
+                if t >> 40 != st.take >> 40:
+                    t = 0  # a forgotten key's (``_takes_of``)
+                e = est[a:b]
+                got = core.settle(
+                    st,
+                    level.plan,
+                    t,
+                    e,
+                    # the estimate itself: its rates skip the refund
+                    None if actual is None else e if actual is est else actual[a:b],
+                    now,
+                    wall,
+                    "",
+                    a,
+                )
+                assert isinstance(got, list)  # exact, no records: never else
+                out += got
+                woke = woke or bool(st.woken)
+                k += 1
+            if woke:
+                _path.climb(self._climbs, [lv.st for lv in levels], now, wall)
             woken = self._leave(levels)
-        wake_all(woken)
-        return got
+        if woken:
+            wake_all(woken)
+        return out
 
     def _crossings(self, per_level: list[list[Crossing]]) -> list[Crossing]:
         """Every level's crossings, numbered over the path's slots."""
