@@ -94,7 +94,11 @@ def _hot_section(res: Results, img: Path, rel: str) -> str:
 def _multi_section(res: Results) -> str:
     if not res.multi:
         return ""
-    names = sorted({n for _, n in res.multi}, key=lambda n: (not n.startswith(REF), n))
+    first = "ratebudget: RPM + TPM + USD cap"
+    names = sorted(
+        {n for _, n in res.multi},
+        key=lambda n: (n != first, not n.startswith(REF), n),
+    )
     ref = names[0]
     rows = []
     for name in names:
@@ -108,12 +112,26 @@ def _multi_section(res: Results) -> str:
                 row += ["—", "—"]
         rows.append(row)
     header = ["", "asyncio", f"ratio to {ref}", "trio", "ratio"]
+    # the cost of a path itself: three scopes against one limiter holding
+    # the same six limits
+    path = "ratebudget: 3 scopes down a path, RPM + USD cap at each"
+    flat = "ratebudget: one limiter with the same 3 RPM rates + 3 USD caps"
+    note = ""
+    for backend in BACKENDS:
+        if (backend, path) in res.multi and (backend, flat) in res.multi:
+            r = ratios(res.multi[backend, path], res.multi[backend, flat])
+            note += f" {backend}: {_ratio(r)};"
+    if note:
+        note = (
+            "\n\nA scope three levels deep costs, against one limiter with the "
+            f"same six limits (the same counting, in one state):{note[:-1]}.\n"
+        )
     return (
         "## 7. Several limits in one acquisition\n\n"
         "RPM + TPM (+ a USD cap), one acquisition of 100 tokens (and "
         "$0.0001), uncontended. The peers have no spend cap and no atomic "
         "acquisition over several limits; the nearest is one limiter per "
-        "limit, acquired in sequence.\n\n" + _table(header, rows) + "\n"
+        "limit, acquired in sequence.\n\n" + _table(header, rows) + note + "\n"
     )
 
 
