@@ -1389,3 +1389,64 @@ def test_random_batches_down_paths_agree(
                 assert recs == core.records[name], f"batch {i}: {name}'s records"
         finally:
             conn.close()
+
+
+# the script's hot path down a path (every level a plan of rates alone,
+# nobody queued, no counters, no records): acquisitions, then anything, must
+# still agree with the core, whether the hot path decided or gave way
+RATE_PATHS: list[tuple[tuple[str, ...], tuple[PlanSpec, ...]]] = [
+    (
+        ("/a/x", "/a", ""),
+        (PlanSpec((RB,), 1000), PlanSpec((RA, RB), 1000), PlanSpec((RA,), 1000)),
+    ),
+    (("/a", ""), (PlanSpec((RA, RB), 1000), PlanSpec((RA,), 1000))),
+]
+
+
+@st.composite
+def rate_path_batches(draw: st.DrawFn) -> list[tuple[int, int, list[ops.Op]]]:
+    out = []
+    at = 0
+    for _ in range(draw(st.integers(1, 8))):
+        at += draw(
+            st.one_of(st.integers(-40, 120), st.sampled_from([500, 5_000, HOUR]))
+        )
+        p = draw(st.integers(0, len(RATE_PATHS) - 1))
+        specs = RATE_PATHS[p][1]
+        req = st.tuples(*[amounts(s) for s in specs]).map(lambda t: sum(t, ()))
+        acquire = st.builds(ops.Acquire, KEYS, req, st.none(), st.booleans())
+        batch: list[ops.Op] = list(
+            draw(
+                st.one_of(
+                    st.lists(acquire, min_size=1, max_size=6),  # the hot path's
+                    st.lists(path_op(specs), min_size=1, max_size=4),
+                )
+            )
+        )
+        out.append((at, p, batch))
+    return out
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch_list=rate_path_batches(), ttl=st.integers(1, 300))
+def test_random_rate_batches_down_paths_agree(
+    batch_list: list[tuple[int, int, list[ops.Op]]],
+    ttl: int,
+    redis_store: RedisStore,
+    sqlite_store: SQLiteStore,
+) -> None:
+    root = f"q-{uuid.uuid4().hex[:12]}"
+    core = PathCore()
+    for i, (at, p, batch) in enumerate(batch_list):
+        names = [root + s for s in RATE_PATHS[p][0]]
+        specs = list(RATE_PATHS[p][1])
+        now = T0 + at
+        first = outcome(core.execute(names, specs, batch, now, ttl, ttl), None, {})
+        for home, store in (("redis", redis_store), ("sqlite", sqlite_store)):
+            got = store.execute_path(names, specs, batch, ttl=ttl, keep=ttl, now_us=now)
+            assert outcome(got, None, {}) == first, f"batch {i} on {names[0]}: {home}"
+        client: Any = redis_store._redis
+        for name in names:
+            tag = "{" + root + "}" + name[len(root) :]
+            on_redis = json.loads(client.get(f"{tag}:s"))
+            assert on_redis == core.docs[name], f"batch {i}: {name} on redis"

@@ -438,9 +438,24 @@ class RedisStore(SharedStore):
             f'"now":{-1 if now_us is None else now_us},"ttl":{ttl},"keep":{keep},'
             f'"idle":{_IDLE_TTL_MS},"keep_usage":{_USAGE_KEPT_MS}}}'
         )
+        out = [argv]
+        plans = [self._plan_args(spec) for spec in specs]
+        if all(p.hot is not None for p in plans) and all(
+            isinstance(op, ops.Acquire) for op in batch
+        ):
+            # the script's hot path down a path: plans of rates alone
+            out += ["path", "-1" if now_us is None else str(now_us)]
+            out += [str(_IDLE_TTL_MS + ttl // 1000), str(n)]
+            for p in plans:
+                assert p.hot is not None
+                out += p.hot
+            for op in batch:
+                assert isinstance(op, ops.Acquire)
+                out.append("1" if op.wait else "0")
+                out += map(str, op.req)
         label = "\x00".join(names)
         try:
-            reply = self._run_script(label, tuple(keys), [argv])
+            reply = self._run_script(label, tuple(keys), out)
         except self._errors as e:
             raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
         return self._answer(names[0], reply, path=n)

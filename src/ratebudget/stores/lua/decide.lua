@@ -91,7 +91,7 @@ local now, raw, doc
 -- as it was read).
 local dirty = false
 repeat
-    if ARGV[2] == nil then
+    if ARGV[2] == nil or ARGV[2] == 'path' then
         break
     end
     now = tonumber(ARGV[2])
@@ -241,6 +241,193 @@ repeat
     redis.call('SET', S, table.concat(out), 'PX', ARGV[3])
     return '{"results":[' .. table.concat(results, ',') .. '],"now":' .. out[2]
         .. ',"woken":[]}'
+until true
+
+-- The same hot path down a path of scopes (RedisStore.execute_path): every
+-- level a plan of rates alone, nobody queued, no cap counters, no lease
+-- records; each acquisition takes from every level at once, or the rest of
+-- the script decides the whole batch (from the states as they were read:
+-- this block writes nothing unless it decides everything).
+--
+--   ARGV[2]  'path'; ARGV[3] now (µs, or -1: Redis' TIME); ARGV[4] how long
+--            each state is kept (ms); ARGV[5] L, the number of levels; then,
+--            for each level (nearest first), n and its n rates' key, rate,
+--            per and cap; then, for each acquisition: wait (0 or 1) and the
+--            amounts of every level's rates, in that order
+repeat
+    if ARGV[2] ~= 'path' then
+        break
+    end
+    local t_now = tonumber(ARGV[3])
+    if t_now < 0 then
+        local t = redis.call('TIME')
+        t_now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    end
+    local nl = tonumber(ARGV[5])
+    local lv, at, pos, total = {}, t_now, 6, 0
+    local ok = true
+    for k = 1, nl do
+        local s_key = KEYS[3 * k - 2]
+        local text = redis.call('GET', s_key)
+        local clock, wall, take, buckets = 0, 0, 0, {}
+        if text then
+            local d = cjson.decode(text)
+            if #d.q > 0 or next(d.c) ~= nil then
+                ok = false
+                break
+            end
+            clock, wall, take, buckets = d.clock, d.wall, d.take, d.b
+        end
+        if redis.call('ZCARD', KEYS[3 * k]) > 0 then
+            ok = false
+            break
+        end
+        local n = tonumber(ARGV[pos])
+        local rows = {}
+        for i = 1, n do
+            local base = pos + 4 * (i - 1)
+            local key = ARGV[base + 1]
+            local row = buckets[key]
+            if row == nil then
+                local cap = tonumber(ARGV[base + 4])
+                row = { tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), cap, cap, t_now, 0, {} }
+                buckets[key] = row
+            end
+            rows[i] = row
+        end
+        pos = pos + 4 * n + 1
+        total = total + n
+        if clock > at then
+            at = clock -- run_path: the latest clock of the path
+        end
+        lv[k] = { S = s_key, clock = clock, wall = wall, take = take, buckets = buckets,
+            rows = rows, n = n }
+    end
+    if not ok then
+        break
+    end
+    for k = 1, nl do
+        local l = lv[k]
+        l.clock = at
+        if l.wall < at then
+            l.wall = at
+        end
+    end
+    -- each acquisition: take_now at every level, or leave
+    local results = {}
+    local count = (#ARGV - pos + 1) / (total + 1)
+    for a = 1, count do
+        local base = pos + (a - 1) * (total + 1)
+        local off = base
+        local takes = {}
+        for k = 1, nl do
+            local l = lv[k]
+            local next_take = l.take + 1
+            for i = 1, l.n do
+                local amount = tonumber(ARGV[off + i])
+                if amount ~= 0 then
+                    local row = l.rows[i]
+                    local level, cap = row[4], row[3]
+                    if level < cap then
+                        level = level + row[1] * (at - row[5])
+                        if level > cap then
+                            level = cap
+                        end
+                    end
+                    row[5] = at
+                    if level >= cap then
+                        row[6] = next_take
+                        if #row[7] > 0 then
+                            row[7] = {}
+                        end
+                    else
+                        row[4] = level
+                        local peaks = row[7]
+                        local top = #peaks
+                        while top > 0 and peaks[top][2] <= level do
+                            peaks[top] = nil
+                            top = top - 1
+                        end
+                        peaks[top + 1] = { next_take, level }
+                        if top + 1 > 32 then -- PEAKS_KEPT
+                            peaks[2][2] = peaks[1][2]
+                            table.remove(peaks, 1)
+                        end
+                    end
+                    local want = amount * row[2]
+                    if level < want then
+                        ok = false -- a rate falls short: the whole way
+                        break
+                    end
+                    row[4] = level - want
+                end
+            end
+            if not ok then
+                break
+            end
+            l.take = next_take
+            takes[k] = string.format('%.0f', next_take)
+            off = off + l.n
+        end
+        if not ok then
+            break
+        end
+        results[a] = '["granted",[' .. table.concat(takes, ',') .. ']]'
+    end
+    if not ok then
+        break
+    end
+    -- dump every level: every number an integer (else the rest decides)
+    local texts = {}
+    for k = 1, nl do
+        local l = lv[k]
+        if l.clock % 1 ~= 0 or l.wall % 1 ~= 0 or l.take % 1 ~= 0 then
+            ok = false
+            break
+        end
+        local out, m = { '{"clock":', string.format('%.0f', l.clock), ',"wall":',
+            string.format('%.0f', l.wall), ',"take":', string.format('%.0f', l.take), ',"b":{' }, 7
+        for key, row in pairs(l.buckets) do
+            local r1, r2, r3, r4, r5, r6 = row[1], row[2], row[3], row[4] + 0, row[5], row[6]
+            if string.find(key, '[%c"\\]') or r1 % 1 ~= 0 or r2 % 1 ~= 0 or r3 % 1 ~= 0
+                or r4 % 1 ~= 0 or r5 % 1 ~= 0 or r6 % 1 ~= 0 then
+                ok = false
+                break
+            end
+            out[m + 1] = string.format(
+                '%s"%s":[%.0f,%.0f,%.0f,%.0f,%.0f,%.0f,[', m == 7 and '' or ',', key,
+                r1, r2, r3, r4, r5, r6
+            )
+            m = m + 1
+            for p, peak in ipairs(row[7]) do
+                local t, lvl = peak[1], peak[2] + 0
+                if t % 1 ~= 0 or lvl % 1 ~= 0 then
+                    ok = false
+                    break
+                end
+                out[m + 1] = string.format(p == 1 and '[%.0f,%.0f]' or ',[%.0f,%.0f]', t, lvl)
+                m = m + 1
+            end
+            if not ok then
+                break
+            end
+            out[m + 1] = ']]'
+            m = m + 1
+        end
+        if not ok then
+            break
+        end
+        out[m + 1] = '},"c":{},"p":{},"q":[]}'
+        texts[k] = table.concat(out)
+    end
+    if not ok then
+        break
+    end
+    for k = 1, nl do
+        redis.call('SET', lv[k].S, texts[k], 'PX', ARGV[4])
+    end
+    return '{"results":[' .. table.concat(results, ',') .. '],"now":'
+        .. string.format('%.0f', at) .. ',"woken":[]}'
 until true
 if dirty and raw then
     doc = cjson.decode(raw) -- its rows were changed: start afresh
