@@ -365,7 +365,7 @@ async def test_a_shadow_root_makes_shadow_scopes(make: Make, caplog: Any) -> Non
 
 
 @pytest.mark.parametrize(
-    "name", ["", "a/b", "x" * 201, "tab\there", 3, None, "new\nline"]
+    "name", ["", "a/b", "x" * 201, "tab\there", 3, None, "new\nline", ["x"], b"x"]
 )
 def test_bad_scope_names_and_keys_are_refused(name: Any) -> None:
     org = Limiter(Cap(usd="1"))

@@ -74,12 +74,13 @@ class Keys(Mapping[str, "Limiter"]):
     def __getitem__(self, key: str) -> Limiter:
         from ._limiter import _scoped, _segment
 
-        with self._lock:
-            got = self._held.get(key)
-            if got is not None:
-                self._held.move_to_end(key)
-                return got
-        segment = _segment(key, "key")
+        if type(key) is str:
+            with self._lock:
+                got = self._held.get(key)
+                if got is not None:
+                    self._held.move_to_end(key)
+                    return got
+        segment = _segment(key, "key")  # anything but a good key: InvalidRequest
         parent = self._parent
         name = segment if parent.name is None else f"{parent.name}/{segment}"
         made = _scoped(parent, name, self._limits, self._handlers, keyed=True)
