@@ -56,6 +56,7 @@ logger: Final = logging.getLogger("ratebudget")
 T = TypeVar("T")
 
 _POLL_MAX: Final = 0.25  # s: the longest a waiter with no time goes without a look
+_LOOK_AGAIN_NS: Final = 1_000_000_000  # the longest a waiter told a time sleeps
 _SETTLED_KEPT_US: Final = 60_000_000  # a settled lease's record, for retries
 _TICKER_IDLE: Final = 10.0  # s: the look-again thread this idle exits
 _DEFERRED_KEPT: Final = 1024
@@ -453,12 +454,12 @@ class RemoteBinding(Binding):
             # a cap-blocked head is told the first lease expiry, but another
             # process's commit may serve it long before, and its wake-up may
             # never come (SQLite relays none; Redis' pub/sub drops what is
-            # sent while a listener starts or reconnects): look again now
-            # and then, doubling, as waiters behind the head do (a fake
-            # clock's tests run in one process, woken by its own calls)
-            soon = answer.local + round(min(w.backoff, _POLL_MAX) * 1e9)
+            # sent while a listener starts or reconnects): a wait longer
+            # than _LOOK_AGAIN_NS looks again after it (a rate's wait, usually
+            # shorter, is left alone; a fake clock's tests run in one
+            # process, woken by its own calls)
+            soon = answer.local + _LOOK_AGAIN_NS
             if soon < w.deadline:
-                w.backoff *= 2
                 w.deadline = soon
         return w.sleep_deadline()
 
