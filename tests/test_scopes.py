@@ -659,10 +659,44 @@ def test_status_shows_every_scope_with_its_own_usage(
 
 
 def store_keys(url: str, scope: Limiter) -> list[str]:
+    """The full names of the scopes right under ``scope`` with a state."""
     assert scope.name is not None
-    assert scope.parent is not None
     root = scope
     while root.parent is not None:
         root = root.parent
     assert root.name is not None
     return scope.store.keys_of(scope.name, root.name)
+
+
+async def test_sqlite_forgets_idle_per_key_states(tmp_path: Any) -> None:
+    """The SQLite store sweeps the states of per-key scopes idle for an hour
+    past the lease TTL that count nothing any more (Redis lets them expire);
+    one with usage this period, a lease or a rate still refilling stays."""
+    clock = FakeClock()
+    url = f"sqlite:///{tmp_path / 'budgets.db'}"
+    org = Limiter(
+        Rate(requests=1_000, per="second"),
+        store=url,
+        name="sw",
+        clock=clock,
+        lease_ttl=60,
+    )
+    users = org.per_key(Rate(requests=5, per="second"), Cap(usd="1", per="month"))
+    daily = org.per_key(Rate(requests=1, per="day"))
+    for i in range(20):
+        async with users[f"u{i}"].acquire():
+            pass
+    await users["spender"].record(usd="0.5")  # usage this month: kept
+    held = await users["holder"].acquire(usd="0.25")  # a lease: kept
+    async with daily["slow"].acquire():  # a day to refill: kept
+        pass
+    assert len(store_keys(url, org)) == 23
+    clock.advance(2 * 3600)  # past an hour beyond the lease TTL
+    async with users["late"].acquire():  # the next decision sweeps
+        pass
+    assert store_keys(url, org) == ["sw/holder", "sw/late", "sw/slow", "sw/spender"]
+    await held.release()
+    # a forgotten key starts afresh, as it would have
+    async with users["u0"].acquire(usd="1"):
+        pass
+    assert (await org.snapshot()).limits[0].remaining == 1_000 - 2

@@ -100,6 +100,7 @@ class SQLiteStore(SharedStore):
         self._lock = threading.Lock()
         self._ready = False
         self._file: tuple[int, int] | None = None  # (device, inode) of the file
+        self._next_sweep = 0  # store time (µs) of the next sweep of idle keys
 
     # -- connections --------------------------------------------------------
 
@@ -411,7 +412,43 @@ class SQLiteStore(SharedStore):
         if not self.readonly:
             for name, out in zip(names, outs, strict=True):
                 self._save(conn, name, out)
+            if now >= self._next_sweep:
+                self._next_sweep = now + _SWEEP_EVERY_US
+                self._sweep(conn, now, ttl)
         return answer
+
+    def _sweep(self, conn: sqlite3.Connection, now: int, ttl: int) -> None:
+        """Forget the states of per-key scopes (rows no limiter registered)
+        idle for an hour past the lease TTL that count nothing any more: no
+        waiter, no lease record, every cap unused and unreserved, every rate
+        full again. (Redis lets such states expire by their TTL.)"""
+        rows = conn.execute(
+            "SELECT name, state FROM rb_limiter AS l WHERE spec = '{}' "
+            "AND state IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM rb_lease WHERE rb_lease.name = l.name) LIMIT ?",
+            (_SWEEP_ROWS,),
+        ).fetchall()
+        idle_before = now - _IDLE_US - ttl
+        gone = []
+        for name, state in rows:
+            try:
+                doc = json.loads(state)
+                if doc["q"] or doc["clock"] > idle_before:
+                    continue
+                if any(row[2] or row[3] for row in doc["c"].values()):
+                    continue  # usage this period, or a reservation
+                full = all(
+                    level >= cap or level + rate * (now - last) >= cap
+                    for rate, _per, cap, level, last, *_ in doc["b"].values()
+                )
+            except (ValueError, TypeError, KeyError, IndexError):
+                continue  # not ours to judge: left alone
+            if full:
+                gone.append((name,))
+        conn.executemany("DELETE FROM rb_limiter WHERE name = ?", gone)
 
 
 _MAX_TIMEOUT: Final = 86_400.0
+_SWEEP_EVERY_US: Final = 60_000_000  # how often a store sweeps idle keys
+_SWEEP_ROWS: Final = 1_000  # rows looked at per sweep
+_IDLE_US: Final = 3_600_000_000  # idle this long past the lease TTL: forgotten
