@@ -101,6 +101,7 @@ class SQLiteStore(SharedStore):
         self._ready = False
         self._file: tuple[int, int] | None = None  # (device, inode) of the file
         self._next_sweep = 0  # store time (µs) of the next sweep of idle keys
+        self._swept_to = ""  # the name the last sweep stopped after
 
     # -- connections --------------------------------------------------------
 
@@ -422,12 +423,16 @@ class SQLiteStore(SharedStore):
         idle for an hour past the lease TTL that count nothing any more: no
         waiter, no lease record, every cap unused and unreserved, every rate
         full again. (Redis lets such states expire by their TTL.)"""
+        # a thousand rows a sweep, in name order from where the last one
+        # stopped: every row has its turn, however many still count
         rows = conn.execute(
-            "SELECT name, state FROM rb_limiter AS l WHERE spec = '{}' "
-            "AND state IS NOT NULL AND NOT EXISTS "
-            "(SELECT 1 FROM rb_lease WHERE rb_lease.name = l.name) LIMIT ?",
-            (_SWEEP_ROWS,),
+            "SELECT name, state FROM rb_limiter AS l WHERE name > ? "
+            "AND spec = '{}' AND state IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM rb_lease WHERE rb_lease.name = l.name) "
+            "ORDER BY name LIMIT ?",
+            (self._swept_to, _SWEEP_ROWS),
         ).fetchall()
+        self._swept_to = rows[-1][0] if len(rows) == _SWEEP_ROWS else ""
         idle_before = now - _IDLE_US - ttl
         gone = []
         for name, state in rows:
