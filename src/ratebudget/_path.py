@@ -24,8 +24,9 @@ Not yet used by ``Limiter`` (the stores and ``Limiter.child`` come next).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from . import _decide as core
 from ._decide import (
@@ -37,6 +38,7 @@ from ._decide import (
     Exceeded,
     Inexact,
     Plan,
+    Shadowed,
     State,
     TooLong,
 )
@@ -50,9 +52,12 @@ __all__ = (
     "acquire",
     "climb",
     "give_back",
+    "numbered",
     "poll",
     "record",
+    "refusal_at",
     "settle",
+    "shadowed",
 )
 
 
@@ -103,6 +108,38 @@ class Climbs(dict[Entry, Climb]):
     def __init__(self) -> None:
         super().__init__()
         self.touched: list[State] = []
+
+
+Bounds = list[tuple[int, int]]
+"""Each level's slots in a path's slots, nearest first: ``(first, end)``."""
+
+
+def numbered(per_level: Sequence[Sequence[Any]], bounds: Bounds) -> list[Any]:
+    """Each level's crossings (or shadow reports), their slots numbered over
+    the path's, in one list."""
+    out: list[Any] = []
+    for (a, _b), got in zip(bounds, per_level, strict=True):
+        out.extend(replace(x, slot=x.slot + a) if a else x for x in got)
+    return out
+
+
+def refusal_at(
+    error: Exceeded | TooLong | None, bounds: Bounds, level: int
+) -> Exceeded | TooLong | None:
+    """Level ``level``'s refusal, its slot numbered over the path's."""
+    if isinstance(error, Exceeded) and bounds[level][0]:
+        return replace(error, slot=error.slot + bounds[level][0])
+    return error
+
+
+def shadowed(levels: list[Level], bounds: Bounds) -> list[Shadowed]:
+    """What the levels' shadow caps would have refused (taken from them),
+    numbered over the path's slots."""
+    got = [lv.st.shadowed for lv in levels]
+    for lv in levels:
+        if lv.st.shadowed:
+            lv.st.shadowed = []
+    return numbered(got, bounds)
 
 
 def give_back(

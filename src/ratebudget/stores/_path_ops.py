@@ -67,20 +67,10 @@ class _Path:
     def error(
         self, error: Exceeded | TooLong | None, level: int
     ) -> Exceeded | TooLong | None:
-        if isinstance(error, Exceeded):
-            a = self.bounds[level][0]
-            return Exceeded(
-                error.slot + a, error.used, error.reserved, error.period, error.end
-            )
-        return error
+        return _path.refusal_at(error, self.bounds, level)
 
     def crossings(self, per_level: list[list[Crossing]]) -> list[Crossing]:
-        out: list[Crossing] = []
-        for (a, _b), got in zip(self.bounds, per_level, strict=True):
-            out.extend(
-                Crossing(c.slot + a, c.before, c.after, c.period, c.end) for c in got
-            )
-        return out
+        return _path.numbered(per_level, self.bounds)
 
     def level_of(self, slot: int) -> int:
         return next(k for k, (a, b) in enumerate(self.bounds) if a <= slot < b)
@@ -244,20 +234,12 @@ def run_path(
         else:  # pragma: no cover - a flat op has no place down a path
             raise TypeError(f"{type(op).__name__} is not an op down a path")
     woken: list[ops.Woken] = []
-    shadowed: list[Shadowed] = []
-    for k, level in enumerate(levels):
+    for level in levels:
         st = level.st
         for e in st.woken:
             result = ops._entry_result(e)
             if e.id and not isinstance(result, ops.Gone):
                 woken.append(ops.Woken(e.id, result))
         st.woken = []
-        a = bounds[k][0]
-        shadowed.extend(
-            Shadowed(
-                x.slot + a, x.used, x.reserved, x.requested, x.period, x.end, x.first
-            )
-            for x in st.shadowed
-        )
-        st.shadowed = []
+    shadowed: list[Shadowed] = _path.shadowed(levels, bounds)
     return out, woken, shadowed
