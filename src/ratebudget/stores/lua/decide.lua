@@ -89,6 +89,82 @@ local now, raw, doc
 -- value it cannot write as an integer, or an acquisition that would wait; the
 -- rest of the script then decides the whole batch (``dirty``: from the state
 -- as it was read).
+-- The hot paths' own pieces (this one state and the path's below): take
+-- ``amount`` from a bucket row [rate, per, cap, level, last, full, peaks] at
+-- ``at`` (Bucket.now, Bucket.mark and the take of take_now, inlined), or
+-- take nothing and say so (its level refilled all the same)
+local function hot_take(row, amount, at, next_take)
+    local level, cap = row[4], row[3]
+    if level < cap then
+        level = level + row[1] * (at - row[5])
+        if level > cap then
+            level = cap
+        end
+    end
+    row[5] = at
+    if level >= cap then
+        row[6] = next_take
+        if #row[7] > 0 then
+            row[7] = {}
+        end
+    else
+        row[4] = level
+        local peaks = row[7]
+        local top = #peaks
+        while top > 0 and peaks[top][2] <= level do
+            peaks[top] = nil
+            top = top - 1
+        end
+        peaks[top + 1] = { next_take, level }
+        if top + 1 > 32 then -- PEAKS_KEPT
+            peaks[2][2] = peaks[1][2]
+            table.remove(peaks, 1)
+        end
+    end
+    local want = amount * row[2]
+    if level < want then
+        row[4] = level
+        return false
+    end
+    row[4] = level - want
+    return true
+end
+
+-- a state of rates alone as its document, one format per bucket; nil if a
+-- number is not an integer or a key needs escaping (the rest of the script
+-- then writes it)
+local function hot_dump(clock, wall, take, buckets)
+    if clock % 1 ~= 0 or wall % 1 ~= 0 or take % 1 ~= 0 then
+        return nil
+    end
+    local out, m = { '{"clock":', string.format('%.0f', clock), ',"wall":',
+        string.format('%.0f', wall), ',"take":', string.format('%.0f', take), ',"b":{' }, 7
+    for key, row in pairs(buckets) do
+        local r1, r2, r3, r4, r5, r6 = row[1], row[2], row[3], row[4] + 0, row[5], row[6]
+        if string.find(key, '[%c"\\]') or r1 % 1 ~= 0 or r2 % 1 ~= 0 or r3 % 1 ~= 0
+            or r4 % 1 ~= 0 or r5 % 1 ~= 0 or r6 % 1 ~= 0 then
+            return nil
+        end
+        out[m + 1] = string.format(
+            '%s"%s":[%.0f,%.0f,%.0f,%.0f,%.0f,%.0f,[', m == 7 and '' or ',', key,
+            r1, r2, r3, r4, r5, r6
+        )
+        m = m + 1
+        for p, peak in ipairs(row[7]) do
+            local t, l = peak[1], peak[2] + 0
+            if t % 1 ~= 0 or l % 1 ~= 0 then
+                return nil
+            end
+            out[m + 1] = string.format(p == 1 and '[%.0f,%.0f]' or ',[%.0f,%.0f]', t, l)
+            m = m + 1
+        end
+        out[m + 1] = ']]'
+        m = m + 1
+    end
+    out[m + 1] = '},"c":{},"p":{},"q":[]}'
+    return table.concat(out)
+end
+
 local dirty = false
 repeat
     if ARGV[2] == nil or ARGV[2] == 'path' then
@@ -146,36 +222,7 @@ repeat
             local amount = tonumber(ARGV[base + i])
             if amount ~= 0 then
                 local row = rows[i]
-                local level, cap = row[4], row[3]
-                if level < cap then
-                    level = level + row[1] * (at - row[5])
-                    if level > cap then
-                        level = cap
-                    end
-                end
-                row[5] = at
-                if level >= cap then
-                    row[6] = next_take
-                    if #row[7] > 0 then
-                        row[7] = {}
-                    end
-                else
-                    row[4] = level
-                    local peaks = row[7]
-                    local top = #peaks
-                    while top > 0 and peaks[top][2] <= level do
-                        peaks[top] = nil
-                        top = top - 1
-                    end
-                    peaks[top + 1] = { next_take, level }
-                    if top + 1 > 32 then -- PEAKS_KEPT
-                        peaks[2][2] = peaks[1][2]
-                        table.remove(peaks, 1)
-                    end
-                end
-                local want = amount * row[2]
-                if level < want then
-                    row[4] = level
+                if not hot_take(row, amount, at, next_take) then
                     for j = 1, i - 1 do -- put back what was taken
                         local earlier = rows[j]
                         if earlier == row then
@@ -186,7 +233,6 @@ repeat
                     short = true
                     break
                 end
-                row[4] = level - want
             end
         end
         if not short then
@@ -203,44 +249,13 @@ repeat
         break
     end
     -- dump: every number an integer (else the rest of the script says so)
-    local out, m = { '{"clock":', '', ',"wall":', '', ',"take":', '', ',"b":{' }, 7
-    if clock % 1 ~= 0 or wall % 1 ~= 0 or take % 1 ~= 0 then
+    local text = hot_dump(clock, wall, take, buckets)
+    if text == nil then
         break
     end
-    out[2], out[4], out[6] = string.format('%.0f', clock), string.format('%.0f', wall),
-        string.format('%.0f', take)
-    local odd = false
-    for key, row in pairs(buckets) do
-        local r1, r2, r3, r4, r5, r6 = row[1], row[2], row[3], row[4] + 0, row[5], row[6]
-        if string.find(key, '[%c"\\]') or r1 % 1 ~= 0 or r2 % 1 ~= 0 or r3 % 1 ~= 0
-            or r4 % 1 ~= 0 or r5 % 1 ~= 0 or r6 % 1 ~= 0 then
-            odd = true
-            break
-        end
-        out[m + 1] = string.format(
-            '%s"%s":[%.0f,%.0f,%.0f,%.0f,%.0f,%.0f,[', m == 7 and '' or ',', key,
-            r1, r2, r3, r4, r5, r6
-        )
-        m = m + 1
-        for p, peak in ipairs(row[7]) do
-            local t, l = peak[1], peak[2] + 0
-            if t % 1 ~= 0 or l % 1 ~= 0 then
-                odd = true
-                break
-            end
-            out[m + 1] = string.format(p == 1 and '[%.0f,%.0f]' or ',[%.0f,%.0f]', t, l)
-            m = m + 1
-        end
-        out[m + 1] = ']]'
-        m = m + 1
-    end
-    if odd then
-        break
-    end
-    out[m + 1] = '},"c":{},"p":{},"q":[]}'
-    redis.call('SET', S, table.concat(out), 'PX', ARGV[3])
-    return '{"results":[' .. table.concat(results, ',') .. '],"now":' .. out[2]
-        .. ',"woken":[]}'
+    redis.call('SET', S, text, 'PX', ARGV[3])
+    return '{"results":[' .. table.concat(results, ',') .. '],"now":'
+        .. string.format('%.0f', clock) .. ',"woken":[]}'
 until true
 
 -- The same hot path down a path of scopes (RedisStore.execute_path): every
@@ -326,40 +341,10 @@ repeat
             for i = 1, l.n do
                 local amount = tonumber(ARGV[off + i])
                 if amount ~= 0 then
-                    local row = l.rows[i]
-                    local level, cap = row[4], row[3]
-                    if level < cap then
-                        level = level + row[1] * (at - row[5])
-                        if level > cap then
-                            level = cap
-                        end
-                    end
-                    row[5] = at
-                    if level >= cap then
-                        row[6] = next_take
-                        if #row[7] > 0 then
-                            row[7] = {}
-                        end
-                    else
-                        row[4] = level
-                        local peaks = row[7]
-                        local top = #peaks
-                        while top > 0 and peaks[top][2] <= level do
-                            peaks[top] = nil
-                            top = top - 1
-                        end
-                        peaks[top + 1] = { next_take, level }
-                        if top + 1 > 32 then -- PEAKS_KEPT
-                            peaks[2][2] = peaks[1][2]
-                            table.remove(peaks, 1)
-                        end
-                    end
-                    local want = amount * row[2]
-                    if level < want then
+                    if not hot_take(l.rows[i], amount, at, next_take) then
                         ok = false -- a rate falls short: the whole way
                         break
                     end
-                    row[4] = level - want
                 end
             end
             if not ok then
@@ -381,44 +366,11 @@ repeat
     local texts = {}
     for k = 1, nl do
         local l = lv[k]
-        if l.clock % 1 ~= 0 or l.wall % 1 ~= 0 or l.take % 1 ~= 0 then
+        texts[k] = hot_dump(l.clock, l.wall, l.take, l.buckets)
+        if texts[k] == nil then
             ok = false
             break
         end
-        local out, m = { '{"clock":', string.format('%.0f', l.clock), ',"wall":',
-            string.format('%.0f', l.wall), ',"take":', string.format('%.0f', l.take), ',"b":{' }, 7
-        for key, row in pairs(l.buckets) do
-            local r1, r2, r3, r4, r5, r6 = row[1], row[2], row[3], row[4] + 0, row[5], row[6]
-            if string.find(key, '[%c"\\]') or r1 % 1 ~= 0 or r2 % 1 ~= 0 or r3 % 1 ~= 0
-                or r4 % 1 ~= 0 or r5 % 1 ~= 0 or r6 % 1 ~= 0 then
-                ok = false
-                break
-            end
-            out[m + 1] = string.format(
-                '%s"%s":[%.0f,%.0f,%.0f,%.0f,%.0f,%.0f,[', m == 7 and '' or ',', key,
-                r1, r2, r3, r4, r5, r6
-            )
-            m = m + 1
-            for p, peak in ipairs(row[7]) do
-                local t, lvl = peak[1], peak[2] + 0
-                if t % 1 ~= 0 or lvl % 1 ~= 0 then
-                    ok = false
-                    break
-                end
-                out[m + 1] = string.format(p == 1 and '[%.0f,%.0f]' or ',[%.0f,%.0f]', t, lvl)
-                m = m + 1
-            end
-            if not ok then
-                break
-            end
-            out[m + 1] = ']]'
-            m = m + 1
-        end
-        if not ok then
-            break
-        end
-        out[m + 1] = '},"c":{},"p":{},"q":[]}'
-        texts[k] = table.concat(out)
     end
     if not ok then
         break
