@@ -173,7 +173,13 @@ def test_a_process_killed_mid_commits_loses_nothing_that_returned(
             break
         returned = int(line)
     os.kill(p.pid, signal.SIGKILL)  # in the middle of the next ones
-    rest, _ = p.communicate()
+    # through p.stdout, not communicate(): with stderr piped too it reads the
+    # pipes' descriptors and misses the lines readline() already buffered
+    rest = p.stdout.read()
+    p.wait()
+    assert p.stderr is not None
+    p.stderr.close()
+    p.stdout.close()
     for line in rest.splitlines():  # printed before the kill, read after it
         returned = int(line)
     assert returned > 10
