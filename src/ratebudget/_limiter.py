@@ -25,7 +25,7 @@ from ._clock import SYSTEM_CLOCK, Clock
 from ._decide import CLAIMED, FAILED, Crossing, Exceeded, Inexact, Shadowed, TooLong
 from ._exceptions import InvalidRequest
 from ._limits import Cap, Rate
-from ._plan import RateSpec
+from ._plan import RateSpec, plan_spec
 from ._scope import EMPTY_LABELS, labels_of
 from ._snapshot import (
     Alert,
@@ -118,8 +118,11 @@ def _scoped(
     keyed: bool = False,
 ) -> Limiter:
     """The child scope ``name`` (its full name) of ``parent``."""
+    if parent._rev != parent._store.live_rev:
+        parent._refresh()
     self = _new(Limiter)
-    self._limits = limits
+    self._code = limits
+    self._keyed = keyed
     self._clock = parent._clock
     self._dispatch = Dispatch(handlers) if handlers else None
     self._name = name
@@ -127,20 +130,7 @@ def _scoped(
     self._opts = parent._opts
     self._shadow = parent._shadow
     self._parent = parent
-    ttl, on_store_error = parent._opts
-    self._b = parent._store.bind(
-        name,
-        limits,
-        self._clock,
-        ttl,
-        on_store_error,
-        shadow=parent._shadow,
-        parent=parent._b,
-        keyed=keyed,
-    )
-    if parent._shadow:
-        self._b.on_shadow = self._on_shadow
-    self._setup(limits)
+    self._bind(None)
     return self
 
 
@@ -176,9 +166,12 @@ class Limiter:
         "_b",
         "_caps",
         "_clock",
+        "_code",
         "_dispatch",
         "_fast",
         "_index",
+        "_keyed",
+        "_lay",
         "_lease",
         "_limits",
         "_n",
@@ -187,6 +180,7 @@ class Limiter:
         "_own",
         "_parent",
         "_pers",
+        "_rev",
         "_routes",
         "_routes_up",
         "_scopes",
@@ -195,6 +189,7 @@ class Limiter:
         "_store",
         "_sync",
         "_task_waiter",
+        "_up",
     )
 
     def __init__(
@@ -253,16 +248,64 @@ class Limiter:
             )
         self._store = resolved
         self._opts = (ttl, on_store_error)
-        if shadow:
-            self._b: Binding = resolved.bind(
-                name, limits, self._clock, ttl, on_store_error, shadow=True
-            )
-            self._b.on_shadow = self._on_shadow
-        else:
-            self._b = resolved.bind(name, limits, self._clock, ttl, on_store_error)
         self._shadow = shadow
         self._parent: Limiter | None = None
-        self._setup(limits)
+        self._code = limits
+        self._keyed = False
+        self._bind(None)
+
+    def _live_key(self) -> object:
+        """Its key in the store's live limits: its name (an unnamed limiter:
+        itself, as its state is its own)."""
+        return self if self._name is None else self._name
+
+    def _bind(self, old: Binding | None) -> None:
+        """Bind to the store with the limits in force: those ``update``
+        stored for its name, else its code's (``old``: the binding to
+        replace, whose state it keeps)."""
+        store = self._store
+        store.live_due()
+        self._rev = store.live_rev  # read before ``live``: a change between is seen
+        own = store.live.get(self._live_key(), self._code)
+        parent = self._parent
+        up = None if parent is None else parent._b
+        ttl, on_store_error = self._opts
+        if old is not None and self._name is None:  # a private state: kept
+            b = old.rebound(own, self._shadow)
+        else:  # a name's state, wherever it is
+            b = store.bind(
+                self._name,
+                own,
+                self._clock,
+                ttl,
+                on_store_error,
+                shadow=self._shadow,
+                parent=up,
+                keyed=self._keyed,
+            )
+        self._b: Binding = b
+        self._up = up
+        self._setup(own)
+        if self._shadow:
+            b.on_shadow = self._lay._on_shadow
+
+    def _refresh(self) -> None:
+        """The store's live limits changed (``update``, here or in another
+        process): take the ones in force now, and the path of a parent
+        that changed. Leases already made keep the limits they were made
+        with (``_lay``)."""
+        parent = self._parent
+        if parent is not None and parent._rev != parent._store.live_rev:
+            parent._refresh()
+        store = self._store
+        rev = store.live_rev
+        own = store.live.get(self._live_key(), self._code)
+        if own != self._limits[: self._own] or (
+            parent is not None and self._up is not parent._b
+        ):
+            self._bind(self._b)
+        else:
+            self._rev = rev
 
     def _setup(self, own: tuple[Rate | Cap, ...]) -> None:
         """What a limiter derives from its limits and its binding; a scope's
@@ -302,11 +345,63 @@ class Limiter:
             TaskWaiter, getattr(self._clock, "schedule", None)
         )
         self._seen: dict[Hashable, tuple[dict[str, int], tuple[int, ...]]] = {}
+        # what its leases keep: a copy of all this, left as it is when live
+        # limits change this one (a lease settles by the limits it was made
+        # with); it shares the caches and the alert handlers. (Its own
+        # ``_lay`` stays unset: a copy pointing at itself would be a cycle,
+        # left for the garbage collector with all it holds.)
+        lay: Limiter = _new(Limiter)
+        for slot in _STATE:
+            setattr(lay, slot, getattr(self, slot))
+        self._lay: Limiter = lay
 
     @property
     def limits(self) -> tuple[Rate | Cap, ...]:
-        """The limits, in the order given (a scope's own: not its ancestors')."""
+        """The limits in force, in the order given (a scope's own: not its
+        ancestors'): those ``update`` stored, else the code's."""
+        if self._rev != self._store.live_rev:
+            self._refresh()
         return self._limits[: self._own]
+
+    @property
+    def code_limits(self) -> tuple[Rate | Cap, ...]:
+        """The limits it was made with (in force unless ``update`` stored others)."""
+        return self._code
+
+    async def update(self, *limits: Rate | Cap) -> None:
+        """Replace this scope's limits, for every limiter object of its
+        name in every process using the store (objects made later too),
+        until ``update()`` with no limits goes back to the code's.
+
+        Usage carries over: a cap of the same axis, period, zone and kind
+        keeps counting what was used and reserved this period (a lowered
+        cap refuses at once what would cross it); a rate whose numbers
+        changed starts full at its new burst. Leases already made settle
+        by the limits they were made with. This process uses the new
+        limits when ``update`` returns; on a shared store other processes
+        within about a second (Redis: as soon as its message arrives).
+        Raises ``InvalidRequest`` for limits the store cannot hold and
+        ``StoreUnavailable`` if it cannot be reached.
+        """
+        live = self._checked(limits)
+        store = self._store
+        if store.persistent:
+            await anyio.to_thread.run_sync(store.set_live, self._live_key(), live)
+        else:
+            store.set_live(self._live_key(), live)
+        self._refresh()
+
+    def _checked(self, limits: tuple[object, ...]) -> tuple[Rate | Cap, ...] | None:
+        """``update``'s limits, checked as the store would bind them."""
+        if not limits:
+            return None
+        _check_limits(limits)
+        checked = cast("tuple[Rate | Cap, ...]", limits)
+        spec = plan_spec(checked, self._b.tick_ns, self._shadow)
+        validate = getattr(self._store, "validate", None)
+        if validate is not None:
+            validate(spec)
+        return checked
 
     def per_key(
         self,
@@ -485,6 +580,8 @@ class Limiter:
         (``BudgetExceeded.labels``). An uncontended grant on the memory
         store returns without yielding to the event loop.
         """
+        if self._rev != self._store.live_rev:
+            self._refresh()
         if not amounts and type(tokens) is int and labels is None:
             try:
                 req = self._fast[tokens]
@@ -494,7 +591,7 @@ class Limiter:
                     self._fast[tokens] = req
             # ``Lease(...)`` without the call to ``__init__`` (a third cheaper)
             lease = _new(self._lease)
-            lease._limiter = self
+            lease._limiter = self._lay
             lease._units = tokens
             lease._req = req
             lease._timeout = None if timeout is None else self._timeout_ns(timeout)
@@ -522,7 +619,7 @@ class Limiter:
             if key is not None and len(self._seen) < _FAST_KEPT:
                 self._seen[key] = hit
         # the units dict is shared by the leases of one key: never mutated
-        lease = self._lease(self, hit[0], hit[1], self._timeout_ns(timeout))
+        lease = self._lease(self._lay, hit[0], hit[1], self._timeout_ns(timeout))
         if labels is not None:
             lease._labels = labels_of(labels)
         return self._made(lease)
@@ -559,18 +656,21 @@ class Limiter:
 
         Still raises ``BudgetExceeded`` when a hard cap would certainly be crossed.
         """
+        if self._rev != self._store.live_rev:
+            self._refresh()
         units = self._units(tokens, amounts, True)
-        lease = self._made(self._lease(self, units, self._request(units, True), 0))
+        lease = self._made(self._lease(self._lay, units, self._request(units, True), 0))
         if labels is not None:
             lease._labels = labels_of(labels)
-        got = self._b.acquire(lease._req, 0, None)
+        lay = lease._limiter  # the limits it was made with
+        got = lay._b.acquire(lease._req, 0, None)
         if isinstance(got, Call):
             lease._key = got.key
             got = await got
         if got is None or isinstance(got, TooLong):
             return None
         if isinstance(got, Exceeded):
-            raise self._refusal(got, lease._req, 0, lease.labels)
+            raise lay._refusal(got, lease._req, 0, lease.labels)
         assert type(got) is int
         lease._take = got
         lease._state = _ACTIVE
@@ -602,16 +702,22 @@ class Limiter:
         as for ``acquire``.
         """
         checked = labels_of(labels)
-        req = self._request(self._units(tokens, amounts, False), False)
-        got: list[Crossing] | Exceeded | Inexact = await _answer(self._b.record(req))
+        if self._rev != self._store.live_rev:
+            self._refresh()
+        lay = self._lay  # the limits its store call is about
+        req = lay._request(lay._units(tokens, amounts, False), False)
+        got: list[Crossing] | Exceeded | Inexact = await _answer(lay._b.record(req))
         if isinstance(got, Exceeded):
-            raise self._exceeded(got, req, "recording", checked)
-        self._deliver(self._counted(got))
+            raise lay._exceeded(got, req, "recording", checked)
+        lay._deliver(lay._counted(got))
 
     async def snapshot(self) -> Snapshot:
         """Every limit's state now (see ``Snapshot``)."""
-        views, waiting = await _answer(self._b.snapshot())
-        return snapshot_of(self.limits, views, self._pers, waiting)
+        if self._rev != self._store.live_rev:
+            self._refresh()
+        lay = self._lay  # the limits its store call is about
+        views, waiting = await _answer(lay._b.snapshot())
+        return snapshot_of(lay._limits[: lay._own], views, lay._pers, waiting)
 
     async def reset(self) -> None:
         """Zero every cap's usage for its current period, and fill every rate
@@ -622,6 +728,8 @@ class Limiter:
         lease granted before the reset). Waiters are served at once if the
         limits now allow them.
         """
+        if self._rev != self._store.live_rev:
+            self._refresh()
         await _answer(self._b.reset())
 
     def lower(self, *, per: float | None = None, **remaining: Amount) -> None:
@@ -637,6 +745,8 @@ class Limiter:
         per_s = None if per is None else seconds("per", per, zero=False)
         per_ns = None if per_s is None or math.isinf(per_s) else round(per_s * 1e9)
         units = {axis: to_units(axis, value) for axis, value in remaining.items()}
+        if self._rev != self._store.live_rev:
+            self._refresh()
         for axis, n in units.items():
             for i in self._index.get(axis, ()):
                 limit = self._limits[i]
@@ -752,6 +862,8 @@ class Limiter:
             await dispatch.flush()
 
     def __repr__(self) -> str:
+        if self._rev != self._store.live_rev:
+            self._refresh()
         peek = self._b.peek()
         if peek is None:
             limits = ", ".join(map(repr, self.limits))
@@ -771,6 +883,10 @@ class Limiter:
                 parts.append(f"{axis} {used:,}/{spec.limit:,} used{every}")
         parts.append(f"{waiting} waiting")
         return f"<Limiter {', '.join(parts)}>"
+
+
+# what a limiter's leases keep of it (``_setup``): all but the weak reference
+_STATE: Final = tuple(s for s in Limiter.__slots__ if s not in ("__weakref__", "_lay"))
 
 
 class Lease:

@@ -22,6 +22,7 @@ from .stores._base import Call
 
 if TYPE_CHECKING:
     from ._limiter import Lease, Limiter
+    from ._limits import Cap, Rate
 
 __all__ = ("SyncLease", "SyncLimiter")
 
@@ -67,14 +68,14 @@ class SyncLimiter:
         **amounts: Amount,
     ) -> SyncLease:
         """Block until granted; return a ``SyncLease`` (also a context manager)."""
-        limiter = self._limiter
-        lease = limiter.acquire(tokens, timeout=timeout, labels=labels, **amounts)
+        lease = self._limiter.acquire(tokens, timeout=timeout, labels=labels, **amounts)
+        limiter = lease._limiter  # the limits it was made with
         got = limiter._b.acquire(lease._req, lease._timeout, ThreadWaiter)
         if isinstance(got, Call):
             lease._key = got.key
             got = got.wait()
         if isinstance(got, Waiter):
-            self._wait(got, lease._req, lease.labels)
+            self._wait(limiter, got, lease._req, lease.labels)
             lease._key = got.id
             got = got.take
         if type(got) is not int:
@@ -84,8 +85,10 @@ class SyncLimiter:
         lease._state = 1  # active
         return SyncLease(self, lease)
 
-    def _wait(self, w: Waiter, req: tuple[int, ...], labels: Mapping[str, str]) -> None:
-        limiter = self._limiter
+    @staticmethod
+    def _wait(
+        limiter: Limiter, w: Waiter, req: tuple[int, ...], labels: Mapping[str, str]
+    ) -> None:
         b = limiter._b
         wait_until = limiter._clock.wait_until
         assert isinstance(w, ThreadWaiter)
@@ -122,8 +125,8 @@ class SyncLimiter:
         **amounts: Amount,
     ) -> SyncLease | None:
         """A granted ``SyncLease`` now, or ``None``; never blocks."""
-        limiter = self._limiter
-        lease = limiter.acquire(tokens, timeout=0, labels=labels, **amounts)
+        lease = self._limiter.acquire(tokens, timeout=0, labels=labels, **amounts)
+        limiter = lease._limiter  # the limits it was made with
         got = limiter._b.acquire(lease._req, 0, None)
         if isinstance(got, Call):
             lease._key = got.key
@@ -157,7 +160,7 @@ class SyncLimiter:
         **amounts: Amount,
     ) -> None:
         """Charge usage after the fact (see ``Limiter.record``)."""
-        limiter = self._limiter
+        limiter = self._fresh()._lay  # the limits its store call is about
         checked = labels_of(labels)
         req = limiter._request(limiter._units(tokens, amounts, False), False)
         got = cast(
@@ -165,21 +168,32 @@ class SyncLimiter:
         )
         if isinstance(got, Exceeded):
             raise limiter._exceeded(got, req, "recording", checked)
-        self._deliver(limiter._counted(got))
+        limiter._deliver(limiter._counted(got), blocking=True)
 
     def snapshot(self) -> Snapshot:
         """Every limit's state now."""
-        limiter = self._limiter
-        views, waiting = _answer(limiter._b.snapshot())
-        return snapshot_of(limiter.limits, views, limiter._pers, waiting)
+        lay = self._fresh()._lay  # the limits its store call is about
+        views, waiting = _answer(lay._b.snapshot())
+        return snapshot_of(lay._limits[: lay._own], views, lay._pers, waiting)
 
     def reset(self) -> None:
         """Zero every cap's usage for its current period and fill every rate
         (``Limiter.reset``)."""
-        _answer(self._limiter._b.reset())
+        _answer(self._fresh()._b.reset())
 
-    def _deliver(self, crossings: list[Crossing] | None) -> None:
-        self._limiter._deliver(crossings, blocking=True)
+    def update(self, *limits: Rate | Cap) -> None:
+        """Replace the limits for every process (``Limiter.update``)."""
+        limiter = self._limiter
+        live = limiter._checked(limits)
+        limiter._store.set_live(limiter._live_key(), live)
+        limiter._refresh()
+
+    def _fresh(self) -> Limiter:
+        """The limiter, with the live limits in force now."""
+        limiter = self._limiter
+        if limiter._rev != limiter._store.live_rev:
+            limiter._refresh()
+        return limiter
 
     def flush_alerts(self, timeout: float | None = None) -> bool:
         """Wait until ``on_alert`` has handled every alert fired so far
@@ -227,9 +241,10 @@ class SyncLease:
 
     def _settle(self, actual: tuple[int, ...] | None) -> None:
         lease = self._lease
-        crossings = lease._limiter._counted(_answer(lease._settle_op(actual)))
+        limiter = lease._limiter  # the limits it was made with
+        crossings = limiter._counted(_answer(lease._settle_op(actual)))
         lease._state = 2  # settled
-        self._sync._deliver(crossings)
+        limiter._deliver(crossings, blocking=True)
 
     def commit(self, **actual: Amount) -> None:
         """Replace the estimate with the real usage (see ``Lease.commit``)."""

@@ -9,6 +9,7 @@ each of its limits now, from the same ``snapshot`` operation a limiter's own
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -216,6 +217,21 @@ def _read(store: Store, name: str, spec: dict[str, Any]) -> LimiterStatus:
     )
 
 
+def _live(
+    store: SharedStore, specs: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """``specs`` with the limits ``Limiter.update`` stored in force instead."""
+    _rev, live = store.read_live()
+    out = dict(specs)
+    for name, raw in live.items():
+        try:
+            limits = json.loads(raw)["limits"]
+        except (ValueError, TypeError, KeyError):
+            continue  # the code's, as its limiters keep them too
+        out[name] = {**out.get(name, {}), "limits": limits}
+    return out
+
+
 def status(
     store_url_or_store: str | Store | MemoryStore, name: str | None = None
 ) -> list[LimiterStatus]:
@@ -250,7 +266,7 @@ def status(
         )
     try:
         _check_exists(store)
-        specs = store.limiters()
+        specs = _live(store, store.limiters())
         if name is not None:
             pattern = any(c in name for c in "*?[")
             chosen = {
@@ -296,7 +312,7 @@ def status_tree(
     """The state of every scope a budgets file describes (``ratebudget.load``'s
     format), parents first, with the keys of its per-key scopes that the
     store knows; and the store's URL (``store_url``, else the file's).
-    The limits shown are the file's."""
+    The limits shown are the file's, or those ``Limiter.update`` stored."""
     from .._budgets import read
     from .._plan import spec_of
 
@@ -317,8 +333,12 @@ def status_tree(
     try:
         _check_exists(store)
 
+        _rev, live = store.read_live()
+
         def show(name: str, limits: tuple[Rate | Cap, ...]) -> LimiterStatus:
             spec = spec_of(limits)
+            if name in live:  # what ``update`` stored is in force
+                spec = _live(store, {name: spec})[name]
             if name != root:
                 spec["root"] = root
             return _read(store, name, spec)

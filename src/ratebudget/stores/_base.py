@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Callable, Generator
+import threading
+from collections.abc import Callable, Generator, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .._decide import Crossing, Exceeded, Inexact, Shadowed, SlotView, TooLong
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 __all__ = ("Binding", "Call", "Store")
 
 T = TypeVar("T")
+
+_LIVE_LOCK = threading.Lock()
 
 Acquired = int | Waiter | Exceeded | TooLong | None
 """What an acquisition gets: a take id (granted now), a ``Waiter`` (queued:
@@ -133,6 +137,11 @@ class Binding(abc.ABC):
         a shared store expires idle keys by their TTL)."""
         return True
 
+    def rebound(self, limits: tuple[Rate | Cap, ...], shadow: bool) -> Binding:
+        """A binding of this one's state with other ``limits`` (an unnamed
+        limiter's live limits; only a memory store has unnamed limiters)."""
+        raise NotImplementedError
+
     def peek(self) -> tuple[tuple[SlotView, ...], int] | None:
         """``snapshot()`` if it needs no store call, else ``None`` (for ``repr``)."""
         return None
@@ -163,6 +172,28 @@ class Store(abc.ABC):
         (a full name) is, charged down its path with it; ``keyed``: one of
         a ``per_key``'s scopes (a shared store lists those by their state,
         not in its registry of limiters, which would grow with every key)."""
+
+    # -- live limits (``Limiter.update``) ---------------------------------
+    #: the limits stored for a name, in force over the code's (as this
+    #: process last saw them); replaced whole, never changed in place
+    live: Mapping[object, tuple[Rate | Cap, ...]] = MappingProxyType({})
+    #: counts each change of ``live`` this process has seen
+    live_rev: int = 0
+
+    def live_due(self) -> None:  # noqa: B027 - a memory store knows at once
+        """Look for live limits other processes stored, if it is time."""
+
+    def set_live(self, key: object, limits: tuple[Rate | Cap, ...] | None) -> None:
+        """Store ``limits`` as the live limits of ``key`` (a name, or an
+        unnamed limiter itself); ``None``: back to the code's (blocking)."""
+        with _LIVE_LOCK:
+            live = dict(self.live)
+            if limits is None:
+                live.pop(key, None)
+            else:
+                live[key] = limits
+            self.live = live
+            self.live_rev += 1
 
     def limiters(self) -> dict[str, dict[str, Any]]:
         """Every limiter registered on this store: name -> its spec."""

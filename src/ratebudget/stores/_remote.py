@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import heapq
 import itertools
+import json
 import logging
 import math
 import os
@@ -23,7 +24,8 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .._clock import SYSTEM_CLOCK, Clock, wall_us
@@ -40,10 +42,10 @@ from .._decide import (
     TooLong,
 )
 from .._exceptions import InvalidRequest, StoreUnavailable
-from .._plan import PlanSpec, plan_spec, spec_of
+from .._plan import PlanSpec, limits_of, plan_spec, spec_of
 from .._waiters import Waiter
 from . import _ops as ops
-from ._base import Acquired, Binding, Call, Store, redact
+from ._base import _LIVE_LOCK, Acquired, Binding, Call, Store, redact
 from ._calls import Coalescer, RemoteCall
 
 if TYPE_CHECKING:
@@ -169,6 +171,63 @@ class SharedStore(Store):
         return RemoteBinding(
             self, name, limits, clock, lease_ttl, on_store_error, shadow, parent, keyed
         )
+
+    # -- live limits --------------------------------------------------------
+    #: how often (s) a process looks for live limits other processes set;
+    #: ``None``: the store tells its listener (Redis), so it looks only once
+    live_every: float | None = 1.0
+    _live_at = 0.0  # time.monotonic() of the next look (0: never looked yet)
+    _live_seen = -1  # the store's revision of what ``live`` holds
+    _live_raw: Mapping[str, str] = MappingProxyType({})
+
+    def read_live(self) -> tuple[int, dict[str, str]]:
+        """The store's revision of its live limits and each name's (JSON)."""
+        return 0, {}
+
+    def write_live(self, name: str, raw: str | None) -> None:
+        """Store ``raw`` (JSON, ``None``: none) as ``name``'s live limits, in
+        a new revision, and tell the other processes where the store can."""
+        raise InvalidRequest(f"{redact(self.url)} cannot keep live limits")
+
+    def set_live(self, key: object, limits: tuple[Rate | Cap, ...] | None) -> None:
+        assert isinstance(key, str)  # a shared store's limiters have names
+        raw = None if limits is None else json.dumps(spec_of(limits), sort_keys=True)
+        self.write_live(key, raw)
+        self.load_live()
+
+    def load_live(self) -> None:
+        """Read the live limits from the store (blocking)."""
+        rev, raw = self.read_live()
+        every = self.live_every
+        self._live_at = math.inf if every is None else time.monotonic() + every
+        with _LIVE_LOCK:
+            if rev <= self._live_seen or raw == self._live_raw:
+                self._live_seen = max(rev, self._live_seen)
+                return
+            live: dict[object, tuple[Rate | Cap, ...]] = {}
+            for name, text in raw.items():
+                try:
+                    live[name] = limits_of(json.loads(text))
+                except (ValueError, TypeError, KeyError, AttributeError) as e:
+                    logger.warning(
+                        "ratebudget: the live limits of %r on %s cannot be read "
+                        "(%s); its limiters keep the limits in their code",
+                        name,
+                        redact(self.url),
+                        e,
+                    )
+            self._live_seen = rev
+            self._live_raw = raw
+            self.live = live
+            self.live_rev += 1
+
+    def live_due(self) -> None:
+        """Look for live limits if it is time (errors: at the next look)."""
+        if time.monotonic() >= self._live_at:
+            try:
+                self.load_live()
+            except StoreUnavailable:
+                pass  # the operation that follows says so, if it matters
 
     def validate(self, spec: PlanSpec) -> None:
         """Refuse a plan this store cannot count exactly (``InvalidRequest``)."""
@@ -322,6 +381,7 @@ class RemoteBinding(Binding):
         Deferred ops ride along, ahead of ``batch``; their results are dropped.
         """
         self._register()
+        self.store.live_due()
         local = self.clock.monotonic_ns()  # the instant the store's ``now`` pairs with
         now = self.wall_us() if self.fake_time else None
         extra = self._take_deferred()

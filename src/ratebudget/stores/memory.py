@@ -229,6 +229,11 @@ class MemoryBinding(Binding):
         finally:
             self._lock.leave(biased)
 
+    def rebound(self, limits: tuple[Rate | Cap, ...], shadow: bool) -> Binding:
+        """A binding of this one's state with other limits (an unnamed
+        limiter's live limits: its state is its own)."""
+        return MemoryBinding(self._shared, limits, self._clock, shadow)
+
     @property
     def levels(self) -> list[Level]:
         """The path of this scope: its own level only (a root)."""

@@ -61,6 +61,9 @@ SCRIPT_PATH: Final = (
 
 #: the global hash of registered limiters: name -> JSON spec
 REGISTRY_KEY: Final = "ratebudget:limiters"
+LIVE_KEY: Final = "ratebudget:live"  # name -> its live limits (JSON)
+LIVE_REV_KEY: Final = "ratebudget:live:rev"  # counts changes of LIVE_KEY
+LIVE_NAME: Final = "ratebudget:live"  # ``{LIVE_NAME}:wake``: live limits changed
 
 _EXACT: Final = 2**53
 # State.exact, as the script has it: a count that reaches 2**53 is refused
@@ -245,6 +248,31 @@ class RedisStore(SharedStore):
             ]
         return []
 
+    live_every = None  # the listener hears of changes (and looks on each (re)subscribe)
+
+    def read_live(self) -> tuple[int, dict[str, str]]:
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.get(LIVE_REV_KEY)
+            pipe.hgetall(LIVE_KEY)
+            rev, got = pipe.execute()
+        except self._errors as e:
+            raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
+        return int(rev or 0), {_text(k): _text(v) for k, v in got.items()}
+
+    def write_live(self, name: str, raw: str | None) -> None:
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            if raw is None:
+                pipe.hdel(LIVE_KEY, name)
+            else:
+                pipe.hset(LIVE_KEY, name, raw)
+            pipe.incr(LIVE_REV_KEY)
+            pipe.publish("{" + LIVE_NAME + "}:wake", "null")
+            pipe.execute()
+        except self._errors as e:
+            raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
+
     def _check_volatile(self) -> bool:
         """Whether Redis keeps nothing across a restart (False if unknown)."""
         try:
@@ -306,6 +334,7 @@ class RedisStore(SharedStore):
                             names = list(self._names)
                         for name in names:
                             wake(self.url, name, None)
+                        self._live_changed()  # as may live limits have
                         continue
                     if message.get("type") != "pmessage":
                         continue
@@ -314,6 +343,8 @@ class RedisStore(SharedStore):
                     # for names nobody of this process waits on
                     channel = _text(message.get("channel"))
                     name = channel[1 : channel.rfind("}")]
+                    if name == LIVE_NAME:
+                        self._live_changed()
                     wake(self.url, name, json.loads(_text(message["data"])))
             except self._errors:
                 # waiters still look on their own: retry the subscription shortly
@@ -323,6 +354,12 @@ class RedisStore(SharedStore):
                     pubsub.close()
                 except self._errors:
                     pass
+
+    def _live_changed(self) -> None:
+        try:
+            self.load_live()
+        except StoreUnavailable:  # the listener reconnects, and looks again
+            self._live_at = 0.0  # or the next operation does
 
     def close(self) -> None:
         if self._links is not None:

@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS rb_lease (
     PRIMARY KEY (name, id)
 );
 CREATE INDEX IF NOT EXISTS rb_lease_exp ON rb_lease (name, exp);
+CREATE TABLE IF NOT EXISTS rb_live (
+    name TEXT PRIMARY KEY, spec TEXT, rev INTEGER NOT NULL
+);
 """
 
 
@@ -238,6 +241,35 @@ class SQLiteStore(SharedStore):
         except sqlite3.Error as e:
             raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
         return []
+
+    def read_live(self) -> tuple[int, dict[str, str]]:
+        conn = self._conn()
+        try:
+            rows = conn.execute("SELECT name, spec, rev FROM rb_live").fetchall()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):  # a file of an older release, read-only
+                return 0, {}
+            raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
+        rev = max((r for _, _, r in rows), default=0)
+        return rev, {name: spec for name, spec, _ in rows if spec is not None}
+
+    def write_live(self, name: str, raw: str | None) -> None:
+        if self.readonly:
+            raise InvalidRequest(f"SQLite store {self.path} was opened read-only")
+        conn = self._conn()
+        try:
+            # a row stays when its limits go (spec NULL): revisions only grow
+            conn.execute(
+                "INSERT INTO rb_live (name, spec, rev) VALUES "
+                "(?, ?, (SELECT COALESCE(MAX(rev), 0) + 1 FROM rb_live)) "
+                "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, "
+                "rev = excluded.rev",
+                (name, raw),
+            )
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
 
     def keys_of(self, name: str, root: str) -> list[str]:
         conn = self._conn()
