@@ -292,6 +292,20 @@ class SharedStore(Store):
         ``False`` if it cannot here (a worker thread then runs ``execute``)."""
         return False
 
+    def send_path(
+        self,
+        names: list[str],
+        specs: list[PlanSpec],
+        batch: list[ops.Op],
+        done: Callable[[ops.Answer | None, BaseException | None], None],
+        *,
+        ttl: int,
+        keep: int,
+        now_us: int | None = None,
+    ) -> bool:
+        """``send`` down a path of scopes (as ``execute_path``)."""
+        return False
+
     def subscribe(self, name: str) -> bool:
         """Relay other processes' wake-ups of ``name`` to this process's
         waiters (``wake``); returns whether the store can."""
@@ -412,7 +426,7 @@ class RemoteBinding(Binding):
     ) -> bool:
         """Send ``batch`` from the event loop, without blocking, if the store
         can (``SharedStore.send``); ``done`` runs in the loop when it lands."""
-        if not self._registered or self.path:
+        if not self._registered:
             return False  # the first call registers, on the worker thread
         local = self.clock.monotonic_ns()
         now = self.wall_us() if self.fake_time else None
@@ -426,15 +440,26 @@ class RemoteBinding(Binding):
                     answer, error = None, e
             done(answer, error)
 
-        sent = self.store.send(
-            self.name,
-            self.spec,
-            extra + batch,
-            landed,
-            ttl=self.ttl,
-            keep=self.keep,
-            now_us=now,
-        )
+        if self.path:
+            sent = self.store.send_path(
+                self.names,
+                self.specs,
+                extra + batch,
+                landed,
+                ttl=self.ttl,
+                keep=self.keep,
+                now_us=now,
+            )
+        else:
+            sent = self.store.send(
+                self.name,
+                self.spec,
+                extra + batch,
+                landed,
+                ttl=self.ttl,
+                keep=self.keep,
+                now_us=now,
+            )
         if not sent:
             with self._lock:  # they go with the worker thread's call instead
                 self._deferred[:0] = extra

@@ -442,6 +442,46 @@ class RedisStore(SharedStore):
         """Down a path: every level's three keys in one script call, each
         under the root's hash tag (``{root}/team/user:s``), so a decision
         stays on one Redis Cluster slot at any depth."""
+        label, keys, out = self._path_request(
+            names, specs, batch, ttl, keep, now_us, root
+        )
+        try:
+            reply = self._run_script(label, keys, out)
+        except self._errors as e:
+            raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
+        return self._answer(names[0], reply, path=len(names))
+
+    def send_path(
+        self,
+        names: list[str],
+        specs: list[PlanSpec],
+        batch: list[ops.Op],
+        done: Callable[[ops.Answer | None, BaseException | None], None],
+        *,
+        ttl: int,
+        keep: int,
+        now_us: int | None = None,
+    ) -> bool:
+        links = self._links
+        link = None if links is None else links.get()
+        if link is None:
+            return False
+        label, keys, argv = self._path_request(
+            names, specs, batch, ttl, keep, now_us, None
+        )
+        return self._send(link, label, keys, argv, names[0], len(names), done)
+
+    def _path_request(
+        self,
+        names: list[str],
+        specs: list[PlanSpec],
+        batch: list[ops.Op],
+        ttl: int,
+        keep: int,
+        now_us: int | None,
+        root: str | None,
+    ) -> tuple[str, tuple[str, ...], list[str]]:
+        """The script's label, keys and arguments for ``batch`` down a path."""
         if now_us is not None and now_us < 0:
             raise InvalidRequest(f"now_us={now_us}: store time starts at 0")
         if root is None:
@@ -490,12 +530,7 @@ class RedisStore(SharedStore):
                 assert isinstance(op, ops.Acquire)
                 out.append("1" if op.wait else "0")
                 out += map(str, op.req)
-        label = "\x00".join(names)
-        try:
-            reply = self._run_script(label, tuple(keys), out)
-        except self._errors as e:
-            raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
-        return self._answer(names[0], reply, path=n)
+        return "\x00".join(names), tuple(keys), out
 
     def _plan_args(self, spec: PlanSpec) -> _PlanArgs:
         plan = self._plans.get(id(spec))
@@ -521,7 +556,21 @@ class RedisStore(SharedStore):
         if link is None:
             return False
         keys, argv = self._request(name, spec, batch, ttl, keep, now_us)
-        count, args = self._resp_args(name, keys, argv)
+        return self._send(link, name, keys, argv, name, 0, done)
+
+    def _send(
+        self,
+        link: Any,
+        label: str,
+        keys: tuple[str, ...],
+        argv: list[str],
+        name: str,
+        path: int,
+        done: Callable[[ops.Answer | None, BaseException | None], None],
+    ) -> bool:
+        """Send the script call on ``link``; ``done`` gets its answer (read
+        as ``_answer(name, reply, path)``) or its error."""
+        count, args = self._resp_args(label, keys, argv)
 
         def landed(reply: Any, error: BaseException | None) -> None:
             if error is None and isinstance(reply, Exception):
@@ -534,13 +583,13 @@ class RedisStore(SharedStore):
                 done(None, error)
                 return
             try:
-                answer = self._answer(name, reply)
+                answer = self._answer(name, reply, path)
             except StoreUnavailable as e:
                 done(None, e)
                 return
             done(answer, None)
 
-        return link.send(count + _evalsha() + args, landed)
+        return bool(link.send(count + _evalsha() + args, landed))
 
     def _request(
         self,
