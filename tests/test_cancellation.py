@@ -91,6 +91,13 @@ async def check_cancelled_waiter_takes_nothing(
     assert snap.limits[1].reserved == Decimal("0.1")
 
 
+def due(scopes: list[anyio.CancelScope]) -> None:
+    """Bring the deadline of the victim's scope to now: it expires (the
+    event loop's timer cancels it, as a deadline that passed does)."""
+    (scope,) = scopes
+    scope.deadline = anyio.current_time()
+
+
 class TestCancelledWaiterTakesNothing:
     async def test_cancelled_by_an_anyio_cancel_scope(self, make: Make) -> None:
         scope = anyio.CancelScope()
@@ -116,21 +123,35 @@ class TestCancelledWaiterTakesNothing:
 
         await check_cancelled_waiter_takes_nothing(make, victim, scope.cancel)
 
+    # The deadlines below are the event loop's (real time; fake time never
+    # moves), due once both waiters are seen queued: a short fixed deadline
+    # could pass before then on a busy machine.
+
     async def test_cancelled_by_move_on_after(self, make: Make) -> None:
+        scopes: list[anyio.CancelScope] = []
+
         async def victim(limiter: Limiter) -> None:
-            with anyio.move_on_after(0.02) as scope:  # real time; fake time never moves
+            with anyio.move_on_after(3600) as scope:
+                scopes.append(scope)
                 await limiter.acquire(5, usd="0.3")
             assert scope.cancelled_caught
 
-        await check_cancelled_waiter_takes_nothing(make, victim)
+        await check_cancelled_waiter_takes_nothing(make, victim, lambda: due(scopes))
 
     async def test_cancelled_by_fail_after(self, make: Make) -> None:
+        scopes: list[anyio.CancelScope] = []
+
         async def victim(limiter: Limiter) -> None:
-            with pytest.raises(TimeoutError) as info, anyio.fail_after(0.02):
-                await limiter.acquire(5, usd="0.3")
+            async def wait() -> None:
+                with anyio.fail_after(3600) as scope:
+                    scopes.append(scope)
+                    await limiter.acquire(5, usd="0.3")
+
+            with pytest.raises(TimeoutError) as info:
+                await wait()
             assert not isinstance(info.value, AcquireTimeout)
 
-        await check_cancelled_waiter_takes_nothing(make, victim)
+        await check_cancelled_waiter_takes_nothing(make, victim, lambda: due(scopes))
 
     async def test_cancelled_with_its_task_group(self, make: Make) -> None:
         clock, limiter = limiter_with_empty_bucket(make)

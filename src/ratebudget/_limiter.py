@@ -582,23 +582,26 @@ class Limiter:
         """
         if self._rev != self._store.live_rev:
             self._refresh()
+        # its limits now, read once: another thread's refresh cannot mix
+        # the request of one set of limits with the lease of another
+        lay = self._lay
         if not amounts and type(tokens) is int and labels is None:
             try:
-                req = self._fast[tokens]
+                req = lay._fast[tokens]
             except KeyError:
-                req = self._request(self._units(tokens, amounts, True), True)
-                if len(self._fast) < _FAST_KEPT:
-                    self._fast[tokens] = req
+                req = lay._request(lay._units(tokens, amounts, True), True)
+                if len(lay._fast) < _FAST_KEPT:
+                    lay._fast[tokens] = req
             # ``Lease(...)`` without the call to ``__init__`` (a third cheaper)
-            lease = _new(self._lease)
-            lease._limiter = self._lay
+            lease = _new(lay._lease)
+            lease._limiter = lay
             lease._units = tokens
             lease._req = req
             lease._timeout = None if timeout is None else self._timeout_ns(timeout)
             lease._state = _PENDING
             lease._take = 0
             lease._key = ""
-            if self._caps:  # ``_made``, inlined: a rate-only lease skips it
+            if lay._caps:  # ``_made``, inlined: a rate-only lease skips it
                 lease._site = _caller()  # type: ignore[attr-defined]
             return lease
         # other amounts: validated once per distinct call, like ``_fast``; the
@@ -610,19 +613,19 @@ class Limiter:
                 tuple(amounts.items()),
                 tuple(map(type, amounts.values())),
             )
-            hit = self._seen.get(key)
+            hit = lay._seen.get(key)
         except TypeError:  # an unhashable amount: validation will say why
             key = hit = None
         if hit is None:
-            units = self._units(tokens, amounts, True)
-            hit = units, self._request(units, True)
-            if key is not None and len(self._seen) < _FAST_KEPT:
-                self._seen[key] = hit
+            units = lay._units(tokens, amounts, True)
+            hit = units, lay._request(units, True)
+            if key is not None and len(lay._seen) < _FAST_KEPT:
+                lay._seen[key] = hit
         # the units dict is shared by the leases of one key: never mutated
-        lease = self._lease(self._lay, hit[0], hit[1], self._timeout_ns(timeout))
+        lease = lay._lease(lay, hit[0], hit[1], self._timeout_ns(timeout))
         if labels is not None:
             lease._labels = labels_of(labels)
-        return self._made(lease)
+        return lay._made(lease)
 
     def _made(self, lease: Lease) -> Lease:
         """``lease``, stamped with where it was made if it can hold a cap
@@ -658,8 +661,9 @@ class Limiter:
         """
         if self._rev != self._store.live_rev:
             self._refresh()
-        units = self._units(tokens, amounts, True)
-        lease = self._made(self._lease(self._lay, units, self._request(units, True), 0))
+        lay = self._lay  # its limits now, read once (as ``acquire``)
+        units = lay._units(tokens, amounts, True)
+        lease = lay._made(lay._lease(lay, units, lay._request(units, True), 0))
         if labels is not None:
             lease._labels = labels_of(labels)
         lay = lease._limiter  # the limits it was made with
