@@ -203,6 +203,25 @@ def test_event_loops_that_end_leave_no_connection_behind(server: RedisServer) ->
         store.close()
 
 
+def test_a_store_dropped_without_close_ends_its_listener(server: RedisServer) -> None:
+    """A store nobody closes (``Limiter(..., store=URL)`` made and dropped
+    again and again) does not leave its wake-up listener thread, and its
+    subscription, alive for as long as the process."""
+    import gc
+
+    from ratebudget.stores import RedisStore
+
+    store = RedisStore(server.url)
+    assert store.subscribe("dropped")
+    listener = store._listener
+    assert listener is not None
+    assert listener.is_alive()
+    del store
+    gc.collect()
+    listener.join(timeout=10)
+    assert not listener.is_alive()
+
+
 async def test_concurrent_tasks_share_script_calls(server: RedisServer) -> None:
     lim = Limiter(Rate(tokens=1_000, per="hour"), store=server.url, name="co")
     await lim.acquire(1)

@@ -310,50 +310,35 @@ class RedisStore(SharedStore):
             if self._listener is None or not self._listener.is_alive():
                 self._closing.clear()
                 self._listener = threading.Thread(
-                    target=self._listen, name="ratebudget-redis-wake", daemon=True
+                    target=_listen,
+                    args=(weakref.ref(self),),
+                    name="ratebudget-redis-wake",
+                    daemon=True,
                 )
                 self._listener.start()
         return True
 
-    def _listen(self) -> None:
-        """Relay ``{name}:wake`` messages to this process's waiters; reconnect
-        on errors."""
-        while not self._closing.is_set():
-            pubsub = self._redis.pubsub()
-            try:
-                pubsub.psubscribe("{*}:wake")
-                while not self._closing.is_set():
-                    message = pubsub.get_message(timeout=0.2)
-                    if message is None:
-                        continue
-                    if message.get("type") == "psubscribe":
-                        # subscribed from now on: wake-ups sent before
-                        # (while it started, or reconnected) were lost, so
-                        # every waiter looks once
-                        with self._wake_lock:
-                            names = list(self._names)
-                        for name in names:
-                            wake(self.url, name, None)
-                        self._live_changed()  # as may live limits have
-                        continue
-                    if message.get("type") != "pmessage":
-                        continue
-                    # any name: a waiter may have queued (and been woken)
-                    # before its name was noted here; ``wake`` finds nobody
-                    # for names nobody of this process waits on
-                    channel = _text(message.get("channel"))
-                    name = channel[1 : channel.rfind("}")]
-                    if name == LIVE_NAME:
-                        self._live_changed()
-                    wake(self.url, name, json.loads(_text(message["data"])))
-            except self._errors:
-                # waiters still look on their own: retry the subscription shortly
-                self._closing.wait(min(self.timeout, 1.0))
-            finally:
-                try:
-                    pubsub.close()
-                except self._errors:
-                    pass
+    def _heard(self, message: dict[str, Any]) -> None:
+        """A message of the listener's subscription."""
+        if message.get("type") == "psubscribe":
+            # subscribed from now on: wake-ups sent before (while it
+            # started, or reconnected) were lost, so every waiter looks once
+            with self._wake_lock:
+                names = list(self._names)
+            for name in names:
+                wake(self.url, name, None)
+            self._live_changed()  # as may live limits have
+            return
+        if message.get("type") != "pmessage":
+            return
+        # any name: a waiter may have queued (and been woken) before its
+        # name was noted here; ``wake`` finds nobody for names nobody of
+        # this process waits on
+        channel = _text(message.get("channel"))
+        name = channel[1 : channel.rfind("}")]
+        if name == LIVE_NAME:
+            self._live_changed()
+        wake(self.url, name, json.loads(_text(message["data"])))
 
     def _live_changed(self) -> None:
         try:
@@ -740,6 +725,39 @@ def _links_for(client: Any, timeout: float, url: str) -> Links | None:
     if kw.get("db"):
         hello.append(command(b"SELECT", str(int(kw["db"])).encode()))
     return Links(address, hello, timeout, url)
+
+
+def _listen(ref: weakref.ref[RedisStore]) -> None:
+    """Relay ``{name}:wake`` messages to this process's waiters (a store's
+    listener thread); reconnect on errors. It holds its store only while it
+    handles a message: a store dropped without ``close()`` is collected, and
+    its listener ends within 0.2 s instead of living on with the process."""
+    while True:
+        store = ref()
+        if store is None or store._closing.is_set():
+            return
+        pubsub = store._redis.pubsub()
+        errors, closing = store._errors, store._closing
+        pause = min(store.timeout, 1.0)
+        del store
+        try:
+            pubsub.psubscribe("{*}:wake")
+            while True:
+                message = pubsub.get_message(timeout=0.2)
+                store = ref()
+                if store is None or closing.is_set():
+                    return
+                if message is not None:
+                    store._heard(message)
+                del store
+        except errors:
+            # waiters still look on their own: retry the subscription shortly
+            closing.wait(pause)
+        finally:
+            try:
+                pubsub.close()
+            except errors:
+                pass
 
 
 class _Held:
