@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import ratebudget
@@ -140,10 +141,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
-def test_status_config_shows_the_tree_with_owners_and_keys(
+def loaded(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+) -> tuple[Path, str, ratebudget.Budgets]:
+    """``FILE`` on a store of ``kind``, a root of its own, and its tree."""
     url = (
         f"sqlite:///{tmp_path / 'budgets.db'}"
         if kind == "sqlite"
@@ -151,7 +152,14 @@ def test_status_config_shows_the_tree_with_owners_and_keys(
     )
     root = f"acme-{uuid.uuid4().hex[:6]}"
     path = write(tmp_path, FILE.format(store=url, root=root))
-    budgets = ratebudget.load(path)
+    return path, root, ratebudget.load(path)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_status_config_shows_the_tree_with_owners_and_keys(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    path, root, budgets = loaded(kind, tmp_path, request)
     users = budgets.per_key(f"{root}/search")
     users["alice"].sync.record(usd="0.25")
     users["bob"].sync.record(usd="0.125")
@@ -176,3 +184,23 @@ def test_status_config_shows_the_tree_with_owners_and_keys(
     bad = _cli("status", "--config", str(tmp_path / "none.toml"))
     assert bad.returncode == 2
     assert "cannot read budgets file" in bad.stderr
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_status_config_shows_the_live_limits(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Limits stored by ``update`` (a scope's, and a per-key template's)
+    are the ones ``status --config`` shows, not the file's."""
+    path, root, budgets = loaded(kind, tmp_path, request)
+    users = budgets.per_key(f"{root}/search")
+    users["alice"].sync.record(usd="0.25")
+    budgets[f"{root}/ads"].sync.update(ratebudget.Cap(usd="2.5"))
+    anyio.run(users.update, ratebudget.Cap(usd="0.75", per="day"))
+    got = _cli("status", "--config", str(path), "--json")
+    assert got.returncode == 0, got.stderr
+    doc: dict[str, Any] = json.loads(got.stdout)
+    limits = {s["name"]: [x["limit"] for x in s["limits"]] for s in doc["scopes"]}
+    assert limits[f"{root}/ads"] == ["2.5"]
+    assert limits[f"{root}/search/alice"] == ["0.75"]
+    assert limits[f"{root}/search"] == ["4", "1"]  # the file's

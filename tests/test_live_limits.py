@@ -140,6 +140,30 @@ async def test_a_parents_update_reaches_its_scopes(make: Make) -> None:
     assert (await team.snapshot()).limits[0].used == Decimal("3.5")
 
 
+async def test_a_per_key_templates_update_reaches_every_key(make: Make) -> None:
+    team = make(Cap(usd="100"), name="tmpl")
+    users = team.per_key(Cap(usd="5"))
+    alice, bob = users["alice"], users["bob"]
+    await alice.record(usd="4")
+    await users.update(Cap(usd="4.5"))
+    assert users.limits == (Cap(usd="4.5"),)
+    with pytest.raises(BudgetExceeded) as info:
+        await alice.acquire(usd="1")
+    assert info.value.scope == alice.name
+    await bob.update(Cap(usd="20"))  # a key's own limits win over the template's
+    async with bob.acquire(usd="10"):
+        pass
+    assert users["carol"].limits == (Cap(usd="4.5"),)  # made after
+    other = make(Cap(usd="100"), name="tmpl").per_key(Cap(usd="5"))
+    assert other["dave"].limits == (Cap(usd="4.5"),)  # another object, made after
+    await users.update()
+    assert alice.limits == (Cap(usd="5"),)
+    assert bob.limits == (Cap(usd="20"),)
+    async with alice.acquire(usd="1"):
+        pass
+    assert (await team.snapshot()).limits[0].used == Decimal("15")
+
+
 async def test_bad_limits_are_refused_and_nothing_changes(make: Make) -> None:
     limiter = make(Cap(usd="10"), name="bad")
     with pytest.raises(InvalidRequest):

@@ -63,8 +63,23 @@ class Keys(Mapping[str, "Limiter"]):
 
     @property
     def limits(self) -> tuple[Rate | Cap, ...]:
-        """The limits each key's scope gets."""
-        return self._limits
+        """The limits each key's scope gets: those ``update`` stored for the
+        template, else the code's."""
+        return self._parent._store.live.get(self._parent._keys_key(), self._limits)
+
+    async def update(self, *limits: Rate | Cap) -> None:
+        """Replace the template's limits: every key's scope, held now or made
+        later, in every process using the store, takes ``limits`` (a key
+        whose own scope's ``update`` stored limits keeps those), until
+        ``update()`` with no limits goes back to the code's. As
+        ``Limiter.update``: usage carries over, leases made before settle
+        by the limits they were made with, other processes follow within
+        about a second (Redis: at once).
+        """
+        from ._limiter import _set_live
+
+        parent = self._parent
+        await _set_live(parent._store, parent._keys_key(), parent._checked(limits))
 
     @property
     def parent(self) -> Limiter:

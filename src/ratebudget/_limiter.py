@@ -134,6 +134,16 @@ def _scoped(
     return self
 
 
+async def _set_live(
+    store: Store, key: object, live: tuple[Rate | Cap, ...] | None
+) -> None:
+    """Store ``live`` as ``key``'s live limits (a shared store: off the event loop)."""
+    if store.persistent:
+        await anyio.to_thread.run_sync(store.set_live, key, live)
+    else:
+        store.set_live(key, live)
+
+
 def _check_clock(clock: object) -> Clock:
     needs = ("monotonic_ns", "time", "sleep_until", "wait", "wait_until")
     missing = [n for n in needs if not callable(getattr(clock, n, None))]
@@ -259,6 +269,21 @@ class Limiter:
         itself, as its state is its own)."""
         return self if self._name is None else self._name
 
+    def _keys_key(self) -> object:
+        """The key of the live limits of its per-key scopes' template: its
+        name and a ``/`` (no scope's name ends so)."""
+        return (self, "/") if self._name is None else self._name + "/"
+
+    def _in_force(self) -> tuple[Rate | Cap, ...]:
+        """Its own limits now: those ``update`` stored for it, else (a
+        per-key scope) those stored for its template, else its code's."""
+        live = self._store.live
+        own = live.get(self._live_key())
+        if own is None and self._keyed:
+            assert self._parent is not None
+            own = live.get(self._parent._keys_key())
+        return self._code if own is None else own
+
     def _bind(self, old: Binding | None) -> None:
         """Bind to the store with the limits in force: those ``update``
         stored for its name, else its code's (``old``: the binding to
@@ -266,7 +291,7 @@ class Limiter:
         store = self._store
         store.live_due()
         self._rev = store.live_rev  # read before ``live``: a change between is seen
-        own = store.live.get(self._live_key(), self._code)
+        own = self._in_force()
         parent = self._parent
         up = None if parent is None else parent._b
         ttl, on_store_error = self._opts
@@ -297,9 +322,8 @@ class Limiter:
         parent = self._parent
         if parent is not None and parent._rev != parent._store.live_rev:
             parent._refresh()
-        store = self._store
-        rev = store.live_rev
-        own = store.live.get(self._live_key(), self._code)
+        rev = self._store.live_rev
+        own = self._in_force()
         if own != self._limits[: self._own] or (
             parent is not None and self._up is not parent._b
         ):
@@ -383,12 +407,7 @@ class Limiter:
         Raises ``InvalidRequest`` for limits the store cannot hold and
         ``StoreUnavailable`` if it cannot be reached.
         """
-        live = self._checked(limits)
-        store = self._store
-        if store.persistent:
-            await anyio.to_thread.run_sync(store.set_live, self._live_key(), live)
-        else:
-            store.set_live(self._live_key(), live)
+        await _set_live(self._store, self._live_key(), self._checked(limits))
         self._refresh()
 
     def _checked(self, limits: tuple[object, ...]) -> tuple[Rate | Cap, ...] | None:

@@ -218,12 +218,15 @@ def _read(store: Store, name: str, spec: dict[str, Any]) -> LimiterStatus:
 
 
 def _live(
-    store: SharedStore, specs: dict[str, dict[str, Any]]
+    store: SharedStore, specs: dict[str, dict[str, Any]], every: bool = False
 ) -> dict[str, dict[str, Any]]:
-    """``specs`` with the limits ``Limiter.update`` stored in force instead."""
+    """``specs`` with the limits ``Limiter.update`` stored in force instead
+    (``every``: and every other name's, a per-key template's ``name/`` too)."""
     _rev, live = store.read_live()
     out = dict(specs)
     for name, raw in live.items():
+        if name not in out and not every:
+            continue
         try:
             limits = json.loads(raw)["limits"]
         except (ValueError, TypeError, KeyError):
@@ -333,12 +336,13 @@ def status_tree(
     try:
         _check_exists(store)
 
-        _rev, live = store.read_live()
+        in_force = _live(store, {}, every=True)  # what ``update`` stored
 
-        def show(name: str, limits: tuple[Rate | Cap, ...]) -> LimiterStatus:
-            spec = spec_of(limits)
-            if name in live:  # what ``update`` stored is in force
-                spec = _live(store, {name: spec})[name]
+        def show(
+            name: str, limits: tuple[Rate | Cap, ...], template: str = ""
+        ) -> LimiterStatus:
+            # the limits stored for it, else for its template (a key), else the file's
+            spec = dict(in_force.get(name) or in_force.get(template) or spec_of(limits))
             if name != root:
                 spec["root"] = root
             return _read(store, name, spec)
@@ -351,7 +355,9 @@ def status_tree(
                 limits, _max, owner = node.per_key
                 children = {c.name for c in node.children}
                 out.extend(
-                    ScopeStatus(depth + 1, owner, True, show(name, limits))
+                    ScopeStatus(
+                        depth + 1, owner, True, show(name, limits, node.name + "/")
+                    )
                     for name in store.keys_of(node.name, root)
                     if name not in children
                 )
