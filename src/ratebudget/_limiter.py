@@ -118,8 +118,7 @@ def _scoped(
     keyed: bool = False,
 ) -> Limiter:
     """The child scope ``name`` (its full name) of ``parent``."""
-    if parent._rev != parent._store.live_rev:
-        parent._refresh()
+    parent._now()  # its path as it is now
     self = _new(Limiter)
     self._code = limits
     self._keyed = keyed
@@ -320,8 +319,8 @@ class Limiter:
         that changed. Leases already made keep the limits they were made
         with (``_lay``)."""
         parent = self._parent
-        if parent is not None and parent._rev != parent._store.live_rev:
-            parent._refresh()
+        if parent is not None:
+            parent._now()
         rev = self._store.live_rev
         own = self._in_force()
         if own != self._limits[: self._own] or (
@@ -330,6 +329,15 @@ class Limiter:
             self._bind(self._b)
         else:
             self._rev = rev
+
+    def _now(self) -> Limiter:
+        """Its limits now (the copy ``_lay``), once the store's live limits
+        were taken: read it once per operation, so that another thread's
+        refresh cannot mix two sets of limits in one. (``acquire`` inlines
+        this.)"""
+        if self._rev != self._store.live_rev:
+            self._refresh()
+        return self._lay
 
     def _setup(self, own: tuple[Rate | Cap, ...]) -> None:
         """What a limiter derives from its limits and its binding; a scope's
@@ -383,9 +391,8 @@ class Limiter:
     def limits(self) -> tuple[Rate | Cap, ...]:
         """The limits in force, in the order given (a scope's own: not its
         ancestors'): those ``update`` stored, else the code's."""
-        if self._rev != self._store.live_rev:
-            self._refresh()
-        return self._limits[: self._own]
+        lay = self._now()
+        return lay._limits[: lay._own]
 
     @property
     def code_limits(self) -> tuple[Rate | Cap, ...]:
@@ -678,9 +685,7 @@ class Limiter:
 
         Still raises ``BudgetExceeded`` when a hard cap would certainly be crossed.
         """
-        if self._rev != self._store.live_rev:
-            self._refresh()
-        lay = self._lay  # its limits now, read once (as ``acquire``)
+        lay = self._now()
         units = lay._units(tokens, amounts, True)
         lease = lay._made(lay._lease(lay, units, lay._request(units, True), 0))
         if labels is not None:
@@ -725,9 +730,7 @@ class Limiter:
         as for ``acquire``.
         """
         checked = labels_of(labels)
-        if self._rev != self._store.live_rev:
-            self._refresh()
-        lay = self._lay  # the limits its store call is about
+        lay = self._now()
         req = lay._request(lay._units(tokens, amounts, False), False)
         got: list[Crossing] | Exceeded | Inexact = await _answer(lay._b.record(req))
         if isinstance(got, Exceeded):
@@ -736,9 +739,7 @@ class Limiter:
 
     async def snapshot(self) -> Snapshot:
         """Every limit's state now (see ``Snapshot``)."""
-        if self._rev != self._store.live_rev:
-            self._refresh()
-        lay = self._lay  # the limits its store call is about
+        lay = self._now()
         views, waiting = await _answer(lay._b.snapshot())
         return snapshot_of(lay._limits[: lay._own], views, lay._pers, waiting)
 
@@ -751,9 +752,7 @@ class Limiter:
         lease granted before the reset). Waiters are served at once if the
         limits now allow them.
         """
-        if self._rev != self._store.live_rev:
-            self._refresh()
-        await _answer(self._b.reset())
+        await _answer(self._now()._b.reset())
 
     def lower(self, *, per: float | None = None, **remaining: Amount) -> None:
         """Lower the rates on each axis to hold at most ``remaining`` now.
@@ -768,15 +767,14 @@ class Limiter:
         per_s = None if per is None else seconds("per", per, zero=False)
         per_ns = None if per_s is None or math.isinf(per_s) else round(per_s * 1e9)
         units = {axis: to_units(axis, value) for axis, value in remaining.items()}
-        if self._rev != self._store.live_rev:
-            self._refresh()
+        lay = self._now()
         for axis, n in units.items():
-            for i in self._index.get(axis, ()):
-                limit = self._limits[i]
+            for i in lay._index.get(axis, ()):
+                limit = lay._limits[i]
                 if isinstance(limit, Rate) and (
                     per_s is None or limit._per_ns == per_ns
                 ):
-                    self._b.lower(i, n)
+                    lay._b.lower(i, n)
 
     def meter(self, *, model: str, **call: Any) -> Meter:
         """Meter one LLM call made without the httpx transport.
@@ -885,15 +883,15 @@ class Limiter:
             await dispatch.flush()
 
     def __repr__(self) -> str:
-        if self._rev != self._store.live_rev:
-            self._refresh()
-        peek = self._b.peek()
+        lay = self._now()
+        own = lay._limits[: lay._own]
+        peek = lay._b.peek()
         if peek is None:
-            limits = ", ".join(map(repr, self.limits))
+            limits = ", ".join(map(repr, own))
             return f"<Limiter {self._name!r} on {self._store.url}: {limits}>"
         views, waiting = peek
         parts = []
-        for spec, view, per in zip(self.limits, views, self._pers, strict=True):
+        for spec, view, per in zip(own, views, lay._pers, strict=True):
             axis = spec.axis
             if isinstance(spec, Rate):
                 tokens = from_units(axis, view.level // per)

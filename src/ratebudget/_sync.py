@@ -160,7 +160,7 @@ class SyncLimiter:
         **amounts: Amount,
     ) -> None:
         """Charge usage after the fact (see ``Limiter.record``)."""
-        limiter = self._fresh()._lay  # the limits its store call is about
+        limiter = self._limiter._now()  # the limits its store call is about
         checked = labels_of(labels)
         req = limiter._request(limiter._units(tokens, amounts, False), False)
         got = cast(
@@ -172,14 +172,14 @@ class SyncLimiter:
 
     def snapshot(self) -> Snapshot:
         """Every limit's state now."""
-        lay = self._fresh()._lay  # the limits its store call is about
+        lay = self._limiter._now()  # the limits its store call is about
         views, waiting = _answer(lay._b.snapshot())
         return snapshot_of(lay._limits[: lay._own], views, lay._pers, waiting)
 
     def reset(self) -> None:
         """Zero every cap's usage for its current period and fill every rate
         (``Limiter.reset``)."""
-        _answer(self._fresh()._b.reset())
+        _answer(self._limiter._now()._b.reset())
 
     def update(self, *limits: Rate | Cap) -> None:
         """Replace the limits for every process (``Limiter.update``)."""
@@ -187,13 +187,6 @@ class SyncLimiter:
         live = limiter._checked(limits)
         limiter._store.set_live(limiter._live_key(), live)
         limiter._refresh()
-
-    def _fresh(self) -> Limiter:
-        """The limiter, with the live limits in force now."""
-        limiter = self._limiter
-        if limiter._rev != limiter._store.live_rev:
-            limiter._refresh()
-        return limiter
 
     def flush_alerts(self, timeout: float | None = None) -> bool:
         """Wait until ``on_alert`` has handled every alert fired so far

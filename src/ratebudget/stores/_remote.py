@@ -346,6 +346,11 @@ class RemoteBinding(Binding):
             self.root = parent.root
         self.path = parent is not None
         self.parent = parent
+        # what a store call names: a scope's whole path (``execute_path``),
+        # a root's state alone (``execute``)
+        self.where: tuple[Any, Any] = (
+            (self.names, self.specs) if self.path else (name, self.spec)
+        )
         # a waiter down a path: where it waits and what it holds below
         self._climbs: dict[str, ops.PathQueued] = {}
         self.on_shadow: Callable[[list[Shadowed]], None] | None = None
@@ -399,24 +404,10 @@ class RemoteBinding(Binding):
         local = self.clock.monotonic_ns()  # the instant the store's ``now`` pairs with
         now = self.wall_us() if self.fake_time else None
         extra = self._take_deferred()
-        if self.path:
-            answer = self.store.execute_path(
-                self.names,
-                self.specs,
-                extra + batch,
-                ttl=self.ttl,
-                keep=self.keep,
-                now_us=now,
-            )
-        else:
-            answer = self.store.execute(
-                self.name,
-                self.spec,
-                extra + batch,
-                ttl=self.ttl,
-                keep=self.keep,
-                now_us=now,
-            )
+        run = self.store.execute_path if self.path else self.store.execute
+        answer = run(
+            *self.where, extra + batch, ttl=self.ttl, keep=self.keep, now_us=now
+        )
         return self._landed(extra, batch, answer, local)
 
     def send(
@@ -440,26 +431,10 @@ class RemoteBinding(Binding):
                     answer, error = None, e
             done(answer, error)
 
-        if self.path:
-            sent = self.store.send_path(
-                self.names,
-                self.specs,
-                extra + batch,
-                landed,
-                ttl=self.ttl,
-                keep=self.keep,
-                now_us=now,
-            )
-        else:
-            sent = self.store.send(
-                self.name,
-                self.spec,
-                extra + batch,
-                landed,
-                ttl=self.ttl,
-                keep=self.keep,
-                now_us=now,
-            )
+        send = self.store.send_path if self.path else self.store.send
+        sent = send(
+            *self.where, extra + batch, landed, ttl=self.ttl, keep=self.keep, now_us=now
+        )
         if not sent:
             with self._lock:  # they go with the worker thread's call instead
                 self._deferred[:0] = extra

@@ -407,11 +407,7 @@ class RedisStore(SharedStore):
         now_us: int | None = None,
     ) -> ops.Answer:
         keys, argv = self._request(name, spec, batch, ttl, keep, now_us)
-        try:
-            reply = self._run_script(name, keys, argv)
-        except self._errors as e:
-            raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
-        return self._answer(name, reply)
+        return self._call(name, keys, argv, name)
 
     def execute_path(
         self,
@@ -430,11 +426,22 @@ class RedisStore(SharedStore):
         label, keys, out = self._path_request(
             names, specs, batch, ttl, keep, now_us, root
         )
+        return self._call(label, keys, out, names[0], len(names))
+
+    def _call(
+        self,
+        label: str,
+        keys: tuple[str, ...],
+        argv: list[str],
+        name: str,
+        path: int = 0,
+    ) -> ops.Answer:
+        """Run the script here (blocking) and read its reply (``_answer``)."""
         try:
-            reply = self._run_script(label, keys, out)
+            reply = self._run_script(label, keys, argv)
         except self._errors as e:
             raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
-        return self._answer(names[0], reply, path=len(names))
+        return self._answer(name, reply, path)
 
     def send_path(
         self,
@@ -447,8 +454,7 @@ class RedisStore(SharedStore):
         keep: int,
         now_us: int | None = None,
     ) -> bool:
-        links = self._links
-        link = None if links is None else links.get()
+        link = self._link()
         if link is None:
             return False
         label, keys, argv = self._path_request(
@@ -536,12 +542,16 @@ class RedisStore(SharedStore):
         keep: int,
         now_us: int | None = None,
     ) -> bool:
-        links = self._links
-        link = None if links is None else links.get()
+        link = self._link()
         if link is None:
             return False
         keys, argv = self._request(name, spec, batch, ttl, keep, now_us)
         return self._send(link, name, keys, argv, name, 0, done)
+
+    def _link(self) -> Any:
+        """This event loop's non-blocking link to the server (``None``: none here)."""
+        links = self._links
+        return None if links is None else links.get()
 
     def _send(
         self,
