@@ -21,7 +21,8 @@ from ._waiters import ThreadWaiter, Waiter
 from .stores._base import Call
 
 if TYPE_CHECKING:
-    from ._limiter import Lease, Limiter
+    from ._lease import Lease
+    from ._limiter import Limiter
     from ._limits import Cap, Rate
 
 __all__ = ("SyncLease", "SyncLimiter")
