@@ -212,12 +212,20 @@ class TestCancelledWaiterTakesNothing:
         if anyio_backend != "trio":
             pytest.skip("trio's own timeouts run only on trio")
 
+        scopes: list[trio.CancelScope] = []
+
         async def victim(limiter: Limiter) -> None:
-            with trio.move_on_after(0.02) as scope:
+            # a deadline due once both waiters are seen queued, as above
+            with trio.move_on_after(3600) as scope:
+                scopes.append(scope)
                 await limiter.acquire(5, usd="0.3")
             assert scope.cancelled_caught
 
-        await check_cancelled_waiter_takes_nothing(make, victim)
+        def due() -> None:
+            (scope,) = scopes
+            scope.deadline = trio.current_time()
+
+        await check_cancelled_waiter_takes_nothing(make, victim, due)
 
 
 class TestTheQueueMovesUp:

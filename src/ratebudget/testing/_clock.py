@@ -64,10 +64,17 @@ class FakeClock:
         return self._now / _NS
 
     def _register(
-        self, deadline_ns: int, callback: Callable[[], None]
-    ) -> tuple[int, int, Callable[[], None]]:
-        entry = (deadline_ns, next(self._seq), callback)
+        self, deadline_ns: int, callback: Callable[[], None], due: bool = False
+    ) -> tuple[int, int, Callable[[], None]] | None:
+        """Note a sleeper (``None``: due already, noted nowhere, unless
+        ``due``: then the next ``advance`` calls it). The time is read under
+        the lock that ``advance`` holds: an advance from another thread
+        lands wholly before (the sleeper is due) or after (it pops the
+        sleeper), never between the look and the note."""
         with self._lock:
+            if deadline_ns <= self._now and not due:
+                return None
+            entry = (deadline_ns, next(self._seq), callback)
             heapq.heappush(self._sleepers, entry)
         return entry
 
@@ -89,10 +96,10 @@ class FakeClock:
         if deadline_ns is None:
             await event.wait()
             return
-        if deadline_ns <= self._now:
+        entry = self._register(deadline_ns, event.set)
+        if entry is None:
             await anyio.lowlevel.checkpoint()
             return
-        entry = self._register(deadline_ns, event.set)
         try:
             await event.wait()
         finally:
@@ -102,7 +109,8 @@ class FakeClock:
         self, deadline_ns: int, callback: Callable[[], None]
     ) -> Callable[[], object]:
         """Call ``callback`` when fake time reaches the deadline (in ``advance``)."""
-        entry = self._register(deadline_ns, callback)
+        entry = self._register(deadline_ns, callback, due=True)
+        assert entry is not None
         return lambda: self._unregister(entry)
 
     async def sleep(self, seconds: float) -> None:
@@ -110,11 +118,12 @@ class FakeClock:
         await self.sleep_until(self._now + math.ceil(seconds * _NS))
 
     def wait_until(self, event: threading.Event, deadline_ns: int | None) -> None:
-        if deadline_ns is None or deadline_ns <= self._now:
-            if deadline_ns is None:
-                event.wait()
+        if deadline_ns is None:
+            event.wait()
             return
         entry = self._register(deadline_ns, event.set)
+        if entry is None:
+            return
         try:
             event.wait()
         finally:
