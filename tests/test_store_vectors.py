@@ -72,6 +72,11 @@ HARD = CapSpec("c:usd:month:UTC:hard", 100, True, "month", UTC)
 SOFT = CapSpec("c:usd:life:UTC:soft", 50, False, None, UTC)
 
 RATE = PlanSpec((R,), 1000)
+# levels of 16 digits: BIG_C units of burst, 1,000,000,007 per µs; BIG_T µs
+# after 537 units it holds BIG_C - 100
+BIG_R, BIG_T = 1_000_000_007, 2_000_003
+BIG_C = 537 + BIG_T * BIG_R + 100
+BIG = PlanSpec((RateSpec("r:big", BIG_R, 1, BIG_C),), 1000)
 CAPS = PlanSpec((R, HARD, SOFT), 1000)
 # HARD's counter, in shadow: it reports instead of refusing
 SHADOWING = PlanSpec(
@@ -168,6 +173,28 @@ SCENARIOS = [
                 [["none"]],
                 [["h", ["granted", 6]], ["i", ["queued", T0 + 50]]],
             ),
+        ],
+    ),
+    # the hot path writes a peak of 16 digits (cjson keeps 14: the script
+    # formats it itself), then a refund is cut by that peak: by BIG_C - P,
+    # which shows in the level
+    Scenario(
+        "rate-only-hot-path-16-digit-peak",
+        BIG,
+        [
+            # from full: a leaves 1,000 (the full mark), b leaves 537
+            Batch(0, [acq("a", BIG_C - 1000), acq("b", 463)]),
+            # refilled to P = BIG_C - 100: c's take notes the peak P
+            Batch(BIG_T, [acq("c", 1)], [["granted", 3]]),
+            # b's 463 back, cut to the 100 the peak leaves: BIG_C - 1
+            Batch(
+                BIG_T,
+                [commit("b", 2, (463,), 0), SNAP],
+                [["crossings", []], ["snapshot", [rate_view(BIG_C - 1)], 0]],
+            ),
+            # and peaks of fewer digits (one cjson.encode), read back the same
+            Batch(BIG_T + 1, [acq(k, 2) for k in "hijk"], plan=RATE),
+            Batch(BIG_T + 2, [commit("h", 4, (2,), 0), SNAP], plan=RATE),
         ],
     ),
     # the same beside a limiter of the same name with caps: its counters

@@ -89,6 +89,7 @@ __all__ = (
     "reset",
     "service",
     "settle",
+    "settle_now",
     "snapshot",
     "take_now",
     "wait_ticks",
@@ -639,6 +640,42 @@ def settle(
             _fail_certain(st)
         service(st, now, wall)
     return crossings
+
+
+def settle_now(
+    st: State,
+    plan: Plan,
+    est: tuple[int, ...],
+    commit: bool,
+    now: int,
+    wall: int,
+    base: int,
+    out: list[Crossing],
+) -> bool:
+    """``settle``'s hot path, in place: the estimate committed as it is
+    (``commit``) or released, on a state that keeps no records, counts
+    exactly and has nobody waiting (a memory store's, mostly). Its
+    crossings go to ``out``. ``False``, nothing changed: ``settle`` must.
+    """
+    if st.queue or st.ttl is not None or st.exact is not None:
+        return False
+    if now > st.clock:
+        st.clock = now
+    if wall > st.wall:
+        st.wall = wall
+    else:
+        wall = st.wall
+    if wall >= st.next_roll:
+        _roll(st, wall)
+    for i, cap in plan.caps:
+        n = est[i]
+        if n:
+            c = cap.counter
+            c.reserved -= n
+            if commit:
+                before = c.add(n)
+                out.append(Crossing(i + base, before, c.used, c.period, c.end))
+    return True
 
 
 def _inexact(

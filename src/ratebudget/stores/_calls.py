@@ -37,14 +37,15 @@ _WORKER_IDLE: Final = 10.0  # s: a store worker thread this idle exits
 
 logger: Final = logging.getLogger("ratebudget")
 
-# store calls under way in this process (for tests that let fake time settle)
-_busy = [0]
-_busy_lock = threading.Lock()
+# store calls under way in this process (for tests that let fake time
+# settle): one item each, appended when it starts and popped when it ends
+# (each a single call, atomic without a lock, from any thread)
+_busy: list[None] = []
 
 
 def busy() -> bool:
     """Whether any store call of this process is under way."""
-    return _busy[0] > 0
+    return bool(_busy)
 
 
 class RemoteCall(Call[T], Generic[T]):
@@ -215,13 +216,16 @@ class Coalescer:
         self.defer = defer
         self.fail_open = fail_open
         self._local = threading.local()
-        self.calls = 0  # store calls under way, from every thread
+        self.calls: list[None] = []  # store calls under way (as ``_busy``)
 
-    def _count(self, n: int) -> None:
-        """Count store calls under way (several event loops' threads do)."""
-        with _busy_lock:
-            self.calls += n
-            _busy[0] += n
+    def _start(self) -> None:
+        """Count a store call under way (several event loops' threads do)."""
+        self.calls.append(None)
+        _busy.append(None)
+
+    def _end(self) -> None:
+        self.calls.pop()
+        _busy.pop()
 
     def _batcher(self) -> _Batcher:
         b: _Batcher | None = getattr(self._local, "batcher", None)
@@ -233,11 +237,11 @@ class Coalescer:
 
     async def run(self, call: RemoteCall[T]) -> T:
         """Run ``call``, coalesced with the other calls of this event loop."""
-        self._count(1)
+        self._start()
         try:
             return await self._run_batched(call)
         finally:
-            self._count(-1)
+            self._end()
 
     async def _run_batched(self, call: RemoteCall[T]) -> T:
         b = self._batcher()
@@ -285,12 +289,12 @@ class Coalescer:
             b.running = False
             return
         todo = [p.call.op for p in batch]
-        self._count(1)
+        self._start()
 
         def landed(answer: ops.Answer | None, error: BaseException | None) -> None:
             # in the worker thread: the call is done (counted here, not in the
             # loop, which may stop before it runs what it is handed)
-            self._count(-1)
+            self._end()
             try:  # hand the answers to the loop
                 b.soon(
                     lambda: self._guarded(
@@ -305,7 +309,7 @@ class Coalescer:
             def answered(
                 answer: ops.Answer | None, error: BaseException | None
             ) -> None:
-                self._count(-1)  # in the loop: it answered here
+                self._end()  # in the loop: it answered here
                 self._guarded(b, batch, self._deliver, b, batch, answer, error)
 
             if self.send(todo, answered):

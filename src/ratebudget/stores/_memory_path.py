@@ -269,12 +269,18 @@ class MemoryPathBinding(Binding):
         now, wall = self._monotonic_ns(), self._wall()
         out: list[Crossing] = []
         woke = False
+        # the estimate committed as it is, or released: each level nobody
+        # waits on settles in place (``core.settle_now``)
+        commit = actual is est
+        quick = actual is None or commit
         for k, ((a, b), level) in enumerate(zip(self._bounds, levels, strict=True)):
             st = level.st
+            e = est[a:b]
+            if quick and core.settle_now(st, level.plan, e, commit, now, wall, a, out):
+                continue
             t = (take >> (_TAKE_BITS * k)) & _TAKE_MASK
             if t >> 40 != st.take >> 40:
                 t = 0  # not this state's take: the key was forgotten since
-            e = est[a:b]
             got = core.settle(
                 st,
                 level.plan,

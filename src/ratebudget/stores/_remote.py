@@ -235,6 +235,11 @@ class SharedStore(Store):
     def check(self, spec: PlanSpec, amounts: tuple[int, ...]) -> None:
         """Refuse amounts this store cannot count exactly (``InvalidRequest``)."""
 
+    def most(self, spec: PlanSpec) -> int | None:
+        """The largest amount that ``check`` passes in every slot of ``spec``
+        (``None``: any), for a quick look before it."""
+        return None
+
     @abc.abstractmethod
     def register(self, name: str, spec: dict[str, Any]) -> list[str]:
         """Note limiter ``name`` and its limits (for ``ratebudget status``).
@@ -355,6 +360,9 @@ class RemoteBinding(Binding):
         self._climbs: dict[str, ops.PathQueued] = {}
         self.on_shadow: Callable[[list[Shadowed]], None] | None = None
         store.validate(self.spec)
+        # amounts up to this pass ``store.check`` at every level (None: any)
+        most = [m for m in map(store.most, self.specs) if m is not None]
+        self._most = min(most) if most else None
         self.clock = clock
         self.fake_time = clock is not SYSTEM_CLOCK
         self.wall_us = wall_us(clock)
@@ -494,7 +502,7 @@ class RemoteBinding(Binding):
         return True
 
     def busy(self) -> bool:
-        return self.calls.calls > 0
+        return bool(self.calls.calls)
 
     # -- waiters ------------------------------------------------------------
 
@@ -641,6 +649,9 @@ class RemoteBinding(Binding):
 
     def _check(self, req: tuple[int, ...]) -> None:
         """Refuse amounts the store cannot count exactly (each level's)."""
+        most = self._most
+        if most is None or max(req, default=0) <= most:
+            return
         for spec, (a, b) in zip(self.specs, self.bounds, strict=True):
             self.store.check(spec, req[a:b])
 

@@ -357,15 +357,16 @@ class MemoryBinding(Binding):
         with self._lock.guard():
             if self._dropped:
                 self._release_dropped()
-            got = core.settle(
-                self._state,
-                self.plan,
-                take,
-                est,
-                actual,
-                self._monotonic_ns(),
-                self._wall(),
-            )
+            now, wall = self._monotonic_ns(), self._wall()
+            out: list[Crossing] = []
+            got: list[Crossing] | Inexact | None = out
+            if not (
+                (actual is None or actual is est)
+                and core.settle_now(
+                    self._state, self.plan, est, actual is est, now, wall, 0, out
+                )
+            ):
+                got = core.settle(self._state, self.plan, take, est, actual, now, wall)
         self._wake()
         return got
 

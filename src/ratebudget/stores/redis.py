@@ -213,6 +213,8 @@ class RedisStore(SharedStore):
         self._redis: redis.Redis = client
         self._held = threading.local()  # each thread's own connection (_Held)
         self._resp_keys: dict[str, bytes] = {}  # a name's keys, as RESP
+        # a path's keys, by its label: (its root, the keys)
+        self._path_keys: dict[str, tuple[str, tuple[str, ...]]] = {}
         # asyncio loops' own connections (a store of our own, plain TCP or Unix)
         self._links = (
             _links_for(client, self.timeout, self.url) if self._owned else None
@@ -383,6 +385,14 @@ class RedisStore(SharedStore):
                     "a smaller limit"
                 )
 
+    def most(self, spec: PlanSpec) -> int | None:
+        got = [
+            _EXACT // _HEADROOM // (s.per if isinstance(s, RateSpec) else 1)
+            for s in spec.slots
+            if not (isinstance(s, RateSpec) and s.debt is not None)
+        ]
+        return min(got) if got else None
+
     def check(self, spec: PlanSpec, amounts: tuple[int, ...]) -> None:
         for s, n in zip(spec.slots, amounts, strict=True):
             if isinstance(s, RateSpec) and s.debt is not None:
@@ -479,15 +489,19 @@ class RedisStore(SharedStore):
             root = names[-1]
         if any(n != root and not n.startswith(root + "/") for n in names):
             raise InvalidRequest(f"{names!r}: not a path of scopes under {root!r}")
-        keys: list[str] = []
-        for name in names:
-            tag = "{" + root + "}" + name[len(root) :]
-            keys += (f"{tag}:s", f"{tag}:r", f"{tag}:x")
+        label = "\x00".join(names)
+        keys = self._path_keys.get(label)
+        if keys is None or keys[0] != root:
+            got: list[str] = []
+            for name in names:
+                tag = "{" + root + "}" + name[len(root) :]
+                got += (f"{tag}:s", f"{tag}:r", f"{tag}:x")
+            if len(self._path_keys) >= _PLANS_KEPT:
+                self._path_keys.clear()
+            keys = self._path_keys[label] = (root, tuple(got))
         wall = time.time_ns() // 1000 if now_us is None else now_us
-        levels = []
-        for spec in specs:
-            plan = self._plan_args(spec)
-            levels.append(f'{{{plan.head},"windows":{plan.windows_at(wall)}}}')
+        plans = [self._plan_args(spec) for spec in specs]
+        levels = [f'{{{p.head},"windows":{p.windows_at(wall)}}}' for p in plans]
         n = len(names)
         encoded = [
             [
@@ -507,7 +521,6 @@ class RedisStore(SharedStore):
             f'"idle":{_IDLE_TTL_MS},"keep_usage":{_USAGE_KEPT_MS}}}'
         )
         out = [argv]
-        plans = [self._plan_args(spec) for spec in specs]
         if all(p.hot is not None for p in plans) and all(
             isinstance(op, ops.Acquire) for op in batch
         ):
@@ -521,7 +534,7 @@ class RedisStore(SharedStore):
                 assert isinstance(op, ops.Acquire)
                 out.append("1" if op.wait else "0")
                 out += map(str, op.req)
-        return "\x00".join(names), tuple(keys), out
+        return label, keys[1], out
 
     def _plan_args(self, spec: PlanSpec) -> _PlanArgs:
         plan = self._plans.get(id(spec))
@@ -659,7 +672,8 @@ class RedisStore(SharedStore):
                 _bulk(k.encode()) for k in keys
             )
         count = b"*%d\r\n" % (3 + len(keys) + len(argv))
-        return count, resp_keys + b"".join([_bulk(a.encode()) for a in argv])
+        got = _BULKS.get
+        return count, resp_keys + b"".join([got(a) or _bulk_of(a) for a in argv])
 
     def _run_script(self, name: str, keys: tuple[str, ...], argv: list[str]) -> Any:
         """The script's reply to ``keys`` and ``argv``, on this thread's own
@@ -778,6 +792,22 @@ class _Held:
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.pid = os.getpid()
+
+
+# the short arguments (a hot batch's amounts, its plan's numbers) repeat from
+# call to call: each one's RESP made once
+_BULKS: dict[str, bytes] = {}
+_BULKS_KEPT: Final = 4096
+
+
+def _bulk_of(arg: str) -> bytes:
+    """``arg`` as a RESP bulk string (kept in ``_BULKS`` if short)."""
+    got = _bulk(arg.encode())
+    if len(arg) <= 24:
+        if len(_BULKS) >= _BULKS_KEPT:
+            _BULKS.clear()
+        _BULKS[arg] = got
+    return got
 
 
 _EVALSHA: Final = _bulk(b"EVALSHA")
