@@ -116,15 +116,29 @@ def _multi_section(res: Results) -> str:
     # the same six limits
     path = "ratebudget: 3 scopes down a path, RPM + USD cap at each"
     flat = "ratebudget: one limiter with the same 3 RPM rates + 3 USD caps"
-    note = ""
-    for backend in BACKENDS:
-        if (backend, path) in res.multi and (backend, flat) in res.multi:
-            r = ratios(res.multi[backend, path], res.multi[backend, flat])
-            note += f" {backend}: {_ratio(r)};"
+
+    def per_backend(name: str, against: str) -> str:
+        """``name``'s ratio to ``against``, on each backend that ran both."""
+        out = ""
+        for backend in BACKENDS:
+            if (backend, name) in res.multi and (backend, against) in res.multi:
+                r = ratios(res.multi[backend, name], res.multi[backend, against])
+                out += f" {backend}: {_ratio(r)};"
+        return out
+
+    note = per_backend(path, flat)
     if note:
         note = (
             "\n\nA scope three levels deep costs, against one limiter with the "
             f"same six limits (the same counting, in one state):{note[:-1]}.\n"
+        )
+    booked = "ratebudget: RPM + TPM + USD cap, a row per commit in a SQLite ledger"
+    ledger = per_backend(booked, ref)
+    if ledger:
+        note += (
+            "\nA ledger row per commit (written by the ledger's own thread, "
+            "beside the timed loop) costs the caller, against the same limiter "
+            f"without a ledger:{ledger[:-1]}.\n"
         )
     return (
         "## 7. Several limits in one acquisition\n\n"

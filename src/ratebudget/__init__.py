@@ -23,10 +23,14 @@ from ._exceptions import RateBudgetError as RateBudgetError
 from ._exceptions import StoreUnavailable as StoreUnavailable
 from ._exceptions import UnmeteredCall as UnmeteredCall
 from ._keys import Keys as Keys
+from ._ledger import Ledger as Ledger
+from ._ledger import LedgerEntry as LedgerEntry
 from ._limiter import Lease as Lease
 from ._limiter import Limiter as Limiter
 from ._limits import Cap as Cap
 from ._limits import Rate as Rate
+from ._report import Report as Report
+from ._report import ReportRow as ReportRow
 from ._scope import Scope as Scope
 from ._scope import current_scope as current_scope
 from ._scope import scope as scope
@@ -48,10 +52,14 @@ __all__ = (
     "InvalidRequest",
     "Keys",
     "Lease",
+    "Ledger",
+    "LedgerEntry",
     "LimitSnapshot",
     "Limiter",
     "Rate",
     "RateBudgetError",
+    "Report",
+    "ReportRow",
     "Scope",
     "Sleeper",
     "Snapshot",

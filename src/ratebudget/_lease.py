@@ -8,6 +8,7 @@ A lease keeps the copy of its limiter's limits it was made with
 from __future__ import annotations
 
 import math
+import os
 import sys
 import warnings
 from collections.abc import Generator, Mapping
@@ -184,18 +185,22 @@ class Lease:
     ) -> None:
         if self._state != _ACTIVE:
             return
-        if not self._limiter._caps:  # rates keep what they granted either way
+        if not self._limiter._settles:  # rates keep what they granted either way
             self._state = _SETTLED
             return
         if exc_type is None:
-            await self._settle(self._req)
+            await self._settle(self._req, self._unit_amounts())
         else:
             await self._settle(None)
 
     @property
     def id(self) -> str:
-        """This lease's id: the store's (shared stores) or unique in the process."""
-        return self._key or (f"{self._take:x}" if self._take else "unmetered")
+        """This lease's id: the store's (shared stores), else made at random
+        when first asked (the memory store keeps none); the ledger's rows
+        carry it. ``"unmetered"`` for a lease granted without the store."""
+        if not self._key and self._take:
+            self._key = os.urandom(9).hex()
+        return self._key or "unmetered"
 
     @property
     def amounts(self) -> dict[str, int | Decimal]:
@@ -222,7 +227,10 @@ class Lease:
         """Whether the lease was committed or released."""
         return self._state == _SETTLED
 
-    def _actual(self, actual: Mapping[str, Amount]) -> tuple[int, ...]:
+    def _actual(
+        self, actual: Mapping[str, Amount]
+    ) -> tuple[tuple[int, ...], dict[str, int]]:
+        """A commit's usage: as the store counts it, and in units per axis."""
         if self._state == _PENDING:
             raise InvalidRequest("this lease has not been acquired yet: await it first")
         if self._state == _SETTLED:
@@ -236,27 +244,60 @@ class Lease:
                     f"{', '.join(sorted(limiter._axes))}"
                 )
             units[axis] = to_units(axis, value)
-        return limiter._request(units, False)
+        return limiter._request(units, False), units
 
     def _settle_op(
-        self, actual: tuple[int, ...] | None
-    ) -> list[Crossing] | Inexact | Call[list[Crossing] | Inexact | None] | None:
-        """The store operation that settles this lease (``None``: nothing to do)."""
+        self, actual: tuple[int, ...] | None, units: Mapping[str, int] | None
+    ) -> tuple[
+        list[Crossing] | Inexact | Call[list[Crossing] | Inexact | None] | None, bool
+    ]:
+        """The store operation that settles this lease (``None``: nothing to
+        do), and whether it carries the ledger's row (a store that books it
+        in the same transaction: then it goes even when nothing changes)."""
         limiter = self._limiter
-        if (actual is None or actual == self._req) and not any(
+        book = None
+        if limiter._booked and self._take:
+            book = limiter._booking(self.id, _outcome(units), units or {}, self.labels)
+        elif (actual is None or actual == self._req) and not any(
             self._req[i] for i in limiter._caps
         ):
-            return None  # rates keep what they granted, no cap holds it: no change
-        return limiter._b.settle(self._key, self._take, self._req, actual)
+            return None, False  # rates keep what they granted, no cap holds it
+        op = limiter._b.settle(self._key, self._take, self._req, actual, book)
+        return op, book is not None
 
-    async def _settle(self, actual: tuple[int, ...] | None) -> None:
+    def _settled(
+        self,
+        got: list[Crossing] | Inexact | None,
+        units: Mapping[str, int] | None,
+        booked: bool,
+    ) -> list[Crossing] | None:
+        """The store heard: the lease is settled, its row on its way to the
+        ledger (if the store did not book it), its crossings to deliver."""
+        limiter = self._limiter
+        crossings = limiter._counted(got)
+        self._state = _SETTLED
+        if limiter._ledger is not None and not booked:
+            self._logged(units)
+        return crossings
+
+    async def _settle(
+        self, actual: tuple[int, ...] | None, units: Mapping[str, int] | None = None
+    ) -> None:
         # shielded, as a memory store's settle cannot be interrupted either;
         # the lease stays active until the store has heard, so a settle that
         # failed (StoreUnavailable) can be retried, and counts once
-        limiter = self._limiter
-        crossings = limiter._counted(await _shielded(self._settle_op(actual)))
-        self._state = _SETTLED
-        limiter._deliver(crossings)
+        op, booked = self._settle_op(actual, units)
+        crossings = self._settled(await _shielded(op), units, booked)
+        self._limiter._deliver(crossings)
+
+    def _logged(self, units: Mapping[str, int] | None) -> None:
+        """Its row in the ledger: committed ``units``, or (``None``) released."""
+        self._limiter._log(
+            self.id if self._take else "",  # a lease granted unmetered: a new id
+            _outcome(units),
+            {} if units is None else units,
+            self.labels,
+        )
 
     async def commit(self, **actual: Amount) -> None:
         """Replace the estimate with the real usage on every limit.
@@ -268,7 +309,7 @@ class Lease:
         and ``StoreUnavailable`` if the store cannot be reached (the lease
         stays active: retry the commit; it counts once).
         """
-        await self._settle(self._actual(actual))
+        await self._settle(*self._actual(actual))
 
     def _to_release(self) -> bool:
         """Whether a release has anything to do."""
@@ -332,6 +373,9 @@ class _HeldLease(Lease):
         if getattr(self, "_state", _PENDING) != _ACTIVE:
             return
         limiter = self._limiter
+        if limiter._ledger is not None:
+            self._state = _SETTLED
+            self._logged(None)
         if not any(self._req[i] for i in limiter._caps):
             return
         self._state = _SETTLED
@@ -346,6 +390,10 @@ class _HeldLease(Lease):
             stacklevel=1,
             source=self,
         )
+
+
+def _outcome(units: Mapping[str, int] | None) -> str:
+    return "released" if units is None else "committed"
 
 
 def _caller() -> str:

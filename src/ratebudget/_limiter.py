@@ -9,7 +9,9 @@ store decides inline, without yielding) or a ``Call`` to await.
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, overload
 
@@ -18,7 +20,7 @@ import anyio.lowlevel
 
 from ._alerts import AlertHandler, Dispatch, handlers_of, logger, report
 from ._amounts import STANDARD_AXES, Amount, from_units, to_units
-from ._clock import SYSTEM_CLOCK, Clock
+from ._clock import SYSTEM_CLOCK, Clock, wall_us
 from ._decide import CLAIMED, FAILED, Crossing, Exceeded, Inexact, Shadowed, TooLong
 from ._exceptions import InvalidRequest
 from ._lease import (
@@ -31,6 +33,7 @@ from ._lease import (
     _HeldLease,
     seconds,
 )
+from ._ledger import Ledger, ledger_of
 from ._limits import Cap, Rate
 from ._plan import RateSpec, plan_spec
 from ._scope import EMPTY_LABELS, labels_of
@@ -45,6 +48,7 @@ from ._snapshot import (
 )
 from ._waiters import TaskWaiter, Waiter
 from .stores._base import Binding, Call, Store
+from .stores._ops import Book
 
 if TYPE_CHECKING:
     from ._keys import Keys
@@ -95,11 +99,14 @@ def _scoped(
     self._code = limits
     self._keyed = keyed
     self._clock = parent._clock
+    self._wall = parent._wall
     self._dispatch = Dispatch(handlers) if handlers else None
     self._name = name
     self._store = parent._store
     self._opts = parent._opts
     self._shadow = parent._shadow
+    self._ledger = parent._ledger
+    self._booked = parent._booked
     self._parent = parent
     self._bind(None)
     return self
@@ -136,7 +143,9 @@ class Limiter:
     plain or async callable that receives each ``Alert`` (or a list of them,
     each called in turn: ``ratebudget.alerts.Webhook(url)`` is one);
     ``shadow=True`` makes hard caps report what they would refuse instead of
-    refusing it. One limiter may be shared by the tasks of one event loop,
+    refusing it; ``ledger`` (a URL, ``sqlite:///usage.db`` or
+    ``postgresql://...``, a ``Ledger``, or ``True``: a SQLite store's own
+    file) gets a row for every lease it and its scopes settle. One limiter may be shared by the tasks of one event loop,
     by threads each running their own loop, and by plain threads through
     ``limiter.sync``.
     """
@@ -145,6 +154,7 @@ class Limiter:
         "__weakref__",  # integrations keep per-limiter state in weak maps
         "_axes",
         "_b",
+        "_booked",
         "_caps",
         "_clock",
         "_code",
@@ -154,6 +164,7 @@ class Limiter:
         "_keyed",
         "_lay",
         "_lease",
+        "_ledger",
         "_limits",
         "_n",
         "_name",
@@ -166,11 +177,13 @@ class Limiter:
         "_routes_up",
         "_scopes",
         "_seen",
+        "_settles",
         "_shadow",
         "_store",
         "_sync",
         "_task_waiter",
         "_up",
+        "_wall",
     )
 
     def __init__(
@@ -183,6 +196,7 @@ class Limiter:
         clock: Clock | None = None,
         on_alert: AlertHandler | Sequence[AlertHandler] | None = None,
         shadow: bool = False,
+        ledger: str | Ledger | bool | None = None,
     ) -> None:
         _check_limits(limits)
         handlers = handlers_of(on_alert)
@@ -210,6 +224,7 @@ class Limiter:
             )
         self._limits = limits
         self._clock: Clock = SYSTEM_CLOCK if clock is None else _check_clock(clock)
+        self._wall = wall_us(self._clock)  # its wall clock in µs (ledger rows)
         self._dispatch = Dispatch(handlers) if handlers else None
         self._name = name
         from .stores import MemoryStore, open_store
@@ -230,6 +245,12 @@ class Limiter:
         self._store = resolved
         self._opts = (ttl, on_store_error)
         self._shadow = shadow
+        if ledger is True:  # the store's own (a SQLite store's file)
+            ledger = resolved.ledger()
+        self._ledger = ledger_of(None if ledger is False else ledger)
+        # its store writes the ledger's rows, each in the transaction of its
+        # operation; else the ledger's own thread does
+        self._booked = self._ledger is not None and resolved.books(self._ledger)
         self._parent: Limiter | None = None
         self._code = limits
         self._keyed = False
@@ -333,6 +354,9 @@ class Limiter:
             s.per if isinstance(s, RateSpec) else 1 for s in self._b.spec.slots
         )
         self._caps = tuple(i for i, x in enumerate(limits) if isinstance(x, Cap))
+        # whether leaving a lease's block does anything: give a cap's
+        # reservation back, or write the ledger's row
+        self._settles = bool(self._caps) or self._ledger is not None
         # a lease that can hold a cap reservation is released (and warned
         # about) if dropped unsettled; a rate-only lease has nothing to give back
         self._lease: type[Lease] = _HeldLease if self._caps else Lease
@@ -703,11 +727,18 @@ class Limiter:
         """
         checked = labels_of(labels)
         lay = self._now()
-        req = lay._request(lay._units(tokens, amounts, False), False)
-        got: list[Crossing] | Exceeded | Inexact = await _answer(lay._b.record(req))
+        units = lay._units(tokens, amounts, False)
+        req = lay._request(units, False)
+        book = lay._record_book(units, checked)
+        got: list[Crossing] | Exceeded | Inexact = await _answer(
+            lay._b.record(req, book)
+        )
         if isinstance(got, Exceeded):
             raise lay._exceeded(got, req, "recording", checked)
-        lay._deliver(lay._counted(got))
+        crossings = lay._counted(got)
+        if lay._ledger is not None and book is None:
+            lay._log("", "recorded", units, checked)
+        lay._deliver(crossings)
 
     async def snapshot(self) -> Snapshot:
         """Every limit's state now (see ``Snapshot``)."""
@@ -765,6 +796,52 @@ class Limiter:
         return Meter(self, model=model, **call)
 
     # -- internals --------------------------------------------------------------
+
+    def _booking(
+        self,
+        lease_id: str,
+        outcome: str,
+        units: Mapping[str, int],
+        labels: Mapping[str, str],
+    ) -> Book:
+        """A ledger row for its store to write with the operation (``_booked``)."""
+        return Book(
+            lease_id,
+            self._name or "",
+            json.dumps(dict(labels), sort_keys=True, separators=(",", ":"))
+            if labels
+            else "{}",
+            outcome,
+            tuple(units.items()),
+        )
+
+    def _record_book(
+        self, units: Mapping[str, int], labels: Mapping[str, str]
+    ) -> Book | None:
+        """A ``record``'s ledger row, if its store books it."""
+        if not self._booked:
+            return None
+        return self._booking(os.urandom(9).hex(), "recorded", units, labels)
+
+    def _log(
+        self,
+        lease_id: str,
+        outcome: str,
+        units: Mapping[str, int],
+        labels: Mapping[str, str],
+    ) -> None:
+        """Post a row to the ledger (it has one): stamped now by its clock."""
+        assert self._ledger is not None
+        self._ledger._post(
+            (
+                lease_id or os.urandom(9).hex(),
+                self._wall(),
+                self._name or "",
+                labels,
+                outcome,
+                units,
+            )
+        )
 
     def _looked(
         self, w: Waiter, req: tuple[int, ...], labels: Mapping[str, str] = EMPTY_LABELS

@@ -163,13 +163,19 @@ class SyncLimiter:
         """Charge usage after the fact (see ``Limiter.record``)."""
         limiter = self._limiter._now()  # the limits its store call is about
         checked = labels_of(labels)
-        req = limiter._request(limiter._units(tokens, amounts, False), False)
+        units = limiter._units(tokens, amounts, False)
+        req = limiter._request(units, False)
+        book = limiter._record_book(units, checked)
         got = cast(
-            "list[Crossing] | Exceeded | Inexact", _answer(limiter._b.record(req))
+            "list[Crossing] | Exceeded | Inexact",
+            _answer(limiter._b.record(req, book)),
         )
         if isinstance(got, Exceeded):
             raise limiter._exceeded(got, req, "recording", checked)
-        limiter._deliver(limiter._counted(got), blocking=True)
+        crossings = limiter._counted(got)
+        if limiter._ledger is not None and book is None:
+            limiter._log("", "recorded", units, checked)
+        limiter._deliver(crossings, blocking=True)
 
     def snapshot(self) -> Snapshot:
         """Every limit's state now."""
@@ -233,16 +239,17 @@ class SyncLease:
     def settled(self) -> bool:
         return self._lease.settled
 
-    def _settle(self, actual: tuple[int, ...] | None) -> None:
+    def _settle(
+        self, actual: tuple[int, ...] | None, units: Mapping[str, int] | None = None
+    ) -> None:
         lease = self._lease
-        limiter = lease._limiter  # the limits it was made with
-        crossings = limiter._counted(_answer(lease._settle_op(actual)))
-        lease._state = 2  # settled
-        limiter._deliver(crossings, blocking=True)
+        op, booked = lease._settle_op(actual, units)
+        crossings = lease._settled(_answer(op), units, booked)
+        lease._limiter._deliver(crossings, blocking=True)  # the limits it was made with
 
     def commit(self, **actual: Amount) -> None:
         """Replace the estimate with the real usage (see ``Lease.commit``)."""
-        self._settle(self._lease._actual(actual))
+        self._settle(*self._lease._actual(actual))
 
     def release(self) -> None:
         """Give back the cap reservations; idempotent."""

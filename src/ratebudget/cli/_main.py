@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import _demo, _status
+from . import _check, _demo, _ledger_cmd, _report, _status
 
 
 def _version() -> str:
@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _demo.add_command(commands)
     _status.add_command(commands)
+    _report.add_command(commands)
+    _ledger_cmd.add_command(commands)
+    _check.add_command(commands)
     return parser
 
 

@@ -73,8 +73,11 @@ def commit_amounts(
     model: str | None,
     provider: str,
     unknown: Any,
+    booked: bool = False,
 ) -> dict[str, Any]:
-    """What a call used, on every axis."""
+    """What a call used, on every axis. ``booked``: its limiter counts no
+    USD but keeps a ledger, so the call is priced if it can be (else the
+    ledger counts it unpriced: never $0)."""
     amounts: dict[str, Any] = {
         "tokens": usage.total_tokens,
         "input_tokens": usage.input_tokens,
@@ -86,4 +89,11 @@ def commit_amounts(
         if model is None:
             raise InvalidRequest("the response names no model: it cannot be priced")
         amounts["usd"] = price(model, usage, provider=provider, unknown=unknown)
+    elif booked and model is not None:
+        from .prices import price
+
+        try:
+            amounts["usd"] = price(model, usage, provider=provider, unknown=unknown)
+        except InvalidRequest:  # an unknown model, no price table: unpriced
+            pass
     return amounts

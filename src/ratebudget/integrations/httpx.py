@@ -363,6 +363,7 @@ class _Meter:
             model=model,
             provider=planned.family,
             unknown=self.unknown_model,
+            booked=planned.limiter._ledger is not None,
         )
 
     def _observe(self, response: Any) -> None:

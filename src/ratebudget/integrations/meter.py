@@ -187,6 +187,7 @@ class Meter:
             model=self.model,
             provider=self._family(endpoint),
             unknown=self.unknown_model,
+            booked=lease._limiter._ledger is not None,
         )
         await lease.commit(**actual)
         self.usage = usage

@@ -22,8 +22,10 @@ from .._waiters import Waiter
 
 if TYPE_CHECKING:
     from .._clock import Clock
+    from .._ledger import Ledger
     from .._limits import Cap, Rate
     from .._plan import PlanSpec
+    from ._ops import Book
 
 __all__ = ("Binding", "Call", "Store")
 
@@ -97,16 +99,19 @@ class Binding(abc.ABC):
         take: int,
         est: tuple[int, ...],
         actual: tuple[int, ...] | None,
+        book: Book | None = None,
     ) -> list[Crossing] | Inexact | Call[list[Crossing] | Inexact | None] | None:
-        """Commit ``actual`` (``None``: release); ``None`` if already settled."""
+        """Commit ``actual`` (``None``: release); ``None`` if already settled.
+        ``book``: the ledger row to write with it (a store that ``books``)."""
 
     @abc.abstractmethod
     def record(
-        self, req: tuple[int, ...]
+        self, req: tuple[int, ...], book: Book | None = None
     ) -> (
         list[Crossing] | Exceeded | Inexact | Call[list[Crossing] | Exceeded | Inexact]
     ):
-        """Charge usage after the fact, or refuse (a hard cap)."""
+        """Charge usage after the fact, or refuse (a hard cap); ``book`` as
+        for ``settle``."""
 
     @abc.abstractmethod
     def snapshot(
@@ -172,6 +177,21 @@ class Store(abc.ABC):
         (a full name) is, charged down its path with it; ``keyed``: one of
         a ``per_key``'s scopes (a shared store lists those by their state,
         not in its registry of limiters, which would grow with every key)."""
+
+    def ledger(self) -> Ledger:
+        """``ledger=True``: the ledger this store keeps beside its state."""
+        from .._exceptions import InvalidRequest
+
+        raise InvalidRequest(
+            f"ledger=True: {self.url or 'this store'} keeps no ledger of its own "
+            "(a SQLite store does, in its file); give a ledger URL"
+        )
+
+    def books(self, ledger: Ledger) -> bool:
+        """Whether this store writes ``ledger``'s rows itself, each in the
+        transaction of the settle or record it is about (then a limiter
+        hands it the row, ``ops.Book``, instead of its ledger's writer)."""
+        return False
 
     # -- live limits (``Limiter.update``) ---------------------------------
     #: the limits stored for a name, in force over the code's (as this

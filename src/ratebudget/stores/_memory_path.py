@@ -29,6 +29,7 @@ from .memory import MemoryBinding, _gather, _release_dropped, _Shared, _take_now
 if TYPE_CHECKING:
     from .._clock import Clock
     from .._limits import Cap, Rate
+    from ._ops import Book
 
 __all__ = ("MemoryPathBinding",)
 
@@ -246,6 +247,7 @@ class MemoryPathBinding(Binding):
         take: int,
         est: tuple[int, ...],
         actual: tuple[int, ...] | None,
+        book: Book | None = None,
     ) -> list[Crossing] | Inexact:
         with self._lock.guard():
             levels = self._enter()
@@ -300,7 +302,9 @@ class MemoryPathBinding(Binding):
             _path.climb(self._climbs, [lv.st for lv in levels], now, wall)
         return out
 
-    def record(self, req: tuple[int, ...]) -> list[Crossing] | Exceeded | Inexact:
+    def record(
+        self, req: tuple[int, ...], book: Book | None = None
+    ) -> list[Crossing] | Exceeded | Inexact:
         with self._lock.guard():
             levels = self._enter()
             out = _path.record(

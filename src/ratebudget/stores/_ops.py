@@ -84,16 +84,31 @@ class Leave:
 
 
 @dataclass(frozen=True, slots=True)
+class Book:
+    """A ledger row that a store writes in the transaction of the op that
+    carries it, stamped with the store's time, when the op counted
+    (``Store.books``)."""
+
+    lease_id: str
+    scope: str
+    labels: str  # a JSON object
+    outcome: str  # "committed", "released" or "recorded"
+    units: tuple[tuple[str, int], ...]  # per axis
+
+
+@dataclass(frozen=True, slots=True)
 class Settle:
     key: str
     take: int
     est: tuple[int, ...]
     actual: tuple[int, ...] | None  # None: release
+    book: Book | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
     req: tuple[int, ...]
+    book: Book | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -673,6 +673,7 @@ class RemoteBinding(Binding):
         take: int,
         est: tuple[int, ...],
         actual: tuple[int, ...] | None,
+        book: ops.Book | None = None,
     ) -> list[Crossing] | Inexact | Call[list[Crossing] | Inexact | None] | None:
         if not take:  # granted without the store (fail open)
             return []
@@ -686,10 +687,12 @@ class RemoteBinding(Binding):
             return r
 
         return RemoteCall(
-            self.calls, ops.Settle(key, take, est, actual), finish, lambda e: []
+            self.calls, ops.Settle(key, take, est, actual, book), finish, lambda e: []
         )
 
-    def record(self, req: tuple[int, ...]) -> Call[list[Crossing] | Exceeded | Inexact]:
+    def record(
+        self, req: tuple[int, ...], book: ops.Book | None = None
+    ) -> Call[list[Crossing] | Exceeded | Inexact]:
         self._check(req)
 
         def finish(
@@ -698,7 +701,7 @@ class RemoteBinding(Binding):
             assert isinstance(r, (list, Exceeded, Inexact))
             return r
 
-        return RemoteCall(self.calls, ops.Record(req), finish, lambda e: [])
+        return RemoteCall(self.calls, ops.Record(req, book), finish, lambda e: [])
 
     def snapshot(self) -> Call[tuple[tuple[SlotView, ...], int]]:
         def finish(

@@ -35,6 +35,7 @@ from ._base import Acquired, Binding, Store
 if TYPE_CHECKING:
     from .._clock import Clock
     from .._limits import Cap, Rate
+    from ._ops import Book
 
 __all__ = ("BiasedLock", "MemoryBinding", "MemoryStore")
 
@@ -353,6 +354,7 @@ class MemoryBinding(Binding):
         take: int,
         est: tuple[int, ...],
         actual: tuple[int, ...] | None,
+        book: Book | None = None,
     ) -> list[Crossing] | Inexact | None:
         with self._lock.guard():
             if self._dropped:
@@ -370,7 +372,9 @@ class MemoryBinding(Binding):
         self._wake()
         return got
 
-    def record(self, req: tuple[int, ...]) -> list[Crossing] | Exceeded | Inexact:
+    def record(
+        self, req: tuple[int, ...], book: Book | None = None
+    ) -> list[Crossing] | Exceeded | Inexact:
         with self._lock.guard():
             if self._dropped:
                 self._release_dropped()

@@ -17,13 +17,24 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .._exceptions import InvalidRequest, StoreUnavailable
 from .._plan import PlanSpec
 from . import _ops as ops
+from ._ledger_rows import (
+    INSERT_ROW,
+    LEDGER_INDEX,
+    LEDGER_TABLE,
+    book_row,
+    expired,
+    expired_row,
+)
 from ._remote import SharedStore
 from ._state import Document, run_document, run_path_documents, wanted
+
+if TYPE_CHECKING:
+    from .._ledger import Ledger
 
 __all__ = ("SQLiteStore",)
 
@@ -105,6 +116,74 @@ class SQLiteStore(SharedStore):
         self._file: tuple[int, int] | None = None  # (device, inode) of the file
         self._next_sweep = 0  # store time (µs) of the next sweep of idle keys
         self._swept_to = ""  # the name the last sweep stopped after
+        self._ledger_made = False  # the file has a ledger table (rb_ledger)
+
+    # -- the ledger in its file ----------------------------------------------
+
+    def ledger(self) -> Ledger:
+        """``ledger=True``: the ledger in this store's own file."""
+        from .._ledger import ledger_of
+
+        got = ledger_of("sqlite:///" + os.path.abspath(self.path))
+        assert got is not None
+        return got
+
+    def books(self, ledger: Ledger) -> bool:
+        """A ledger in this store's own file: its rows are written in the
+        transaction of the commit, release or record they are about."""
+        path = ledger.sqlite_path
+        if path is None or self.readonly:
+            return False
+        try:
+            same = bool(os.path.samefile(path, self.path))
+        except OSError:  # one of them not made yet
+            same = os.path.abspath(path) == os.path.abspath(self.path)
+        if same and not self._ledger_made:
+            # made now: from here on, every process that finds a lease
+            # expired writes its row too
+            try:
+                conn = self._conn()
+                conn.execute(LEDGER_TABLE)
+                conn.execute(LEDGER_INDEX)
+            except sqlite3.Error as e:
+                raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
+            self._ledger_made = True
+        return same
+
+    def _book(
+        self,
+        conn: sqlite3.Connection,
+        name: str,
+        batch: list[ops.Op],
+        answer: ops.Answer,
+        expired: list[str],
+    ) -> None:
+        """Write the ledger rows of the ops of ``batch`` that counted, and of
+        the leases the batch found expired (if the file keeps a ledger),
+        stamped with the store's time."""
+        rows = []
+        for op, got in zip(batch, answer.results, strict=True):
+            book = getattr(op, "book", None)
+            if book is not None and isinstance(got, list):  # counted (not a retry)
+                rows.append(book_row(book, answer.now))
+        if expired and (rows or self._has_ledger(conn)):
+            rows += [expired_row(key, name, answer.now) for key in expired]
+        if rows:
+            if not self._ledger_made:
+                conn.execute(LEDGER_TABLE)
+                conn.execute(LEDGER_INDEX)
+                self._ledger_made = True
+            conn.executemany(INSERT_ROW, rows)
+
+    def _has_ledger(self, conn: sqlite3.Connection) -> bool:
+        if not self._ledger_made:
+            self._ledger_made = (
+                conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rb_ledger'"
+                ).fetchone()
+                is not None
+            )
+        return self._ledger_made
 
     # -- connections --------------------------------------------------------
 
@@ -418,6 +497,7 @@ class SQLiteStore(SharedStore):
         )
         if not self.readonly:  # else the answer only: its writes are dropped
             self._save(conn, name, out)
+            self._book(conn, name, batch, answer, expired(records, out))
         return answer
 
     def _run_path(
@@ -443,8 +523,12 @@ class SQLiteStore(SharedStore):
             next_exps=[next_exp for _, _, next_exp in loaded],
         )
         if not self.readonly:
-            for name, out in zip(names, outs, strict=True):
+            gone: list[str] = []
+            for name, out, (_, records, _) in zip(names, outs, loaded, strict=True):
                 self._save(conn, name, out)
+                gone += [k for k in expired(records, out) if k not in gone]
+            # a lease down a path is one row, its scope's (the path's first)
+            self._book(conn, names[0], batch, answer, gone)
             if now >= self._next_sweep:
                 self._next_sweep = now + _SWEEP_EVERY_US
                 self._sweep(conn, now, ttl)
