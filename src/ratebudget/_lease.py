@@ -8,12 +8,11 @@ A lease keeps the copy of its limiter's limits it was made with
 from __future__ import annotations
 
 import math
-import os
 import sys
 import warnings
 from collections.abc import Generator, Mapping
 from decimal import Decimal
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import anyio
@@ -22,12 +21,14 @@ import anyio.lowlevel
 from ._amounts import Amount, from_units, to_units
 from ._decide import Crossing, Exceeded, Inexact, TooLong
 from ._exceptions import InvalidRequest
+from ._ids import new_id
 from ._scope import EMPTY_LABELS
 from ._waiters import TaskWaiter, Waiter
 from .stores._base import Call
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
+    from .stores._ops import Book
 
 __all__ = ("Lease",)
 
@@ -189,7 +190,10 @@ class Lease:
             self._state = _SETTLED
             return
         if exc_type is None:
-            await self._settle(self._req, self._unit_amounts())
+            # the estimate, committed (its units only for the ledger's row)
+            limiter = self._limiter
+            units = _ESTIMATE if limiter._ledger is None else self._unit_amounts()
+            await self._settle(self._req, units)
         else:
             await self._settle(None)
 
@@ -199,7 +203,7 @@ class Lease:
         when first asked (the memory store keeps none); the ledger's rows
         carry it. ``"unmetered"`` for a lease granted without the store."""
         if not self._key and self._take:
-            self._key = os.urandom(9).hex()
+            self._key = new_id()
         return self._key or "unmetered"
 
     @property
@@ -217,10 +221,9 @@ class Lease:
     @property
     def labels(self) -> Mapping[str, str]:
         """The labels it was acquired with (read-only; empty if none)."""
-        try:
-            return self._labels
-        except AttributeError:  # the fast path leaves them unset
-            return EMPTY_LABELS
+        # the fast path leaves them unset
+        labels: Mapping[str, str] = getattr(self, "_labels", EMPTY_LABELS)
+        return labels
 
     @property
     def settled(self) -> bool:
@@ -247,38 +250,26 @@ class Lease:
         return limiter._request(units, False), units
 
     def _settle_op(
-        self, actual: tuple[int, ...] | None, units: Mapping[str, int] | None
-    ) -> tuple[
-        list[Crossing] | Inexact | Call[list[Crossing] | Inexact | None] | None, bool
-    ]:
+        self, actual: tuple[int, ...] | None, book: Book | None = None
+    ) -> list[Crossing] | Inexact | Call[list[Crossing] | Inexact | None] | None:
         """The store operation that settles this lease (``None``: nothing to
-        do), and whether it carries the ledger's row (a store that books it
-        in the same transaction: then it goes even when nothing changes)."""
+        do; but a ``book``, the ledger's row, always goes)."""
         limiter = self._limiter
-        book = None
-        if limiter._booked and self._take:
-            book = limiter._booking(self.id, _outcome(units), units or {}, self.labels)
-        elif (actual is None or actual == self._req) and not any(
-            self._req[i] for i in limiter._caps
-        ):
-            return None, False  # rates keep what they granted, no cap holds it
-        op = limiter._b.settle(self._key, self._take, self._req, actual, book)
-        return op, book is not None
+        if book is None:
+            if (actual is None or actual == self._req) and not any(
+                self._req[i] for i in limiter._caps
+            ):
+                return None  # rates keep what they granted, no cap holds it
+            return limiter._b.settle(self._key, self._take, self._req, actual)
+        return limiter._b.settle(self._key, self._take, self._req, actual, book)
 
-    def _settled(
-        self,
-        got: list[Crossing] | Inexact | None,
-        units: Mapping[str, int] | None,
-        booked: bool,
-    ) -> list[Crossing] | None:
-        """The store heard: the lease is settled, its row on its way to the
-        ledger (if the store did not book it), its crossings to deliver."""
+    def _book(self, units: Mapping[str, int] | None) -> Book | None:
+        """The ledger's row, for a store that writes it in the settle's own
+        transaction (``None``: the ledger's thread writes it after)."""
         limiter = self._limiter
-        crossings = limiter._counted(got)
-        self._state = _SETTLED
-        if limiter._ledger is not None and not booked:
-            self._logged(units)
-        return crossings
+        if not (limiter._booked and self._take):
+            return None
+        return limiter._booking(self.id, _outcome(units), units or {}, self.labels)
 
     async def _settle(
         self, actual: tuple[int, ...] | None, units: Mapping[str, int] | None = None
@@ -286,9 +277,18 @@ class Lease:
         # shielded, as a memory store's settle cannot be interrupted either;
         # the lease stays active until the store has heard, so a settle that
         # failed (StoreUnavailable) can be retried, and counts once
-        op, booked = self._settle_op(actual, units)
-        crossings = self._settled(await _shielded(op), units, booked)
-        self._limiter._deliver(crossings)
+        limiter = self._limiter
+        if limiter._ledger is None:
+            crossings = limiter._counted(await _shielded(self._settle_op(actual)))
+            self._state = _SETTLED
+        else:
+            book = self._book(units)
+            got = await _shielded(self._settle_op(actual, book))
+            crossings = limiter._counted(got)
+            self._state = _SETTLED
+            if book is None:
+                self._logged(units)
+        limiter._deliver(crossings)
 
     def _logged(self, units: Mapping[str, int] | None) -> None:
         """Its row in the ledger: committed ``units``, or (``None``) released."""
@@ -390,6 +390,9 @@ class _HeldLease(Lease):
             stacklevel=1,
             source=self,
         )
+
+
+_ESTIMATE: Final[Mapping[str, int]] = MappingProxyType({})  # a commit of it, unlogged
 
 
 def _outcome(units: Mapping[str, int] | None) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, overload
 
@@ -23,6 +22,7 @@ from ._amounts import STANDARD_AXES, Amount, from_units, to_units
 from ._clock import SYSTEM_CLOCK, Clock, wall_us
 from ._decide import CLAIMED, FAILED, Crossing, Exceeded, Inexact, Shadowed, TooLong
 from ._exceptions import InvalidRequest
+from ._ids import new_id
 from ._lease import (
     _ACTIVE,
     _MAX_SECONDS,
@@ -821,7 +821,7 @@ class Limiter:
         """A ``record``'s ledger row, if its store books it."""
         if not self._booked:
             return None
-        return self._booking(os.urandom(9).hex(), "recorded", units, labels)
+        return self._booking(new_id(), "recorded", units, labels)
 
     def _log(
         self,
@@ -834,7 +834,7 @@ class Limiter:
         assert self._ledger is not None
         self._ledger._post(
             (
-                lease_id or os.urandom(9).hex(),
+                lease_id or new_id(),
                 self._wall(),
                 self._name or "",
                 labels,

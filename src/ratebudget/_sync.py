@@ -243,9 +243,13 @@ class SyncLease:
         self, actual: tuple[int, ...] | None, units: Mapping[str, int] | None = None
     ) -> None:
         lease = self._lease
-        op, booked = lease._settle_op(actual, units)
-        crossings = lease._settled(_answer(op), units, booked)
-        lease._limiter._deliver(crossings, blocking=True)  # the limits it was made with
+        limiter = lease._limiter  # the limits it was made with
+        book = None if limiter._ledger is None else lease._book(units)
+        crossings = limiter._counted(_answer(lease._settle_op(actual, book)))
+        lease._state = 2  # settled
+        if limiter._ledger is not None and book is None:
+            lease._logged(units)
+        limiter._deliver(crossings, blocking=True)
 
     def commit(self, **actual: Amount) -> None:
         """Replace the estimate with the real usage (see ``Lease.commit``)."""

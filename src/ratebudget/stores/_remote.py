@@ -19,7 +19,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import threading
 import time
 import weakref
@@ -42,6 +41,7 @@ from .._decide import (
     TooLong,
 )
 from .._exceptions import InvalidRequest, StoreUnavailable
+from .._ids import new_id
 from .._plan import PlanSpec, limits_of, plan_spec, spec_of
 from .._waiters import Waiter
 from . import _ops as ops
@@ -545,7 +545,7 @@ class RemoteBinding(Binding):
         waiter: Callable[[], Waiter] | None,
     ) -> Call[Acquired]:
         self._check(req)
-        key = os.urandom(9).hex()
+        key = new_id()
         timeout = None if timeout_ns is None else -(-timeout_ns // 1000)
         op = ops.Acquire(key, req, timeout, waiter is not None)
         w: Waiter | None = None
