@@ -489,6 +489,27 @@ def test_the_docs_report_is_what_the_command_prints(tmp_path: Path) -> None:
     assert done.stdout.splitlines() == console[1:]
 
 
+def commit_then_die(options: str, record: bool = False) -> str:
+    """In another process: a limiter made with ``options`` commits $0.75
+    (and records $0.50), then the process is killed (SIGKILL) at once; the
+    committed lease's id."""
+    code = (
+        "import os, signal\n"
+        "from ratebudget import Cap, Limiter\n"
+        f"lim = Limiter(Cap(usd='10'), {options})\n"
+        "with lim.sync.acquire(usd='1') as lease:\n"
+        "    lease.commit(usd='0.75')\n"
+        + ("lim.sync.record(usd='0.5')\n" if record else "")
+        + "print(lease.id, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == -9, done.stderr
+    return done.stdout.strip()
+
+
 class TestInTheStoresTransaction:
     """A SQLite store with its ledger in its own file (``ledger=True``, or
     the file's URL) writes each row in the transaction of the commit,
@@ -540,22 +561,10 @@ class TestInTheStoresTransaction:
         self, tmp_path: Path
     ) -> None:
         url = f"sqlite:///{tmp_path / 'budgets.db'}"
-        code = (
-            "import os, signal\n"
-            "from ratebudget import Cap, Limiter\n"
-            f"lim = Limiter(Cap(usd='10'), store={url!r}, name='org', ledger=True)\n"
-            "with lim.sync.acquire(usd='1') as lease:\n"
-            "    lease.commit(usd='0.75')\n"
-            "print(lease.id, flush=True)\n"
-            "os.kill(os.getpid(), signal.SIGKILL)\n"
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=False
-        )
-        assert done.returncode == -9, done.stderr
+        lease_id = commit_then_die(f"store={url!r}, name='org', ledger=True")
         (entry,) = self.entries(url)
         assert (entry.lease_id, entry.outcome, entry.amounts["usd"]) == (
-            done.stdout.strip(),
+            lease_id,
             "committed",
             Decimal("0.75"),
         )
@@ -814,3 +823,71 @@ async def test_a_report_of_one_scope_and_below(tmp_path: Path) -> None:
     assert (await Ledger(url).report(scope="org/sea")).rows == ()
     with pytest.raises(InvalidRequest):
         await Ledger(url).report(scope="")
+
+
+class TestOnARedisStream:
+    """A Redis store writes each row on its tree's stream in the script call
+    of the commit; limiters with the ledger copy the stream into it, and
+    ``ratebudget ledger sync`` copies what a killed process left."""
+
+    def test_the_row_is_on_the_stream_before_it_is_copied(
+        self, redis_url: str, tmp_path: Path
+    ) -> None:
+        import redis
+
+        ledger = f"sqlite:///{tmp_path / 'usage.db'}"
+        name = f"stream-{uuid.uuid4().hex[:8]}"
+        org = Limiter(Cap(usd="10"), store=redis_url, name=name, ledger=ledger)
+        assert org._booked
+        team = org.child("search")
+        with team.sync.acquire(usd="1", labels={"model": "m"}) as lease:
+            lease.commit(usd="0.25")
+        client = redis.Redis.from_url(redis_url)
+        try:
+            entries = client.xrange(f"{{{name}}}:ledger") or []
+            assert len(entries) == 1  # written by the commit's own script call
+            at = int((entries[0][1] or {})[b"at"])
+            assert org._ledger is not None
+            org._ledger.flush_sync()  # copies the stream, then empties it
+            assert client.xlen(f"{{{name}}}:ledger") == 0
+        finally:
+            client.close()
+        (entry,) = anyio.run(Ledger(ledger).entries)
+        assert (entry.lease_id, entry.scope, entry.outcome, entry.amounts) == (
+            lease.id,
+            f"{name}/search",
+            "committed",
+            {"requests": 1, "usd": Decimal("0.25")},
+        )
+        epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+        assert entry.at == epoch + timedelta(microseconds=at)  # the store's time
+
+    def test_a_killed_processes_rows_are_copied_by_sync(
+        self, redis_url: str, tmp_path: Path
+    ) -> None:
+        ledger = f"sqlite:///{tmp_path / 'usage.db'}"
+        name = f"killed-{uuid.uuid4().hex[:8]}"
+        # killed before its ledger's thread copies the stream
+        lease_id = commit_then_die(
+            f"store={redis_url!r}, name={name!r}, ledger={ledger!r}", record=True
+        )
+        copied = ratebudget("ledger", "sync", "--store", redis_url, "--ledger", ledger)
+        assert copied.returncode == 0, copied.stderr
+        assert copied.stdout.startswith("copied 2 rows from redis://")
+        got = anyio.run(Ledger(ledger).entries)
+        assert sorted((e.outcome, e.amounts["usd"]) for e in got) == [
+            ("committed", Decimal("0.75")),
+            ("recorded", Decimal("0.5")),
+        ]
+        assert lease_id in {e.lease_id for e in got}
+        again = ratebudget("ledger", "sync", "--store", redis_url, "--ledger", ledger)
+        assert again.stdout.startswith("copied 0 rows")
+        verified = verify_cli("--store", redis_url, "--ledger", ledger, name)
+        assert verified.returncode == 0, verified.stdout
+
+    def test_sync_needs_a_redis_store(self, tmp_path: Path) -> None:
+        store = f"sqlite:///{tmp_path / 'budgets.db'}"
+        Limiter(Cap(usd=1), store=store, name="x")
+        done = ratebudget("ledger", "sync", "--store", store, "--ledger", store)
+        assert done.returncode == 2
+        assert "only a Redis store" in done.stderr

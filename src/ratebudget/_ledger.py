@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 
@@ -51,6 +51,16 @@ _EXIT_FLUSH: Final = 10.0  # s a process waits at exit for its rows
 # lease id, UTC µs, scope, labels, outcome, units per axis
 Posted = tuple[str, int, str, Mapping[str, str], str, Mapping[str, int]]
 _Item = Posted | threading.Event | None
+_DRAIN: Final = threading.Event()  # a wake-up of the writer: copy the sources
+_DRAIN_EVERY: Final = 1.0  # s between copies of the sources' rows
+
+
+class Source(Protocol):
+    """A store that keeps ledger rows of its own (``RedisStore``)."""
+
+    def read_books(self) -> tuple[list[Row], Any]: ...
+
+    def ack_books(self, acks: Any) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,8 @@ class Ledger:
         self._start = threading.Lock()
         self._failing: StoreUnavailable | None = None
         self._closed = False
+        # stores whose own streams hold rows for it (Redis: each tree's)
+        self._sources: weakref.WeakSet[Source] = weakref.WeakSet()
         _open.add(self)
 
     @property
@@ -130,9 +142,47 @@ class Ledger:
                 t.start()
                 self._thread = t
 
+    def _add_source(self, source: Source) -> None:
+        """Copy the rows ``source`` keeps for the ledger, from now on."""
+        self._sources.add(source)
+        self._run_writer()
+
+    def _drain(self, strict: bool = False) -> int:
+        """Copy what the sources hold (the writer thread; ``strict``: raise
+        what fails, instead of logging it): each batch of rows written,
+        then dropped from its source; a row copied twice (by two
+        processes) is kept once. Returns how many rows were copied."""
+        copied = 0
+        for source in list(self._sources):
+            while not self._closed:
+                try:
+                    rows, acks = source.read_books()
+                    if not rows:
+                        break
+                    if strict:
+                        self._db.write(rows)
+                    else:
+                        self._write_rows(rows)
+                    source.ack_books(acks)
+                    copied += len(rows)
+                except StoreUnavailable as e:
+                    if strict:
+                        raise
+                    logger.warning("ratebudget: ledger %s: copying: %s", self.url, e)
+                    break
+        return copied
+
+    def sync(self, store: Source) -> int:
+        """Copy the rows ``store`` holds for the ledger now (blocking);
+        how many. ``StoreUnavailable`` if either cannot be reached."""
+        self._sources.add(store)
+        return self._drain(strict=True)
+
     def _write(self, items: list[Posted]) -> None:
         """Write ``items`` (the writer thread), trying until it can."""
-        rows = [_encode(x) for x in items]
+        self._write_rows([_encode(x) for x in items])
+
+    def _write_rows(self, rows: list[Row]) -> None:
         delay = 0.05
         while True:
             try:
@@ -278,16 +328,26 @@ def span(since: datetime | None, until: datetime | None) -> tuple[int, int]:
 
 
 def _write_rows(ref: weakref.ref[Ledger], q: queue.SimpleQueue[_Item]) -> None:
-    """The writer thread of a ledger: batches of rows, in the order posted."""
+    """The writer thread of a ledger: batches of rows, in the order posted,
+    and the rows of its sources, about once a second."""
     while True:
-        item = q.get()
+        ledger = ref()
+        if ledger is None:
+            return
+        wait = _DRAIN_EVERY if ledger._sources else None
+        del ledger
+        try:
+            item = q.get(timeout=wait)
+        except queue.Empty:
+            item = _DRAIN
         items: list[Posted] = []
         marks: list[threading.Event] = []
         while True:
             if item is None:  # closed
                 return
             if isinstance(item, threading.Event):
-                marks.append(item)
+                if item is not _DRAIN:
+                    marks.append(item)
             else:
                 items.append(item)
             if len(items) >= _BATCH:
@@ -301,6 +361,8 @@ def _write_rows(ref: weakref.ref[Ledger], q: queue.SimpleQueue[_Item]) -> None:
             return
         if items:
             ledger._write(items)
+        if ledger._sources:
+            ledger._drain()
         del ledger
         for mark in marks:
             mark.set()

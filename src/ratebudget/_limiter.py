@@ -250,7 +250,7 @@ class Limiter:
         self._ledger = ledger_of(None if ledger is False else ledger)
         # its store writes the ledger's rows, each in the transaction of its
         # operation; else the ledger's own thread does
-        self._booked = self._ledger is not None and resolved.books(self._ledger)
+        self._booked = self._ledger is not None and resolved.books(self._ledger, name)
         self._parent: Limiter | None = None
         self._code = limits
         self._keyed = False

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from .. import InvalidRequest
+from .._ledger import Ledger
 from .._verify import Check, differences, verify
 from ..stores._base import redact
 from ._report import reading
@@ -39,6 +41,49 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     check.add_argument("--json", action="store_true", help="print a JSON document")
     check.set_defaults(handler=_verify)
+    sync = sub.add_parser(
+        "sync",
+        help="copy the ledger rows a Redis store holds into the ledger",
+        description=(
+            "A Redis store writes each ledger row in the script call of its "
+            "commit, on its tree's stream; limiters with the ledger copy them "
+            "as they run. This copies what is there now (rows a killed "
+            "process left, say); a row already in the ledger is kept once. "
+            "Exit status: 0 copied, 2 bad arguments, 3 unavailable."
+        ),
+    )
+    sync.add_argument("--store", metavar="URL", required=True, help="the Redis store")
+    sync.add_argument("--ledger", metavar="URL", required=True, help="the ledger")
+    sync.set_defaults(handler=_sync)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from ..stores import open_store
+
+    def copy(ledger: Ledger) -> tuple[int]:
+        store = open_store(args.store)
+        try:
+            if not hasattr(store, "watch_stream"):
+                raise InvalidRequest(
+                    f"{redact(args.store)}: only a Redis store keeps ledger rows "
+                    "of its own (a SQLite store writes them into its file)"
+                )
+            from ..stores.redis import RedisStore
+
+            assert isinstance(store, RedisStore)
+            for name, spec in store.limiters().items():
+                root = spec.get("root")
+                store.watch_stream(root if isinstance(root, str) else name)
+            return (ledger.sync(store),)
+        finally:
+            store.close()
+
+    got = reading("ledger sync", args.ledger, copy)
+    if isinstance(got, int):
+        return got
+    (copied,) = got
+    sys.stdout.write(f"copied {copied:,} rows from {redact(args.store)}\n")
+    return 0
 
 
 def _row(c: Check) -> dict[str, object]:

@@ -187,10 +187,11 @@ class Store(abc.ABC):
             "(a SQLite store does, in its file); give a ledger URL"
         )
 
-    def books(self, ledger: Ledger) -> bool:
+    def books(self, ledger: Ledger, name: str | None) -> bool:
         """Whether this store writes ``ledger``'s rows itself, each in the
         transaction of the settle or record it is about (then a limiter
-        hands it the row, ``ops.Book``, instead of its ledger's writer)."""
+        hands it the row, ``ops.Book``, instead of its ledger's writer);
+        ``name``: the root of the limiter's tree."""
         return False
 
     # -- live limits (``Limiter.update``) ---------------------------------

@@ -26,12 +26,15 @@ the caps of a shadow plan would have refused::
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .._decide import Crossing, Exceeded, Inexact, Shadowed, SlotView, TooLong
 from . import _ops as ops
 
 __all__ = (
+    "book_of",
+    "book_text",
     "decode_op",
     "decode_result",
     "decode_shadowed",
@@ -72,8 +75,13 @@ def encode_op(op: ops.Op) -> list[Any]:
         return ["leave", op.key, list(op.req)]
     if isinstance(op, ops.Settle):
         actual = None if op.actual is None else list(op.actual)
-        return ["settle", op.key, op.take, list(op.est), actual]
+        out = ["settle", op.key, op.take, list(op.est), actual]
+        if op.book is not None:  # the ledger's row, for the store's stream
+            out.append(book_text(op.book))
+        return out
     if isinstance(op, ops.Record):
+        if op.book is not None:
+            return ["record", list(op.req), book_text(op.book)]
         return ["record", list(op.req)]
     if isinstance(op, ops.Snapshot):
         return ["snapshot"]
@@ -88,6 +96,25 @@ def encode_op(op: ops.Op) -> list[Any]:
     return ["extend", op.key, op.ttl]
 
 
+def book_text(book: ops.Book) -> str:
+    """A ledger row as a store's stream keeps it (``book_of`` reads it)."""
+    return json.dumps(
+        [book.lease_id, book.scope, book.labels, book.outcome, list(book.units)],
+        separators=(",", ":"),
+    )
+
+
+def book_of(text: str | bytes) -> ops.Book:
+    lease_id, scope, labels, outcome, units = json.loads(text)
+    return ops.Book(
+        str(lease_id),
+        str(scope),
+        str(labels),
+        str(outcome),
+        tuple((str(a), int(n)) for a, n in units),
+    )
+
+
 def decode_op(v: list[Any]) -> ops.Op:
     kind = v[0]
     if kind == "acquire":
@@ -98,10 +125,14 @@ def decode_op(v: list[Any]) -> ops.Op:
         return ops.Leave(v[1], _tuple(v[2]))
     if kind == "settle":
         return ops.Settle(
-            v[1], v[2], _tuple(v[3]), None if v[4] is None else _tuple(v[4])
+            v[1],
+            v[2],
+            _tuple(v[3]),
+            None if v[4] is None else _tuple(v[4]),
+            book_of(v[5]) if len(v) > 5 else None,
         )
     if kind == "record":
-        return ops.Record(_tuple(v[1]))
+        return ops.Record(_tuple(v[1]), book_of(v[2]) if len(v) > 2 else None)
     if kind == "snapshot":
         return ops.Snapshot()
     if kind == "reset":

@@ -39,10 +39,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from .._exceptions import InvalidRequest, StoreUnavailable
+from .._ledger_db import Row, row_of
 from .._plan import CapSpec, PlanSpec, RateSpec, _tz_name
 from . import _ops as ops
 from ._base import redact
-from ._codec import decode_result, decode_shadowed, encode_op
+from ._codec import book_of, book_text, decode_result, decode_shadowed, encode_op
 from ._path_ops import pack, unpack
 from ._redis_link import Links, command
 from ._redis_link import bulk as _bulk
@@ -51,6 +52,8 @@ from ._state import _kind, _plan_doc, plan_id, windows_around
 
 if TYPE_CHECKING:
     import redis
+
+    from .._ledger import Ledger
 
 __all__ = ("REGISTRY_KEY", "SCRIPT_PATH", "RedisStore")
 
@@ -211,6 +214,7 @@ class RedisStore(SharedStore):
                 health_check_interval=0,
             )
         self._redis: redis.Redis = client
+        self._streams: set[str] = set()  # the ledger streams this process copies
         self._held = threading.local()  # each thread's own connection (_Held)
         self._resp_keys: dict[str, bytes] = {}  # a name's keys, as RESP
         # a path's keys, by its label: (its root, the keys)
@@ -285,6 +289,72 @@ class RedisStore(SharedStore):
         aof_value = {_text(k): _text(v) for k, v in aof.items()}.get("appendonly")
         save_value = {_text(k): _text(v) for k, v in save.items()}.get("save")
         return aof_value == "no" and save_value == ""
+
+    # -- the ledger's rows, on each tree's stream -------------------------------
+
+    def books(self, ledger: Ledger, name: str | None) -> bool:
+        """Every ledger: the script writes a row on the stream of the tree
+        (``{root}:ledger``) in the call that commits, releases or records;
+        ``ledger`` copies the rows from there (its writer thread, about
+        once a second and at ``flush``), so a commit that returned loses no
+        row if its process is killed: the next process (or ``ratebudget
+        ledger sync``) copies it."""
+        if name is None:
+            return False
+        self.watch_stream(name)
+        ledger._add_source(self)
+        return True
+
+    def watch_stream(self, root: str) -> None:
+        """Copy the ledger rows of tree ``root`` (from this process)."""
+        self._streams.add("{" + root + "}:ledger")
+
+    def read_books(
+        self, limit: int = 500
+    ) -> tuple[list[Row], list[tuple[str, list[bytes]]]]:
+        """Rows waiting on the streams watched, and their entries (to
+        ``ack_books`` once the rows are written)."""
+        rows: list[Row] = []
+        acks: list[tuple[str, list[Any]]] = []
+        try:
+            for key in sorted(self._streams):
+                got = self._redis.xrange(key, count=limit)
+                if not got:
+                    continue
+                ids: list[Any] = []
+                for entry_id, got_fields in got:
+                    # (bytes, or text from a client made with decode_responses)
+                    fields: dict[Any, Any] = {
+                        _text(k): v for k, v in (got_fields or {}).items()
+                    }
+                    book = book_of(fields["row"])
+                    rows.append(
+                        row_of(
+                            book.lease_id,
+                            int(fields["at"]),
+                            book.scope,
+                            book.labels,
+                            book.outcome,
+                            dict(book.units),
+                        )
+                    )
+                    ids.append(entry_id)
+                acks.append((key, ids))
+        except self._errors as e:
+            raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
+        except (KeyError, ValueError, TypeError) as e:
+            raise StoreUnavailable(
+                f"Redis store {self.url}: a ledger row is unreadable ({e})"
+            ) from e
+        return rows, acks
+
+    def ack_books(self, acks: list[tuple[str, list[Any]]]) -> None:
+        """Drop the stream entries whose rows are in the ledger."""
+        try:
+            for key, ids in acks:
+                self._redis.xdel(key, *ids)
+        except self._errors as e:
+            raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
 
     def limiters(self) -> dict[str, dict[str, Any]]:
         try:
@@ -416,8 +486,8 @@ class RedisStore(SharedStore):
         keep: int,
         now_us: int | None = None,
     ) -> ops.Answer:
-        keys, argv = self._request(name, spec, batch, ttl, keep, now_us)
-        return self._call(name, keys, argv, name)
+        label, keys, argv = self._request(name, spec, batch, ttl, keep, now_us)
+        return self._call(label, keys, argv, name)
 
     def execute_path(
         self,
@@ -510,19 +580,27 @@ class RedisStore(SharedStore):
                 unpack(op.take, n),
                 list(op.est),
                 None if op.actual is None else list(op.actual),
+                *([] if op.book is None else [book_text(op.book)]),
             ]
             if isinstance(op, ops.Settle)
             else encode_op(op)
             for op in batch
         ]
+        book = ""
+        paths = keys[1]
+        if _booked(batch):  # ledger rows for the root's stream (the last key)
+            label, paths = label + _BOOKED, (*paths, "{" + root + "}:ledger")
+            book = f',"book":"{_json_str(paths[-1])}"'
         argv = (
             f'{{"path":[{",".join(levels)}],"ops":{_dumps(encoded)},'
             f'"now":{-1 if now_us is None else now_us},"ttl":{ttl},"keep":{keep},'
-            f'"idle":{_IDLE_TTL_MS},"keep_usage":{_USAGE_KEPT_MS}}}'
+            f'"idle":{_IDLE_TTL_MS},"keep_usage":{_USAGE_KEPT_MS}{book}}}'
         )
         out = [argv]
-        if all(p.hot is not None for p in plans) and all(
-            isinstance(op, ops.Acquire) for op in batch
+        if (
+            not book
+            and all(p.hot is not None for p in plans)
+            and all(isinstance(op, ops.Acquire) for op in batch)
         ):
             # the script's hot path down a path: plans of rates alone
             out += ["path", "-1" if now_us is None else str(now_us)]
@@ -534,7 +612,7 @@ class RedisStore(SharedStore):
                 assert isinstance(op, ops.Acquire)
                 out.append("1" if op.wait else "0")
                 out += map(str, op.req)
-        return label, keys[1], out
+        return label, paths, out
 
     def _plan_args(self, spec: PlanSpec) -> _PlanArgs:
         plan = self._plans.get(id(spec))
@@ -558,8 +636,8 @@ class RedisStore(SharedStore):
         link = self._link()
         if link is None:
             return False
-        keys, argv = self._request(name, spec, batch, ttl, keep, now_us)
-        return self._send(link, name, keys, argv, name, 0, done)
+        label, keys, argv = self._request(name, spec, batch, ttl, keep, now_us)
+        return self._send(link, label, keys, argv, name, 0, done)
 
     def _link(self) -> Any:
         """This event loop's non-blocking link to the server (``None``: none here)."""
@@ -607,35 +685,39 @@ class RedisStore(SharedStore):
         ttl: int,
         keep: int,
         now_us: int | None,
-    ) -> tuple[tuple[str, str, str], list[str]]:
-        """The script's keys and arguments for ``batch`` (ARGV[2...] for
-        its hot path only when the batch is acquisitions on a plan of rates
-        alone)."""
+    ) -> tuple[str, tuple[str, ...], list[str]]:
+        """The script's label, keys and arguments for ``batch`` (ARGV[2...]
+        for its hot path only when the batch is acquisitions on a plan of
+        rates alone)."""
         if not name:
             raise InvalidRequest("a Redis limiter needs a non-empty name")
         if now_us is not None and now_us < 0:
             raise InvalidRequest(f"now_us={now_us}: store time starts at 0")
         tag = "{" + name + "}"
-        keys = (f"{tag}:s", f"{tag}:r", f"{tag}:x")
+        keys: tuple[str, ...] = (f"{tag}:s", f"{tag}:r", f"{tag}:x")
         plan = self._plan_args(spec)
         wall = time.time_ns() // 1000 if now_us is None else now_us
+        label, book = name, ""
+        if _booked(batch):  # ledger rows for the root's stream (the last key)
+            label, keys = name + _BOOKED, (*keys, f"{tag}:ledger")
+            book = f',"book":"{_json_str(keys[-1])}"'
         argv = (
             f'{{{plan.head},"ops":{_dumps([encode_op(op) for op in batch])},'
             f'"now":{-1 if now_us is None else now_us},"ttl":{ttl},"keep":{keep},'
             f'"idle":{_IDLE_TTL_MS},"keep_usage":{_USAGE_KEPT_MS},'
-            f'"windows":{plan.windows_at(wall)}}}'
+            f'"windows":{plan.windows_at(wall)}{book}}}'
         )
-        if plan.hot is None:
-            return keys, [argv]
+        if plan.hot is None or book:
+            return label, keys, [argv]
         out = [argv, "-1" if now_us is None else str(now_us)]
         out.append(str(_IDLE_TTL_MS + ttl // 1000))
         out += plan.hot
         for op in batch:
             if not isinstance(op, ops.Acquire):
-                return keys, [argv]
+                return label, keys, [argv]
             out.append("1" if op.wait else "0")
             out += map(str, op.req)
-        return keys, out
+        return label, keys, out
 
     def _answer(self, name: str, reply: Any, path: int = 0) -> ops.Answer:
         """The script's reply, read (down a ``path`` of that many levels, a
@@ -792,6 +874,19 @@ class _Held:
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.pid = os.getpid()
+
+
+_BOOKED: Final = "\x01"  # a label's mark: its batch has ledger rows (one key more)
+
+
+def _booked(batch: list[ops.Op]) -> bool:
+    """Whether ``batch`` carries ledger rows (``ops.Book``)."""
+    return any(getattr(op, "book", None) is not None for op in batch)
+
+
+def _json_str(text: str) -> str:
+    """``text`` inside a JSON string (a name's characters need no escape)."""
+    return json.dumps(text)[1:-1]
 
 
 # the short arguments (a hot batch's amounts, its plan's numbers) repeat from

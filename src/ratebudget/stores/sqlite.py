@@ -128,7 +128,7 @@ class SQLiteStore(SharedStore):
         assert got is not None
         return got
 
-    def books(self, ledger: Ledger) -> bool:
+    def books(self, ledger: Ledger, name: str | None) -> bool:
         """A ledger in this store's own file: its rows are written in the
         transaction of the commit, release or record they are about."""
         path = ledger.sqlite_path

@@ -16,6 +16,8 @@ script call stays in one Redis Cluster slot):
   KEYS[1]  {<name>}:s  string: the state document (JSON, see _state.py)
   KEYS[2]  {<name>}:r  hash: lease id -> its record (JSON)
   KEYS[3]  {<name>}:x  zset: lease id -> the record's exp (µs)
+  KEYS[4]  {<name>}:ledger  stream: ledger rows, only for a batch that carries
+           some (ARGV[1].book names it; down a path: the root's, the last key)
 
 ARGV[1] is a JSON object:
 
@@ -2308,5 +2310,22 @@ if #woken_keys > 0 then
     -- the root's channel: waiters of a tree register under its root's name
     local root = states[#states].S
     redis.call('PUBLISH', string.sub(root, 1, -3) .. ':wake', encode(woken_keys))
+end
+-- the ledger's rows (RedisStore.books): of each settle or record that counted
+-- and carries one, on the root's stream (args.book, the last key), stamped
+-- with the store's time; a limiter with the ledger copies them into it
+if args.book ~= nil then
+    local at = fmt(states[1].st.clock)
+    for i, op in ipairs(args.ops) do
+        local kind, book = op[1], nil
+        if kind == 'settle' then
+            book = op[6]
+        elseif kind == 'record' then
+            book = op[3]
+        end
+        if book ~= nil and book ~= NULL and results[i][1] == 'crossings' then
+            redis.call('XADD', args.book, '*', 'at', at, 'row', book)
+        end
+    end
 end
 return answer
