@@ -891,3 +891,39 @@ class TestOnARedisStream:
         done = ratebudget("ledger", "sync", "--store", store, "--ledger", store)
         assert done.returncode == 2
         assert "only a Redis store" in done.stderr
+
+
+def test_a_lease_a_redis_store_reclaims_is_expired_then_a_late_commit_counts(
+    redis_url: str, tmp_path: Path
+) -> None:
+    ledger = f"sqlite:///{tmp_path / 'usage.db'}"
+    name = f"expiry-{uuid.uuid4().hex[:8]}"
+    clock = FakeClock(START)
+    org = Limiter(
+        Cap(usd="10"),
+        store=redis_url,
+        name=name,
+        ledger=ledger,
+        clock=clock,
+        lease_ttl=1,
+    )
+    team = org.child("team")
+    late = team.sync.acquire(usd="1")
+    clock.advance(2)
+    # any call of the tree reclaims it; the row names the scope whose call
+    # found it (an ancestor's call would name the ancestor)
+    team.sync.snapshot()
+    assert org._ledger is not None
+    org._ledger.flush_sync()
+    (entry,) = anyio.run(Ledger(ledger).entries)
+    assert (entry.lease_id, entry.scope, entry.outcome, entry.amounts) == (
+        late.id,
+        f"{name}/team",
+        "expired",
+        {"usd": Decimal(0)},
+    )
+    assert entry.at == START + timedelta(seconds=2)
+    late.commit(usd="0.5")  # a late commit still counts: so does its row
+    org._ledger.flush_sync()
+    (entry,) = anyio.run(Ledger(ledger).entries)
+    assert (entry.outcome, entry.amounts["usd"]) == ("committed", Decimal("0.5"))

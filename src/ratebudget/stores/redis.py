@@ -301,13 +301,22 @@ class RedisStore(SharedStore):
         ledger sync``) copies it."""
         if name is None:
             return False
-        self.watch_stream(name)
+        key = self.watch_stream(name)
+        try:  # made now (empty): the leases its tree's calls find expired get rows
+            if not self._redis.exists(key):
+                entry = self._redis.xadd(key, {"made": "1"})
+                self._redis.xdel(key, entry)
+        except self._errors:
+            pass  # made by the first row; until then expiries go unwritten
         ledger._add_source(self)
         return True
 
-    def watch_stream(self, root: str) -> None:
-        """Copy the ledger rows of tree ``root`` (from this process)."""
-        self._streams.add("{" + root + "}:ledger")
+    def watch_stream(self, root: str) -> str:
+        """Copy the ledger rows of tree ``root`` (from this process); its
+        stream's key."""
+        key = "{" + root + "}:ledger"
+        self._streams.add(key)
+        return key
 
     def read_books(
         self, limit: int = 500

@@ -2328,4 +2328,32 @@ if args.book ~= nil then
         end
     end
 end
+-- the leases this batch found expired: a row each (``expired``, $0) on the
+-- tree's stream, if a ledger reads it (the stream exists: a limiter with
+-- a ledger wrote there); a lease down a path is one row, its scope's
+local stream = args.book
+if stream == nil then -- the root's state key is {root}:s (the last level's)
+    stream = string.sub(states[#states].S, 1, -3) .. ':ledger'
+end
+local expired, seen = {}, {}
+for _, w in ipairs(states) do
+    for key, rec in pairs(w.records) do
+        local got = w.st.records[key]
+        if (rec[1] == ACTIVE or rec[1] == UNCLAIMED) and got ~= nil
+            and got.status == EXPIRED and not seen[key] then
+            seen[key] = true
+            insert(expired, key)
+        end
+    end
+end
+if #expired > 0 and redis.call('EXISTS', stream) == 1 then
+    -- (ids and scope names need no escaping: hex digits, and a name's
+    -- letters, digits and - _ . : / @)
+    local scope = string.gsub(string.sub(states[1].S, 1, -3), '[{}]', '')
+    local at = fmt(states[1].st.clock)
+    for _, key in ipairs(expired) do
+        redis.call('XADD', stream, '*', 'at', at, 'row',
+            '["' .. key .. '","' .. scope .. '","{}","expired",[]]')
+    end
+end
 return answer
