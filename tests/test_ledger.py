@@ -927,3 +927,55 @@ def test_a_lease_a_redis_store_reclaims_is_expired_then_a_late_commit_counts(
     org._ledger.flush_sync()
     (entry,) = anyio.run(Ledger(ledger).entries)
     assert (entry.outcome, entry.amounts["usd"]) == ("committed", Decimal("0.5"))
+
+
+WORKER = str(Path(__file__).with_name("ledger_worker.py"))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_many_processes_killed_or_not_every_settled_lease_once(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Four processes settle random leases on one tree; two are killed
+    (SIGKILL) right after a commit returns. Every lease whose settle
+    returned is in the ledger once, and the ledger adds up to the store's
+    counters (``verify``) to the nano-dollar."""
+    name = f"many-{uuid.uuid4().hex[:8]}"
+    if kind == "sqlite":
+        store = ledger = f"sqlite:///{tmp_path / 'budgets.db'}"
+        option = "True"
+    else:
+        store = request.getfixturevalue("redis_url")
+        ledger = option = f"sqlite:///{tmp_path / 'usage.db'}"
+    # made before the race, as the workers make it
+    Limiter(Cap(usd="1000"), Cap(tokens=10**9), store=store, name=name)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, WORKER, store, option, name, str(seed), "40"]
+            + (["12"] if seed % 2 else []),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(4)
+    ]
+    settled: list[str] = []
+    recorded = 0
+    for seed, p in enumerate(procs):
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == (-9 if seed % 2 else 0), err
+        for line in out.splitlines():
+            if line.startswith("settled "):
+                settled.append(line.split()[1])
+            elif line == "recorded":
+                recorded += 1
+    if kind == "redis":  # what the killed ones left on the stream
+        done = ratebudget("ledger", "sync", "--store", store, "--ledger", ledger)
+        assert done.returncode == 0, done.stderr
+    entries = anyio.run(Ledger(ledger).entries)
+    ids = [e.lease_id for e in entries if e.outcome != "recorded"]
+    assert sorted(ids) == sorted(settled)  # each once: none lost, none twice
+    assert sum(e.outcome == "recorded" for e in entries) == recorded
+    done = verify_cli("--store", store, "--ledger", ledger, f"{name}*")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("ok: 3 caps")  # org's two, org/a's one
