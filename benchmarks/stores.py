@@ -810,7 +810,13 @@ def _redis_table(res: StoreResults) -> tuple[str, list[str]]:
         ]
         if ref and peers and all(all(p) for p in peers):
             best = best_ratios([r.per_second for r in ref], peers)
-            notes.append(f"{sc.label}: {_ratio(best)}")
+            note = f"{sc.label}: {_ratio(best)}"
+            scoped = res.redis.get((sc.label, SCOPES))
+            if scoped and all(r.per_second for r in scoped):
+                # the same for a scope three levels deep
+                deep = best_ratios([r.per_second for r in scoped], peers)
+                note += f" (3 scopes down a path: {_ratio(deep)})"
+            notes.append(note)
     header = [
         "scenario",
         "",
