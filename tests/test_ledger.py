@@ -775,9 +775,29 @@ class TestCheck:
         )
         assert "1 calls have no price" in done.stderr
 
-        done = check_cli("--ledger", filled, "--period", "2026-11", "--max-usd", "0.54")
+        done = check_cli(
+            "--ledger",
+            filled,
+            "--period",
+            "2026-11",
+            "--max-usd",
+            "0.54",
+            "--by",
+            "model",
+        )
         assert done.returncode == 1
-        assert done.stdout.startswith("over: $0.541 spent by all scopes")
+        lines = done.stdout.splitlines()
+        assert lines[0].startswith("over: $0.541 spent by all scopes")
+        # where it went: a table of the spend per model, dearest first
+        assert lines[1].split()[:3] == ["model", "requests", "input"]
+        assert [line.split()[0] for line in lines[2:]] == [
+            "claude",
+            "gpt-4o",
+            "mystery",
+            "(none)",
+            "-------",
+            "(total)",
+        ]
 
         done = check_cli(
             "--ledger", filled, "--max-usd", "9.5"

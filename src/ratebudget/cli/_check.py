@@ -12,7 +12,8 @@ import anyio
 from .. import InvalidRequest
 from .._ledger import Ledger
 from .._report import Report
-from ._report import reading, window
+from ..stores._base import redact
+from ._report import plain, reading, window
 
 __all__ = ("add_command",)
 
@@ -34,6 +35,13 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--max-usd", metavar="USD", required=True, help="the most it may have spent"
     )
     parser.add_argument("--scope", metavar="NAME", help="only this scope and below")
+    parser.add_argument(
+        "--by",
+        default="scope",
+        metavar="KEYS",
+        help="when over, a table of the spend per group: scope, outcome or "
+        "label names, comma-separated (default: scope)",
+    )
     parser.add_argument(
         "--period", metavar="P", help="a UTC year, month or day (2026-11)"
     )
@@ -59,11 +67,12 @@ def _usd(text: str) -> Decimal:
 
 async def _total(
     ledger: Ledger,
+    by: tuple[str, ...],
     since: datetime | None,
     until: datetime | None,
     scope: str | None,
 ) -> Report:
-    return await ledger.report(by=("scope",), since=since, until=until, scope=scope)
+    return await ledger.report(by=by, since=since, until=until, scope=scope)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -72,7 +81,8 @@ def _run(args: argparse.Namespace) -> int:
     def read(ledger: Ledger) -> tuple[Decimal, Report]:
         most = _usd(args.max_usd)
         since, until = window(args)
-        return most, anyio.run(_total, ledger, since, until, args.scope)
+        by = tuple(k.strip() for k in args.by.split(",") if k.strip())
+        return most, anyio.run(_total, ledger, by, since, until, args.scope)
 
     got = reading("check", args.ledger, read)
     if isinstance(got, int):
@@ -86,6 +96,8 @@ def _run(args: argparse.Namespace) -> int:
         f"{'over' if over else 'ok'}: ${spent} spent by {what} in "
         f"{total.requests:,} requests, {'more than' if over else 'within'} ${most}\n"
     )
+    if over:  # where it went
+        plain(report, redact(args.ledger), out, title=False)
     if total.unpriced:
         sys.stderr.write(
             f"ratebudget check: {total.unpriced:,} calls have no price: their "

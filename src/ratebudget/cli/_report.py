@@ -18,7 +18,7 @@ from .._ledger import Ledger
 from .._report import Report
 from ..stores._base import redact
 
-__all__ = ("add_command", "period", "reading", "when", "window")
+__all__ = ("add_command", "period", "plain", "reading", "when", "window")
 
 T = TypeVar("T")
 
@@ -156,7 +156,7 @@ def _run(args: argparse.Namespace) -> int:
     elif sys.stdout.isatty() and importlib.util.find_spec("rich") is not None:
         _rich(report, shown)
     else:
-        _plain(report, shown, sys.stdout)
+        plain(report, shown, sys.stdout)
     return 0
 
 
@@ -172,11 +172,13 @@ def _title(report: Report, shown: str) -> str:
     return f"{shown}: from {since} until {until}, by {', '.join(report.by)}"
 
 
-def _plain(report: Report, shown: str, out: TextIO) -> None:
+def plain(report: Report, shown: str, out: TextIO, title: bool = True) -> None:
+    """``report`` as a plain-text table (``title``: under its title line)."""
     rows = report.table()
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     keys = len(report.by)
-    out.write(_title(report, shown) + "\n")
+    if title:
+        out.write(_title(report, shown) + "\n")
     for n, row in enumerate(rows):
         cells = [
             cell.ljust(w) if i < keys else cell.rjust(w)
