@@ -90,7 +90,7 @@ class Lease:
         "_timeout",
         "_units",
     )
-    _labels: Mapping[str, str]  # set only when given (``labels``)
+    _labels: Mapping[str, str]  # EMPTY_LABELS unless given (``labels``)
 
     def __init__(
         self,
@@ -106,6 +106,7 @@ class Lease:
         self._state = _PENDING
         self._take = 0  # the store's take id: refunds are measured from it
         self._key = ""  # the store's lease id (shared stores)
+        self._labels = EMPTY_LABELS
 
     async def _acquire(self) -> Lease:
         if self._state != _PENDING:
@@ -221,9 +222,7 @@ class Lease:
     @property
     def labels(self) -> Mapping[str, str]:
         """The labels it was acquired with (read-only; empty if none)."""
-        # the fast path leaves them unset
-        labels: Mapping[str, str] = getattr(self, "_labels", EMPTY_LABELS)
-        return labels
+        return self._labels
 
     @property
     def settled(self) -> bool:
@@ -282,7 +281,7 @@ class Lease:
             crossings = limiter._counted(await _shielded(self._settle_op(actual)))
             self._state = _SETTLED
         else:
-            book = self._book(units)
+            book = self._book(units) if limiter._booked else None
             got = await _shielded(self._settle_op(actual, book))
             crossings = limiter._counted(got)
             self._state = _SETTLED
@@ -291,12 +290,26 @@ class Lease:
         limiter._deliver(crossings)
 
     def _logged(self, units: Mapping[str, int] | None) -> None:
-        """Its row in the ledger: committed ``units``, or (``None``) released."""
-        self._limiter._log(
-            self.id if self._take else "",  # a lease granted unmetered: a new id
-            _outcome(units),
-            {} if units is None else units,
-            self.labels,
+        """Its row in the ledger: committed ``units``, or (``None``) released
+        (the hot path of a ledger's row: ``Limiter._log`` inlined)."""
+        limiter = self._limiter
+        ledger = limiter._ledger
+        assert ledger is not None
+        key = self._key
+        if not key:  # a memory lease's id, made now (``id``), or (granted
+            # unmetered) a row's own
+            key = new_id()
+            if self._take:
+                self._key = key
+        ledger._post(
+            (
+                key,
+                limiter._wall(),
+                limiter._name or "",
+                self._labels,
+                "released" if units is None else "committed",
+                _NO_UNITS if units is None else units,
+            )
         )
 
     async def commit(self, **actual: Amount) -> None:
@@ -393,6 +406,7 @@ class _HeldLease(Lease):
 
 
 _ESTIMATE: Final[Mapping[str, int]] = MappingProxyType({})  # a commit of it, unlogged
+_NO_UNITS: Final[Mapping[str, int]] = MappingProxyType({})  # a release's row
 
 
 def _outcome(units: Mapping[str, int] | None) -> str:

@@ -623,6 +623,7 @@ class Limiter:
             lease._state = _PENDING
             lease._take = 0
             lease._key = ""
+            lease._labels = EMPTY_LABELS
             if lay._caps:  # ``_made``, inlined: a rate-only lease skips it
                 lease._site = _caller()  # type: ignore[attr-defined]
             return lease
