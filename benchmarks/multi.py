@@ -55,6 +55,38 @@ def _ratebudget(with_cap: bool, ledger: bool = False) -> Run:
     return run
 
 
+def _sqlite(ledger: bool) -> Run:
+    """RPM + USD cap on a SQLite store (each acquisition and each commit a
+    transaction); with ``ledger``, the ledger in the store's file, a row
+    written in the commit's transaction. At most 2,000 acquisitions a
+    round: a transaction takes a quarter of a millisecond."""
+
+    async def run(n: int) -> float:
+        from ratebudget import Cap, Limiter, Rate
+
+        n = min(n, 2_000)
+        with tempfile.TemporaryDirectory() as scratch:
+            limiter = Limiter(
+                Rate(requests=10**9, per=1),
+                Cap(usd=10**9),
+                store=f"sqlite:///{scratch}/budgets.db",
+                name="bench",
+                ledger=ledger,
+            )
+            for _ in range(min(n, 200)):
+                async with limiter.acquire(100, usd="0.0001"):
+                    pass
+            start = time.perf_counter()
+            for _ in range(n):
+                async with limiter.acquire(100, usd="0.0001"):
+                    pass
+            elapsed = time.perf_counter() - start
+            limiter.store.close()
+        return elapsed / n * 1e9
+
+    return run
+
+
 def _scopes(depth: int) -> Run:
     """An RPM rate and a USD cap at each of ``depth`` levels: as scopes
     (org > team > user) charged down the path, or (``depth`` negative) as
@@ -108,6 +140,11 @@ def candidates() -> dict[str, tuple[tuple[str, ...], Run]]:
         "ratebudget: RPM + TPM + USD cap, a row per commit in a SQLite ledger": (
             ("asyncio", "trio"),
             _ratebudget(True, ledger=True),
+        ),
+        "ratebudget on a SQLite store: RPM + USD cap": (("asyncio",), _sqlite(False)),
+        "ratebudget on a SQLite store: RPM + USD cap, ledger in its file": (
+            ("asyncio",),
+            _sqlite(True),
         ),
         "ratebudget: 3 scopes down a path, RPM + USD cap at each": (
             ("asyncio", "trio"),

@@ -134,6 +134,12 @@ def _multi_section(res: Results) -> str:
         )
     booked = "ratebudget: RPM + TPM + USD cap, a row per commit in a SQLite ledger"
     ledger = per_backend(booked, ref)
+    on_file = per_backend(
+        "ratebudget on a SQLite store: RPM + USD cap, ledger in its file",
+        "ratebudget on a SQLite store: RPM + USD cap",
+    )
+    if on_file:
+        ledger += f" on a SQLite store, the row in the commit's transaction:{on_file}"
     if ledger:
         note += (
             "\nA ledger row per commit (written by the ledger's own thread, "
