@@ -999,3 +999,34 @@ def test_many_processes_killed_or_not_every_settled_lease_once(
     done = verify_cli("--store", store, "--ledger", ledger, f"{name}*")
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("ok: 3 caps")  # org's two, org/a's one
+
+
+def test_a_ledger_dropped_without_close_ends_its_writer(tmp_path: Path) -> None:
+    import gc
+
+    def writers() -> int:
+        return sum(t.name == "ratebudget-ledger" for t in threading.enumerate())
+
+    before = writers()
+    ledger = Ledger(f"sqlite:///{tmp_path / 'usage.db'}")
+    ledger._post(("a", 1, "s", {}, "committed", {"requests": 1}))
+    ledger.flush_sync()
+    assert writers() == before + 1
+    del ledger
+    gc.collect()
+    for _ in range(100):  # its thread ends on its own (it was told at once)
+        if writers() == before:
+            break
+        threading.Event().wait(0.02)
+    assert writers() == before
+
+
+def test_a_row_for_a_closed_ledger_is_an_error_not_silence(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'usage.db'}")
+    limiter = Limiter(Cap(usd="1"), ledger=ledger)
+    ledger.close()
+    with limiter.sync.acquire(usd="0.1") as lease:
+        pass
+    assert f"the row of lease {lease.id} is not written" in caplog.text

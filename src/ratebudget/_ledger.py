@@ -105,6 +105,9 @@ class Ledger:
         # stores whose own streams hold rows for it (Redis: each tree's)
         self._sources: weakref.WeakSet[Source] = weakref.WeakSet()
         _open.add(self)
+        # dropped without close(): its writer thread ends (after what is
+        # queued); not at exit, where ``_close_all`` writes what is left
+        weakref.finalize(self, self._queue.put, None).atexit = False
 
     @property
     def sqlite_path(self) -> str | None:
@@ -126,6 +129,13 @@ class Ledger:
         """Queue a row to write (never blocks; any thread)."""
         if self._thread is None:
             self._run_writer()
+        if self._closed:  # never silently: the commit counted, its row cannot
+            logger.error(
+                "ratebudget: ledger %s is closed: the row of lease %s is not written",
+                self.url,
+                item[0],
+            )
+            return
         self._queue.put(item)
 
     def _run_writer(self) -> None:
@@ -208,8 +218,11 @@ class Ledger:
     def flush_sync(self, timeout: float | None = 30.0) -> None:
         """Block until every row posted so far is written; ``StoreUnavailable``
         if the database cannot take them within ``timeout`` seconds."""
-        if self._thread is None:
+        thread = self._thread
+        if thread is None:
             return
+        if not thread.is_alive():
+            raise StoreUnavailable(f"ledger {self.url}: its writer has stopped")
         done = threading.Event()
         self._queue.put(done)
         if not done.wait(timeout):
