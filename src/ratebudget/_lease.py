@@ -165,6 +165,7 @@ class Lease:
         return self._acquire().__await__()
 
     async def __aenter__(self) -> Lease:
+        # ``_acquire``'s grant, inlined: this is the hot path
         if self._state != _PENDING:
             if self._state == _ACTIVE:  # from try_acquire() or an earlier await
                 return self
@@ -270,6 +271,20 @@ class Lease:
             return None
         return limiter._booking(self.id, _outcome(units), units or {}, self.labels)
 
+    def _settled(
+        self,
+        got: list[Crossing] | Inexact | None,
+        units: Mapping[str, int] | None,
+        book: Book | None,
+    ) -> list[Crossing] | None:
+        """The store heard a settle with a ledger (``book``: its row went
+        with it): the lease is settled, its row (else) on its way."""
+        crossings = self._limiter._counted(got)
+        self._state = _SETTLED
+        if book is None:
+            self._logged(units)
+        return crossings
+
     async def _settle(
         self, actual: tuple[int, ...] | None, units: Mapping[str, int] | None = None
     ) -> None:
@@ -277,39 +292,26 @@ class Lease:
         # the lease stays active until the store has heard, so a settle that
         # failed (StoreUnavailable) can be retried, and counts once
         limiter = self._limiter
-        if limiter._ledger is None:
+        if limiter._ledger is None:  # the common case, first
             crossings = limiter._counted(await _shielded(self._settle_op(actual)))
             self._state = _SETTLED
         else:
-            book = self._book(units) if limiter._booked else None
+            book = self._book(units)
             got = await _shielded(self._settle_op(actual, book))
-            crossings = limiter._counted(got)
-            self._state = _SETTLED
-            if book is None:
-                self._logged(units)
+            crossings = self._settled(got, units, book)
         limiter._deliver(crossings)
 
     def _logged(self, units: Mapping[str, int] | None) -> None:
-        """Its row in the ledger: committed ``units``, or (``None``) released
-        (the hot path of a ledger's row: ``Limiter._log`` inlined)."""
-        limiter = self._limiter
-        ledger = limiter._ledger
-        assert ledger is not None
+        """Its row, for the ledger's thread: committed ``units``, or (``None``)
+        released."""
         key = self._key
         if not key:  # a memory lease's id, made now (``id``), or (granted
             # unmetered) a row's own
             key = new_id()
             if self._take:
                 self._key = key
-        ledger._post(
-            (
-                key,
-                limiter._wall(),
-                limiter._name or "",
-                self._labels,
-                "released" if units is None else "committed",
-                _NO_UNITS if units is None else units,
-            )
+        self._limiter._log(
+            key, _outcome(units), _NO_UNITS if units is None else units, self._labels
         )
 
     async def commit(self, **actual: Amount) -> None:

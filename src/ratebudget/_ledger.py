@@ -27,7 +27,15 @@ import anyio
 
 from ._amounts import from_units
 from ._exceptions import InvalidRequest, StoreUnavailable
-from ._ledger_db import COLUMNS, Database, Row, _SQLite, open_database, row_of
+from ._ledger_db import (
+    COLUMNS,
+    Database,
+    Row,
+    _SQLite,
+    labels_text,
+    open_database,
+    row_of,
+)
 
 if TYPE_CHECKING:
     from ._report import Report
@@ -77,12 +85,7 @@ class LedgerEntry:
 
 def _encode(item: Posted) -> Row:
     lease_id, at_us, scope, labels, outcome, units = item
-    text = (
-        json.dumps(dict(labels), sort_keys=True, separators=(",", ":"))
-        if labels
-        else "{}"
-    )
-    return row_of(lease_id, at_us, scope, text, outcome, units)
+    return row_of(lease_id, at_us, scope, labels_text(labels), outcome, units)
 
 
 class Ledger:

@@ -26,10 +26,11 @@ from .stores._base import redact
 __all__ = (
     "COLUMNS",
     "INSERT_SQLITE",
-    "SQLITE_INDEX",
+    "LEDGER_INDEX",
     "SQLITE_TABLE",
     "Database",
     "Row",
+    "labels_text",
     "open_database",
     "row_of",
 )
@@ -71,7 +72,7 @@ CREATE TABLE IF NOT EXISTS rb_ledger (
     other JSONB NOT NULL
 )"""
 
-SQLITE_INDEX: Final = "CREATE INDEX IF NOT EXISTS rb_ledger_at ON rb_ledger (at_us)"
+LEDGER_INDEX: Final = "CREATE INDEX IF NOT EXISTS rb_ledger_at ON rb_ledger (at_us)"
 
 _FIELDS: Final = (
     "lease_id, at_us, scope, labels, outcome, requests, tokens, input_tokens, "
@@ -93,6 +94,13 @@ INSERT_SQLITE: Final = (
 )
 
 _STANDARD: Final = frozenset(COLUMNS)
+
+
+def labels_text(labels: Mapping[str, str]) -> str:
+    """A row's labels, as the ledger keeps them: a JSON object, keys sorted."""
+    if not labels:
+        return "{}"
+    return json.dumps(dict(labels), sort_keys=True, separators=(",", ":"))
 
 
 def row_of(
@@ -151,9 +159,15 @@ class Database:
     def _errors(self) -> tuple[type[BaseException], ...]:
         raise NotImplementedError
 
+    numeric = "{}"  # SQL that reads a JSON field's value as a number
+
+    def field(self, column: str, key: str) -> tuple[str, str]:
+        """SQL for the value of ``key`` in JSON ``column``, and its parameter."""
+        raise NotImplementedError
+
     def label(self, key: str) -> tuple[str, str]:
         """SQL for the value of label ``key`` in a row, and its parameter."""
-        raise NotImplementedError
+        return self.field("labels", key)
 
     def _tx(self, conn: Any) -> Any:
         """A transaction on ``conn`` (a context manager)."""
@@ -163,10 +177,8 @@ class Database:
         """SQL for a row's units on ``axis``, and its parameters."""
         if axis in COLUMNS:
             return ("usd_nano" if axis == "usd" else axis), ()
-        return self._other(axis)
-
-    def _other(self, axis: str) -> tuple[str, tuple[str, ...]]:
-        raise NotImplementedError
+        sql, param = self.field("other", axis)
+        return self.numeric.format(sql), (param,)
 
     @contextmanager
     def _conn(self) -> Iterator[Any]:
@@ -233,17 +245,14 @@ class _SQLite(Database):
         conn.execute("PRAGMA synchronous=NORMAL")
         with conn:
             conn.execute(SQLITE_TABLE)
-            conn.execute(SQLITE_INDEX)
+            conn.execute(LEDGER_INDEX)
         return conn
 
     def _errors(self) -> tuple[type[BaseException], ...]:
         return (sqlite3.Error,)
 
-    def label(self, key: str) -> tuple[str, str]:
-        return "json_extract(labels, ?)", "$." + json.dumps(key)
-
-    def _other(self, axis: str) -> tuple[str, tuple[str, ...]]:
-        return "json_extract(other, ?)", ("$." + json.dumps(axis),)
+    def field(self, column: str, key: str) -> tuple[str, str]:
+        return f"json_extract({column}, ?)", "$." + json.dumps(key)
 
 
 class _Postgres(Database):
@@ -278,7 +287,7 @@ class _Postgres(Database):
                                 sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident)
                             )
                         conn.execute(_POSTGRES_TABLE)
-                        conn.execute(SQLITE_INDEX)
+                        conn.execute(LEDGER_INDEX)
                     break
                 except self._psycopg.errors.UniqueViolation:
                     if attempt == 2:
@@ -294,11 +303,10 @@ class _Postgres(Database):
     def _errors(self) -> tuple[type[BaseException], ...]:
         return (self._psycopg.Error,)
 
-    def label(self, key: str) -> tuple[str, str]:
-        return "(labels ->> %s)", key
+    numeric = "({})::numeric"
 
-    def _other(self, axis: str) -> tuple[str, tuple[str, ...]]:
-        return "(other ->> %s)::numeric", (axis,)
+    def field(self, column: str, key: str) -> tuple[str, str]:
+        return f"({column} ->> %s)", key
 
 
 def open_database(url: str) -> Database:

@@ -9,7 +9,6 @@ store decides inline, without yielding) or a ``Call`` to await.
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, overload
@@ -34,6 +33,7 @@ from ._lease import (
     seconds,
 )
 from ._ledger import Ledger, ledger_of
+from ._ledger_db import labels_text
 from ._limits import Cap, Rate
 from ._plan import RateSpec, plan_spec
 from ._scope import EMPTY_LABELS, labels_of
@@ -145,7 +145,8 @@ class Limiter:
     ``shadow=True`` makes hard caps report what they would refuse instead of
     refusing it; ``ledger`` (a URL, ``sqlite:///usage.db`` or
     ``postgresql://...``, a ``Ledger``, or ``True``: a SQLite store's own
-    file) gets a row for every lease it and its scopes settle. One limiter may be shared by the tasks of one event loop,
+    file) gets a row for every lease it and its scopes settle. One limiter
+    may be shared by the tasks of one event loop,
     by threads each running their own loop, and by plain threads through
     ``limiter.sync``.
     """
@@ -734,12 +735,7 @@ class Limiter:
         got: list[Crossing] | Exceeded | Inexact = await _answer(
             lay._b.record(req, book)
         )
-        if isinstance(got, Exceeded):
-            raise lay._exceeded(got, req, "recording", checked)
-        crossings = lay._counted(got)
-        if lay._ledger is not None and book is None:
-            lay._log("", "recorded", units, checked)
-        lay._deliver(crossings)
+        lay._deliver(lay._recorded(got, req, units, checked, book))
 
     async def snapshot(self) -> Snapshot:
         """Every limit's state now (see ``Snapshot``)."""
@@ -809,9 +805,7 @@ class Limiter:
         return Book(
             lease_id,
             self._name or "",
-            json.dumps(dict(labels), sort_keys=True, separators=(",", ":"))
-            if labels
-            else "{}",
+            labels_text(labels),
             outcome,
             tuple(units.items()),
         )
@@ -823,6 +817,23 @@ class Limiter:
         if not self._booked:
             return None
         return self._booking(new_id(), "recorded", units, labels)
+
+    def _recorded(
+        self,
+        got: list[Crossing] | Exceeded | Inexact,
+        req: tuple[int, ...],
+        units: Mapping[str, int],
+        labels: Mapping[str, str],
+        book: Book | None,
+    ) -> list[Crossing] | None:
+        """A ``record``'s answer: refused (``BudgetExceeded``), or counted,
+        its ledger row (if the store did not book it) on its way."""
+        if isinstance(got, Exceeded):
+            raise self._exceeded(got, req, "recording", labels)
+        crossings = self._counted(got)
+        if self._ledger is not None and book is None:
+            self._log("", "recorded", units, labels)
+        return crossings
 
     def _log(
         self,

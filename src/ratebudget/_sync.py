@@ -170,12 +170,9 @@ class SyncLimiter:
             "list[Crossing] | Exceeded | Inexact",
             _answer(limiter._b.record(req, book)),
         )
-        if isinstance(got, Exceeded):
-            raise limiter._exceeded(got, req, "recording", checked)
-        crossings = limiter._counted(got)
-        if limiter._ledger is not None and book is None:
-            limiter._log("", "recorded", units, checked)
-        limiter._deliver(crossings, blocking=True)
+        limiter._deliver(
+            limiter._recorded(got, req, units, checked, book), blocking=True
+        )
 
     def snapshot(self) -> Snapshot:
         """Every limit's state now."""
@@ -244,11 +241,13 @@ class SyncLease:
     ) -> None:
         lease = self._lease
         limiter = lease._limiter  # the limits it was made with
-        book = None if limiter._ledger is None else lease._book(units)
-        crossings = limiter._counted(_answer(lease._settle_op(actual, book)))
-        lease._state = 2  # settled
-        if limiter._ledger is not None and book is None:
-            lease._logged(units)
+        if limiter._ledger is None:
+            crossings = limiter._counted(_answer(lease._settle_op(actual)))
+            lease._state = 2  # settled
+        else:
+            book = lease._book(units)
+            got = _answer(lease._settle_op(actual, book))
+            crossings = lease._settled(got, units, book)
         limiter._deliver(crossings, blocking=True)
 
     def commit(self, **actual: Amount) -> None:

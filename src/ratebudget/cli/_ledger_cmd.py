@@ -10,7 +10,7 @@ from .. import InvalidRequest
 from .._ledger import Ledger
 from .._verify import Check, differences, verify
 from ..stores._base import redact
-from ._report import reading
+from ._report import columns, reading
 
 __all__ = ("add_command",)
 
@@ -140,17 +140,9 @@ def _verify(args: argparse.Namespace) -> int:
             ]
             for c in bad
         ]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         out.write(
             f"{len(bad)} of {len(checks)} caps on {redact(args.store)} differ "
             "from the ledger:\n"
         )
-        for r in rows:
-            out.write(
-                "  ".join(
-                    cell.ljust(w) if i < 3 else cell.rjust(w)
-                    for i, (cell, w) in enumerate(zip(r, widths, strict=True))
-                ).rstrip()
-                + "\n"
-            )
+        columns(rows, 3, out)
     return 1 if bad else 0

@@ -18,7 +18,7 @@ from .._ledger import Ledger
 from .._report import Report
 from ..stores._base import redact
 
-__all__ = ("add_command", "period", "plain", "reading", "when", "window")
+__all__ = ("add_command", "columns", "period", "plain", "reading", "when", "window")
 
 T = TypeVar("T")
 
@@ -172,21 +172,25 @@ def _title(report: Report, shown: str) -> str:
     return f"{shown}: from {since} until {until}, by {', '.join(report.by)}"
 
 
-def plain(report: Report, shown: str, out: TextIO, title: bool = True) -> None:
-    """``report`` as a plain-text table (``title``: under its title line)."""
-    rows = report.table()
+def columns(rows: list[list[str]], left: int, out: TextIO, total: bool = False) -> None:
+    """``rows`` (a header first) in aligned columns: the first ``left`` to
+    the left, the numbers to the right; ``total``: the last row under a rule."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    keys = len(report.by)
-    if title:
-        out.write(_title(report, shown) + "\n")
     for n, row in enumerate(rows):
         cells = [
-            cell.ljust(w) if i < keys else cell.rjust(w)
+            cell.ljust(w) if i < left else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         ]
-        if n == len(rows) - 1:  # the total, under a rule
+        if total and n == len(rows) - 1:
             out.write("  ".join("-" * w for w in widths) + "\n")
         out.write("  ".join(cells).rstrip() + "\n")
+
+
+def plain(report: Report, shown: str, out: TextIO, title: bool = True) -> None:
+    """``report`` as a plain-text table (``title``: under its title line)."""
+    if title:
+        out.write(_title(report, shown) + "\n")
+    columns(report.table(), len(report.by), out, total=True)
 
 
 def _rich(report: Report, shown: str) -> None:

@@ -3,25 +3,14 @@ the rows it writes in the transaction of the operations they are about."""
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 from .._decide import ACTIVE, EXPIRED, UNCLAIMED
-from .._ledger_db import INSERT_SQLITE, SQLITE_INDEX, SQLITE_TABLE, Row, row_of
+from .._ledger_db import Row, row_of
 from ._ops import Book
 from ._state import Document
 
-__all__ = (
-    "INSERT_ROW",
-    "LEDGER_INDEX",
-    "LEDGER_TABLE",
-    "book_row",
-    "expired",
-    "expired_row",
-)
-
-LEDGER_TABLE: Final = SQLITE_TABLE
-LEDGER_INDEX: Final = SQLITE_INDEX
-INSERT_ROW: Final = INSERT_SQLITE
+__all__ = ("book_row", "expired", "expired_row")
 
 
 def book_row(book: Book, now: int) -> Row:

@@ -595,11 +595,7 @@ class RedisStore(SharedStore):
             else encode_op(op)
             for op in batch
         ]
-        book = ""
-        paths = keys[1]
-        if _booked(batch):  # ledger rows for the root's stream (the last key)
-            label, paths = label + _BOOKED, (*paths, "{" + root + "}:ledger")
-            book = f',"book":"{_json_str(paths[-1])}"'
+        label, paths, book = _with_book(batch, label, keys[1], root)
         argv = (
             f'{{"path":[{",".join(levels)}],"ops":{_dumps(encoded)},'
             f'"now":{-1 if now_us is None else now_us},"ttl":{ttl},"keep":{keep},'
@@ -706,10 +702,7 @@ class RedisStore(SharedStore):
         keys: tuple[str, ...] = (f"{tag}:s", f"{tag}:r", f"{tag}:x")
         plan = self._plan_args(spec)
         wall = time.time_ns() // 1000 if now_us is None else now_us
-        label, book = name, ""
-        if _booked(batch):  # ledger rows for the root's stream (the last key)
-            label, keys = name + _BOOKED, (*keys, f"{tag}:ledger")
-            book = f',"book":"{_json_str(keys[-1])}"'
+        label, keys, book = _with_book(batch, name, keys, name)
         argv = (
             f'{{{plan.head},"ops":{_dumps([encode_op(op) for op in batch])},'
             f'"now":{-1 if now_us is None else now_us},"ttl":{ttl},"keep":{keep},'
@@ -888,14 +881,16 @@ class _Held:
 _BOOKED: Final = "\x01"  # a label's mark: its batch has ledger rows (one key more)
 
 
-def _booked(batch: list[ops.Op]) -> bool:
-    """Whether ``batch`` carries ledger rows (``ops.Book``)."""
-    return any(getattr(op, "book", None) is not None for op in batch)
-
-
-def _json_str(text: str) -> str:
-    """``text`` inside a JSON string (a name's characters need no escape)."""
-    return json.dumps(text)[1:-1]
+def _with_book(
+    batch: list[ops.Op], label: str, keys: tuple[str, ...], root: str
+) -> tuple[str, tuple[str, ...], str]:
+    """A batch's label, keys and ARGV[1] field for the ledger rows it
+    carries (``ops.Book``): the tree's stream as a last key, named by
+    ``"book"``; a batch without any, as it is."""
+    if not any(getattr(op, "book", None) is not None for op in batch):
+        return label, keys, ""
+    stream = "{" + root + "}:ledger"
+    return label + _BOOKED, (*keys, stream), f",{_dumps('book')}:{_dumps(stream)}"
 
 
 # the short arguments (a hot batch's amounts, its plan's numbers) repeat from

@@ -20,16 +20,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from .._exceptions import InvalidRequest, StoreUnavailable
+from .._ledger_db import INSERT_SQLITE, LEDGER_INDEX, SQLITE_TABLE
 from .._plan import PlanSpec
 from . import _ops as ops
-from ._ledger_rows import (
-    INSERT_ROW,
-    LEDGER_INDEX,
-    LEDGER_TABLE,
-    book_row,
-    expired,
-    expired_row,
-)
+from ._ledger_rows import book_row, expired, expired_row
 from ._remote import SharedStore
 from ._state import Document, run_document, run_path_documents, wanted
 
@@ -138,17 +132,20 @@ class SQLiteStore(SharedStore):
             same = bool(os.path.samefile(path, self.path))
         except OSError:  # one of them not made yet
             same = os.path.abspath(path) == os.path.abspath(self.path)
-        if same and not self._ledger_made:
+        if same:
             # made now: from here on, every process that finds a lease
             # expired writes its row too
             try:
-                conn = self._conn()
-                conn.execute(LEDGER_TABLE)
-                conn.execute(LEDGER_INDEX)
+                self._make_ledger(self._conn())
             except sqlite3.Error as e:
                 raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
-            self._ledger_made = True
         return same
+
+    def _make_ledger(self, conn: sqlite3.Connection) -> None:
+        if not self._ledger_made:
+            conn.execute(SQLITE_TABLE)
+            conn.execute(LEDGER_INDEX)
+            self._ledger_made = True
 
     def _book(
         self,
@@ -169,11 +166,8 @@ class SQLiteStore(SharedStore):
         if expired and (rows or self._has_ledger(conn)):
             rows += [expired_row(key, name, answer.now) for key in expired]
         if rows:
-            if not self._ledger_made:
-                conn.execute(LEDGER_TABLE)
-                conn.execute(LEDGER_INDEX)
-                self._ledger_made = True
-            conn.executemany(INSERT_ROW, rows)
+            self._make_ledger(conn)
+            conn.executemany(INSERT_SQLITE, rows)
 
     def _has_ledger(self, conn: sqlite3.Connection) -> bool:
         if not self._ledger_made:
