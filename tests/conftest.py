@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,18 @@ from ratebudget.stores import MemoryStore
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Run every async test on asyncio and on trio."""
     return str(request.param)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A usage ledger's URL: a SQLite file, then a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'usage.db'}"
+    else:
+        from postgres import postgres_schema
+
+        with postgres_schema() as url:
+            yield url
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,13 @@
-"""Helpers shared by the tests: exact fake time, a fast settle, short test ids."""
+"""Helpers shared by the tests: exact fake time, a fast settle, short test
+ids, the real CLI."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -98,3 +102,15 @@ class Grants:
             self.at[name] = self.clock.monotonic_ns()
 
         return run
+
+
+def ratebudget(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The real CLI, in a subprocess (piped: plain text)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ratebudget", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+    )

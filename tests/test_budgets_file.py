@@ -5,8 +5,6 @@ A mistake in the file is one ``InvalidRequest`` naming its line."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 import uuid
 from decimal import Decimal
@@ -17,6 +15,7 @@ import anyio
 import pytest
 
 import ratebudget
+from helpers import ratebudget as ratebudget_cli
 from ratebudget import BudgetExceeded, Cap, InvalidRequest, Rate
 
 FILE = """\
@@ -132,15 +131,6 @@ def test_a_missing_file_is_invalid_request(tmp_path: Path) -> None:
         ratebudget.load(tmp_path / "none.toml")
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ratebudget", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def loaded(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> tuple[Path, str, ratebudget.Budgets]:
@@ -163,7 +153,7 @@ def test_status_config_shows_the_tree_with_owners_and_keys(
     users = budgets.per_key(f"{root}/search")
     users["alice"].sync.record(usd="0.25")
     users["bob"].sync.record(usd="0.125")
-    got = _cli("status", "--config", str(path), "--json")
+    got = ratebudget_cli("status", "--config", str(path), "--json")
     assert got.returncode == 0, got.stderr
     doc: dict[str, Any] = json.loads(got.stdout)
     rows = [(s["depth"], s["name"], s["owner"], s["per_key"]) for s in doc["scopes"]]
@@ -177,11 +167,11 @@ def test_status_config_shows_the_tree_with_owners_and_keys(
     used = {s["name"]: s["limits"][0]["used"] for s in doc["scopes"]}
     assert used[root] == used[f"{root}/search"] == "0.375"
     assert used[f"{root}/search/bob"] == "0.125"
-    plain = _cli("status", "--config", str(path), "--plain")
+    plain = ratebudget_cli("status", "--config", str(path), "--plain")
     assert plain.returncode == 0, plain.stderr
     assert "  " + f"{root}/search" in plain.stdout
     assert "finance@acme.example" in plain.stdout
-    bad = _cli("status", "--config", str(tmp_path / "none.toml"))
+    bad = ratebudget_cli("status", "--config", str(tmp_path / "none.toml"))
     assert bad.returncode == 2
     assert "cannot read budgets file" in bad.stderr
 
@@ -197,7 +187,7 @@ def test_status_config_shows_the_live_limits(
     users["alice"].sync.record(usd="0.25")
     budgets[f"{root}/ads"].sync.update(ratebudget.Cap(usd="2.5"))
     anyio.run(users.update, ratebudget.Cap(usd="0.75", per="day"))
-    got = _cli("status", "--config", str(path), "--json")
+    got = ratebudget_cli("status", "--config", str(path), "--json")
     assert got.returncode == 0, got.stderr
     doc: dict[str, Any] = json.loads(got.stdout)
     limits = {s["name"]: [x["limit"] for x in s["limits"]] for s in doc["scopes"]}

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from helpers import ratebudget
 from ratebudget import Cap, InvalidRequest, Limiter, Rate, SyncLease
 from ratebudget.cli import LimiterStatus, main, status
 from ratebudget.stores.sqlite import SQLiteStore
@@ -532,18 +533,6 @@ def test_a_sqlite_url_with_two_slashes_is_refused_with_the_right_form(
     assert list(tmp_path.iterdir()) == []  # no file made on the way
 
 
-def _cli(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """The real CLI, in a subprocess."""
-    return subprocess.run(
-        [sys.executable, "-m", "ratebudget", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=cwd,
-    )
-
-
 def _tables(path: Path) -> list[str]:
     conn = sqlite3.connect(path)
     try:
@@ -566,7 +555,7 @@ class TestReadOnly:
         conn.commit()
         conn.close()
         before = path.read_bytes()
-        done = _cli("status", "--store", f"sqlite:///{path}")
+        done = ratebudget("status", "--store", f"sqlite:///{path}")
         assert done.returncode == 2, done
         assert "not a ratebudget store" in done.stderr
         assert _tables(path) == ["users"]  # no rb_* tables made in it
@@ -577,7 +566,7 @@ class TestReadOnly:
     ) -> None:
         path = tmp_path / "notes.txt"
         path.write_text("remember the milk\n" * 100)
-        done = _cli("status", "--store", f"sqlite:///{path}")
+        done = ratebudget("status", "--store", f"sqlite:///{path}")
         assert done.returncode == 2, done
         assert "not a ratebudget store" in done.stderr
         assert path.read_text() == "remember the milk\n" * 100
@@ -585,7 +574,7 @@ class TestReadOnly:
     def test_status_writes_nothing_to_a_store(self, used: Used) -> None:
         wal = used.path.with_name(used.path.name + "-wal")
         before = (used.path.read_bytes(), wal.read_bytes() if wal.exists() else b"")
-        done = _cli("status", "--store", used.url, "--json")
+        done = ratebudget("status", "--store", used.url, "--json")
         assert done.returncode == 0, done
         assert {item["name"] for item in json.loads(done.stdout)["limiters"]} == {
             "openai-prod",
@@ -619,18 +608,18 @@ class TestNamePatterns:
         "argv", [["--name", "acme/*"], ["acme/*"], ["--name", "acme/[cs]*"]]
     )
     def test_a_pattern_picks_the_limiters(self, url: str, argv: list[str]) -> None:
-        done = _cli("status", "--store", url, "--json", *argv)
+        done = ratebudget("status", "--store", url, "--json", *argv)
         assert done.returncode == 0, done
         names = [item["name"] for item in json.loads(done.stdout)["limiters"]]
         assert names == ["acme/chat", "acme/search"]
 
     def test_a_pattern_that_matches_nothing_says_so(self, url: str) -> None:
-        done = _cli("status", "--store", url, "--name", "initech/*")
+        done = ratebudget("status", "--store", url, "--name", "initech/*")
         assert done.returncode == 2, done
         assert "no limiter matches 'initech/*'" in done.stderr
         assert "'acme/chat'" in done.stderr
 
     def test_name_and_option_together_are_refused(self, url: str) -> None:
-        done = _cli("status", "--store", url, "acme/chat", "--name", "acme/*")
+        done = ratebudget("status", "--store", url, "acme/chat", "--name", "acme/*")
         assert done.returncode == 2, done
         assert "not both" in done.stderr

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -26,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Make
-from postgres import postgres_schema
+from helpers import ratebudget
 from ratebudget import (
     Cap,
     InvalidRequest,
@@ -40,15 +39,6 @@ from ratebudget._ledger import Posted
 from ratebudget.testing import FakeClock
 
 START = datetime(2026, 11, 30, 23, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'usage.db'}"
-    else:
-        with postgres_schema() as url:
-            yield url
 
 
 async def rows_of(limiter: Limiter, url: str) -> list[tuple[object, ...]]:
@@ -382,17 +372,6 @@ class TestUrlsAndFailures:
             ledger.flush_sync(timeout=1.0)
         with pytest.raises(StoreUnavailable, match="not written"):
             ledger.close(timeout=0.1)  # what it could not write is logged
-
-
-def ratebudget(*argv: str) -> subprocess.CompletedProcess[str]:
-    """The real CLI, in a subprocess (piped: plain text)."""
-    return subprocess.run(
-        [sys.executable, "-m", "ratebudget", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def cli(*argv: str) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import Make
 from helpers import settle
-from ratebudget import Cap, Lease, Limiter, LimitSnapshot, Rate, Snapshot
+from ratebudget import Cap, Forecast, Lease, Limiter, LimitSnapshot, Rate, Snapshot
 from ratebudget.testing import FakeClock
 
 D = Decimal
@@ -88,6 +88,14 @@ class TestCapSnapshot:
             tokens=None,
             period="2026-07-01",
             resets_at=utc(2026, 7, 1, 22),
+            forecast=Forecast(
+                None,
+                None,
+                None,
+                None,
+                "no usage history: forecasts are made from a ledger "
+                "(Limiter(ledger=...))",
+            ),
         )
         await lease.release()
 

@@ -22,6 +22,7 @@ from ._exceptions import InvalidRequest as InvalidRequest
 from ._exceptions import RateBudgetError as RateBudgetError
 from ._exceptions import StoreUnavailable as StoreUnavailable
 from ._exceptions import UnmeteredCall as UnmeteredCall
+from ._forecast import Forecast as Forecast
 from ._keys import Keys as Keys
 from ._ledger import Ledger as Ledger
 from ._ledger import LedgerEntry as LedgerEntry
@@ -49,6 +50,7 @@ __all__ = (
     "Budgets",
     "Cap",
     "Clock",
+    "Forecast",
     "InvalidRequest",
     "Keys",
     "Lease",

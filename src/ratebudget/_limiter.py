@@ -21,6 +21,7 @@ from ._amounts import STANDARD_AXES, Amount, from_units, to_units
 from ._clock import SYSTEM_CLOCK, Clock, wall_us
 from ._decide import CLAIMED, FAILED, Crossing, Exceeded, Inexact, Shadowed, TooLong
 from ._exceptions import InvalidRequest
+from ._forecast import needs_history, with_forecasts
 from ._ids import new_id
 from ._lease import (
     _ACTIVE,
@@ -107,6 +108,7 @@ def _scoped(
     self._shadow = parent._shadow
     self._ledger = parent._ledger
     self._booked = parent._booked
+    self._foreseen = set()
     self._parent = parent
     self._bind(None)
     return self
@@ -161,6 +163,7 @@ class Limiter:
         "_code",
         "_dispatch",
         "_fast",
+        "_foreseen",
         "_index",
         "_keyed",
         "_lay",
@@ -253,6 +256,7 @@ class Limiter:
         # operation; else the ledger's own thread does
         self._booked = self._ledger is not None and resolved.books(self._ledger, name)
         self._parent: Limiter | None = None
+        self._foreseen: set[str] = set()  # forecast alerts fired (their ids)
         self._code = limits
         self._keyed = False
         self._bind(None)
@@ -738,10 +742,18 @@ class Limiter:
         lay._deliver(lay._recorded(got, req, units, checked, book))
 
     async def snapshot(self) -> Snapshot:
-        """Every limit's state now (see ``Snapshot``)."""
+        """Every limit's state now (see ``Snapshot``), each cap with its
+        ``forecast`` (read from the ledger, off the event loop)."""
         lay = self._now()
         views, waiting = await _answer(lay._b.snapshot())
-        return snapshot_of(lay._limits[: lay._own], views, lay._pers, waiting)
+        snap = snapshot_of(lay._limits[: lay._own], views, lay._pers, waiting)
+        args = (snap, lay._ledger, lay._name or "", lay._wall())
+        if lay._ledger is not None and needs_history(snap):
+            snap = await anyio.to_thread.run_sync(with_forecasts, *args)
+        else:
+            snap = with_forecasts(*args)
+        lay._foresee(snap)
+        return snap
 
     async def reset(self) -> None:
         """Zero every cap's usage for its current period, and fill every rate
@@ -911,6 +923,43 @@ class Limiter:
             for dispatch in self._routes[slot]:
                 out.setdefault(dispatch, []).append(alert)
         return list(out.items())
+
+    def _foresee(self, snap: Snapshot, blocking: bool = False) -> None:
+        """Alert on each hard cap of ``snap`` whose forecast crosses its
+        limit: once per cap and period (in this process; receivers
+        deduplicate by ``Alert.id`` across processes)."""
+        fired: list[tuple[int, Alert]] = []
+        for slot, s in enumerate(snap.limits):
+            f = s.forecast
+            spec = s.limit
+            if (
+                f is None
+                or f.expected is None
+                or not isinstance(spec, Cap)
+                or spec.soft
+                or f.expected <= spec.limit
+            ):
+                continue
+            alert = Alert(
+                cap=spec,
+                threshold=1.0,
+                used=s.used,
+                period=s.period,
+                resets_at=s.resets_at,
+                scope=self._name,
+                kind="forecast",
+                forecast=f,
+            )
+            if alert.id not in self._foreseen:
+                self._foreseen.add(alert.id)
+                fired.append((slot, alert))
+        if fired:
+            report([a for _, a in fired], [], self._routed(fired))
+            for dispatch, batch in self._batches(fired):
+                if blocking:
+                    dispatch.post_sync(batch)
+                else:
+                    dispatch.post(batch)
 
     def _on_shadow(self, shadowed: list[Shadowed]) -> None:
         """Shadow mode: what the caps would have refused. The first of each

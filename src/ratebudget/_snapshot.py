@@ -13,6 +13,7 @@ from typing import Literal
 from ._amounts import _EXACT, from_units
 from ._decide import Crossing, Exceeded, Shadowed, SlotView, TooLong
 from ._exceptions import AcquireTimeout, BudgetExceeded
+from ._forecast import Forecast
 from ._limits import Cap, Rate
 from ._plan import cap_key
 
@@ -49,6 +50,10 @@ class LimitSnapshot:
     tokens: int | Decimal | None = None
     period: str | None = None
     resets_at: datetime | None = None
+    forecast: Forecast | None = None
+    """A cap's usage expected at the end of its period (``None`` for a rate):
+    made from the limiter's ledger; without one, or with too little history,
+    its ``reason`` says why it has no amounts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +101,15 @@ class Alert:
     kind: str = "threshold"
     """What happened: ``"threshold"``, usage reached ``threshold``; or
     ``"shadow"``, a cap of a ``Limiter(shadow=True)`` would have refused
-    ``requested`` (``used`` is its usage then; ``threshold`` is 1.0)."""
+    ``requested`` (``used`` is its usage then; ``threshold`` is 1.0); or
+    ``"forecast"``, the hard cap's ``forecast`` crosses its limit (once per
+    period, when a snapshot makes it)."""
     requested: int | Decimal | None = None
     """``"shadow"``: the amount the cap would have refused."""
+    forecast: Forecast | None = None
+    """``"forecast"``: the forecast that crosses the hard cap (its
+    ``expected`` usage at the end of the period is above the limit; ``used``
+    is the usage now; ``threshold`` is 1.0)."""
 
     @property
     def id(self) -> str:
@@ -132,6 +143,16 @@ class Alert:
     def __str__(self) -> str:
         period = f" in period {self.period}" if self.period else ""
         where = f"{self.scope}: " if self.scope else ""
+        if self.kind == "forecast" and self.forecast is not None:
+            f = self.forecast
+            when = (
+                f" (exhausted at {f.exhausts_at.isoformat()})" if f.exhausts_at else ""
+            )
+            return (
+                f"{where}{self.cap!r} is forecast to use {f.expected} "
+                f"({f.low} to {f.high}) by the end of period {self.period}, over "
+                f"its limit of {self.limit}{when}: used {self.used} so far"
+            )
         if self.kind == "shadow":
             return (
                 f"{where}{self.cap!r} would have refused {self.axis}={self.requested}"

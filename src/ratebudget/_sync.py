@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from ._amounts import Amount
 from ._decide import Crossing, Exceeded, Inexact, TooLong
+from ._forecast import with_forecasts
 from ._scope import labels_of
 from ._snapshot import Snapshot, snapshot_of
 from ._waiters import ThreadWaiter, Waiter
@@ -175,10 +176,13 @@ class SyncLimiter:
         )
 
     def snapshot(self) -> Snapshot:
-        """Every limit's state now."""
+        """Every limit's state now, each cap with its forecast."""
         lay = self._limiter._now()  # the limits its store call is about
         views, waiting = _answer(lay._b.snapshot())
-        return snapshot_of(lay._limits[: lay._own], views, lay._pers, waiting)
+        snap = snapshot_of(lay._limits[: lay._own], views, lay._pers, waiting)
+        snap = with_forecasts(snap, lay._ledger, lay._name or "", lay._wall())
+        lay._foresee(snap, blocking=True)
+        return snap
 
     def reset(self) -> None:
         """Zero every cap's usage for its current period and fill every rate

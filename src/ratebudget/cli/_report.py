@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import re
 import sys
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from .. import InvalidRequest, StoreUnavailable
 from .._ledger import Ledger
 from .._report import Report
 from ..stores._base import redact
+from ._status_reader import LimiterStatus, status
+from ._status_render import forecast_lines
 
 __all__ = ("add_command", "columns", "period", "plain", "reading", "when", "window")
 
@@ -60,6 +63,14 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     parser.add_argument(
         "--until", metavar="T", help="until this UTC date or time (excluded)"
+    )
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help=(
+            "also forecast each cap of the limiters on this store to the end "
+            "of its period, from the ledger's history (table and json)"
+        ),
     )
     parser.add_argument(
         "--format",
@@ -141,22 +152,38 @@ def reading(command: str, url: str, read: Callable[[Ledger], T]) -> T | int:
 def _run(args: argparse.Namespace) -> int:
     shown = redact(args.ledger)
 
-    def read(ledger: Ledger) -> Report:
+    def read(ledger: Ledger) -> tuple[Report, list[LimiterStatus]]:
         since, until = window(args)
         by = tuple(k.strip() for k in args.by.split(",") if k.strip())
-        return anyio.run(_report, ledger, by, since, until)
+        report = anyio.run(_report, ledger, by, since, until)
+        limiters = [] if args.store is None else status(args.store, None, ledger)
+        return report, limiters
 
-    report = reading("report", args.ledger, read)
-    if isinstance(report, int):
-        return report
+    got = reading("report", args.ledger, read)
+    if isinstance(got, int):
+        return got
+    report, limiters = got
     if args.format == "json":
-        sys.stdout.write(report.to_json() + "\n")
+        document = json.loads(report.to_json())
+        if args.store is not None:
+            document["forecasts"] = [
+                {"scope": item.name, **limit.to_json()}
+                for item in limiters
+                for limit in item.limits
+                if limit.kind == "cap"
+            ]
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
     elif args.format == "csv":
         sys.stdout.write(report.to_csv())
     elif sys.stdout.isatty() and importlib.util.find_spec("rich") is not None:
         _rich(report, shown)
     else:
         plain(report, shown, sys.stdout)
+    if args.format == "table" and args.store is not None:
+        sys.stdout.write(f"\nforecasts ({redact(args.store)}):\n")
+        for item in limiters:
+            for line in forecast_lines(item):
+                sys.stdout.write(f"  {item.name}: {line}\n")
     return 0
 
 

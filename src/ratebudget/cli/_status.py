@@ -7,7 +7,7 @@ import importlib.util
 import json
 import sys
 
-from .. import InvalidRequest, StoreUnavailable
+from .. import InvalidRequest, Ledger, StoreUnavailable
 from ..stores._base import redact
 from ._status_reader import LimiterStatus, ScopeStatus, status, status_tree
 from ._status_render import render_status_plain, render_status_rich
@@ -38,6 +38,14 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
             "a budgets file (ratebudget.load's TOML): show its tree of scopes, "
             "with their owners and the keys of their per-key scopes "
             "(--store defaults to the file's)"
+        ),
+    )
+    parser.add_argument(
+        "--ledger",
+        metavar="URL",
+        help=(
+            "a usage ledger (sqlite:///usage.db, postgresql://...): forecast "
+            "each cap's usage at the end of its period from its history"
         ),
     )
     parser.add_argument(
@@ -93,9 +101,16 @@ def _run_status_command(args: argparse.Namespace) -> int:
         elif url is None:
             raise InvalidRequest("give --store URL (or --config FILE)")
         else:
-            statuses = status(
-                url, args.name if args.name is not None else args.name_option
-            )
+            ledger = None if args.ledger is None else Ledger(args.ledger)
+            try:
+                statuses = status(
+                    url,
+                    args.name if args.name is not None else args.name_option,
+                    ledger,
+                )
+            finally:
+                if ledger is not None:
+                    ledger.close()
     except StoreUnavailable as exc:
         err.write(f"ratebudget status: error: store unavailable: {exc}\n")
         return 3

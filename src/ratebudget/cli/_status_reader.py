@@ -14,9 +14,10 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._exceptions import InvalidRequest, StoreUnavailable
+from .._forecast import Forecast, with_forecasts
 from .._limits import Cap, Rate
 from .._plan import RateSpec, plan_spec
 from .._snapshot import LimitSnapshot, snapshot_of
@@ -24,6 +25,9 @@ from ..stores import MemoryStore, Store, limits_of, open_store
 from ..stores import _ops as ops
 from ..stores._remote import SharedStore
 from ..stores.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from .._ledger import Ledger
 
 __all__ = (
     "LimitStatus",
@@ -72,7 +76,8 @@ class LimitStatus:
     ``per`` is its calendar period (``None``: lifetime), ``used`` what was
     committed this period, ``reserved`` what outstanding leases hold,
     ``remaining`` what is left, ``period`` the period's key and ``resets_at``
-    when it ends.
+    when it ends; ``forecast`` its usage expected at the end of the period
+    (when the status was read with a ledger).
     """
 
     kind: Literal["rate", "cap"]
@@ -89,6 +94,7 @@ class LimitStatus:
     available: int | Decimal | None
     period: str | None
     resets_at: datetime | None
+    forecast: Forecast | None = None
 
     @classmethod
     def from_snapshot(cls, snap: LimitSnapshot) -> LimitStatus:
@@ -126,6 +132,7 @@ class LimitStatus:
             available=None,
             period=snap.period,
             resets_at=snap.resets_at,
+            forecast=snap.forecast,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -145,7 +152,18 @@ class LimitStatus:
             "available": _json_value(self.available),
             "period": self.period,
             "resets_at": _json_value(self.resets_at),
+            **({} if self.forecast is None else {"forecast": _forecast(self.forecast)}),
         }
+
+
+def _forecast(f: Forecast) -> dict[str, Any]:
+    return {
+        "expected": _json_value(f.expected),
+        "low": _json_value(f.low),
+        "high": _json_value(f.high),
+        "exhausts_at": _json_value(f.exhausts_at),
+        "reason": f.reason,
+    }
 
 
 @dataclass(frozen=True)
@@ -186,7 +204,9 @@ def _check_exists(store: Store) -> None:
         )
 
 
-def _read(store: Store, name: str, spec: dict[str, Any]) -> LimiterStatus:
+def _read(
+    store: Store, name: str, spec: dict[str, Any], ledger: Ledger | None = None
+) -> LimiterStatus:
     try:
         limits = limits_of(spec)
     except (InvalidRequest, KeyError, TypeError, ValueError) as e:
@@ -211,6 +231,8 @@ def _read(store: Store, name: str, spec: dict[str, Any]) -> LimiterStatus:
     views, waiting = got
     pers = tuple(s.per if isinstance(s, RateSpec) else 1 for s in spec_.slots)
     snap = snapshot_of(limits, views, pers, waiting)
+    if ledger is not None:
+        snap = with_forecasts(snap, ledger, name, answer.now)
     at = datetime.fromtimestamp(answer.now / 1e6, timezone.utc)
     return LimiterStatus(
         name, tuple(LimitStatus.from_snapshot(s) for s in snap.limits), at
@@ -236,7 +258,9 @@ def _live(
 
 
 def status(
-    store_url_or_store: str | Store | MemoryStore, name: str | None = None
+    store_url_or_store: str | Store | MemoryStore,
+    name: str | None = None,
+    ledger: Ledger | None = None,
 ) -> list[LimiterStatus]:
     """The state of every limiter registered on a store, or of those whose
     name is ``name`` (a glob pattern if it has ``*``, ``?`` or ``[``:
@@ -249,7 +273,8 @@ def status(
     (its state lives inside one process) or a file that is not a ratebudget
     store, ``UnknownLimiter`` when no limiter is ``name``, and
     ``StoreUnavailable`` when the store cannot be read (a missing SQLite
-    file included: a status creates nothing).
+    file included: a status creates nothing). With a ``ledger``, each cap
+    carries its ``forecast``.
     """
     if isinstance(store_url_or_store, str):
         store = open_store(store_url_or_store)
@@ -284,7 +309,7 @@ def status(
                     f"no limiter {what} {name!r} on {store.url} (limiters: {known})"
                 )
             specs = chosen
-        return [_read(store, n, spec) for n, spec in specs.items()]
+        return [_read(store, n, spec, ledger) for n, spec in specs.items()]
     finally:
         if owned:
             store.close()

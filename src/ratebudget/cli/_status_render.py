@@ -158,6 +158,40 @@ def _status_row(
     ]
 
 
+def _guess(axis: str, value: int | Decimal) -> str:
+    """An estimate, shown no finer than it is: dollars to the cent."""
+    if axis == "usd":
+        return _money(Decimal(value).quantize(_CENT))
+    return _amount(axis, value)
+
+
+def forecast_lines(item: LimiterStatus) -> list[str]:
+    """A line per cap with a forecast: the usage expected at the end of its
+    period, its interval, and when it would cross the cap; or why none."""
+    lines = []
+    for limit in item.limits:
+        f = limit.forecast
+        if f is None:
+            continue
+        axis = limit.axis
+        name = f"{axis} / {limit.per}" if limit.per else f"{axis} lifetime"
+        if f.expected is None or f.low is None or f.high is None:
+            lines.append(f"forecast {name}: none ({f.reason})")
+            continue
+        line = (
+            f"forecast {name}: {_guess(axis, f.expected)} by the period's end "
+            f"({_guess(axis, f.low)} to {_guess(axis, f.high)})"
+        )
+        if f.exhausts_at is not None:
+            over = "soft cap" if limit.soft else "cap"
+            line += (
+                f"; crosses the {_amount(axis, limit.limit)} {over} at "
+                f"{f.exhausts_at:%Y-%m-%d %H:%M} {f.exhausts_at.tzname()}"
+            )
+        lines.append(line)
+    return lines
+
+
 def _read_at(item: LimiterStatus) -> str:
     if item.at is None:
         return ""
@@ -199,6 +233,8 @@ def render_status_plain(
             out.write("  ".join(cells).rstrip() + "\n")
             if i == 0:
                 out.write("  ".join("-" * w for w in widths) + "\n")
+        for line in forecast_lines(item):
+            out.write(f"  {line}\n")
 
 
 def render_status_rich(
@@ -259,3 +295,5 @@ def render_status_rich(
         unbounded = console.options.update_width(10_000)
         wide = Measurement.get(console, unbounded, table).maximum
         console.print(table if wide <= console.width else table_of(item, True))
+        for line in forecast_lines(item):
+            console.print(Text(f"  {line}"))
