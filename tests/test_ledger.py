@@ -448,8 +448,8 @@ def test_periods(text: str, bounds: tuple[tuple[int, int, int], ...]) -> None:
 
 
 def test_the_docs_report_is_what_the_command_prints(tmp_path: Path) -> None:
-    """docs/ledger.md's console block: its example's ledger, reported by the CLI."""
-    text = (Path(__file__).parent.parent / "docs" / "ledger.md").read_text()
+    """docs/reports.md's console block: its example's ledger, reported by the CLI."""
+    text = (Path(__file__).parent.parent / "docs" / "reports.md").read_text()
     code = text.split("```python\n", 1)[1].split("```\n", 1)[0]
     console = text.split("```console\n", 1)[1].split("```\n", 1)[0].splitlines()
     done = subprocess.run(

@@ -32,6 +32,7 @@ from ._limits import Cap as Cap
 from ._limits import Rate as Rate
 from ._report import Report as Report
 from ._report import ReportRow as ReportRow
+from ._runaway import Runaway as Runaway
 from ._scope import Scope as Scope
 from ._scope import current_scope as current_scope
 from ._scope import scope as scope
@@ -62,6 +63,7 @@ __all__ = (
     "RateBudgetError",
     "Report",
     "ReportRow",
+    "Runaway",
     "Scope",
     "Sleeper",
     "Snapshot",

@@ -3,7 +3,8 @@
 Exception tree::
 
     RateBudgetError
-    ├── BudgetExceeded          axis, limit, used, reserved, requested, resets_at
+    ├── BudgetExceeded          axis, limit, used, reserved, requested, resets_at,
+    │                           reason: "cap" or "runaway"
     ├── AcquireTimeout          also TimeoutError; retry_after
     ├── InvalidRequest          also ValueError
     │   └── UnmeteredCall       method, path: a call the transport cannot meter
@@ -33,10 +34,14 @@ class RateBudgetError(Exception):
 
 
 class BudgetExceeded(RateBudgetError):
-    """Granting the request would push a hard cap past its limit.
+    """Granting the request would push a hard cap past its limit
+    (``reason="cap"``), or its scope's spend runs away (``reason="runaway"``,
+    see ``Runaway``).
 
     Nothing was taken. ``resets_at`` is when the cap's period ends (``None``
-    for a lifetime cap): the earliest moment the request could succeed.
+    for a lifetime cap): the earliest moment the request could succeed; for
+    a runaway, when its window calms if nothing more is spent (``limit`` is
+    then the spend a window may reach, ``used`` what the window spent).
     """
 
     def __init__(
@@ -51,8 +56,11 @@ class BudgetExceeded(RateBudgetError):
         resets_at: datetime | None = None,
         scope: str | None = None,
         labels: Mapping[str, str] | None = None,
+        reason: str = "cap",
     ) -> None:
         super().__init__(message)
+        self.reason = reason
+        """Why: ``"cap"``, a hard cap; ``"runaway"``, a runaway's block."""
         self.axis = axis
         self.limit = limit
         self.used = used

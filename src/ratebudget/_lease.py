@@ -407,6 +407,29 @@ class _HeldLease(Lease):
         )
 
 
+class _WatchedLease(_HeldLease):
+    """A lease of a scope under a ``Runaway`` watch: refused while the
+    watch blocks, and what it commits counted by the watch."""
+
+    __slots__ = ()
+
+    async def _acquire(self) -> Lease:
+        if self._state == _PENDING:
+            self._limiter._admit(self)
+        return await super()._acquire()
+
+    async def __aenter__(self) -> Lease:
+        if self._state == _PENDING:
+            self._limiter._admit(self)
+        return await super().__aenter__()
+
+    async def _settle(
+        self, actual: tuple[int, ...] | None, units: Mapping[str, int] | None = None
+    ) -> None:
+        await super()._settle(actual, units)
+        self._limiter._spent(actual)
+
+
 _ESTIMATE: Final[Mapping[str, int]] = MappingProxyType({})  # a commit of it, unlogged
 _NO_UNITS: Final[Mapping[str, int]] = MappingProxyType({})  # a release's row
 

@@ -20,7 +20,7 @@ from ._alerts import AlertHandler, Dispatch, handlers_of, logger, report
 from ._amounts import STANDARD_AXES, Amount, from_units, to_units
 from ._clock import SYSTEM_CLOCK, Clock, wall_us
 from ._decide import CLAIMED, FAILED, Crossing, Exceeded, Inexact, Shadowed, TooLong
-from ._exceptions import InvalidRequest
+from ._exceptions import BudgetExceeded, InvalidRequest
 from ._forecast import needs_history, with_forecasts
 from ._ids import new_id
 from ._lease import (
@@ -31,12 +31,14 @@ from ._lease import (
     _answer,
     _caller,
     _HeldLease,
+    _WatchedLease,
     seconds,
 )
 from ._ledger import Ledger, ledger_of
 from ._ledger_db import labels_text
 from ._limits import Cap, Rate
 from ._plan import RateSpec, plan_spec
+from ._runaway import Runaway, Watch
 from ._scope import EMPTY_LABELS, labels_of
 from ._snapshot import (
     Alert,
@@ -93,10 +95,12 @@ def _scoped(
     limits: tuple[Rate | Cap, ...],
     handlers: tuple[AlertHandler, ...],
     keyed: bool = False,
+    runaway: Runaway | None = None,
 ) -> Limiter:
     """The child scope ``name`` (its full name) of ``parent``."""
     parent._now()  # its path as it is now
     self = _new(Limiter)
+    self._watch = None if runaway is None else Watch(runaway, name, 0)
     self._code = limits
     self._keyed = keyed
     self._clock = parent._clock
@@ -111,6 +115,7 @@ def _scoped(
     self._foreseen = set()
     self._parent = parent
     self._bind(None)
+    self._watching()
     return self
 
 
@@ -187,7 +192,10 @@ class Limiter:
         "_sync",
         "_task_waiter",
         "_up",
+        "_usd",
         "_wall",
+        "_watch",
+        "_watches",
     )
 
     def __init__(
@@ -201,8 +209,11 @@ class Limiter:
         on_alert: AlertHandler | Sequence[AlertHandler] | None = None,
         shadow: bool = False,
         ledger: str | Ledger | bool | None = None,
+        runaway: Runaway | None = None,
     ) -> None:
         _check_limits(limits)
+        if runaway is not None and not isinstance(runaway, Runaway):
+            raise InvalidRequest(f"runaway={runaway!r}: expected a Runaway(...)")
         handlers = handlers_of(on_alert)
         if not isinstance(shadow, bool):
             raise InvalidRequest(f"shadow={shadow!r}: expected True or False")
@@ -257,9 +268,11 @@ class Limiter:
         self._booked = self._ledger is not None and resolved.books(self._ledger, name)
         self._parent: Limiter | None = None
         self._foreseen: set[str] = set()  # forecast alerts fired (their ids)
+        self._watch = None if runaway is None else Watch(runaway, name, 0)
         self._code = limits
         self._keyed = False
         self._bind(None)
+        self._watching()
 
     def _live_key(self) -> object:
         """Its key in the store's live limits: its name (an unnamed limiter:
@@ -371,6 +384,18 @@ class Limiter:
             index.setdefault(limit.axis, []).append(i)
         self._index = {axis: tuple(ix) for axis, ix in index.items()}
         self._axes = frozenset(index) | STANDARD_AXES
+        # runaway watches: its own, then its ancestors' (they count its spend)
+        watch = self._watch
+        self._watches: tuple[Watch, ...] = ((watch,) if watch else ()) + (
+            () if parent is None else parent._watches
+        )
+        usd = [i for i in self._index.get("usd", ()) if isinstance(limits[i], Cap)]
+        self._usd = usd[0] if usd else -1  # the slot a commit's USD is read from
+        if watch is not None:
+            watch.routes = routes
+            watch.cap = limits[self._usd] if usd else None  # type: ignore[assignment]
+        if self._watches and self._caps:
+            self._lease = _WatchedLease
         self._sync: SyncLimiter | None = None
         # the hot path: acquire(n) with no other amounts, validated once per n
         self._fast: dict[int, tuple[int, ...]] = {}
@@ -461,9 +486,10 @@ class Limiter:
         name: str,
         *limits: Rate | Cap,
         on_alert: AlertHandler | Sequence[AlertHandler] | None = None,
+        runaway: Runaway | None = None,
     ) -> Limiter:
         """A scope under this one, named ``name`` (its full name is this
-        one's, ``/``, ``name``).
+        one's, ``/``, ``name``), with a ``runaway`` watch of its own if given.
 
         An acquisition on it is charged to its own ``limits`` and to every
         ancestor's in one decision, or refused with nothing charged
@@ -476,7 +502,9 @@ class Limiter:
         _check_limits(limits)
         segment = _segment(name, "child name")
         full = segment if self._name is None else f"{self._name}/{segment}"
-        return _scoped(self, full, limits, handlers_of(on_alert))
+        if runaway is not None and not isinstance(runaway, Runaway):
+            raise InvalidRequest(f"runaway={runaway!r}: expected a Runaway(...)")
+        return _scoped(self, full, limits, handlers_of(on_alert), runaway=runaway)
 
     @property
     def sync(self) -> SyncLimiter:
@@ -693,6 +721,8 @@ class Limiter:
         if labels is not None:
             lease._labels = labels_of(labels)
         lay = lease._limiter  # the limits it was made with
+        if lay._watches:
+            lay._admit(lease)
         got = lay._b.acquire(lease._req, 0, None)
         if isinstance(got, Call):
             lease._key = got.key
@@ -740,6 +770,8 @@ class Limiter:
             lay._b.record(req, book)
         )
         lay._deliver(lay._recorded(got, req, units, checked, book))
+        if lay._watches:
+            lay._spent(req)
 
     async def snapshot(self) -> Snapshot:
         """Every limit's state now (see ``Snapshot``), each cap with its
@@ -923,6 +955,51 @@ class Limiter:
             for dispatch in self._routes[slot]:
                 out.setdefault(dispatch, []).append(alert)
         return list(out.items())
+
+    def _watching(self) -> None:
+        """A runaway watch needs a USD cap on its scope's path to read spend from."""
+        watch = self._watch
+        if watch is None:
+            return
+        if watch.cap is None:
+            raise InvalidRequest(
+                f"runaway={watch.rule!r} watches USD spend, but {self!r} counts "
+                "no USD: give it (or an ancestor) a USD cap; Cap(usd=..., "
+                "soft=True) counts without refusing"
+            )
+        watch.born = self._clock.monotonic_ns()
+
+    def _admit(self, lease: Lease, blocking: bool = False) -> None:
+        """Refuse ``lease`` if a watch on its path blocks a runaway now."""
+        now, wall = self._clock.monotonic_ns(), self._wall()
+        refusal: BudgetExceeded | None = None
+        for watch in self._watches:
+            verdict, running, alert = watch.check(now, wall)
+            if alert is not None:
+                self._warn(watch, alert, blocking)
+            if running and watch.rule.action == "block" and refusal is None:
+                usd = lease._unit_amounts().get("usd", 0)
+                refusal = watch.refusal(verdict, now, wall, usd, dict(lease.labels))
+        if refusal is not None:
+            raise refusal
+
+    def _spent(self, actual: tuple[int, ...] | None, blocking: bool = False) -> None:
+        """Count a settle's USD (``None``: released, nothing) on every watch
+        of its path; alert those it sends running away. Never raises."""
+        usd = 0 if actual is None or self._usd < 0 else actual[self._usd]
+        now, wall = self._clock.monotonic_ns(), self._wall()
+        for watch in self._watches:
+            alert = watch.add(now, wall, usd)
+            if alert is not None:
+                self._warn(watch, alert, blocking)
+
+    def _warn(self, watch: Watch, alert: Alert, blocking: bool) -> None:
+        report([alert], [], bool(watch.routes))
+        for dispatch in watch.routes:
+            if blocking:
+                dispatch.post_sync([alert])
+            else:
+                dispatch.post([alert])
 
     def _foresee(self, snap: Snapshot, blocking: bool = False) -> None:
         """Alert on each hard cap of ``snap`` whose forecast crosses its

@@ -103,13 +103,23 @@ class Alert:
     ``"shadow"``, a cap of a ``Limiter(shadow=True)`` would have refused
     ``requested`` (``used`` is its usage then; ``threshold`` is 1.0); or
     ``"forecast"``, the hard cap's ``forecast`` crosses its limit (once per
-    period, when a snapshot makes it)."""
+    period, when a snapshot makes it); or ``"runaway"``, the scope's spend in
+    a short window runs far above its usual (see ``Runaway``)."""
     requested: int | Decimal | None = None
     """``"shadow"``: the amount the cap would have refused."""
     forecast: Forecast | None = None
     """``"forecast"``: the forecast that crosses the hard cap (its
     ``expected`` usage at the end of the period is above the limit; ``used``
     is the usage now; ``threshold`` is 1.0)."""
+    baseline: Decimal | None = None
+    """``"runaway"``: the scope's usual USD per window (``None``: too little
+    history; judged against ``min_usd`` alone). ``used`` is the window's
+    spend, ``threshold`` the ``Runaway``'s factor, ``period`` when the
+    runaway began (UTC, ISO 8601), ``cap`` the scope's USD cap."""
+    window: str | None = None
+    """``"runaway"``: the window judged (``"5m"``)."""
+    blocking: bool = False
+    """``"runaway"``: whether the scope's acquisitions are refused until it calms."""
 
     @property
     def id(self) -> str:
@@ -143,6 +153,17 @@ class Alert:
     def __str__(self) -> str:
         period = f" in period {self.period}" if self.period else ""
         where = f"{self.scope}: " if self.scope else ""
+        if self.kind == "runaway":
+            usual = (
+                "too little history for a baseline"
+                if self.baseline is None
+                else f"usually {self.baseline} per {self.window}"
+            )
+            then = "blocked until it calms" if self.blocking else "alert only"
+            return (
+                f"{where}runaway spend: {self.used} USD in the last {self.window} "
+                f"({usual}; factor {self.threshold:g}); {then}"
+            )
         if self.kind == "forecast" and self.forecast is not None:
             f = self.forecast
             when = (

@@ -72,6 +72,8 @@ class SyncLimiter:
         """Block until granted; return a ``SyncLease`` (also a context manager)."""
         lease = self._limiter.acquire(tokens, timeout=timeout, labels=labels, **amounts)
         limiter = lease._limiter  # the limits it was made with
+        if limiter._watches:
+            limiter._admit(lease, blocking=True)
         got = limiter._b.acquire(lease._req, lease._timeout, ThreadWaiter)
         if isinstance(got, Call):
             lease._key = got.key
@@ -129,6 +131,8 @@ class SyncLimiter:
         """A granted ``SyncLease`` now, or ``None``; never blocks."""
         lease = self._limiter.acquire(tokens, timeout=0, labels=labels, **amounts)
         limiter = lease._limiter  # the limits it was made with
+        if limiter._watches:
+            limiter._admit(lease, blocking=True)
         got = limiter._b.acquire(lease._req, 0, None)
         if isinstance(got, Call):
             lease._key = got.key
@@ -174,6 +178,8 @@ class SyncLimiter:
         limiter._deliver(
             limiter._recorded(got, req, units, checked, book), blocking=True
         )
+        if limiter._watches:
+            limiter._spent(req, blocking=True)
 
     def snapshot(self) -> Snapshot:
         """Every limit's state now, each cap with its forecast."""
@@ -253,6 +259,8 @@ class SyncLease:
             got = _answer(lease._settle_op(actual, book))
             crossings = lease._settled(got, units, book)
         limiter._deliver(crossings, blocking=True)
+        if limiter._watches:
+            limiter._spent(actual, blocking=True)
 
     def commit(self, **actual: Amount) -> None:
         """Replace the estimate with the real usage (see ``Lease.commit``)."""
