@@ -310,8 +310,17 @@ class Lease:
             key = new_id()
             if self._take:
                 self._key = key
-        self._limiter._log(
-            key, _outcome(units), _NO_UNITS if units is None else units, self._labels
+        limiter = self._limiter
+        assert limiter._ledger is not None
+        limiter._ledger._put(
+            (
+                key,
+                limiter._wall(),
+                limiter._name or "",
+                self._labels,
+                _outcome(units),
+                _NO_UNITS if units is None else units,
+            )
         )
 
     async def commit(self, **actual: Amount) -> None:

@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -105,6 +105,9 @@ class Ledger:
         self._start = threading.Lock()
         self._failing: StoreUnavailable | None = None
         self._closed = False
+        self._put: Callable[[Posted], None] = self._post
+        """Queue a row to write (never blocks; any thread): once its writer
+        runs, the queue's own ``put`` (a commit's row costs one C call)."""
         # stores whose own streams hold rows for it (Redis: each tree's)
         self._sources: weakref.WeakSet[Source] = weakref.WeakSet()
         _open.add(self)
@@ -154,6 +157,7 @@ class Ledger:
                 )
                 t.start()
                 self._thread = t
+                self._put = self._queue.put
 
     def _add_source(self, source: Source) -> None:
         """Copy the rows ``source`` keeps for the ledger, from now on."""
@@ -250,6 +254,7 @@ class Ledger:
         try:
             self.flush_sync(timeout)
         finally:
+            self._put = self._post  # a late row is logged, never dropped silently
             self._closed = True
             self._queue.put(None)
             _open.discard(self)

@@ -876,28 +876,9 @@ class Limiter:
             raise self._exceeded(got, req, "recording", labels)
         crossings = self._counted(got)
         if self._ledger is not None and book is None:
-            self._log("", "recorded", units, labels)
+            row = (new_id(), self._wall(), self._name or "", labels, "recorded", units)
+            self._ledger._put(row)
         return crossings
-
-    def _log(
-        self,
-        lease_id: str,
-        outcome: str,
-        units: Mapping[str, int],
-        labels: Mapping[str, str],
-    ) -> None:
-        """Post a row to the ledger (it has one): stamped now by its clock."""
-        assert self._ledger is not None
-        self._ledger._post(
-            (
-                lease_id or new_id(),
-                self._wall(),
-                self._name or "",
-                labels,
-                outcome,
-                units,
-            )
-        )
 
     def _looked(
         self, w: Waiter, req: tuple[int, ...], labels: Mapping[str, str] = EMPTY_LABELS
