@@ -35,6 +35,7 @@ PUBLIC_MODULES = (
     "ratebudget.integrations.prices",
     "ratebudget.integrations.langchain",
     "ratebudget.alerts",
+    "ratebudget.otel",
 )
 
 # ``name=`` written in docs or messages that are not Python keywords of ours

@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 import anyio
 import anyio.lowlevel
 
+from . import _telemetry as telemetry
 from ._amounts import Amount, from_units, to_units
 from ._decide import Crossing, Exceeded, Inexact, TooLong
 from ._exceptions import InvalidRequest
 from ._ids import new_id
 from ._scope import EMPTY_LABELS
+from ._telemetry import OBSERVERS
 from ._waiters import TaskWaiter, Waiter
 from .stores._base import Call
 
@@ -135,6 +137,7 @@ class Lease:
             assert isinstance(w, TaskWaiter)
             b = limiter._b
             deadline = w.sleep_deadline()  # ``acquire`` armed it
+            began = limiter._clock.monotonic_ns() if OBSERVERS else None
             try:
                 while True:
                     if deadline is None:  # nothing for the clock to time
@@ -152,6 +155,8 @@ class Lease:
                 raise
             finally:
                 w.disarm()
+            if began is not None:
+                telemetry.waited(limiter, (limiter._clock.monotonic_ns() - began) / 1e9)
             self._key = w.id
             got = w.take
         if type(got) is not int:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, overload
 import anyio
 import anyio.lowlevel
 
+from . import _telemetry as telemetry
 from ._alerts import AlertHandler, Dispatch, handlers_of, logger, report
 from ._amounts import STANDARD_AXES, Amount, from_units, to_units
 from ._clock import SYSTEM_CLOCK, Clock, wall_us
@@ -49,6 +50,7 @@ from ._snapshot import (
     snapshot_of,
     timed_out,
 )
+from ._telemetry import OBSERVERS
 from ._waiters import TaskWaiter, Waiter
 from .stores._base import Binding, Call, Store
 from .stores._ops import Book
@@ -101,6 +103,7 @@ def _scoped(
     parent._now()  # its path as it is now
     self = _new(Limiter)
     self._watch = None if runaway is None else Watch(runaway, name, 0)
+    telemetry.LIMITERS.add(self)
     self._code = limits
     self._keyed = keyed
     self._clock = parent._clock
@@ -273,6 +276,7 @@ class Limiter:
         self._keyed = False
         self._bind(None)
         self._watching()
+        telemetry.LIMITERS.add(self)
 
     def _live_key(self) -> object:
         """Its key in the store's live limits: its name (an unnamed limiter:
@@ -587,6 +591,8 @@ class Limiter:
     ) -> Exception:
         if isinstance(got, Exceeded):
             return self._exceeded(got, req, "acquiring", labels)
+        if OBSERVERS:
+            telemetry.refused(self, None, "timeout")
         return timed_out(got, self._b.tick_ns, timeout)
 
     def _exceeded(
@@ -597,7 +603,10 @@ class Limiter:
         labels: Mapping[str, str] = EMPTY_LABELS,
     ) -> Exception:
         """The ``BudgetExceeded`` for a refusal, naming the scope that refused."""
-        return exceeded(self._limits, got, req, kind, self._scopes[got.slot], labels)
+        scope = self._scopes[got.slot]
+        if OBSERVERS:
+            telemetry.refused(self, scope, "cap")
+        return exceeded(self._limits, got, req, kind, scope, labels)
 
     # -- the API --------------------------------------------------------------
 
@@ -962,6 +971,8 @@ class Limiter:
                 usd = lease._unit_amounts().get("usd", 0)
                 refusal = watch.refusal(verdict, now, wall, usd, dict(lease.labels))
         if refusal is not None:
+            if OBSERVERS:
+                telemetry.refused(self, refusal.scope, "runaway")
             raise refusal
 
     def _spent(self, actual: tuple[int, ...] | None, blocking: bool = False) -> None:

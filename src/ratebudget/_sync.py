@@ -13,11 +13,13 @@ from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
+from . import _telemetry as telemetry
 from ._amounts import Amount
 from ._decide import Crossing, Exceeded, Inexact, TooLong
 from ._forecast import with_forecasts
 from ._scope import labels_of
 from ._snapshot import Snapshot, snapshot_of
+from ._telemetry import OBSERVERS
 from ._waiters import ThreadWaiter, Waiter
 from .stores._base import Call
 
@@ -97,11 +99,15 @@ class SyncLimiter:
         wait_until = limiter._clock.wait_until
         assert isinstance(w, ThreadWaiter)
         deadline = w.sleep_deadline()  # ``acquire`` armed it
+        began = limiter._clock.monotonic_ns() if OBSERVERS else None
         try:
             while True:
                 wait_until(w.event, deadline)
                 deadline = _answer(b.poll(w))
                 if limiter._looked(w, req, labels):
+                    if began is not None:
+                        waited = limiter._clock.monotonic_ns() - began
+                        telemetry.waited(limiter, waited / 1e9)
                     return
         except BaseException:
             b.abort(w)

@@ -39,8 +39,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
+from .. import _telemetry as telemetry
 from .._exceptions import AcquireTimeout, BudgetExceeded, InvalidRequest, UnmeteredCall
 from .._http import retry_after
+from .._telemetry import OBSERVERS
 from ._call_amounts import charged, commit_amounts, priced, reserve_amounts
 from ._classify import Endpoint, azure_deployment, classify, gemini_model, is_free
 from ._estimate import DEFAULT_MAX_OUTPUT, Estimate, estimate
@@ -366,6 +368,38 @@ class _Meter:
             booked=planned.limiter._ledger is not None,
         )
 
+    def _tell(
+        self,
+        planned: _Planned,
+        *,
+        usage: Usage | None = None,
+        model: str | None = None,
+        usd: Any = None,
+        error: str | None = None,
+    ) -> None:
+        """Tell the observers (``ratebudget.otel``) the call ended."""
+        if not OBSERVERS:
+            return
+        url = planned.request.url
+        host = url.host or None
+        port = url.port or (443 if url.scheme == "https" else 80)
+        telemetry.called(
+            telemetry.Call(
+                operation=OPERATIONS[planned.endpoint],
+                provider=telemetry.provider_name(planned.family, host),
+                request_model=planned.est.model,
+                response_model=model,
+                input_tokens=None if usage is None else usage.input_tokens,
+                output_tokens=None if usage is None else usage.output_tokens,
+                duration=time.perf_counter() - planned.started,
+                error_type=error,
+                server_address=host,
+                server_port=port if host else None,
+                scope=telemetry.scope_of(planned.limiter),
+                usd=None if usd is None else Decimal(str(usd)),
+            )
+        )
+
     def _observe(self, response: Any) -> None:
         """Pull the per-minute rates down to what the provider says remains."""
         if not self.adapt:
@@ -411,6 +445,7 @@ class _Planned:
         "limiter",
         "request",
         "shrunk",
+        "started",
         "trust_response",
     )
 
@@ -436,6 +471,7 @@ class _Planned:
         self.trust_response = trust_response  # price the response's model
         self.body = body
         self.shrunk: int | None = None  # the output limit shrink=True set
+        self.started = 0.0  # when it was sent (time.perf_counter())
 
 
 def _with_output_limit(
@@ -566,6 +602,7 @@ class BudgetTransport(_Meter, _Transport):
             lease = await planned.limiter.acquire(
                 timeout=self.timeout, labels=planned.labels, **planned.amounts
             )
+        planned.started = time.perf_counter()
         try:
             response = await inner.handle_async_request(request)
         except BaseException as e:
@@ -574,6 +611,7 @@ class BudgetTransport(_Meter, _Transport):
                     await lease.release()
                 else:  # it may have reached the provider: its input counts
                     await lease.commit(**self.actual(planned, None, None, 0))
+            self._tell(planned, error=type(e).__qualname__)
             raise
         self._observe(response)
         if response.status_code >= 400:
@@ -586,6 +624,7 @@ class BudgetTransport(_Meter, _Transport):
                 self._hold(wait)
             with anyio.CancelScope(shield=True):
                 await lease.release()
+            self._tell(planned, error=str(response.status_code))
             return response
         stream = _stream_class(request, _AsyncMetered, "AsyncByteStream")(
             self, planned, lease, response.stream, _is_sse(response)
@@ -641,6 +680,7 @@ class BudgetSyncTransport(_Meter, _SyncTransport):
             lease = planned.limiter.sync.acquire(
                 timeout=self.timeout, labels=planned.labels, **planned.amounts
             )
+        planned.started = time.perf_counter()
         try:
             response = inner.handle_request(request)
         except BaseException as e:
@@ -648,6 +688,7 @@ class BudgetSyncTransport(_Meter, _SyncTransport):
                 lease.release()
             else:
                 lease.commit(**self.actual(planned, None, None, 0))
+            self._tell(planned, error=type(e).__qualname__)
             raise
         self._observe(response)
         if response.status_code >= 400:
@@ -659,6 +700,7 @@ class BudgetSyncTransport(_Meter, _SyncTransport):
                     response = _with_content(response, request, raw)
                 self._hold(wait)
             lease.release()
+            self._tell(planned, error=str(response.status_code))
             return response
         stream = _stream_class(request, _SyncMetered, "SyncByteStream")(
             self, planned, lease, response.stream, _is_sse(response)
@@ -701,6 +743,7 @@ class _Metered:
         self.stream = StreamUsage(planned.endpoint) if sse else None
         self.body = bytearray()
         self.closed = False
+        self.told: tuple[Usage | None, str | None, Any] = (None, None, None)
 
     def _see(self, chunk: bytes) -> None:
         if self.stream is not None:
@@ -710,7 +753,13 @@ class _Metered:
 
     def _actual(self) -> dict[str, Any]:
         usage, model, chars = self._usage()
-        return self.meter.actual(self.planned, usage, model, chars)
+        amounts = self.meter.actual(self.planned, usage, model, chars)
+        self.told = (usage, model, amounts.get("usd"))
+        return amounts
+
+    def _told(self) -> None:
+        usage, model, usd = self.told
+        self.meter._tell(self.planned, usage=usage, model=model, usd=usd)
 
     def _usage(self) -> tuple[Usage | None, str | None, int]:
         stream = self.stream
@@ -756,6 +805,7 @@ class _AsyncMetered(_Metered):
                 await self.inner.aclose()
             finally:
                 await self.lease.commit(**self._actual())
+                self._told()
 
 
 class _SyncMetered(_Metered):
@@ -772,3 +822,4 @@ class _SyncMetered(_Metered):
             self.inner.close()
         finally:
             self.lease.commit(**self._actual())
+            self._told()

@@ -18,12 +18,15 @@ leaving it by an exception releases the reservation, as a lease does.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
+from .. import _telemetry as telemetry
 from .._exceptions import InvalidRequest
+from .._telemetry import OBSERVERS
 from ._call_amounts import charged, commit_amounts, priced, reserve_amounts
 from ._classify import Endpoint
 from ._estimate import DEFAULT_MAX_OUTPUT, Estimate, estimate
@@ -124,6 +127,7 @@ class Meter:
         )
         self._priced = priced(limiter)
         self._lease: Lease | None = None
+        self._started = 0.0  # when the call was let go (time.perf_counter())
         self.usage: Usage | None = None
 
     def _family(self, endpoint: Endpoint | None = None) -> str:
@@ -150,6 +154,7 @@ class Meter:
         self._lease = await self.limiter.acquire(
             timeout=self.timeout, labels=self.labels, **self._reserve()
         )
+        self._started = time.perf_counter()
         return self
 
     async def __aexit__(
@@ -161,6 +166,8 @@ class Meter:
         lease = self._lease
         if lease is not None and not lease.settled:
             await lease.__aexit__(exc_type, exc, tb)
+            if exc_type is not None:
+                self._tell(None, None, exc_type.__qualname__)
 
     async def settle(self, response: object) -> Usage:
         """Commit the usage ``response`` reports; returns it.
@@ -191,4 +198,33 @@ class Meter:
         )
         await lease.commit(**actual)
         self.usage = usage
+        self._tell(usage, actual.get("usd"), None, endpoint, body.get("model"))
         return usage
+
+    def _tell(
+        self,
+        usage: Usage | None,
+        usd: Any,
+        error: str | None,
+        endpoint: Endpoint | None = None,
+        model: object = None,
+    ) -> None:
+        """Tell the observers (``ratebudget.otel``) the call ended."""
+        if not OBSERVERS:
+            return
+        telemetry.called(
+            telemetry.Call(
+                operation="chat",
+                provider=telemetry.provider_name(self._family(endpoint), None),
+                request_model=self.model,
+                response_model=model if isinstance(model, str) else None,
+                input_tokens=None if usage is None else usage.input_tokens,
+                output_tokens=None if usage is None else usage.output_tokens,
+                duration=time.perf_counter() - self._started,
+                error_type=error,
+                server_address=None,
+                server_port=None,
+                scope=telemetry.scope_of(self.limiter),
+                usd=None if usd is None else Decimal(str(usd)),
+            )
+        )
