@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -623,3 +625,96 @@ class TestNamePatterns:
         done = ratebudget("status", "--store", url, "acme/chat", "--name", "acme/*")
         assert done.returncode == 2, done
         assert "not both" in done.stderr
+
+
+class TestWatch:
+    """``status --watch``: the same view, again and again, while a workload
+    spends (a thread here, the CLI in a subprocess)."""
+
+    @staticmethod
+    def spending(url: str, stop: threading.Event) -> threading.Thread:
+        def run() -> None:
+            limiter = Limiter(Cap(usd="1000", per="day"), store=url, name="watched")
+            while not stop.is_set():
+                with limiter.sync.acquire(usd="0.01") as lease:
+                    lease.commit(usd="0.01")
+                stop.wait(0.01)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    def test_json_frames_follow_the_spend(self, tmp_path: Path) -> None:
+        url = f"sqlite:///{tmp_path / 'w.db'}"
+        Limiter(Cap(usd="1000", per="day"), store=url, name="watched")
+        stop = threading.Event()
+        thread = self.spending(url, stop)
+        try:
+            done = ratebudget(
+                "status", "--store", url, "--json", "--watch", "0.3", "--count", "4"
+            )
+        finally:
+            stop.set()
+            thread.join()
+        assert done.returncode == 0, done.stderr
+        frames = [json.loads(line) for line in done.stdout.splitlines()]
+        assert len(frames) == 4
+        used = [Decimal(f["limiters"][0]["limits"][0]["used"]) for f in frames]
+        assert used == sorted(used)
+        assert used[-1] > used[0]
+
+    def test_plain_frames_one_after_another(self, tmp_path: Path) -> None:
+        url = f"sqlite:///{tmp_path / 'w.db'}"
+        limiter = Limiter(Cap(usd="1000", per="day"), store=url, name="watched")
+        limiter.sync.record(usd="2.5")
+        done = ratebudget("status", "--store", url, "--watch", "0.05", "--count", "2")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count("ratebudget status: ") == 2
+        assert done.stdout.count("$2.50") == 2
+
+    def test_a_terminal_is_redrawn_in_place(self, tmp_path: Path) -> None:
+        pytest.importorskip("rich")
+        url = f"sqlite:///{tmp_path / 'w.db'}"
+        Limiter(Cap(usd="1000", per="day"), store=url, name="watched")
+        stop = threading.Event()
+        thread = self.spending(url, stop)
+        main_fd, tty = os.openpty()
+        argv = ["status", "--store", url, "--watch", "0.3", "--count", "3"]
+        try:
+            with subprocess.Popen(
+                [sys.executable, "-m", "ratebudget", *argv],
+                stdout=tty,
+                stderr=subprocess.PIPE,
+                env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "160"},
+            ) as proc:
+                os.close(tty)
+                out = b""
+                while True:
+                    try:
+                        chunk = os.read(main_fd, 65536)
+                    except OSError:  # the terminal closed with the process
+                        break
+                    if not chunk:
+                        break
+                    out += chunk
+                assert proc.stderr is not None
+                errors = proc.stderr.read()
+                assert proc.wait(timeout=60) == 0, errors
+        finally:
+            stop.set()
+            thread.join()
+            os.close(main_fd)
+        text = out.decode()
+        assert "\x1b[2K" in text or "\x1b[1A" in text  # lines erased: redrawn
+        amounts = re.findall(r"\$(\d+\.\d\d)", text)
+        spent = [Decimal(a) for a in amounts if Decimal(a) < 1000]
+        assert len(set(spent)) >= 2  # the numbers changed between frames
+
+    def test_count_needs_watch(self, tmp_path: Path) -> None:
+        url = f"sqlite:///{tmp_path / 'w.db'}"
+        Limiter(Cap(usd="1"), store=url, name="watched")
+        done = ratebudget("status", "--store", url, "--count", "2")
+        assert done.returncode == 2
+        assert "--count goes with --watch" in done.stderr
+        done = ratebudget("status", "--store", url, "--watch", "0")
+        assert done.returncode == 2

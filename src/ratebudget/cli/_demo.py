@@ -5,39 +5,19 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
-import math
 import sys
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING
 
 import anyio
 
+from ._args import positive_float, positive_int
 from ._demo_render import PlainProgress, format_usd, render_plain, render_rich
 from ._simulate import DemoProgress, DemoReport, run_demo
 from ._workload import DemoConfig, default_cap, plan_calls
 
 if TYPE_CHECKING:
     from rich.console import Console
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def _usd_amount(text: str) -> Decimal:
@@ -64,7 +44,7 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     demo.add_argument(
         "--calls",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help=f"number of calls (default: {defaults.calls})",
     )
@@ -76,31 +56,31 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     demo.add_argument(
         "--speed",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         help=f"simulated seconds per real second (default: {defaults.speed:g})",
     )
     demo.add_argument(
         "--tpm",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help=f"tokens per minute (default: {defaults.tpm})",
     )
     demo.add_argument(
         "--tpm-burst",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help=f"token burst (default: {defaults.tpm_burst})",
     )
     demo.add_argument(
         "--rpm",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help=f"requests per minute (default: {defaults.rpm})",
     )
     demo.add_argument(
         "--rpm-burst",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help=f"request burst (default: {defaults.rpm_burst})",
     )

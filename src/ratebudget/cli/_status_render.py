@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ._status_reader import LimiterStatus, LimitStatus
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from rich.console import Console, Group
 
 _CENT = Decimal("0.01")
 
@@ -245,7 +245,16 @@ def render_status_rich(
     A table wider than the console is drawn compact: shorter bars, the
     reset as ``in 5h 12m``, one space between columns.
     """
+    console.print(status_group(statuses, console, store=store))
+
+
+def status_group(
+    statuses: Sequence[LimiterStatus], console: Console, *, store: str
+) -> Group:
+    """What ``render_status_rich`` prints, as one renderable (``--watch``
+    redraws it in place)."""
     from rich import box
+    from rich.console import Group
     from rich.measure import Measurement
     from rich.table import Table
     from rich.text import Text
@@ -281,19 +290,19 @@ def render_status_rich(
             table.add_row(*cells)
         return table
 
-    console.print(Text(f"ratebudget status: {store}", style="bold"))
+    parts: list[Any] = [Text(f"ratebudget status: {store}", style="bold")]
     if not statuses:
-        console.print("no limiters registered on this store yet")
+        parts.append(Text("no limiters registered on this store yet"))
     for item in statuses:
         if item.error is not None:
-            console.print(Text(f"{item.name}: error: {item.error}", style="red"))
+            parts.append(Text(f"{item.name}: error: {item.error}", style="red"))
             continue
         if not item.limits:
-            console.print(Text(f"{item.name}: no limits"))
+            parts.append(Text(f"{item.name}: no limits"))
             continue
         table = table_of(item, compact=False)
         unbounded = console.options.update_width(10_000)
         wide = Measurement.get(console, unbounded, table).maximum
-        console.print(table if wide <= console.width else table_of(item, True))
-        for line in forecast_lines(item):
-            console.print(Text(f"  {line}"))
+        parts.append(table if wide <= console.width else table_of(item, True))
+        parts.extend(Text(f"  {line}") for line in forecast_lines(item))
+    return Group(*parts)
