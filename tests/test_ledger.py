@@ -199,6 +199,29 @@ class TestEverySettledLeaseIsARow:
         ledger.close()
 
 
+async def test_a_shadow_refusal_is_a_row_never_spend(
+    make: Make, ledger_url: str
+) -> None:
+    """Shadow mode grants what a cap would refuse: the lease's own row counts
+    its spend, and a ``shadowed`` row says what the cap would have refused."""
+    org = make(Cap(usd="1"), ledger=ledger_url, shadow=True)
+    async with org.acquire(usd="0.75"):
+        pass
+    async with org.acquire(usd="0.5") as lease:  # over the cap: granted
+        await lease.commit(usd="0.5")
+    rows = await rows_of(org, ledger_url)
+    name = org.name or ""
+    assert (name, "shadowed", {"usd": Decimal("0.5")}, {}) in rows
+    assert [r[1] for r in rows].count("committed") == 2
+    reader = Ledger(ledger_url)
+    try:
+        report = await reader.report(by=("outcome",))
+    finally:
+        reader.close()
+    assert report.total.usd == Decimal("1.25")  # the shadowed row is no spend
+    assert {r.group["outcome"] for r in report.rows} >= {"committed", "shadowed"}
+
+
 class TestReports:
     async def fill(self, url: str) -> Limiter:
         clock = FakeClock(START)

@@ -44,10 +44,13 @@ __all__ = ("OUTCOMES", "Ledger", "LedgerEntry", "ledger_of")
 
 logger: Final = logging.getLogger("ratebudget")
 
-OUTCOMES: Final = ("committed", "released", "expired", "recorded")
+OUTCOMES: Final = ("committed", "released", "expired", "recorded", "shadowed")
 """What became of a lease: its usage counted (``committed``), its
 reservation given back (``released``: $0, and so for ``expired``, a lease
-its store reclaimed), or usage counted after the fact (``recorded``)."""
+its store reclaimed), or usage counted after the fact (``recorded``). A
+``shadowed`` row is what a cap of a ``Limiter(shadow=True)`` would have
+refused (its amount on that cap's axis, the scope whose cap it is); never
+counted as spend."""
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _BATCH: Final = 500  # rows per transaction, at most

@@ -1033,11 +1033,18 @@ class Limiter:
     def _on_shadow(self, shadowed: list[Shadowed]) -> None:
         """Shadow mode: what the caps would have refused. The first of each
         cap and period (in any process: the store latches it) is an alert;
-        the others are logged (INFO). Never raises: it runs where a store's
-        answer is delivered."""
+        the others are logged (INFO); each is a ``shadowed`` row of the
+        ledger. Never raises: it runs where a store's answer is delivered."""
         try:
             first: list[tuple[int, Alert]] = []
+            ledger = self._ledger
             for x in shadowed:
+                if ledger is not None:  # its row: what would have been refused
+                    axis = self._limits[x.slot].axis
+                    scope = self._scopes[x.slot] or ""
+                    at = self._wall()
+                    units = {axis: x.requested}
+                    ledger._put((new_id(), at, scope, EMPTY_LABELS, "shadowed", units))
                 alert = shadow_alert(self._limits, x, self._scopes[x.slot])
                 if x.first:
                     first.append((x.slot, alert))
