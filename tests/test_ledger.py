@@ -27,12 +27,14 @@ from hypothesis import strategies as st
 from conftest import Make
 from helpers import ratebudget
 from ratebudget import (
+    BudgetExceeded,
     Cap,
     InvalidRequest,
     Ledger,
     LedgerEntry,
     Limiter,
     Rate,
+    Runaway,
     StoreUnavailable,
 )
 from ratebudget._ledger import Posted
@@ -220,6 +222,57 @@ async def test_a_shadow_refusal_is_a_row_never_spend(
         reader.close()
     assert report.total.usd == Decimal("1.25")  # the shadowed row is no spend
     assert {r.group["outcome"] for r in report.rows} >= {"committed", "shadowed"}
+
+
+async def test_alerts_and_refusals_are_events(ledger_url: str) -> None:
+    """Every alert, and refusals (one event a second per scope and reason,
+    counting the others), newest first."""
+    clock = FakeClock(START)
+    org = Limiter(
+        Cap(usd="1", alert_at=(0.5,)), name="org", ledger=ledger_url, clock=clock
+    )
+    team = org.child(
+        "team", runaway=Runaway(window="1m", min_usd="0.2", action="block")
+    )
+    async with org.acquire(usd="0.6"):
+        pass  # crosses 50%: an alert
+    for _ in range(5):  # five refusals in one second: one event
+        with pytest.raises(BudgetExceeded):
+            await org.acquire(usd="2")
+    clock.advance(1)
+    with pytest.raises(BudgetExceeded):  # the next second: counts the four
+        await org.acquire(usd="2")
+    async with team.acquire(usd="0.25"):
+        pass  # a runaway of team: an alert; then a refusal
+    with pytest.raises(BudgetExceeded):
+        await team.acquire(usd="0.01")
+    assert org._ledger is not None
+    await org._ledger.flush()
+    reader = Ledger(ledger_url)
+    try:
+        got = await reader.events()
+        mine = await reader.events(scope="org/team")
+        last = await reader.events(limit=1)
+        with pytest.raises(InvalidRequest, match="limit"):
+            await reader.events(limit=0)
+    finally:
+        reader.close()
+    assert [(e.scope, e.kind) for e in got] == [
+        ("org/team", "refused"),
+        ("org/team", "runaway"),
+        ("org", "refused"),
+        ("org", "refused"),
+        ("org", "threshold"),
+    ]
+    assert [e.detail["count"] for e in got[2:4]] == [5, 1]
+    assert got[0].detail["reason"] == "runaway"
+    assert got[2].detail["reason"] == "cap"
+    assert got[2].detail["requested"] == "2"
+    assert got[4].detail["used"] == "0.6"
+    assert "reached 50%" in got[4].message
+    assert got[4].at == START
+    assert [e.kind for e in mine] == ["refused", "runaway"]
+    assert last == got[:1]
 
 
 class TestReports:

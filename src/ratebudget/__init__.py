@@ -26,6 +26,7 @@ from ._forecast import Forecast as Forecast
 from ._keys import Keys as Keys
 from ._ledger import Ledger as Ledger
 from ._ledger import LedgerEntry as LedgerEntry
+from ._ledger import LedgerEvent as LedgerEvent
 from ._limiter import Lease as Lease
 from ._limiter import Limiter as Limiter
 from ._limits import Cap as Cap
@@ -57,6 +58,7 @@ __all__ = (
     "Lease",
     "Ledger",
     "LedgerEntry",
+    "LedgerEvent",
     "LimitSnapshot",
     "Limiter",
     "Rate",

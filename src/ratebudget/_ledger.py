@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import anyio
 
 from ._amounts import from_units
+from ._events import Event, LedgerEvent, Refusals, alert_event, events_of, split
 from ._exceptions import InvalidRequest, StoreUnavailable
 from ._ledger_db import (
     COLUMNS,
@@ -39,8 +40,9 @@ from ._ledger_db import (
 
 if TYPE_CHECKING:
     from ._report import Report
+    from ._snapshot import Alert
 
-__all__ = ("OUTCOMES", "Ledger", "LedgerEntry", "ledger_of")
+__all__ = ("OUTCOMES", "Ledger", "LedgerEntry", "LedgerEvent", "ledger_of")
 
 logger: Final = logging.getLogger("ratebudget")
 
@@ -61,7 +63,7 @@ _EXIT_FLUSH: Final = 10.0  # s a process waits at exit for its rows
 # a row as posted (encoded by the writer thread, off the caller's path):
 # lease id, UTC µs, scope, labels, outcome, units per axis
 Posted = tuple[str, int, str, Mapping[str, str], str, Mapping[str, int]]
-_Item = Posted | threading.Event | None
+_Item = Posted | Event | threading.Event | None
 _DRAIN: Final = threading.Event()  # a wake-up of the writer: copy the sources
 _DRAIN_EVERY: Final = 1.0  # s between copies of the sources' rows
 
@@ -108,7 +110,8 @@ class Ledger:
         self._start = threading.Lock()
         self._failing: StoreUnavailable | None = None
         self._closed = False
-        self._put: Callable[[Posted], None] = self._post
+        self._put: Callable[[Posted | Event], None] = self._post
+        self._refusals = Refusals()
         """Queue a row to write (never blocks; any thread): once its writer
         runs, the queue's own ``put`` (a commit's row costs one C call)."""
         # stores whose own streams hold rows for it (Redis: each tree's)
@@ -134,7 +137,7 @@ class Ledger:
 
     # -- writing -------------------------------------------------------------
 
-    def _post(self, item: Posted) -> None:
+    def _post(self, item: Posted | Event) -> None:
         """Queue a row to write (never blocks; any thread)."""
         if self._thread is None:
             self._run_writer()
@@ -198,21 +201,29 @@ class Ledger:
         self._sources.add(store)
         return self._drain(strict=True)
 
-    def _write(self, items: list[Posted]) -> None:
+    def _write(self, items: list[Posted | Event]) -> None:
         """Write ``items`` (the writer thread), trying until it can."""
-        self._write_rows([_encode(x) for x in items])
+        rows, events = split(items)
+        if rows:
+            self._write_rows([_encode(x) for x in rows])
+        if events:
+            found = [e.row() for e in events]
+            self._trying(lambda: self._db.write_events(found), len(found))
 
     def _write_rows(self, rows: list[Row]) -> None:
+        self._trying(lambda: self._db.write(rows), len(rows))
+
+    def _trying(self, write: Callable[[], None], n: int) -> None:
         delay = 0.05
         while True:
             try:
-                self._db.write(rows)
+                write()
             except StoreUnavailable as e:
                 if self._failing is None:
                     logger.error(
                         "ratebudget: %s; %d rows wait to be written (retrying)",
                         e,
-                        len(rows),
+                        n,
                     )
                 self._failing = e
                 if self._closed:
@@ -291,6 +302,35 @@ class Ledger:
         sql += " ORDER BY at_us, lease_id"
         return [_entry(row) for row in self._db.query(sql, params)]
 
+    def _alerted(self, alerts: Sequence[Alert], at_us: int) -> None:
+        """Log ``alerts`` as events (never blocks)."""
+        for alert in alerts:
+            self._put(alert_event(alert, at_us))
+
+    def _refused(
+        self, at_us: int, scope: str, reason: str, error: BaseException
+    ) -> None:
+        """Log a refusal as an event (at most one a second per scope and
+        reason, counting the others)."""
+        event = self._refusals.event(at_us, scope, reason, error)
+        if event is not None:
+            self._put(event)
+
+    async def events(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        scope: str | None = None,
+        limit: int = 100,
+    ) -> list[LedgerEvent]:
+        """The newest ``limit`` alerts and refusals from ``since`` to
+        ``until``, of ``scope`` and its descendants or of all, newest first."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidRequest(f"limit={limit!r}: expected a count >= 1")
+        lo, hi = span(since, until)
+        return await anyio.to_thread.run_sync(events_of, self._db, lo, hi, scope, limit)
+
     async def report(
         self,
         *,
@@ -364,7 +404,7 @@ def _write_rows(ref: weakref.ref[Ledger], q: queue.SimpleQueue[_Item]) -> None:
             item = q.get(timeout=wait)
         except queue.Empty:
             item = _DRAIN
-        items: list[Posted] = []
+        items: list[Posted | Event] = []
         marks: list[threading.Event] = []
         while True:
             if item is None:  # closed

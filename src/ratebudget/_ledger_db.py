@@ -74,6 +74,20 @@ CREATE TABLE IF NOT EXISTS rb_ledger (
 
 LEDGER_INDEX: Final = "CREATE INDEX IF NOT EXISTS rb_ledger_at ON rb_ledger (at_us)"
 
+# what happened besides settled leases: alerts and refusals (``Ledger.events``)
+# event_id, at (UTC µs), scope, kind, detail (JSON)
+EventRow = tuple[str, int, str, str, str]
+
+_EVENTS_TABLE: Final = """
+CREATE TABLE IF NOT EXISTS rb_events (
+    event_id TEXT PRIMARY KEY,
+    at_us {big} NOT NULL,
+    scope TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    detail {json} NOT NULL
+)"""
+EVENTS_INDEX: Final = "CREATE INDEX IF NOT EXISTS rb_events_at ON rb_events (at_us)"
+
 _FIELDS: Final = (
     "lease_id, at_us, scope, labels, outcome, requests, tokens, input_tokens, "
     "output_tokens, usd_nano, other"
@@ -208,6 +222,16 @@ class Database:
         with self._conn() as conn, self._tx(conn):
             conn.cursor().executemany(sql, rows)
 
+    def write_events(self, events: Sequence[EventRow]) -> None:
+        """Append ``events`` (one already there by id is kept)."""
+        m = self.mark
+        sql = (
+            "INSERT INTO rb_events (event_id, at_us, scope, kind, detail) "
+            f"VALUES ({m}, {m}, {m}, {m}, {m}) ON CONFLICT (event_id) DO NOTHING"
+        )
+        with self._conn() as conn, self._tx(conn):
+            conn.cursor().executemany(sql, events)
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._conn() as conn, self._tx(conn):
             cur = conn.cursor()
@@ -246,6 +270,8 @@ class _SQLite(Database):
         with conn:
             conn.execute(SQLITE_TABLE)
             conn.execute(LEDGER_INDEX)
+            conn.execute(_EVENTS_TABLE.format(big="INTEGER", json="TEXT"))
+            conn.execute(EVENTS_INDEX)
         return conn
 
     def _errors(self) -> tuple[type[BaseException], ...]:
@@ -288,6 +314,8 @@ class _Postgres(Database):
                             )
                         conn.execute(_POSTGRES_TABLE)
                         conn.execute(LEDGER_INDEX)
+                        conn.execute(_EVENTS_TABLE.format(big="BIGINT", json="JSONB"))
+                        conn.execute(EVENTS_INDEX)
                     break
                 except self._psycopg.errors.UniqueViolation:
                     if attempt == 2:

@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 __all__ = ("AlertHandler", "Lease", "Limiter")
 
 T = TypeVar("T")
+E = TypeVar("E", bound=Exception)
 
 _new: Final = object.__new__
 
@@ -591,9 +592,9 @@ class Limiter:
     ) -> Exception:
         if isinstance(got, Exceeded):
             return self._exceeded(got, req, "acquiring", labels)
-        if OBSERVERS:
-            telemetry.refused(self, None, "timeout")
-        return timed_out(got, self._b.tick_ns, timeout)
+        return self._said(
+            self._name, "timeout", timed_out(got, self._b.tick_ns, timeout)
+        )
 
     def _exceeded(
         self,
@@ -604,9 +605,23 @@ class Limiter:
     ) -> Exception:
         """The ``BudgetExceeded`` for a refusal, naming the scope that refused."""
         scope = self._scopes[got.slot]
+        error = exceeded(self._limits, got, req, kind, scope, labels)
+        return self._said(scope, "cap", error)
+
+    def _said(self, scope: str | None, reason: str, error: E) -> E:
+        """``error``, a refusal, told to the observers and the ledger's events."""
         if OBSERVERS:
-            telemetry.refused(self, scope, "cap")
-        return exceeded(self._limits, got, req, kind, scope, labels)
+            telemetry.refused(self, scope, reason)
+        if self._ledger is not None:
+            self._ledger._refused(self._wall(), scope or "", reason, error)
+        return error
+
+    def _alerted(self, alerts: list[Alert], overruns: list[str], routed: bool) -> None:
+        """Log ``alerts`` and ``overruns`` (and write the alerts as events
+        of the ledger)."""
+        report(alerts, overruns, routed)
+        if alerts and self._ledger is not None:
+            self._ledger._alerted(alerts, self._wall())
 
     # -- the API --------------------------------------------------------------
 
@@ -923,7 +938,7 @@ class Limiter:
         if not (alerts or overruns):
             return
         routed = self._routed([(c.slot, a) for c, a in alerts])
-        report([a for _, a in alerts], overruns, routed)
+        self._alerted([a for _, a in alerts], overruns, routed)
         if routed:
             for dispatch, batch in self._batches([(c.slot, a) for c, a in alerts]):
                 if blocking:
@@ -971,9 +986,7 @@ class Limiter:
                 usd = lease._unit_amounts().get("usd", 0)
                 refusal = watch.refusal(verdict, now, wall, usd, dict(lease.labels))
         if refusal is not None:
-            if OBSERVERS:
-                telemetry.refused(self, refusal.scope, "runaway")
-            raise refusal
+            raise self._said(refusal.scope, "runaway", refusal)
 
     def _spent(self, actual: tuple[int, ...] | None, blocking: bool = False) -> None:
         """Count a settle's USD (``None``: released, nothing) on every watch
@@ -986,7 +999,7 @@ class Limiter:
                 self._warn(watch, alert, blocking)
 
     def _warn(self, watch: Watch, alert: Alert, blocking: bool) -> None:
-        report([alert], [], bool(watch.routes))
+        self._alerted([alert], [], bool(watch.routes))
         for dispatch in watch.routes:
             if blocking:
                 dispatch.post_sync([alert])
@@ -1023,7 +1036,7 @@ class Limiter:
                 self._foreseen.add(alert.id)
                 fired.append((slot, alert))
         if fired:
-            report([a for _, a in fired], [], self._routed(fired))
+            self._alerted([a for _, a in fired], [], self._routed(fired))
             for dispatch, batch in self._batches(fired):
                 if blocking:
                     dispatch.post_sync(batch)
@@ -1051,7 +1064,7 @@ class Limiter:
                 else:
                     logger.info("ratebudget: %s", alert)
             if first:
-                report([a for _, a in first], [], self._routed(first))
+                self._alerted([a for _, a in first], [], self._routed(first))
                 for dispatch, batch in self._batches(first):
                     dispatch.post_here(batch)
         except Exception:  # pragma: no cover - reporting must not lose a grant
