@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
+import anyio
 import pytest
 
 from helpers import ratebudget
@@ -198,6 +199,18 @@ async def spend_steadily(limiter: Limiter, clock: FakeClock, hours: int) -> None
         clock.advance(450)
 
 
+def alerting(
+    clock: FakeClock, url: str, *limits: Cap | Rate
+) -> tuple[Limiter, list[Alert]]:
+    """A limiter "team" with ``limits`` and a ledger at ``url``, and the
+    alerts it fires."""
+    alerts: list[Alert] = []
+    limiter = Limiter(
+        *limits, name="team", ledger=url, clock=clock, on_alert=alerts.append
+    )
+    return limiter, alerts
+
+
 class TestSnapshots:
     async def test_a_steady_spend_is_forecast_and_alerted_once(
         self, ledger_url: str
@@ -237,18 +250,34 @@ class TestSnapshots:
         assert alert.used == Decimal("4")
         assert "forecast to use 12" in str(alert)
 
+    async def test_the_ledger_forecasts_without_being_asked(
+        self, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """No snapshot asked for: the ledger's thread forecasts its
+        limiters' hard caps now and then, and the alert comes."""
+        monkeypatch.setattr("ratebudget._ledger._FORECAST_EVERY", 0.05)
+        clock = FakeClock(DAY)
+        limiter, alerts = alerting(clock, ledger_url, Cap(usd="10", per="day"))
+        await spend_steadily(limiter, clock, 8)  # $12 forecast for the day
+        with anyio.fail_after(10):
+            while not alerts:
+                await anyio.sleep(0.02)
+                await limiter.flush_alerts()
+        (alert,) = alerts
+        assert alert.kind == "forecast"
+        assert alert.forecast is not None
+        assert alert.forecast.expected is not None
+        assert alert.forecast.expected > Decimal("10")  # past the cap
+
     async def test_a_forecast_under_the_cap_alerts_nothing(
         self, ledger_url: str
     ) -> None:
         clock = FakeClock(DAY)
-        alerts: list[Alert] = []
-        limiter = Limiter(
+        limiter, alerts = alerting(
+            clock,
+            ledger_url,
             Cap(usd="20", per="day"),
             Cap(usd="5", per="day", soft=True),  # soft: forecast, never alerted
-            name="team",
-            ledger=ledger_url,
-            clock=clock,
-            on_alert=alerts.append,
         )
         await spend_steadily(limiter, clock, 4)
         assert limiter._ledger is not None

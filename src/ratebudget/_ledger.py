@@ -16,6 +16,7 @@ import json
 import logging
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ Posted = tuple[str, int, str, Mapping[str, str], str, Mapping[str, int]]
 _Item = Posted | Event | threading.Event | None
 _DRAIN: Final = threading.Event()  # a wake-up of the writer: copy the sources
 _DRAIN_EVERY: Final = 1.0  # s between copies of the sources' rows
+_FORECAST_EVERY: Final = 60.0  # s between forecasts of its limiters' caps
 
 
 class Source(Protocol):
@@ -112,6 +114,10 @@ class Ledger:
         self._closed = False
         self._put: Callable[[Posted | Event], None] = self._post
         self._refusals = Refusals()
+        # limiters whose hard caps its thread forecasts now and then (their
+        # ``kind="forecast"`` alerts come without a snapshot being asked for)
+        self._forecasted: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._forecast_at = 0.0  # time.monotonic() of the next forecasts
         """Queue a row to write (never blocks; any thread): once its writer
         runs, the queue's own ``put`` (a commit's row costs one C call)."""
         # stores whose own streams hold rows for it (Redis: each tree's)
@@ -164,6 +170,37 @@ class Ledger:
                 t.start()
                 self._thread = t
                 self._put = self._queue.put
+
+    def _forecast_for(self, limiter: Any) -> None:
+        """Forecast ``limiter``'s caps about once a minute (its snapshot,
+        in the writer thread), so that a forecast past a hard cap alerts."""
+        self._forecasted.add(limiter)
+        self._run_writer()
+
+    def _wait(self) -> float | None:
+        """How long the writer may sleep: until its next copy or forecasts."""
+        waits = []
+        if self._sources:
+            waits.append(_DRAIN_EVERY)
+        if self._forecasted:
+            waits.append(max(0.0, self._forecast_at - time.monotonic()))
+        return min(waits) if waits else None
+
+    def _forecast(self) -> None:
+        """Forecast the limiters' caps, if it is time (the writer thread)."""
+        if not self._forecasted or time.monotonic() < self._forecast_at:
+            return
+        self._forecast_at = time.monotonic() + _FORECAST_EVERY
+        for limiter in list(self._forecasted):
+            try:
+                limiter.sync.snapshot()  # its forecasts, and their alerts
+            except Exception as e:  # a store down: the next round tries again
+                logger.warning(
+                    "ratebudget: forecasting %r from ledger %s failed: %s",
+                    limiter,
+                    self.url,
+                    e,
+                )
 
     def _add_source(self, source: Source) -> None:
         """Copy the rows ``source`` keeps for the ledger, from now on."""
@@ -398,7 +435,7 @@ def _write_rows(ref: weakref.ref[Ledger], q: queue.SimpleQueue[_Item]) -> None:
         ledger = ref()
         if ledger is None:
             return
-        wait = _DRAIN_EVERY if ledger._sources else None
+        wait = ledger._wait()
         del ledger
         try:
             item = q.get(timeout=wait)
@@ -427,9 +464,10 @@ def _write_rows(ref: weakref.ref[Ledger], q: queue.SimpleQueue[_Item]) -> None:
             ledger._write(items)
         if ledger._sources:
             ledger._drain()
-        del ledger
         for mark in marks:
             mark.set()
+        ledger._forecast()
+        del ledger
 
 
 _ledgers: dict[str, Ledger] = {}

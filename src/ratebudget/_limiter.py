@@ -120,6 +120,7 @@ def _scoped(
     self._parent = parent
     self._bind(None)
     self._watching()
+    self._forecasting()
     return self
 
 
@@ -277,6 +278,7 @@ class Limiter:
         self._keyed = False
         self._bind(None)
         self._watching()
+        self._forecasting()
         telemetry.LIMITERS.add(self)
 
     def _live_key(self) -> object:
@@ -973,6 +975,14 @@ class Limiter:
                 "soft=True) counts without refusing"
             )
         watch.born = self._clock.monotonic_ns()
+
+    def _forecasting(self) -> None:
+        """With a ledger and a hard cap of a calendar period, its ledger's
+        thread forecasts it now and then (a forecast past the cap alerts)."""
+        if self._ledger is not None and any(
+            isinstance(x, Cap) and x.per is not None and not x.soft for x in self._code
+        ):
+            self._ledger._forecast_for(self)
 
     def _admit(self, lease: Lease, blocking: bool = False) -> None:
         """Refuse ``lease`` if a watch on its path blocks a runaway now."""
