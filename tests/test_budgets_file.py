@@ -16,7 +16,7 @@ import pytest
 
 import ratebudget
 from helpers import ratebudget as ratebudget_cli
-from ratebudget import BudgetExceeded, Cap, InvalidRequest, Rate
+from ratebudget import BudgetExceeded, Cap, InvalidRequest, Ledger, Rate
 
 FILE = """\
 # the company's LLM budgets
@@ -114,6 +114,10 @@ def test_a_store_given_to_load_wins_over_the_files(tmp_path: Path) -> None:
         ('[acme]\n\n[acme."a/b"]\n', 3, "without '/'"),
         ('shadow = "yes"\n[acme]\n', 1, "shadow"),
         ("[acme]\nowner = 3\n", 2, "owner"),
+        ('[acme]\nrunaway = { action = "stop" }\n', 2, "'alert' or 'block'"),
+        ('[acme]\nrunaway = { windw = "5m" }\n', 2, "runaway"),
+        ('[acme]\nrunaway = "5m"\n', 2, "runaway: expected a table"),
+        ("ledger = 3\n[acme]\n", 1, "ledger"),
     ],
 )
 def test_a_malformed_file_is_one_error_naming_its_line(
@@ -124,6 +128,40 @@ def test_a_malformed_file_is_one_error_naming_its_line(
         ratebudget.load(path)
     assert f"line {line}" in str(caught.value)
     assert str(path) in str(caught.value)
+
+
+def test_a_file_names_the_ledger_and_runaway_watches(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'budgets.db'}"
+    path = write(
+        tmp_path,
+        f"""\
+        store = "{store}"
+        ledger = true
+
+        [acme]
+        caps = [{{ usd = "100", per = "day" }}]
+
+        [acme.agents]
+        runaway = {{ window = "1m", min_usd = "1", action = "block" }}
+        """,
+    )
+    budgets = ratebudget.load(path)
+    agents = budgets["acme/agents"]
+    for _ in range(4):
+        agents.sync.record(usd="0.3")
+    with pytest.raises(BudgetExceeded) as caught:
+        agents.sync.acquire(usd="0.1")
+    assert (caught.value.reason, caught.value.scope) == ("runaway", "acme/agents")
+    budgets.root.sync.acquire(usd="0.1").commit()  # acme itself is calm
+    ledger = budgets.root._ledger
+    assert ledger is not None
+    assert ledger.sqlite_path == str(tmp_path / "budgets.db")
+    reader = Ledger(store)
+    try:
+        entries = anyio.run(lambda: reader.entries())
+    finally:
+        reader.close()
+    assert sorted(e.outcome for e in entries) == ["committed"] + ["recorded"] * 4
 
 
 def test_a_missing_file_is_invalid_request(tmp_path: Path) -> None:

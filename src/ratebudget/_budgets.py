@@ -12,12 +12,15 @@ The file (see docs/organisations.md, "A budgets file")::
 
     [acme.search]                        # a child scope: acme/search
     caps = [{ usd = "200", per = "month" }]
+    runaway = { window = "5m", factor = 5, min_usd = "1", action = "block" }
 
     [acme.search.per_key]                # a scope per key, made on first use
     max_keys = 100000
     caps = [{ usd = "5", per = "day" }]
 
-Each ``caps`` / ``rates`` entry holds the keywords of ``Cap`` / ``Rate``.
+Each ``caps`` / ``rates`` entry holds the keywords of ``Cap`` / ``Rate``,
+a ``runaway`` those of ``Runaway``; ``ledger`` (top level: a URL, or
+``true`` for a SQLite store's own file) is the tree's usage ledger.
 A mistake is one ``InvalidRequest`` naming the file and the line.
 """
 
@@ -31,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._exceptions import InvalidRequest
 from ._limits import Cap, Rate
+from ._runaway import Runaway
 
 if TYPE_CHECKING:
     from ._alerts import AlertHandler
@@ -41,8 +45,8 @@ if TYPE_CHECKING:
 
 __all__ = ("Budgets", "ScopeSpec", "load", "read")
 
-_TOP = {"store", "shadow", "lease_ttl", "on_store_error"}
-_SCOPE = {"owner", "caps", "rates", "per_key"}
+_TOP = {"store", "shadow", "lease_ttl", "on_store_error", "ledger"}
+_SCOPE = {"owner", "caps", "rates", "per_key", "runaway"}
 _PER_KEY = {"owner", "caps", "rates", "max_keys"}
 
 
@@ -56,6 +60,7 @@ class ScopeSpec:
     owner: str | None = None
     per_key: tuple[tuple[Rate | Cap, ...], int, str | None] | None = None
     children: tuple[ScopeSpec, ...] = ()
+    runaway: Runaway | None = None
 
     def walk(self) -> Iterator[ScopeSpec]:
         """This scope and every descendant, parents first."""
@@ -171,6 +176,23 @@ def read(path: str | os.PathLike[str]) -> BudgetsFile:
         raise fail((), "store", "store: expected a URL string")
     if "shadow" in settings and not isinstance(settings["shadow"], bool):
         raise fail((), "shadow", "shadow: expected true or false")
+    if "ledger" in settings and not isinstance(settings["ledger"], (str, bool)):
+        raise fail((), "ledger", "ledger: expected a URL string, or true")
+
+    def runaway_of(table: Sequence[str], body: dict[str, Any]) -> Runaway | None:
+        value = body.get("runaway")
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise fail(
+                table,
+                "runaway",
+                'runaway: expected a table (runaway = { window = "5m", ... })',
+            )
+        try:
+            return Runaway(**value)
+        except (InvalidRequest, TypeError) as e:
+            raise fail(table, "runaway", f"runaway: {e}") from None
 
     def limits_of(table: Sequence[str], body: dict[str, Any]) -> tuple[Rate | Cap, ...]:
         out: list[Rate | Cap] = []
@@ -244,6 +266,7 @@ def read(path: str | os.PathLike[str]) -> BudgetsFile:
             owner_of(table, body),
             per_key,
             tuple(children),
+            runaway_of(table, body),
         )
 
     return BudgetsFile(where, scope((tables[0],), doc[tables[0]]), settings)
@@ -316,6 +339,8 @@ def load(
         name=spec.root.name,
         on_alert=on_alert,
         shadow=settings.get("shadow", False),
+        ledger=settings.get("ledger"),
+        runaway=spec.root.runaway,
         **kw,
     )
     scopes: dict[str, Limiter] = {}
@@ -330,7 +355,8 @@ def load(
             limits, max_keys, _owner = node.per_key
             keys[node.name] = limiter.per_key(*limits, max_keys=max_keys)
         for child in node.children:
-            build(child, limiter.child(child.name.rsplit("/", 1)[1], *child.limits))
+            segment = child.name.rsplit("/", 1)[1]
+            build(child, limiter.child(segment, *child.limits, runaway=child.runaway))
 
     build(spec.root, root)
     return Budgets(root, scopes, keys, owners)
