@@ -32,9 +32,10 @@ if TYPE_CHECKING:
     from ._limiter import Limiter
     from .stores._ops import Book
 
-__all__ = ("Lease",)
+__all__ = ("Lease", "new_lease")
 
 T = TypeVar("T")
+L = TypeVar("L", bound="Lease")
 
 _MAX_SECONDS: Final = 10.0**10  # timeouts and TTLs beyond ~300 years are "forever"
 
@@ -72,6 +73,26 @@ def seconds(what: str, value: object, *, zero: bool) -> float:
     return float(value)
 
 
+def new_lease(
+    cls: type[L],
+    limiter: Limiter,
+    units: dict[str, int] | int,
+    req: tuple[int, ...],
+    timeout: int | None,
+) -> L:
+    """A pending lease of ``limiter`` for ``req`` (``units`` per axis)."""
+    lease = cls()
+    lease._limiter = limiter
+    lease._units = units
+    lease._req = req
+    lease._timeout = timeout
+    lease._state = _PENDING
+    lease._take = 0
+    lease._key = ""
+    lease._labels = EMPTY_LABELS
+    return lease
+
+
 class Lease:
     """One acquisition: reserved amounts, later committed or released.
 
@@ -92,23 +113,17 @@ class Lease:
         "_timeout",
         "_units",
     )
+    _limiter: Limiter
+    _units: dict[str, int] | int  # an int: ``acquire(tokens)`` alone
+    _req: tuple[int, ...]
+    _timeout: int | None
+    _state: int
+    _take: int  # the store's take id: refunds are measured from it
+    _key: str  # the store's lease id (shared stores)
     _labels: Mapping[str, str]  # EMPTY_LABELS unless given (``labels``)
 
-    def __init__(
-        self,
-        limiter: Limiter,
-        units: dict[str, int] | int,
-        req: tuple[int, ...],
-        timeout: int | None,
-    ) -> None:
-        self._limiter = limiter
-        self._units = units  # an int: ``acquire(tokens)`` alone
-        self._req = req
-        self._timeout = timeout
-        self._state = _PENDING
-        self._take = 0  # the store's take id: refunds are measured from it
-        self._key = ""  # the store's lease id (shared stores)
-        self._labels = EMPTY_LABELS
+    # no ``__init__``: ``new_lease`` makes one (and ``Limiter.acquire``,
+    # inlining it: a class called without an ``__init__`` is made fastest)
 
     async def _acquire(self) -> Lease:
         if self._state != _PENDING:
@@ -178,6 +193,13 @@ class Lease:
                 f"lease {self.id} was already settled; call limiter.acquire() again"
             )
         limiter = self._limiter
+        grab = limiter._grab
+        if grab is not None:
+            take = grab(self._req)
+            if take:
+                self._take = take
+                self._state = _ACTIVE
+                return self
         got = limiter._b.acquire(self._req, self._timeout, limiter._task_waiter)
         if type(got) is not int:
             return await self._granted(got)

@@ -33,6 +33,7 @@ from ._lease import (
     _caller,
     _HeldLease,
     _WatchedLease,
+    new_lease,
     seconds,
 )
 from ._ledger import Ledger, ledger_of
@@ -174,6 +175,7 @@ class Limiter:
         "_dispatch",
         "_fast",
         "_foreseen",
+        "_grab",
         "_index",
         "_keyed",
         "_lay",
@@ -375,6 +377,7 @@ class Limiter:
             routes += up
         self._routes_up: tuple[Dispatch, ...] = routes
         self._limits = limits
+        self._grab = self._b.grab
         self._pers = tuple(
             s.per if isinstance(s, RateSpec) else 1 for s in self._b.spec.slots
         )
@@ -673,8 +676,8 @@ class Limiter:
                 req = lay._request(lay._units(tokens, amounts, True), True)
                 if len(lay._fast) < _FAST_KEPT:
                     lay._fast[tokens] = req
-            # ``Lease(...)`` without the call to ``__init__`` (a third cheaper)
-            lease = _new(lay._lease)
+            # ``new_lease``, inlined
+            lease = lay._lease()
             lease._limiter = lay
             lease._units = tokens
             lease._req = req
@@ -704,7 +707,7 @@ class Limiter:
             if key is not None and len(lay._seen) < _FAST_KEPT:
                 lay._seen[key] = hit
         # the units dict is shared by the leases of one key: never mutated
-        lease = lay._lease(lay, hit[0], hit[1], self._timeout_ns(timeout))
+        lease = new_lease(lay._lease, lay, hit[0], hit[1], self._timeout_ns(timeout))
         if labels is not None:
             lease._labels = labels_of(labels)
         return lay._made(lease)
@@ -743,7 +746,9 @@ class Limiter:
         """
         lay = self._now()
         units = lay._units(tokens, amounts, True)
-        lease = lay._made(lay._lease(lay, units, lay._request(units, True), 0))
+        lease = lay._made(
+            new_lease(lay._lease, lay, units, lay._request(units, True), 0)
+        )
         if labels is not None:
             lease._labels = labels_of(labels)
         lay = lease._limiter  # the limits it was made with

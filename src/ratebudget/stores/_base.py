@@ -69,6 +69,10 @@ class Binding(abc.ABC):
     # a shadow plan's reports: called with what its caps would have refused
     # (from the caller's task or thread, or a store worker thread)
     on_shadow: Callable[[list[Shadowed]], None] | None = None
+    # a store that decides inline may offer the uncontended grant alone:
+    # ``grab(req)`` takes ``req`` at once and returns its take id, or 0
+    # (nothing changed: go through ``acquire``, which decides it all)
+    grab: Callable[[tuple[int, ...]], int] | None = None
 
     @abc.abstractmethod
     def acquire(

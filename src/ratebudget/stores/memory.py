@@ -23,6 +23,7 @@ from .._decide import (
     Crossing,
     Exceeded,
     Inexact,
+    Plan,
     Shadowed,
     SlotView,
     State,
@@ -132,6 +133,9 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._states: dict[str, _Shared] = {}
+        # read by every acquisition: an instance's own attribute is read
+        # faster than its class's
+        self.live_rev = 0
 
     def bind(
         self,
@@ -188,6 +192,81 @@ def _gather(climbs: Climbs, st: State) -> None:
     climbs.touched.clear()
 
 
+def _grabber(
+    shared: _Shared, plan: Plan, monotonic_ns: Callable[[], int]
+) -> Callable[[tuple[int, ...]], int] | None:
+    """``MemoryBinding.grab`` for a plan of rates alone (``None`` for one
+    with caps): ``acquire``'s path when nobody waits, taken only while this
+    thread holds the lock's bias (``BiasedLock.enter``, inlined). It runs
+    ``take_now``, inlined for one rate: the hot path of the hot path."""
+    if plan.caps or not plan.rates:
+        return None
+    lock, st = shared.lock, shared.state
+    queue = st.queue  # never replaced
+
+    if len(plan.rates) > 1:
+
+        def grab_rates(req: tuple[int, ...]) -> int:
+            if lock.owner != get_ident():
+                return 0
+            lock.busy = True
+            try:
+                if lock.owner is None or queue:  # the bias went meanwhile
+                    return 0
+                now = monotonic_ns()
+                if now < st.clock:
+                    return 0
+                st.clock = now
+                return _take_now(st, plan, req, now)
+            finally:
+                lock.busy = False
+
+        return grab_rates
+
+    ((i, b),) = plan.rates
+    rate, per, cap = b.rate, b.per, b.cap  # a bucket's key fixes them
+    mark = b.mark
+
+    def grab(req: tuple[int, ...]) -> int:
+        if lock.owner != get_ident():
+            return 0
+        lock.busy = True
+        try:
+            n = req[i]
+            if lock.owner is None or queue or not n:
+                return 0
+            now = monotonic_ns()
+            if now < st.clock:
+                return 0
+            st.clock = now
+            # ``take_now`` for one rate, step by step
+            take = st.take + 1
+            level = b.level
+            if level < cap:
+                level += rate * (now - b.last)
+                if level > cap:
+                    level = cap
+            b.last = now
+            if level >= cap:
+                b.full = take
+                if b.peaks:
+                    b.peaks.clear()
+            else:
+                b.level = level
+                mark(take)
+            need = n * per
+            if level < need:
+                b.level = level
+                return 0
+            b.level = level - need
+            st.take = take
+            return take
+        finally:
+            lock.busy = False
+
+    return grab
+
+
 class MemoryBinding(Binding):
     """One limiter on a ``MemoryStore``: every operation decided inline."""
 
@@ -200,6 +279,7 @@ class MemoryBinding(Binding):
         "_shared",
         "_state",
         "_wall",
+        "grab",
         "on_shadow",
         "plan",
         "spec",
@@ -229,6 +309,7 @@ class MemoryBinding(Binding):
             self.plan = self.spec.bind(self._state, clock.monotonic_ns())
         finally:
             self._lock.leave(biased)
+        self.grab = _grabber(shared, self.plan, self._monotonic_ns)
 
     def rebound(self, limits: tuple[Rate | Cap, ...], shadow: bool) -> Binding:
         """A binding of this one's state with other limits (an unnamed
