@@ -411,6 +411,22 @@ class Lease:
         return f"<Lease {self.id} {state} {amounts}>"
 
 
+class _RateLease(Lease):
+    """A lease of a limiter of rates alone, without a ledger: leaving its
+    block has nothing to settle (rates keep what they granted either way)."""
+
+    __slots__ = ()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # (entered, so active, or already settled by a commit or release)
+        self._state = _SETTLED
+
+
 class _HeldLease(Lease):
     """A lease of a limiter with caps: one dropped while active (never
     committed or released) gives its reservation back, with a

@@ -32,6 +32,7 @@ from ._lease import (
     _answer,
     _caller,
     _HeldLease,
+    _RateLease,
     _WatchedLease,
     new_lease,
     seconds,
@@ -387,7 +388,10 @@ class Limiter:
         self._settles = bool(self._caps) or self._ledger is not None
         # a lease that can hold a cap reservation is released (and warned
         # about) if dropped unsettled; a rate-only lease has nothing to give back
-        self._lease: type[Lease] = _HeldLease if self._caps else Lease
+        # (and one that can write no ledger row has nothing to settle at all)
+        self._lease: type[Lease] = (
+            _HeldLease if self._caps else Lease if self._settles else _RateLease
+        )
         self._n = len(limits)
         index: dict[str, list[int]] = {}
         for i, limit in enumerate(limits):

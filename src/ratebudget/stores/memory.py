@@ -244,16 +244,15 @@ def _grabber(
             level = b.level
             if level < cap:
                 level += rate * (now - b.last)
-                if level > cap:
-                    level = cap
-            b.last = now
-            if level >= cap:
+            if level < cap:
+                b.level = level
+                mark(take)
+            else:  # full: no grant before this one gets a refund
+                level = cap
                 b.full = take
                 if b.peaks:
                     b.peaks.clear()
-            else:
-                b.level = level
-                mark(take)
+            b.last = now
             need = n * per
             if level < need:
                 b.level = level
