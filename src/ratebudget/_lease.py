@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import sys
+import types
 import warnings
-from collections.abc import Generator, Mapping
+from collections.abc import Awaitable, Generator, Mapping
 from decimal import Decimal
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
@@ -42,6 +43,25 @@ _MAX_SECONDS: Final = 10.0**10  # timeouts and TTLs beyond ~300 years are "forev
 _PENDING: Final = 0
 _ACTIVE: Final = 1
 _SETTLED: Final = 2
+
+
+@types.coroutine
+def _nothing() -> Generator[None, None, None]:
+    yield from ()
+
+
+def _done() -> Awaitable[None]:
+    """An awaitable that returns ``None`` at once, however often it is
+    awaited: a generator-based coroutine that has finished (awaiting it is
+    ``yield from`` a finished generator). Cheaper than a coroutine made
+    for each ``await``, which can be awaited only once."""
+    done = _nothing()
+    for _ in cast("Generator[None, None, None]", done):
+        pass
+    return done
+
+
+_DONE: Final = _done()
 
 
 async def _answer(got: T | Call[T]) -> T:
@@ -207,24 +227,25 @@ class Lease:
         self._state = _ACTIVE
         return self
 
-    async def __aexit__(
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> Awaitable[None]:
+        # not a coroutine: when there is nothing to settle, leaving costs
+        # no coroutine object (``_DONE``)
         if self._state != _ACTIVE:
-            return
+            return _DONE
         if not self._limiter._settles:  # rates keep what they granted either way
             self._state = _SETTLED
-            return
+            return _DONE
         if exc_type is None:
             # the estimate, committed (its units only for the ledger's row)
             limiter = self._limiter
             units = _ESTIMATE if limiter._ledger is None else self._unit_amounts()
-            await self._settle(self._req, units)
-        else:
-            await self._settle(None)
+            return self._settle(self._req, units)
+        return self._settle(None)
 
     @property
     def id(self) -> str:
@@ -417,14 +438,15 @@ class _RateLease(Lease):
 
     __slots__ = ()
 
-    async def __aexit__(
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> Awaitable[None]:
         # (entered, so active, or already settled by a commit or release)
         self._state = _SETTLED
+        return _DONE
 
 
 class _HeldLease(Lease):

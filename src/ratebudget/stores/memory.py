@@ -241,9 +241,9 @@ def _grabber(
             st.clock = now
             # ``take_now`` for one rate, step by step
             take = st.take + 1
-            level = b.level
-            if level < cap:
-                level += rate * (now - b.last)
+            # (refilled even when full: a grab finds it full only after a
+            # reset, and time read under the lock never runs back)
+            level = b.level + rate * (now - b.last)
             if level < cap:
                 b.level = level
                 mark(take)
