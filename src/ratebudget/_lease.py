@@ -151,6 +151,13 @@ class Lease:
                 "this lease was already acquired; call limiter.acquire() again"
             )
         limiter = self._limiter
+        grab = limiter._grab
+        if grab is not None:
+            take = grab(self._req)
+            if take:
+                self._take = take
+                self._state = _ACTIVE
+                return self
         got = limiter._b.acquire(self._req, self._timeout, limiter._task_waiter)
         if type(got) is not int:
             return await self._granted(got)

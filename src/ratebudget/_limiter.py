@@ -681,7 +681,8 @@ class Limiter:
                 if len(lay._fast) < _FAST_KEPT:
                     lay._fast[tokens] = req
             # ``new_lease``, inlined
-            lease = lay._lease()
+            cls = lay._lease  # (a class in a slot: read, then called)
+            lease = cls()
             lease._limiter = lay
             lease._units = tokens
             lease._req = req

@@ -76,6 +76,12 @@ class SyncLimiter:
         limiter = lease._limiter  # the limits it was made with
         if limiter._watches:
             limiter._admit(lease, blocking=True)
+        grab = limiter._grab
+        take = 0 if grab is None else grab(lease._req)
+        if take:
+            lease._take = take
+            lease._state = 1  # active
+            return SyncLease(self, lease)
         got = limiter._b.acquire(lease._req, lease._timeout, ThreadWaiter)
         if isinstance(got, Call):
             lease._key = got.key
