@@ -10,12 +10,15 @@ steps, the two must agree on every grant and on every snapshot, exactly.
 
 from __future__ import annotations
 
+import contextlib
+
 import anyio
 import anyio.to_thread
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ratebudget import AcquireTimeout, Lease, Limiter, Rate
+from ratebudget import AcquireTimeout, InvalidRequest, Lease, Limiter, Rate
 from ratebudget.testing import FakeClock
 
 # one token per nanosecond: a bucket's level is a whole number of tokens, so
@@ -104,3 +107,33 @@ class TestTheOwnersShortcut:
             ]
             assert granted[0] == granted[1]
             assert await ours.snapshot() == await locked.snapshot()
+
+
+class TestLeavingTheBlock:
+    """Leaving a rate lease's block has nothing to settle, and still behaves
+    as leaving any ``async with``."""
+
+    async def test_an_exception_in_the_block_goes_through(self) -> None:
+        limiter = Limiter(Rate(tokens=100, per="second"))
+        with pytest.raises(KeyError):
+            async with limiter.acquire(5) as lease:
+                raise KeyError("boom")
+        assert lease.settled
+        with pytest.raises(InvalidRequest):
+            await lease.commit(tokens=1)
+
+    async def test_the_block_leaves_the_lease_settled_every_time(self) -> None:
+        limiter = Limiter(Rate(tokens=100, per="second"))
+        for _ in range(3):
+            async with limiter.acquire(5) as lease:
+                assert not lease.settled
+            assert lease.settled
+        snap = await limiter.snapshot()
+        assert snap.limits[0].remaining == 85
+
+    async def test_an_exit_stack_enters_and_leaves_it(self) -> None:
+        limiter = Limiter(Rate(tokens=100, per="second"))
+        async with contextlib.AsyncExitStack() as stack:
+            lease = await stack.enter_async_context(limiter.acquire(5))
+            assert not lease.settled
+        assert lease.settled

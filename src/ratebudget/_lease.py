@@ -11,7 +11,7 @@ import math
 import sys
 import types
 import warnings
-from collections.abc import Awaitable, Generator, Mapping
+from collections.abc import Coroutine, Generator, Mapping
 from decimal import Decimal
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
@@ -50,15 +50,17 @@ def _nothing() -> Generator[None, None, None]:
     yield from ()
 
 
-def _done() -> Awaitable[None]:
+def _done() -> Coroutine[Any, Any, None]:
     """An awaitable that returns ``None`` at once, however often it is
     awaited: a generator-based coroutine that has finished (awaiting it is
     ``yield from`` a finished generator). Cheaper than a coroutine made
-    for each ``await``, which can be awaited only once."""
+    for each ``await``, which can be awaited only once. (Typed as the
+    coroutine ``__aexit__`` is expected to return: it has ``send``,
+    ``throw`` and ``close``, and ``await`` takes it as one.)"""
     done = _nothing()
     for _ in cast("Generator[None, None, None]", done):
         pass
-    return done
+    return cast("Coroutine[Any, Any, None]", done)
 
 
 _DONE: Final = _done()
@@ -239,9 +241,9 @@ class Lease:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> Awaitable[None]:
-        # not a coroutine: when there is nothing to settle, leaving costs
-        # no coroutine object (``_DONE``)
+    ) -> Coroutine[Any, Any, None]:
+        # not ``async``: when there is nothing to settle, leaving makes no
+        # coroutine object (``_DONE``)
         if self._state != _ACTIVE:
             return _DONE
         if not self._limiter._settles:  # rates keep what they granted either way
@@ -450,7 +452,7 @@ class _RateLease(Lease):
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> Awaitable[None]:
+    ) -> Coroutine[Any, Any, None]:
         # (entered, so active, or already settled by a commit or release)
         self._state = _SETTLED
         return _DONE
