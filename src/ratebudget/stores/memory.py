@@ -23,11 +23,11 @@ from .._decide import (
     Crossing,
     Exceeded,
     Inexact,
-    Plan,
     Shadowed,
     SlotView,
     State,
 )
+from .._grab import grabber
 from .._path import Climbs, Level
 from .._plan import plan_spec
 from .._waiters import Waiter, wake_all
@@ -192,80 +192,6 @@ def _gather(climbs: Climbs, st: State) -> None:
     climbs.touched.clear()
 
 
-def _grabber(
-    shared: _Shared, plan: Plan, monotonic_ns: Callable[[], int]
-) -> Callable[[tuple[int, ...]], int] | None:
-    """``MemoryBinding.grab`` for a plan of rates alone (``None`` for one
-    with caps): ``acquire``'s path when nobody waits, taken only while this
-    thread holds the lock's bias (``BiasedLock.enter``, inlined). It runs
-    ``take_now``, inlined for one rate: the hot path of the hot path."""
-    if plan.caps or not plan.rates:
-        return None
-    lock, st = shared.lock, shared.state
-    queue = st.queue  # never replaced
-
-    if len(plan.rates) > 1:
-
-        def grab_rates(req: tuple[int, ...]) -> int:
-            if lock.owner != get_ident():
-                return 0
-            lock.busy = True
-            try:
-                if lock.owner is None or queue:  # the bias went meanwhile
-                    return 0
-                now = monotonic_ns()
-                if now < st.clock:
-                    return 0
-                st.clock = now
-                return _take_now(st, plan, req, now)
-            finally:
-                lock.busy = False
-
-        return grab_rates
-
-    ((i, b),) = plan.rates
-    rate, per, cap = b.rate, b.per, b.cap  # a bucket's key fixes them
-    mark = b.mark
-
-    def grab(req: tuple[int, ...]) -> int:
-        if lock.owner != get_ident():
-            return 0
-        lock.busy = True
-        try:
-            n = req[i]
-            if lock.owner is None or queue or not n:
-                return 0
-            now = monotonic_ns()
-            if now < st.clock:
-                return 0
-            st.clock = now
-            # ``take_now`` for one rate, step by step
-            take = st.take + 1
-            # (refilled even when full: a grab finds it full only after a
-            # reset, and time read under the lock never runs back)
-            level = b.level + rate * (now - b.last)
-            if level < cap:
-                b.level = level
-                mark(take)
-            else:  # full: no grant before this one gets a refund
-                level = cap
-                b.full = take
-                if b.peaks:
-                    b.peaks.clear()
-            b.last = now
-            need = n * per
-            if level < need:
-                b.level = level
-                return 0
-            b.level = level - need
-            st.take = take
-            return take
-        finally:
-            lock.busy = False
-
-    return grab
-
-
 class MemoryBinding(Binding):
     """One limiter on a ``MemoryStore``: every operation decided inline."""
 
@@ -308,7 +234,7 @@ class MemoryBinding(Binding):
             self.plan = self.spec.bind(self._state, clock.monotonic_ns())
         finally:
             self._lock.leave(biased)
-        self.grab = _grabber(shared, self.plan, self._monotonic_ns)
+        self.grab = grabber(shared.lock, shared.state, self.plan, self._monotonic_ns)
 
     def rebound(self, limits: tuple[Rate | Cap, ...], shadow: bool) -> Binding:
         """A binding of this one's state with other limits (an unnamed
