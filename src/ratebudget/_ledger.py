@@ -56,7 +56,8 @@ refused (its amount on that cap's axis, the scope whose cap it is); never
 counted as spend."""
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_BATCH: Final = 500  # rows per transaction, at most
+_BATCH: Final = 2000  # rows per transaction, at most
+_GATHER: Final = 0.05  # s the writer lets rows gather after the first of a batch
 _BACKOFF_MAX: Final = 5.0  # s between tries while the database fails
 _FLUSH_WAIT: Final = 30.0  # s ``flush()`` waits for a failing database
 _EXIT_FLUSH: Final = 10.0  # s a process waits at exit for its rows
@@ -441,6 +442,10 @@ def _write_rows(ref: weakref.ref[Ledger], q: queue.SimpleQueue[_Item]) -> None:
             item = q.get(timeout=wait)
         except queue.Empty:
             item = _DRAIN
+        if not isinstance(item, threading.Event) and item is not None:
+            # a row: let more come before writing (a batch, not a wake-up
+            # and a GIL hand-off per commit); a flush or a close goes at once
+            time.sleep(_GATHER)
         items: list[Posted | Event] = []
         marks: list[threading.Event] = []
         while True:
