@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ratebudget import (
@@ -212,6 +212,9 @@ class TestRunaway:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(  # past 13 minutes: a 12-minute baseline would have taken over
+    calls=[(40, 100)] * 19 + [(4, 200), (6, 317), (11, 1), (39, 300)]
+)
 @given(
     calls=st.lists(
         st.tuples(
@@ -232,7 +235,9 @@ def test_a_blocked_scope_never_spends_a_call_past_its_floor(
     limiter = Limiter(
         Cap(usd="100000"),
         clock=clock,
-        runaway=Runaway(window="1m", min_usd="5", action="block"),
+        # a baseline longer than the run (60 calls, 40 s apart at most):
+        # min_usd alone judges throughout
+        runaway=Runaway(window="1m", min_usd="5", action="block", baseline="1h"),
     )
     done: list[tuple[float, Decimal]] = []
     reasons: set[str] = set()
