@@ -335,12 +335,15 @@ class ScopeStatus:
 
 
 def status_tree(
-    config: str | os.PathLike[str], store_url: str | None = None
+    config: str | os.PathLike[str],
+    store_url: str | None = None,
+    ledger: Ledger | None = None,
 ) -> tuple[str, list[ScopeStatus]]:
     """The state of every scope a budgets file describes (``ratebudget.load``'s
     format), parents first, with the keys of its per-key scopes that the
     store knows; and the store's URL (``store_url``, else the file's).
-    The limits shown are the file's, or those ``Limiter.update`` stored."""
+    The limits shown are the file's, or those ``Limiter.update`` stored.
+    With a ``ledger``, each cap carries its ``forecast``."""
     from .._budgets import read
     from .._plan import spec_of
 
@@ -370,7 +373,7 @@ def status_tree(
             spec = dict(in_force.get(name) or in_force.get(template) or spec_of(limits))
             if name != root:
                 spec["root"] = root
-            return _read(store, name, spec)
+            return _read(store, name, spec, ledger)
 
         def walk(node: Any, depth: int) -> None:
             out.append(

@@ -32,6 +32,7 @@ __all__ = ("Binding", "Call", "Store")
 T = TypeVar("T")
 
 _LIVE_LOCK = threading.Lock()
+_SECRET_PARAM = re.compile(r"([?&](?:password|passwd|secret|token)=)[^&#]*", re.I)
 
 Acquired = int | Waiter | Exceeded | TooLong | None
 """What an acquisition gets: a take id (granted now), a ``Waiter`` (queued:
@@ -238,5 +239,7 @@ class Store(abc.ABC):
 
 
 def redact(url: str) -> str:
-    """``url`` fit to print: its password (``user:secret@``) is ``***``."""
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+    """``url`` fit to print: its password (``user:secret@``, or a
+    ``?password=`` parameter as libpq takes it) is ``***``."""
+    url = re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+    return _SECRET_PARAM.sub(r"\1***", url)
