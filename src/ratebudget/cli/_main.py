@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import _check, _demo, _ledger_cmd, _report, _status
+from . import _check, _dashboard, _demo, _ledger_cmd, _report, _status
 
 
 def _version() -> str:
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     _report.add_command(commands)
     _ledger_cmd.add_command(commands)
     _check.add_command(commands)
+    _dashboard.add_command(commands)
     return parser
 
 
