@@ -62,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
     err = sys.stderr
     try:
         from ..dashboard import MissingExtra, Source, run
-        from ..dashboard._server import require
+        from ..dashboard._server import bind, require, url_of
 
         require()
     except ImportError as e:
@@ -84,19 +84,28 @@ def _run(args: argparse.Namespace) -> int:
     except ImportError as e:  # a store whose driver is not installed
         err.write(f"ratebudget dashboard: error: {e}\n")
         return 2
-    where = f"[{args.host}]" if ":" in args.host else args.host
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as e:
+        source.close()
+        err.write(
+            f"ratebudget dashboard: error: cannot serve on {args.host}:{args.port}: {e}\n"
+        )
+        return 2
     shown = source.describe()
     err.write(
-        f"ratebudget dashboard: http://{where}:{args.port}/ (store {shown['store']}, "
+        f"ratebudget dashboard: {url_of(sock)}/ (store {shown['store']}, "
         f"ledger {shown['ledger'] or 'none'}; read-only; Ctrl-C to stop)\n"
     )
+    err.flush()
     if args.host not in _LOOPBACK:
         err.write(
             "ratebudget dashboard: warning: not on loopback: anyone who can "
             f"reach {args.host} can read these budgets and spend\n"
         )
     try:
-        run(source, args.host, args.port)
+        with sock:
+            run(source, sock)
     finally:
         source.close()
     return 0

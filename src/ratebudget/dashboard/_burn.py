@@ -87,6 +87,8 @@ def _chart(
         "period": limit.period,
         "start": start_ms,
         "end": end_ms,
+        "start_at": window.start.isoformat(),  # in the cap's zone, for labels
+        "end_at": window.end.isoformat(),
         "now": now_us // 1000,
         "limit": f"{limit.limit:f}",
         "soft": limit.soft,

@@ -6,6 +6,7 @@ does not need them (extra ``dashboard``)."""
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._source import Source
 
-__all__ = ("MissingExtra", "require", "run", "serve_in_thread")
+__all__ = ("MissingExtra", "bind", "require", "run", "serve_in_thread", "url_of")
 
 _EXTRA = "pip install 'ratebudget[dashboard]'"
 
@@ -35,7 +36,28 @@ def require() -> None:
         ) from e
 
 
-def _server(source: Source, host: str, port: int) -> Any:
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (``0``: a free port), made before
+    serving so that the URL printed is the one served."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    """The base URL a bound socket serves."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _server(source: Source, host: str) -> Any:
     require()
     import uvicorn
 
@@ -43,8 +65,6 @@ def _server(source: Source, host: str, port: int) -> Any:
 
     config = uvicorn.Config(
         create_app(source, host=host),
-        host=host,
-        port=port,
         log_level="warning",
         access_log=False,
         lifespan="off",
@@ -53,9 +73,11 @@ def _server(source: Source, host: str, port: int) -> Any:
     return uvicorn.Server(config)
 
 
-def run(source: Source, host: str, port: int) -> None:
-    """Serve until interrupted (blocking; uvicorn's asyncio loop)."""
-    _server(source, host, port).run()
+def run(source: Source, sock: socket.socket) -> None:
+    """Serve on ``sock`` (``bind``) until interrupted (blocking; uvicorn's
+    asyncio loop)."""
+    host = sock.getsockname()[0]
+    _server(source, host).run(sockets=[sock])
 
 
 @contextlib.contextmanager
@@ -64,19 +86,23 @@ def serve_in_thread(
 ) -> Iterator[str]:
     """Serve on a daemon thread while the block runs; yields the base URL
     (``port=0``: a free port)."""
-    server = _server(source, host, port)
-    thread = threading.Thread(
-        target=server.run, name="ratebudget-dashboard", daemon=True
-    )
-    thread.start()
-    try:
-        while not server.started:
-            if not thread.is_alive():
-                raise RuntimeError(f"the dashboard could not serve on {host}:{port}")
-            thread.join(0.01)
-        bound = server.servers[0].sockets[0].getsockname()[1]
-        shown = f"[{host}]" if ":" in host else host
-        yield f"http://{shown}:{bound}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    server = _server(source, host)
+    with bind(host, port) as sock:
+        thread = threading.Thread(
+            target=server.run,
+            kwargs={"sockets": [sock]},
+            name="ratebudget-dashboard",
+            daemon=True,
+        )
+        thread.start()
+        try:
+            while not server.started:
+                if not thread.is_alive():
+                    raise RuntimeError(
+                        f"the dashboard could not serve on {url_of(sock)}"
+                    )
+                thread.join(0.01)
+            yield url_of(sock)
+        finally:
+            server.should_exit = True
+            thread.join(10)

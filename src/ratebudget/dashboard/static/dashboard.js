@@ -41,8 +41,16 @@ function when(iso) {
   return m ? `${m[1]} ${m[2]}${m[3] ? " " + m[3].replace("Z", "UTC") : ""}` : iso;
 }
 
-function clock(ms) {
-  return new Date(ms).toISOString().slice(11, 16) + " UTC";
+// a time of day from an ISO time: "2026-12-07T00:00:00+01:00" -> "00:00 +01:00"
+function clock(iso) {
+  return when(iso).slice(11);
+}
+
+// an estimate: cents are enough (the exact value is in data-value)
+function approx(axis, value) {
+  if (axis !== "usd" || value === null || value === undefined) return amount(axis, value);
+  const n = Number(value);
+  return "$" + (n >= 1 ? n.toFixed(2) : n.toPrecision(3));
 }
 
 function share(part, whole) {
@@ -104,8 +112,10 @@ function forecastLine(limit) {
     line.append("no forecast: " + f.reason);
     return line;
   }
-  line.append("forecast ", field("expected", limit.axis, f.expected),
-    ` (${amount(limit.axis, f.low)} – ${amount(limit.axis, f.high)}) by the period's end`);
+  const expected = el("b", { "data-field": "expected", "data-value": f.expected },
+    approx(limit.axis, f.expected));
+  line.append("forecast ", expected,
+    ` (${approx(limit.axis, f.low)} – ${approx(limit.axis, f.high)}) by the period's end`);
   if (f.exhausts_at) {
     line.append("; reaches the cap ",
       el("span", { "data-field": "exhausts_at" }, when(f.exhausts_at)));
@@ -145,8 +155,8 @@ function chart(c) {
     shape("line", { class: "axis", x1: L, y1: T, x2: L, y2: H - B }),
     shape("text", { x: L - 4, y: H - B, "text-anchor": "end" }, "$0"),
     shape("text", { x: L - 4, y: T + 8, "text-anchor": "end" }, "$" + top.toPrecision(3)),
-    shape("text", { x: L, y: H - 8 }, clock(c.start)),
-    shape("text", { x: W - R, y: H - 8, "text-anchor": "end" }, clock(c.end)),
+    shape("text", { x: L, y: H - 8 }, clock(c.start_at)),
+    shape("text", { x: W - R, y: H - 8, "text-anchor": "end" }, clock(c.end_at)),
   );
   const now = Math.min(c.now, c.end);
   const current = Number(c.used) + Number(c.reserved);
@@ -162,7 +172,7 @@ function chart(c) {
   }
   svg.append(
     shape("line", { class: "cap", x1: L, y1: y(c.limit), x2: W - R, y2: y(c.limit) }),
-    shape("text", { x: W - R - 2, y: y(c.limit) - 4, "text-anchor": "end" },
+    shape("text", { x: L + 4, y: y(c.limit) - 4 },
       `${c.soft ? "soft " : ""}cap $${c.limit}`),
     shape("line", { class: "now", x1: x(now), y1: T, x2: x(now), y2: H - B }),
   );
