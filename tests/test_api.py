@@ -184,6 +184,8 @@ class TestPackaging:
         names = zipfile.ZipFile(built).namelist()
         assert "ratebudget/py.typed" in names
         assert "ratebudget/__init__.py" in names
+        for asset in ("index.html", "dashboard.js", "dashboard.css"):  # no CDN
+            assert f"ratebudget/dashboard/static/{asset}" in names
 
     def test_version_matches_the_installed_metadata(self) -> None:
         from importlib.metadata import version
