@@ -13,6 +13,7 @@ tests/test_dashboard.py runs this too (to a temporary file).
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from datetime import datetime, timedelta, timezone
@@ -108,9 +109,9 @@ def _draw(page: Any, out: Path) -> None:
     page.screenshot(path=str(out), full_page=True)
 
 
-async def screenshot(out: Path, workdir: Path, browser: Browser) -> None:
-    """Make the store in ``workdir`` and draw its dashboard into ``out``."""
-    url = f"sqlite:///{workdir / 'acme.db'}"
+async def screenshot(out: Path, url: str, browser: Browser) -> None:
+    """Make the store at ``url`` (a new SQLite file) and draw its dashboard
+    into ``out``."""
     now = datetime.now(timezone.utc)
     zone = afternoon_zone(now)
     await history(url, zone, now)
@@ -130,11 +131,12 @@ async def _main(out: Path) -> None:
     browser = browser_or_skip()
     try:
         with tempfile.TemporaryDirectory() as workdir:
-            await screenshot(out, Path(workdir), browser)
+            os.chdir(workdir)  # the page shows the URL as given: sqlite:///acme.db
+            await screenshot(out, "sqlite:///acme.db", browser)
     finally:
         browser.close()
     print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    anyio.run(_main, Path(sys.argv[1]) if len(sys.argv) > 1 else DOCS)
+    anyio.run(_main, Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else DOCS)

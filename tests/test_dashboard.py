@@ -248,7 +248,7 @@ class TestPage:
     ) -> None:
         """tests/dashboard_screenshot.py makes docs/img/dashboard.png."""
         out = tmp_path / "dashboard.png"
-        await screenshot(out, tmp_path, browser)
+        await screenshot(out, f"sqlite:///{tmp_path / 'acme.db'}", browser)
         assert out.read_bytes().startswith(b"\x89PNG")
         assert out.stat().st_size > 20_000
 

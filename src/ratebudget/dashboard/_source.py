@@ -90,7 +90,7 @@ def _ledger_in_store(store_url: str) -> str | None:
     try:
         if not isinstance(store, SQLiteStore) or store.path == ":memory:":
             return None
-        path = os.path.abspath(store.path)
+        path = store.path  # as given: a relative URL stays relative
     finally:
         store.close()
     if not os.path.exists(path) or not _has_ledger(path):
