@@ -26,6 +26,8 @@ import anyio
 import httpx
 import pytest
 
+import ratebudget
+
 pytest.importorskip("starlette", reason="the extra dashboard is not installed")
 pytest.importorskip("uvicorn", reason="the extra dashboard is not installed")
 
@@ -308,6 +310,34 @@ class TestAPI:
             times = [t for t, _v in chart["points"]]
             assert chart["start"] == times[0] < times[-1] == chart["now"] < chart["end"]
             assert chart["limit"] == f"{cap.limit_amount:f}"
+
+    async def test_a_budgets_file_shows_its_tree(self, tmp_path: Path) -> None:
+        budgets_file = tmp_path / "budgets.toml"
+        budgets_file.write_text(
+            f'store = "sqlite:///{tmp_path / "org.db"}"\n'
+            '[acme]\nowner = "finance@acme.example"\n'
+            'caps = [{ usd = "100", per = "month" }]\n'
+            '[acme.search]\ncaps = [{ usd = "20", per = "day" }]\n'
+            '[acme.search.per_key]\ncaps = [{ usd = "5", per = "day" }]\n'
+        )
+        budgets = ratebudget.load(budgets_file)
+        await budgets.per_key("acme/search")["alice"].record(usd="0.5")
+        source = Source(config=str(budgets_file))
+        try:
+            with serve_in_thread(source) as dash:
+                async with httpx.AsyncClient(base_url=dash) as client:
+                    got = (await client.get("/api/status")).json()
+        finally:
+            source.close()
+        assert got["config"] == "budgets.toml"
+        assert [
+            (s["name"], s["depth"], s["owner"], s["per_key"], s["limits"][0]["used"])
+            for s in got["scopes"]
+        ] == [
+            ("acme", 0, "finance@acme.example", False, "0.5"),
+            ("acme/search", 1, None, False, "0.5"),
+            ("acme/search/alice", 2, None, True, "0.5"),
+        ]
 
     async def test_read_only_and_for_this_host_only(self, dashboard: str) -> None:
         async with httpx.AsyncClient(base_url=dashboard) as client:

@@ -27,9 +27,10 @@ class Source:
     """The store (``store_url``, or a budgets file's ``config`` with its
     store) and the ledger the dashboard reads.
 
-    ``ledger_url`` defaults to the store's own file when the store is SQLite
-    and keeps its ledger there (``Limiter(..., ledger=True)``). Raises
-    ``InvalidRequest`` for unusable arguments.
+    ``store_url`` defaults to the budgets file's ``store``; ``ledger_url``
+    to the store's own file when the store is SQLite and keeps its ledger
+    there (``Limiter(..., ledger=True)``). Raises ``InvalidRequest`` for
+    unusable arguments (a budgets file's mistakes included).
     """
 
     def __init__(
@@ -40,6 +41,11 @@ class Source:
     ) -> None:
         if store_url is None and config is None:
             raise InvalidRequest("give --store URL (or --config FILE)")
+        if store_url is None and config is not None:
+            from .._budgets import read
+
+            found = read(config).settings.get("store")
+            store_url = found if isinstance(found, str) else None
         self.store_url = store_url
         self.config = config
         if ledger_url is None and store_url is not None:
@@ -64,10 +70,7 @@ class Source:
         """Every scope, parents first, each cap with its forecast when there
         is a ledger (blocking)."""
         if self.config is not None:
-            url, tree = status_tree(self.config, self.store_url, self.ledger)
-            if self.store_url is None:
-                self.store_url = url
-            return tree
+            return status_tree(self.config, self.store_url, self.ledger)[1]
         assert self.store_url is not None
         found = status(self.store_url, None, self.ledger)
         found.sort(key=lambda s: s.name.split("/"))
