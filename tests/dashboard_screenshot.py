@@ -25,7 +25,7 @@ import anyio
 import httpx
 
 from browser import Browser, browser_or_skip
-from ratebudget import Cap, Limiter, Rate
+from ratebudget import BudgetExceeded, Cap, Limiter, Rate
 from ratebudget.dashboard import Source, serve_in_thread
 from ratebudget.integrations.httpx import BudgetTransport
 from ratebudget.testing import FakeClock, FakeProvider
@@ -55,7 +55,9 @@ def acme(url: str, zone: ZoneInfo, **kw: Any) -> tuple[Limiter, Limiter, Limiter
         **kw,
     )
     search = root.child("search", Cap(usd="25", per="day", tz=zone))
-    chat = root.child("chat", Cap(usd="15", per="day", tz=zone, soft=True))
+    chat = root.child(
+        "chat", Cap(usd="15", per="day", tz=zone, soft=True, alert_at=(0.4,))
+    )
     return root, search, chat
 
 
@@ -83,19 +85,23 @@ async def history(url: str, zone: ZoneInfo, until: datetime) -> None:
 
 
 async def workload(url: str, zone: ZoneInfo, calls: int) -> None:
-    """Calls through the transport, now."""
+    """Calls through the transport, now: alice's go through, bob's is refused."""
     _root, search, _chat = acme(url, zone)
+    users = search.per_key(Cap(usd="0.05", per="day", tz=zone))
     provider = FakeProvider()
-    async with (
-        provider.serve() as base,
-        httpx.AsyncClient(transport=BudgetTransport(search), base_url=base) as client,
-    ):
-        for _ in range(calls):
-            chat = {
-                "model": "gpt-4o-mini",
-                "messages": [{"role": "user", "content": "Hi"}],
-            }
-            (await client.post("/v1/chat/completions", json=chat)).raise_for_status()
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+    async with provider.serve() as base:
+        for user, n in (("alice", calls), ("bob", 1)):
+            if user == "bob":
+                await users[user].record(usd="0.049", labels={"model": "gpt-4o"})
+            transport = BudgetTransport(users[user])
+            async with httpx.AsyncClient(transport=transport, base_url=base) as client:
+                for _ in range(n):
+                    try:
+                        r = await client.post("/v1/chat/completions", json=chat)
+                    except BudgetExceeded:
+                        continue
+                    r.raise_for_status()
 
 
 def _draw(page: Any, out: Path) -> None:
@@ -106,6 +112,8 @@ def _draw(page: Any, out: Path) -> None:
         page.locator('[data-scope="acme/search"] [data-field="exhausts_at"]')
     ).to_have_count(1)
     expect(page.locator("figure.burn polyline")).to_have_count(3)
+    expect(page.locator('#alerts tr[data-kind="refused"]')).to_have_count(1)
+    expect(page.locator('#alerts tr[data-kind="threshold"]')).to_have_count(1)
     page.screenshot(path=str(out), full_page=True)
 
 

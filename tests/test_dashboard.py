@@ -33,7 +33,7 @@ pytest.importorskip("uvicorn", reason="the extra dashboard is not installed")
 
 from browser import Browser, browser_or_skip
 from dashboard_screenshot import screenshot
-from ratebudget import Cap, Ledger, Limiter, Rate, Report
+from ratebudget import BudgetExceeded, Cap, Ledger, Limiter, Rate, Report
 from ratebudget.cli import main
 from ratebudget.cli._status_reader import status
 from ratebudget.dashboard import Source, serve_in_thread
@@ -74,9 +74,12 @@ class Team:
         self.search = self.root.child("search", Cap(usd="0.5", per="hour"))
         self.provider_url = provider_url
 
-    async def spend(self, calls: int, stop: anyio.Event | None = None) -> int:
-        """Make ``calls`` calls through the transport (or until ``stop``)."""
-        transport = BudgetTransport(self.search)
+    async def spend(
+        self, calls: int, stop: anyio.Event | None = None, on: Limiter | None = None
+    ) -> int:
+        """Make ``calls`` calls through the transport (or until ``stop``) on
+        the search team (or ``on``)."""
+        transport = BudgetTransport(on or self.search)
         made = 0
         async with httpx.AsyncClient(
             transport=transport, base_url=self.provider_url
@@ -211,6 +214,30 @@ class TestPage:
         assert {urlsplit(u).netloc for u in tab.requested} == {origin}
         paths = {urlsplit(u).path for u in tab.requested}
         assert {"/", "/static/dashboard.js", "/api/status", "/api/report"} <= paths
+
+    async def test_alerts_and_refusals_are_the_ledger_s(
+        self, browser: Browser, team: Team, dashboard: str
+    ) -> None:
+        tight = team.root.child("tight", Cap(usd="0.00001", per="day", alert_at=(0.5,)))
+        await tight.record(usd="0.000006")  # past half: an alert
+        with pytest.raises(BudgetExceeded):  # a call's estimate is past the cap
+            await team.spend(1, on=tight)
+        refused = '#alerts tr[data-kind="refused"] [data-field="scope"]'
+        alerted = '#alerts tr[data-kind="threshold"] [data-field="scope"]'
+        async with browser.open(dashboard) as tab:
+            await tab.do(_shows, {refused: "team/tight", alerted: "team/tight"})
+            shown = await tab.do(
+                lambda page: page.locator(
+                    "#alerts [data-field=message]"
+                ).all_text_contents()
+            )
+        ledger = Ledger(team.url)
+        try:
+            events = await ledger.events()
+        finally:
+            ledger.close()
+        assert shown == [e.message for e in events]
+        assert {e.kind for e in events} == {"refused", "threshold"}
 
     async def test_never_shows_a_password(self, browser: Browser) -> None:
         from redis_server import redis_server_or_skip

@@ -6,8 +6,8 @@ The page (``static/``: HTML, a small script, a style sheet; nothing from
 the internet) polls a JSON API once a second: ``/api/status`` (the scope
 tree, each limit's used, reserved and remaining, reset times and
 forecasts), ``/api/burn`` (each USD cap's spend over its period),
-``/api/report`` (top spenders by scope or label) and ``/api/alerts`` (a
-hook, empty: no history of alerts is stored yet). Store and ledger URLs are
+``/api/report`` (top spenders by scope or label) and ``/api/alerts`` (the
+newest alerts and refusals the ledger keeps). Store and ledger URLs are
 shown without their passwords.
 
     with serve_in_thread(Source("sqlite:///budgets.db")) as url:

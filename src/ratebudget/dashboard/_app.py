@@ -7,8 +7,8 @@ store and the ledger run in a worker thread.
 
 Routes: ``/`` (the page), ``/static/{name}``, ``/api/status`` (the scope
 tree), ``/api/burn`` (a burn chart per USD cap), ``/api/report?by=model
-&period=all|month|day`` (top spenders), ``/api/alerts`` (a hook: no data
-source yet).
+&period=all|month|day`` (top spenders), ``/api/alerts`` (the newest alerts
+and refusals the ledger keeps).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ _HEADERS = {
 }
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 _PERIODS = ("all", "month", "day")
+_EVENTS = 20  # the newest alerts and refusals shown
 
 
 def _asset(name: str) -> bytes:
@@ -137,17 +138,29 @@ def create_app(source: Source, *, host: str = "127.0.0.1") -> Starlette:
         }
 
     async def api_alerts(request: Request) -> dict[str, Any]:
-        # HOOK: recent alerts and refusals. Neither the store nor the ledger
-        # keeps a history of them yet (an alert's latch holds no time, a
-        # refusal writes no row); when one does, read it here.
+        if source.ledger is None:
+            return {
+                **source.describe(),
+                "available": False,
+                "reason": "no ledger: alerts and refusals are kept in the ledger",
+                "events": [],
+            }
+        events = await source.ledger.events(limit=_EVENTS)
         return {
-            "available": False,
-            "reason": (
-                "no history of alerts or refusals is stored yet; receive them "
-                "with an alert handler (ratebudget.alerts.Webhook) or the "
-                "OpenTelemetry metrics (ratebudget.refusals)"
-            ),
-            "alerts": [],
+            **source.describe(),
+            "available": True,
+            "reason": None,
+            "events": [
+                {
+                    "at": e.at.isoformat(),
+                    "scope": e.scope,
+                    "kind": e.kind,
+                    "message": e.message,
+                    "count": e.detail.get("count", 1),
+                    "reason": e.detail.get("reason"),
+                }
+                for e in events
+            ],
         }
 
     routes = [

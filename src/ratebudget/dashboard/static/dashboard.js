@@ -228,16 +228,18 @@ function drawSpenders(doc) {
 async function refresh() {
   const by = encodeURIComponent($("by").value);
   const period = encodeURIComponent($("period").value);
-  const [status, burn, report] = await Promise.all([
+  const [status, burn, report, alerts] = await Promise.all([
     getJSON("/api/status"),
     getJSON("/api/burn"),
     getJSON(`/api/report?by=${by}&period=${period}`),
+    getJSON("/api/alerts"),
   ]);
   $("store").textContent = status.store ?? "—";
   $("ledger").textContent = status.ledger ?? "none";
   drawScopes(status);
   drawBurn(burn);
   drawSpenders(report);
+  drawAlerts(alerts);
   $("updated").textContent = "updated " + when(status.at);
 }
 
@@ -254,18 +256,25 @@ async function loop() {
   setTimeout(loop, EVERY_MS);
 }
 
-async function alerts() {
-  try {
-    const doc = await getJSON("/api/alerts");
-    $("alerts").textContent = doc.available ? "" : "Not available: " + doc.reason + ".";
-  } catch (e) {
-    $("alerts").textContent = "error: " + e.message;
-  }
+// -- alerts and refusals ------------------------------------------------------------
+
+function drawAlerts(doc) {
+  const rows = doc.events.map((e) => {
+    const what = e.kind === "refused" ? `refused (${e.reason ?? "?"})` : `alert: ${e.kind}`;
+    const times = e.count > 1 ? ` (×${e.count})` : "";
+    return el("tr", { class: e.kind === "refused" ? "refused" : "alert", "data-kind": e.kind },
+      el("td", { "data-field": "at" }, when(e.at).slice(0, 16)),
+      el("td", { "data-field": "scope" }, e.scope),
+      el("td", { "data-field": "what" }, what + times),
+      el("td", { "data-field": "message" }, e.message));
+  });
+  $("alerts").tBodies[0].replaceChildren(...rows);
+  $("alerts-note").textContent = !doc.available ? doc.reason
+    : rows.length ? "" : "none yet";
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   $("by").addEventListener("change", refresh);
   $("period").addEventListener("change", refresh);
-  alerts();
   loop();
 });
