@@ -342,11 +342,15 @@ class TestAPI:
         budgets_file = tmp_path / "budgets.toml"
         budgets_file.write_text(
             f'store = "sqlite:///{tmp_path / "org.db"}"\n'
+            f'ledger = "sqlite:///{tmp_path / "usage.db"}"\n'
             '[acme]\nowner = "finance@acme.example"\n'
             'caps = [{ usd = "100", per = "month" }]\n'
             '[acme.search]\ncaps = [{ usd = "20", per = "day" }]\n'
             '[acme.search.per_key]\ncaps = [{ usd = "5", per = "day" }]\n'
         )
+        usage = Ledger(f"sqlite:///{tmp_path / 'usage.db'}")
+        await usage.report()  # the file exists before the dashboard looks
+        usage.close()
         budgets = ratebudget.load(budgets_file)
         await budgets.per_key("acme/search")["alice"].record(usd="0.5")
         source = Source(config=str(budgets_file))
@@ -357,6 +361,7 @@ class TestAPI:
         finally:
             source.close()
         assert got["config"] == "budgets.toml"
+        assert got["ledger"] == f"sqlite:///{tmp_path / 'usage.db'}"
         assert [
             (s["name"], s["depth"], s["owner"], s["per_key"], s["limits"][0]["used"])
             for s in got["scopes"]

@@ -39,13 +39,17 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         metavar="URL",
         help=(
             "the usage ledger for forecasts, burn charts and top spenders "
-            "(default: a SQLite store's own file, when it keeps one)"
+            "(default: the budgets file's, else a SQLite store's own file "
+            "when it keeps one)"
         ),
     )
     parser.add_argument(
         "--config",
         metavar="FILE",
-        help="a budgets file: show its tree of scopes (--store defaults to the file's)",
+        help=(
+            "a budgets file: show its tree of scopes (--store and --ledger "
+            "default to the file's)"
+        ),
     )
     parser.add_argument(
         "--host",

@@ -28,8 +28,8 @@ class Source:
     store) and the ledger the dashboard reads.
 
     ``store_url`` defaults to the budgets file's ``store``; ``ledger_url``
-    to the store's own file when the store is SQLite and keeps its ledger
-    there (``Limiter(..., ledger=True)``). Raises ``InvalidRequest`` for
+    to the file's ``ledger`` URL, else to the store's own file when the
+    store is SQLite and keeps its ledger there (``ledger=True``). Raises ``InvalidRequest`` for
     unusable arguments (a budgets file's mistakes included).
     """
 
@@ -41,11 +41,16 @@ class Source:
     ) -> None:
         if store_url is None and config is None:
             raise InvalidRequest("give --store URL (or --config FILE)")
-        if store_url is None and config is not None:
+        if config is not None:  # the file names its store, and maybe its ledger
             from .._budgets import read
 
-            found = read(config).settings.get("store")
-            store_url = found if isinstance(found, str) else None
+            settings = read(config).settings
+            found = settings.get("store")
+            if store_url is None and isinstance(found, str):
+                store_url = found
+            named = settings.get("ledger")
+            if ledger_url is None and isinstance(named, str):
+                ledger_url = named
         self.store_url = store_url
         self.config = config
         if ledger_url is None and store_url is not None:
