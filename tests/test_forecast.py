@@ -181,6 +181,16 @@ class TestSyntheticHistories:
         assert f.low >= sum(spend[:8])  # nothing is ever un-spent
         assert f.expected == pytest.approx(sum(spend), rel=0.01)
 
+    def test_a_spend_that_just_began_is_too_short_not_a_missing_ledger(
+        self,
+    ) -> None:
+        cap = Cap(tokens=10**6, per="day")
+        now = _us(DAY) + 10 * WIDTH_US + 5
+        f = forecast(cap, 5_000, 0, DAY, DAY_END, now, [0] * 10, partial=5_000)
+        assert not f
+        assert f.reason is not None
+        assert "began within its last 30 minutes" in f.reason
+
     def test_a_ledger_that_missed_the_period_says_so(self) -> None:
         cap = Cap(tokens=10**6, per="day")
         now = _us(DAY) + 10 * WIDTH_US
@@ -305,6 +315,19 @@ class TestSnapshots:
             (f,) = [s.forecast for s in (await limiter.snapshot()).limits[:1]]
             assert f is not None
             assert f.expected == Decimal("12")
+
+    async def test_a_spend_begun_in_the_part_under_way_is_too_short(
+        self, ledger_url: str
+    ) -> None:
+        clock = FakeClock(DAY + timedelta(hours=14, minutes=5))
+        limiter, _ = alerting(clock, ledger_url, Cap(usd="10", per="day"))
+        async with limiter.acquire(usd="1"):
+            pass
+        assert limiter._ledger is not None
+        await limiter._ledger.flush()
+        (s,) = (await limiter.snapshot()).limits
+        assert s.forecast is not None
+        assert "began within its last 30 minutes" in (s.forecast.reason or "")
 
     async def test_without_a_ledger_or_a_period_it_says_why(self) -> None:
         limiter = Limiter(Cap(usd="5", per="day"), Cap(tokens=1_000))

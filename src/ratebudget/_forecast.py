@@ -185,9 +185,11 @@ def forecast(
     end: datetime,
     now_us: int,
     sums: Sequence[int],
+    partial: int = 0,
 ) -> Forecast:
     """The forecast of ``cap`` (raw units: ``used``, ``reserved``) in the
-    period ``start``..``end`` at ``now_us``, from ``sums`` (``history``)."""
+    period ``start``..``end`` at ``now_us``, from ``sums`` (``history``);
+    ``partial``: what the ledger holds of the part under way."""
     axis = cap.axis
     k = len(sums)
     if k < MIN_BUCKETS:
@@ -198,6 +200,12 @@ def forecast(
         )
     now_units = used + reserved
     if sum(sums) == 0 and used > 0:
+        if partial > 0:  # the spend began in the part of the period under way
+            part = (end - start) / BUCKETS
+            return unknown(
+                f"history too short: this period's usage began within its last "
+                f"{_span(part)} (a forecast needs a trend over its parts)"
+            )
         return unknown(
             "the ledger holds no usage of this period, while the cap counts "
             f"{from_units(axis, used)} (was the ledger off?)"
@@ -280,17 +288,24 @@ def with_forecasts(
             made = NO_LEDGER
         else:
             window = period_window(spec.per, spec.tz, now_us / 1e6)
-            sums = history(
-                ledger._db, scope, spec.axis, window.start, window.end, now_us
-            )
+            db, axis = ledger._db, spec.axis
+            sums = history(db, scope, axis, window.start, window.end, now_us)
+            used = to_units(axis, s.used)
+            partial = 0
+            if used and not any(sums):  # is its spend all in the part under way?
+                width = (_us(window.end) - _us(window.start)) // BUCKETS
+                ahead = now_us + width
+                got = history(db, scope, axis, window.start, window.end, ahead)
+                partial = sum(got) - sum(sums)
             made = forecast(
                 spec,
-                to_units(spec.axis, s.used),
-                to_units(spec.axis, s.reserved),
+                used,
+                to_units(axis, s.reserved),
                 window.start,
                 window.end,
                 now_us,
                 sums,
+                partial,
             )
         out.append(replace(s, forecast=made))
     return replace(snap, limits=tuple(out))
