@@ -148,24 +148,12 @@ class Lease:
     # inlining it: a class called without an ``__init__`` is made fastest)
 
     async def _acquire(self) -> Lease:
+        """``await lease``: the grant of ``async with``, once."""
         if self._state != _PENDING:
             raise InvalidRequest(
                 "this lease was already acquired; call limiter.acquire() again"
             )
-        limiter = self._limiter
-        grab = limiter._grab
-        if grab is not None:
-            take = grab(self._req)
-            if take:
-                self._take = take
-                self._state = _ACTIVE
-                return self
-        got = limiter._b.acquire(self._req, self._timeout, limiter._task_waiter)
-        if type(got) is not int:
-            return await self._granted(got)
-        self._take = got
-        self._state = _ACTIVE
-        return self
+        return await self.__aenter__()
 
     async def _granted(self, got: object) -> Lease:
         """The slow path of an acquisition: a store call, a wait or a refusal."""
@@ -495,11 +483,6 @@ class _WatchedLease(_HeldLease):
     watch blocks, and what it commits counted by the watch."""
 
     __slots__ = ()
-
-    async def _acquire(self) -> Lease:
-        if self._state == _PENDING:
-            self._limiter._admit(self)
-        return await super()._acquire()
 
     async def __aenter__(self) -> Lease:
         if self._state == _PENDING:

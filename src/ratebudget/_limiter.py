@@ -625,12 +625,32 @@ class Limiter:
             self._ledger._refused(self._wall(), scope or "", reason, error)
         return error
 
-    def _alerted(self, alerts: list[Alert], overruns: list[str], routed: bool) -> None:
-        """Log ``alerts`` and ``overruns`` (and write the alerts as events
-        of the ledger)."""
-        report(alerts, overruns, routed)
+    def _fire(
+        self,
+        fired: list[tuple[tuple[Dispatch, ...], Alert]],
+        overruns: list[str] | None = None,
+        blocking: bool | None = False,
+    ) -> None:
+        """Log ``fired`` alerts (each with the handlers it goes to: its
+        scope's and its ancestors') and ``overruns``, write the alerts as
+        events of the ledger, and queue each handler's, in the order they
+        fired, off the caller's path: in its event loop, for a ``blocking``
+        caller in the alerts thread (``None``: wherever this runs)."""
+        alerts = [a for _, a in fired]
+        report(alerts, overruns or [], any(routes for routes, _ in fired))
         if alerts and self._ledger is not None:
             self._ledger._alerted(alerts, self._wall())
+        batches: dict[Dispatch, list[Alert]] = {}
+        for routes, alert in fired:
+            for dispatch in routes:
+                batches.setdefault(dispatch, []).append(alert)
+        for dispatch, batch in batches.items():
+            if blocking is None:
+                dispatch.post_here(batch)
+            elif blocking:
+                dispatch.post_sync(batch)
+            else:
+                dispatch.post(batch)
 
     # -- the API --------------------------------------------------------------
 
@@ -940,38 +960,13 @@ class Limiter:
     def _deliver(
         self, crossings: list[Crossing] | None, blocking: bool = False
     ) -> None:
-        """Log what ``crossings`` fired and queue its alerts for the
-        ``on_alert`` of the scope each belongs to and of its ancestors (run
-        off the caller's path: in its event loop, or for a ``blocking``
-        caller in the alerts thread)."""
+        """Log what ``crossings`` fired and queue its alerts (``_fire``)."""
         if not crossings:
             return
         alerts, overruns = alerts_of(self._limits, crossings, self._scopes)
-        if not (alerts or overruns):
-            return
-        routed = self._routed([(c.slot, a) for c, a in alerts])
-        self._alerted([a for _, a in alerts], overruns, routed)
-        if routed:
-            for dispatch, batch in self._batches([(c.slot, a) for c, a in alerts]):
-                if blocking:
-                    dispatch.post_sync(batch)
-                else:
-                    dispatch.post(batch)
-
-    def _routed(self, alerts: list[tuple[int, Alert]]) -> bool:
-        """Whether some handler gets these alerts (else they are warnings)."""
-        return any(self._routes[slot] for slot, _ in alerts)
-
-    def _batches(
-        self, alerts: list[tuple[int, Alert]]
-    ) -> list[tuple[Dispatch, list[Alert]]]:
-        """Each handler's alerts, in the order they fired: an alert of a
-        scope goes to the handlers of that scope and of its ancestors."""
-        out: dict[Dispatch, list[Alert]] = {}
-        for slot, alert in alerts:
-            for dispatch in self._routes[slot]:
-                out.setdefault(dispatch, []).append(alert)
-        return list(out.items())
+        if alerts or overruns:
+            routes = self._routes
+            self._fire([(routes[c.slot], a) for c, a in alerts], overruns, blocking)
 
     def _watching(self) -> None:
         """A runaway watch needs a USD cap on its scope's path to read spend from."""
@@ -1001,7 +996,7 @@ class Limiter:
         for watch in self._watches:
             verdict, running, alert = watch.check(now, wall)
             if alert is not None:
-                self._warn(watch, alert, blocking)
+                self._fire([(watch.routes, alert)], None, blocking)
             if running and watch.rule.action == "block" and refusal is None:
                 usd = lease._unit_amounts().get("usd", 0)
                 refusal = watch.refusal(verdict, now, wall, usd, dict(lease.labels))
@@ -1016,21 +1011,13 @@ class Limiter:
         for watch in self._watches:
             alert = watch.add(now, wall, usd)
             if alert is not None:
-                self._warn(watch, alert, blocking)
-
-    def _warn(self, watch: Watch, alert: Alert, blocking: bool) -> None:
-        self._alerted([alert], [], bool(watch.routes))
-        for dispatch in watch.routes:
-            if blocking:
-                dispatch.post_sync([alert])
-            else:
-                dispatch.post([alert])
+                self._fire([(watch.routes, alert)], None, blocking)
 
     def _foresee(self, snap: Snapshot, blocking: bool = False) -> None:
         """Alert on each hard cap of ``snap`` whose forecast crosses its
         limit: once per cap and period (in this process; receivers
         deduplicate by ``Alert.id`` across processes)."""
-        fired: list[tuple[int, Alert]] = []
+        fired: list[tuple[tuple[Dispatch, ...], Alert]] = []
         for slot, s in enumerate(snap.limits):
             f = s.forecast
             spec = s.limit
@@ -1054,14 +1041,9 @@ class Limiter:
             )
             if alert.id not in self._foreseen:
                 self._foreseen.add(alert.id)
-                fired.append((slot, alert))
+                fired.append((self._routes[slot], alert))
         if fired:
-            self._alerted([a for _, a in fired], [], self._routed(fired))
-            for dispatch, batch in self._batches(fired):
-                if blocking:
-                    dispatch.post_sync(batch)
-                else:
-                    dispatch.post(batch)
+            self._fire(fired, None, blocking)
 
     def _on_shadow(self, shadowed: list[Shadowed]) -> None:
         """Shadow mode: what the caps would have refused. The first of each
@@ -1069,7 +1051,7 @@ class Limiter:
         the others are logged (INFO); each is a ``shadowed`` row of the
         ledger. Never raises: it runs where a store's answer is delivered."""
         try:
-            first: list[tuple[int, Alert]] = []
+            first: list[tuple[tuple[Dispatch, ...], Alert]] = []
             ledger = self._ledger
             for x in shadowed:
                 if ledger is not None:  # its row: what would have been refused
@@ -1080,13 +1062,11 @@ class Limiter:
                     ledger._put((new_id(), at, scope, EMPTY_LABELS, "shadowed", units))
                 alert = shadow_alert(self._limits, x, self._scopes[x.slot])
                 if x.first:
-                    first.append((x.slot, alert))
+                    first.append((self._routes[x.slot], alert))
                 else:
                     logger.info("ratebudget: %s", alert)
             if first:
-                self._alerted([a for _, a in first], [], self._routed(first))
-                for dispatch, batch in self._batches(first):
-                    dispatch.post_here(batch)
+                self._fire(first, None, None)
         except Exception:  # pragma: no cover - reporting must not lose a grant
             logger.exception("ratebudget: reporting a shadow refusal failed")
 
