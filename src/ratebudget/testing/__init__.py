@@ -12,6 +12,10 @@ served on loopback) with rate limits of its own and a log of the requests.
 ``RedisServer`` runs a private ``redis-server`` (the binary must be on PATH)
 on a free port in a temporary directory, for tests of code that uses a
 ``RedisStore``; it can be stopped, killed and started again.
+
+``RedisCluster`` runs a private Redis Cluster of such servers (``redis-cli``
+forms it), whose nodes (``RedisClusterNode``) can be killed, paused and
+restarted, and waits for a failover.
 """
 
 from __future__ import annotations
@@ -20,5 +24,14 @@ from ._clock import FakeClock as FakeClock
 from ._clock import store_busy as store_busy
 from ._provider import FakeProvider as FakeProvider
 from ._redis import RedisServer as RedisServer
+from ._redis_cluster import RedisCluster as RedisCluster
+from ._redis_cluster import RedisClusterNode as RedisClusterNode
 
-__all__ = ("FakeClock", "FakeProvider", "RedisServer", "store_busy")
+__all__ = (
+    "FakeClock",
+    "FakeProvider",
+    "RedisCluster",
+    "RedisClusterNode",
+    "RedisServer",
+    "store_busy",
+)
