@@ -41,6 +41,19 @@ def redis_url() -> str:
     return redis_url_or_skip()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> str:
+    """A Redis Cluster's URL: ``RATEBUDGET_REDIS_CLUSTER_URL``, or a private cluster.
+
+    ``redis+cluster://host:port,...``; the private cluster has 3 primaries and
+    no replicas, started once per test process. Skips without ``redis-server``
+    and ``redis-cli`` on PATH (fails with RATEBUDGET_REQUIRE_REDIS=1).
+    """
+    from redis_cluster import redis_cluster_url_or_skip
+
+    return redis_cluster_url_or_skip()
+
+
 _names = itertools.count()
 
 Make = Callable[..., Limiter]
