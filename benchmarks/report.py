@@ -537,6 +537,10 @@ def write(
         from benchmarks.stores import section
 
         parts.append(section(res))
+    if res.cluster is not None:
+        from benchmarks.cluster import section as cluster_section
+
+        parts.append(cluster_section(res))
     parts.append(_cannot_section(res))
     page = out / "benchmarks.md"
     page.write_text("\n".join(parts))

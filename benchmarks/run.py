@@ -36,6 +36,7 @@ from benchmarks.peers import Peer, baselines, peers, ratebudget_on
 from benchmarks.stats import Summary, ratios, summarize
 
 if TYPE_CHECKING:
+    from benchmarks.cluster import ClusterResults
     from benchmarks.stores import StoreResults
 
 __all__ = ("Config", "Results", "main")
@@ -80,6 +81,7 @@ class Config:
     sqlite_procs: tuple[int, ...] = (1, 4)
     sqlite_tasks: tuple[int, ...] = (1, 16)
     store_latency_n: int = 2_000
+    cluster_names: int = 12  # workload 9 (benchmarks/cluster.py)
 
     @classmethod
     def full(cls) -> Config:
@@ -110,6 +112,7 @@ class Config:
             store_procs=2,
             sqlite_procs=(1, 2),
             store_latency_n=200,
+            cluster_names=6,
         )
 
 
@@ -137,6 +140,7 @@ class Results:
     )
     threads: dict[str, list[w.ThreadsResult]] = field(default_factory=dict)
     stores: StoreResults | None = None
+    cluster: ClusterResults | None = None
     started: float = field(default_factory=time.time)
     elapsed: float = 0.0
 
@@ -303,6 +307,12 @@ def _bench_stores(cfg: Config, res: Results) -> None:
     res.stores = bench(cfg, _log)
 
 
+def _bench_cluster(cfg: Config, res: Results) -> None:
+    from benchmarks.cluster import bench
+
+    res.cluster = bench(cfg, _log)
+
+
 STEPS: dict[str, Callable[[Config, Results], None]] = {
     "uncontended": _bench_hot,
     "multi": _bench_multi,
@@ -312,6 +322,7 @@ STEPS: dict[str, Callable[[Config, Results], None]] = {
     "cancellation": _bench_cancellation,
     "threads": _bench_threads,
     "stores": _bench_stores,
+    "cluster": _bench_cluster,
 }
 
 

@@ -48,7 +48,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
 
 import anyio
 import anyio.to_thread
@@ -74,6 +74,8 @@ __all__ = (
     "section",
     "server_delta",
 )
+
+T = TypeVar("T")
 
 RATEBUDGET: Final = "ratebudget"
 SCOPES: Final = "ratebudget, 3 scopes down a path (a rate at each)"
@@ -260,6 +262,33 @@ class _RateBudget:
         self.store.close()
 
 
+class _Names:
+    """ratebudget on several names (``benchmarks/cluster.py``): each call
+    takes the next one's limiter."""
+
+    __slots__ = ("i", "limiters", "store")
+
+    def __init__(self, url: str, names: Sequence[str]) -> None:
+        from ratebudget import Limiter, Rate
+        from ratebudget.stores import Store, open_store
+
+        store = open_store(url)
+        assert isinstance(store, Store)
+        self.store = store
+        self.limiters = [
+            Limiter(Rate(tokens=HUGE, per="second"), store=store, name=n) for n in names
+        ]
+        self.i = 0
+
+    async def acquire(self) -> None:
+        self.i += 1
+        async with self.limiters[self.i % len(self.limiters)].acquire(1):
+            pass
+
+    async def aclose(self) -> None:
+        self.store.close()
+
+
 class _Scoped(_RateBudget):
     """An acquisition on a scope two levels under a root (org > team >
     user), each level with a rate of its own: three states in one decision."""
@@ -436,6 +465,7 @@ class _Job:
     warm_at: float  # time.time() at which the tasks start (warm-up)
     t0: float  # ... the counting window opens
     t1: float  # ... and closes; the tasks then finish what they started
+    names: tuple[str, ...] = ()  # limiters taken in turn (else one, KEY)
 
 
 async def _sleep_until(t: float) -> None:
@@ -443,7 +473,9 @@ async def _sleep_until(t: float) -> None:
 
 
 async def _drive(job: _Job) -> Shot:
-    client = await _open(job.candidate, job.url)
+    client = (
+        _Names(job.url, job.names) if job.names else await _open(job.candidate, job.url)
+    )
     count = 0
     running = True
 
@@ -631,16 +663,33 @@ def _one_run(
     warm_at = time.time() + cfg.store_lead_s
     t0 = warm_at + cfg.store_warm_s
     t1 = t0 + cfg.store_s
-    pool.submit([_Job(candidate, url, sc.tasks, warm_at, t0, t1)] * sc.processes)
+    jobs = [_Job(candidate, url, sc.tasks, warm_at, t0, t1)] * sc.processes
     server_cpu: float | None = None
     requests: int | None = None
+    shots, before, after = _run_jobs(pool, jobs, t0, t1, info)
+    if before is not None and after is not None:
+        server_cpu, requests = server_delta(before, after)
+    return combine(shots, server_cpu, requests)
+
+
+def _run_jobs(
+    pool: _Pool,
+    jobs: Sequence[_Job],
+    t0: float,
+    t1: float,
+    info: Callable[[], T] | None,
+) -> tuple[list[Shot], T | None, T | None]:
+    """Run ``jobs`` on the pool; ``info()`` read as the window opens and as
+    it closes (the servers' counters), if given."""
+    pool.submit(jobs)
+    before = after = None
     if info is not None:
         time.sleep(max(0.0, t0 - time.time()))
         before = info()
         time.sleep(max(0.0, t1 - time.time()))
-        server_cpu, requests = server_delta(before, info())
+        after = info()
     shots = pool.collect(max(0.0, t1 - time.time()) + 60)
-    return combine(shots, server_cpu, requests)
+    return shots, before, after
 
 
 async def _latency(candidate: str, url: str, n: int) -> LatencySample:

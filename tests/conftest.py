@@ -80,6 +80,8 @@ def make(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Mak
         url = f"sqlite:///{tmp_path / 'budgets.db'}"
     elif store_kind == "redis":
         url = request.getfixturevalue("redis_url")
+    elif store_kind == "redis-cluster":
+        url = request.getfixturevalue("redis_cluster_url")
     run = uuid.uuid4().hex[:8]
 
     def build(*limits: Rate | Cap, name: str | None = None, **kw: Any) -> Limiter:

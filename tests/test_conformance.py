@@ -1,6 +1,7 @@
 """The contract (docs/design.md, section 2), once per store and backend.
 
-Every test here runs against the memory, SQLite and Redis stores, each on
+Every test here runs against the memory, SQLite and Redis stores (a single
+server, and a 3-shard Redis Cluster), each on
 asyncio and on trio, on a ``FakeClock``: the persistent stores take their
 time from it too (``now_us``), so waits and lease expiries are exact.
 """
@@ -33,7 +34,7 @@ _names = itertools.count()
 Make = Callable[..., Limiter]
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster"])
 def store_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -57,8 +58,10 @@ def make(
             return Limiter(*limits, store=memory, name=name, **kw)  # type: ignore[arg-type]
         if store_kind == "sqlite":
             url = f"sqlite:///{tmp_path / 'budgets.db'}"
-        else:
+        elif store_kind == "redis":
             url = request.getfixturevalue("redis_url")
+        else:
+            url = request.getfixturevalue("redis_cluster_url")
         return Limiter(*limits, store=url, name=f"{name}-{suffix}", **kw)  # type: ignore[arg-type]
 
     return build

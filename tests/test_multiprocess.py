@@ -30,6 +30,14 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("redis_url"))
 
 
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
+def cap_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """``store_url``, and a Redis Cluster: for the tests of caps."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'budgets.db'}"
+    return str(request.getfixturevalue(request.param.replace("-", "_") + "_url"))
+
+
 def spawn(*args: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, WORKER, *map(str, args)],
@@ -53,7 +61,8 @@ def name(request: pytest.FixtureRequest) -> str:
     return f"mp-{os.getpid()}-{request.node.name}".replace("[", "-").replace("]", "")
 
 
-def test_eight_processes_never_overspend_a_hard_cap(store_url: str, name: str) -> None:
+def test_eight_processes_never_overspend_a_hard_cap(cap_url: str, name: str) -> None:
+    store_url = cap_url
     limit, each = 301, 3
     procs = [spawn("cap", store_url, name, limit, each, 4) for _ in range(8)]
     lines = finish(procs)
@@ -65,10 +74,11 @@ def test_eight_processes_never_overspend_a_hard_cap(store_url: str, name: str) -
     assert snap[0].reserved == 0
 
 
-def test_eight_processes_deliver_each_alert_once(store_url: str, name: str) -> None:
+def test_eight_processes_deliver_each_alert_once(cap_url: str, name: str) -> None:
     """Contract 17: 8 processes on one cap (hard, in shadow mode: nothing
     refused) cross its ten thresholds and go past it; each threshold alert,
     and the period's one shadow alert, is delivered once in all."""
+    store_url = cap_url
     procs = [spawn("alerts", store_url, name, "shadow", 20) for _ in range(8)]
     lines = finish(procs)  # 160 tokens recorded on a cap of 100
     kinds = sorted(line.split()[1:3] for line in lines)
@@ -80,13 +90,13 @@ def test_eight_processes_deliver_each_alert_once(store_url: str, name: str) -> N
 
 
 def test_eight_processes_of_two_teams_never_overspend_the_org(
-    store_url: str, name: str
+    cap_url: str, name: str
 ) -> None:
     """Contract 13 and 17 across processes: 8 processes act for users of
     two teams (per-key caps under team caps) under one org cap; everything
     committed fits the org's cap to the nano-dollar, the store's counters
     say exactly that, and each threshold alert is delivered once in all."""
-    url = store_url
+    url = cap_url
     procs = [spawn("org", url, name, i, 3) for i in range(8)]
     lines = finish(procs, timeout=120)
     spent = [Decimal(line.split()[1]) for line in lines if line.startswith("committed")]

@@ -38,9 +38,9 @@ from ratebudget import (
 from ratebudget.testing import FakeClock
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster"])
 def store_kind(request: pytest.FixtureRequest) -> str:
-    """The stores that have scopes (Redis: not yet)."""
+    """Every store: scopes of a tree share one slot of a Redis Cluster."""
     return str(request.param)
 
 

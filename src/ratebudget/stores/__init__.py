@@ -7,7 +7,9 @@ object. ``open_store(url)`` turns a URL into a store:
 - ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``: every
   process of one host;
 - ``redis://host:6379/0``, ``rediss://...``, ``unix:///path/redis.sock``:
-  every process of every host (needs the ``redis`` extra).
+  every process of every host (needs the ``redis`` extra);
+- ``redis+cluster://host:7000[,host:7001...]``, ``rediss+cluster://...``:
+  the same on a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -75,10 +77,11 @@ def open_store(url: str) -> Store:
         from .sqlite import SQLiteStore
 
         return SQLiteStore(path)
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
         from .redis import RedisStore
 
         return RedisStore(url)
     raise InvalidRequest(
-        f"store={url!r}: unknown scheme {scheme!r}; use memory://, sqlite:/// or redis://"
+        f"store={url!r}: unknown scheme {scheme!r}; use memory://, sqlite:///, "
+        "redis:// or redis+cluster://"
     )

@@ -18,7 +18,8 @@ one Redis Cluster slot: ``{<name>}:s`` (the state document, see
 idle long enough that they no longer matter. A batch that wakes waiters
 publishes their ids on ``{<name>}:wake``. The registry of limiters
 (``ratebudget status``) is the hash ``ratebudget:limiters``, one global key
-outside the limiters' slots.
+outside the limiters' slots (``{ratebudget}:limiters`` on a cluster, beside
+the live limits: see ``_redis_cluster`` for what differs there).
 
 Lua knows no time zones: each call sends, for every calendar cap of its
 plan, the periods around the client's wall clock (``_state.windows_around``),
@@ -31,10 +32,12 @@ import functools
 import hashlib
 import importlib.resources
 import json
+import logging
 import os
 import threading
 import time
 import weakref
+from asyncio import _get_running_loop as _running_loop
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -45,13 +48,16 @@ from . import _ops as ops
 from ._base import redact
 from ._codec import book_of, book_text, decode_result, decode_shadowed, encode_op
 from ._path_ops import pack, unpack
+from ._redis_cluster import CLUSTER_SCHEMES, Routes, cluster_client, parse_cluster_url
 from ._redis_link import Links, command
 from ._redis_link import bulk as _bulk
-from ._remote import SharedStore, wake
+from ._redis_wake import listen
+from ._remote import SharedStore
 from ._state import _kind, _plan_doc, plan_id, windows_around
 
 if TYPE_CHECKING:
     import redis
+    from redis.cluster import RedisCluster
 
     from .._ledger import Ledger
 
@@ -67,6 +73,15 @@ REGISTRY_KEY: Final = "ratebudget:limiters"
 LIVE_KEY: Final = "ratebudget:live"  # name -> its live limits (JSON)
 LIVE_REV_KEY: Final = "ratebudget:live:rev"  # counts changes of LIVE_KEY
 LIVE_NAME: Final = "ratebudget:live"  # ``{LIVE_NAME}:wake``: live limits changed
+# the same on a cluster: one hash tag, so one shard holds them all
+CLUSTER_KEYS: Final = (
+    "{ratebudget}:limiters",
+    "{ratebudget}:live",
+    "{ratebudget}:live:rev",
+    "{ratebudget}:live:wake",
+)
+
+logger: Final = logging.getLogger("ratebudget")
 
 _EXACT: Final = 2**53
 # State.exact, as the script has it: a count that reaches 2**53 is refused
@@ -89,11 +104,12 @@ def _check_url(url: str) -> None:
     if not isinstance(url, str):
         raise InvalidRequest(f"url={url!r}: expected a redis:// URL")
     scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in ("redis", "rediss", "unix"):
+    if not sep or scheme.lower() not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
         raise InvalidRequest(
-            f"url={redact(url)!r}: use redis://host:port/db, rediss:// or unix://"
+            f"url={redact(url)!r}: use redis://host:port/db, rediss://, unix:// "
+            "or, for a Redis Cluster, redis+cluster://host:port[,host:port...]"
         )
-    if scheme.lower() == "unix":
+    if scheme.lower() in ("unix", *CLUSTER_SCHEMES):
         return
     path = rest.partition("?")[0].partition("/")[2]
     if path and not path.isdigit():
@@ -166,21 +182,29 @@ def _text(value: Any) -> str:
 
 
 class RedisStore(SharedStore):
-    """Limiter state in Redis: ``RedisStore("redis://localhost:6379/0")``.
+    """Limiter state in Redis: ``RedisStore("redis://localhost:6379/0")``,
+    or on a Redis Cluster: ``RedisStore("redis+cluster://host:7000,host:7001")``.
 
     ``timeout`` (seconds) bounds connecting and every call; ``client`` is an
-    existing sync ``redis.Redis`` to use instead of ``url`` (``close`` then
-    leaves its connections alone).
+    existing sync ``redis.Redis`` or ``redis.cluster.RedisCluster`` to use
+    instead of ``url`` (``close`` then leaves its connections alone);
+    ``cluster=True`` reads a ``redis://host:port`` URL as one node of a
+    cluster. ``replicas=N`` (or ``?replicas=N`` in the URL) returns a
+    decision only once N replicas of its primary have it (``WAIT``), so a
+    failover cannot lose a grant or a charge; fewer in ``timeout / 2`` and
+    the call fails with ``StoreUnavailable``.
     """
 
     scopes = True  # a path's keys share the root's hash tag: one script call
 
     def __init__(
         self,
-        url: str = "redis://localhost:6379/0",
+        url: str | None = None,
         *,
         timeout: float = 2.0,
-        client: redis.Redis | None = None,
+        client: redis.Redis | RedisCluster | None = None,
+        cluster: bool = False,
+        replicas: int | None = None,
     ) -> None:
         if (
             isinstance(timeout, bool)
@@ -190,22 +214,77 @@ class RedisStore(SharedStore):
             raise InvalidRequest(
                 f"timeout={timeout!r}: expected seconds > 0 (at most {_MAX_TIMEOUT:g})"
             )
-        _check_url(url)
+        if not isinstance(cluster, bool):
+            raise InvalidRequest(f"cluster={cluster!r}: expected True or False")
         try:
             import redis as redis_py
             from redis.backoff import NoBackoff
+            from redis.cluster import RedisCluster as Cluster
             from redis.retry import Retry
         except ImportError:
             raise InvalidRequest(
                 "RedisStore needs the redis client: pip install 'ratebudget[redis]'"
             ) from None
+        if url is None:
+            url = "redis://localhost:6379/0" if client is None else _url_of(client)
+        _check_url(url)
+        url, in_url = _replicas_of(url)
+        if replicas is None:
+            replicas = in_url
+        if (
+            isinstance(replicas, bool)
+            or not isinstance(replicas, int)
+            or not 0 <= replicas <= _MAX_REPLICAS
+        ):
+            raise InvalidRequest(
+                f"replicas={replicas!r}: expected a number of replicas, 0 to {_MAX_REPLICAS}"
+            )
+        self.replicas = replicas
+        # sent after each script call: WAIT for the replicas (half the timeout)
+        self._wait: list[bytes] = (
+            [command(b"WAIT", b"%d" % replicas, b"%d" % int(timeout * 500))]
+            if replicas
+            else []
+        )
+        scheme, _, rest = url.partition("://")
+        self.cluster = (
+            cluster or scheme.lower() in CLUSTER_SCHEMES or isinstance(client, Cluster)
+        )
+        if self.cluster and scheme.lower() == "unix":
+            raise InvalidRequest(
+                f"url={redact(url)!r}: a Redis Cluster's nodes are host:port addresses"
+            )
+        if self.cluster and scheme.lower() in ("redis", "rediss"):
+            url = f"{scheme}+cluster://{rest.partition('/')[0]}"  # that node, a seed
+        if client is not None and self.cluster != isinstance(client, Cluster):
+            raise InvalidRequest(
+                f"client={client!r}: a {'RedisCluster' if self.cluster else 'redis.Redis'} "
+                f"is needed for {redact(url)!r}"
+            )
+        if self.cluster:
+            parse_cluster_url(url)  # refused now, not at the first call
         self.url = redact(url)
         self.timeout = float(timeout)
-        self._errors: type[Exception] = redis_py.exceptions.RedisError
+        self._errors: tuple[type[Exception], ...] = (
+            redis_py.exceptions.RedisError,
+            redis_py.exceptions.RedisClusterException,
+        )
+        # the driver's, and ours: what a call on a cluster may end with
+        self._failed: tuple[type[Exception], ...] = (*self._errors, StoreUnavailable)
         self._noscript: type[Exception] = redis_py.exceptions.NoScriptError
         self._response_error: type[Exception] = redis_py.exceptions.ResponseError
+        self._moved: type[Exception] = redis_py.exceptions.MovedError
+        self._ask: type[Exception] = redis_py.exceptions.AskError
+        self._gone: tuple[type[Exception], ...] = (  # a node that does not answer
+            redis_py.exceptions.ConnectionError,
+            redis_py.exceptions.TimeoutError,
+            OSError,
+        )
         self._owned = client is None
-        if client is None:
+        self._routes: Routes | None = None
+        self._url = url  # unredacted: a cluster's client is made at first use
+        self._client_lock = threading.Lock()
+        if client is None and not self.cluster:
             client = redis_py.Redis.from_url(
                 url,
                 socket_timeout=self.timeout,
@@ -213,7 +292,24 @@ class RedisStore(SharedStore):
                 retry=Retry(NoBackoff(), 0),
                 health_check_interval=0,
             )
-        self._redis: redis.Redis = client
+        self._client: Any = client
+        if self.cluster:
+            owned = self._owned
+            self._routes = Routes(
+                lambda: self._redis,
+                (lambda server: _links_for(server, self.timeout, self.url))
+                if owned
+                else None,
+            )
+        # the global keys: the registry, the live limits, their revision
+        # and their channel (on a cluster, under one hash tag)
+        self._registry_key, self._live_key, self._live_rev_key, self._live_channel = (
+            CLUSTER_KEYS
+            if self.cluster
+            else (REGISTRY_KEY, LIVE_KEY, LIVE_REV_KEY, "{" + LIVE_NAME + "}:wake")
+        )
+        self._sharded: bool | None = None  # sharded pub/sub (cluster, Redis 7+)
+        self._unlisted: dict[str, str] = {}  # cluster: registrations to retry
         self._streams: set[str] = set()  # the ledger streams this process copies
         self._held = threading.local()  # each thread's own connection (_Held)
         self._resp_keys: dict[str, bytes] = {}  # a name's keys, as RESP
@@ -221,8 +317,11 @@ class RedisStore(SharedStore):
         self._path_keys: dict[str, tuple[str, tuple[str, ...]]] = {}
         # asyncio loops' own connections (a store of our own, plain TCP or Unix)
         self._links = (
-            _links_for(client, self.timeout, self.url) if self._owned else None
+            _links_for(client, self.timeout, self.url)
+            if self._owned and not self.cluster
+            else None
         )
+        # (a RedisCluster connects as it is made: ours, at the first call)
         self._lock = threading.Lock()
         # plans seen, by identity: what the script needs of each, as JSON
         self._plans: dict[int, _PlanArgs] = {}
@@ -234,16 +333,32 @@ class RedisStore(SharedStore):
         self._listener: threading.Thread | None = None
         self._closing = threading.Event()
 
+    @property
+    def _redis(self) -> Any:
+        """The redis-py client (a cluster's made at first use: it connects
+        to learn the slot map)."""
+        client = self._client
+        if client is None:
+            with self._client_lock:
+                if self._client is None:
+                    try:
+                        self._client = cluster_client(self._url, self.timeout)
+                    except self._errors as e:
+                        raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
+                client = self._client
+        return client
+
     # -- the interface ------------------------------------------------------
 
     def register(self, name: str, spec: dict[str, Any]) -> list[str]:
         try:
-            self._redis.hset(REGISTRY_KEY, name, json.dumps(spec))
             with self._lock:  # once per store object
                 if self._volatile is None:
+                    self._check_kind()
                     self._volatile = self._check_volatile()
         except self._errors as e:
             raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
+        self._list(name, json.dumps(spec))
         has_cap = any(x.get("kind") == "cap" for x in spec.get("limits", ()))
         if self._volatile and has_cap and not self._warned:
             self._warned = True  # once per store: not once per per-key scope
@@ -256,11 +371,67 @@ class RedisStore(SharedStore):
 
     live_every = None  # the listener hears of changes (and looks on each (re)subscribe)
 
+    def _list(self, name: str, spec: str) -> None:
+        """Write ``name`` in the registry. On a cluster, the registry's shard
+        being down delays this (to a later registration) rather than failing
+        limiters whose state is on other shards."""
+        if not self.cluster:
+            try:
+                self._redis.hset(self._registry_key, name, spec)
+            except self._errors as e:
+                raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
+            return
+        with self._lock:
+            self._unlisted[name] = spec
+            unlisted = dict(self._unlisted)
+        try:
+            self._redis.hset(self._registry_key, mapping=unlisted)
+        except self._errors as e:
+            logger.warning(
+                "ratebudget: Redis store %s: limiter %r is not in the registry yet "
+                "(ratebudget status lists it once the registry's shard answers): %s",
+                self.url,
+                name,
+                e,
+            )
+            return
+        with self._lock:
+            for key, value in unlisted.items():
+                if self._unlisted.get(key) == value:
+                    del self._unlisted[key]
+
+    def _check_kind(self) -> None:
+        """Refuse a plain URL of a cluster's node, naming the URL to use; on
+        a cluster, see whether its servers have sharded pub/sub."""
+        if self.cluster:
+            self._sharded = self._shards_pubsub()
+            return
+        try:
+            info = self._redis.info("cluster")
+        except self._response_error:  # INFO not permitted
+            return
+        if info.get("cluster_enabled") in (1, "1"):
+            raise InvalidRequest(_cluster_hint(self.url))
+
+    def _shards_pubsub(self) -> bool:
+        """Whether the cluster's servers have sharded pub/sub (Redis 7+)."""
+        assert self._routes is not None
+        versions = []
+        for node in self._routes.primaries():
+            try:
+                version = node.redis_connection.info("server")["redis_version"]
+            except self._errors:
+                continue
+            versions.append(int(str(version).split(".")[0]))
+        return bool(versions) and min(versions) >= 7
+
     def read_live(self) -> tuple[int, dict[str, str]]:
         try:
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.get(LIVE_REV_KEY)
-            pipe.hgetall(LIVE_KEY)
+            # the revision first: the hash read after it is as new or newer
+            # (``write_live`` bumps it after the hash), so nothing is missed
+            pipe = self._redis.pipeline(transaction=not self.cluster)
+            pipe.get(self._live_rev_key)
+            pipe.hgetall(self._live_key)
             rev, got = pipe.execute()
         except self._errors as e:
             raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
@@ -268,22 +439,34 @@ class RedisStore(SharedStore):
 
     def write_live(self, name: str, raw: str | None) -> None:
         try:
-            pipe = self._redis.pipeline(transaction=True)
+            pipe = self._redis.pipeline(transaction=not self.cluster)
             if raw is None:
-                pipe.hdel(LIVE_KEY, name)
+                pipe.hdel(self._live_key, name)
             else:
-                pipe.hset(LIVE_KEY, name, raw)
-            pipe.incr(LIVE_REV_KEY)
-            pipe.publish("{" + LIVE_NAME + "}:wake", "null")
+                pipe.hset(self._live_key, name, raw)
+            pipe.incr(self._live_rev_key)
+            if self._sharded:
+                pipe.spublish(self._live_channel, "null")
+            else:
+                pipe.publish(self._live_channel, "null")
             pipe.execute()
         except self._errors as e:
             raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
 
     def _check_volatile(self) -> bool:
-        """Whether Redis keeps nothing across a restart (False if unknown)."""
+        """Whether Redis (any primary of a cluster) keeps nothing across a
+        restart (False if unknown)."""
+        if self._routes is None:
+            return self._volatile_at(self._redis)
+        return any(
+            self._volatile_at(node.redis_connection)
+            for node in self._routes.primaries()
+        )
+
+    def _volatile_at(self, server: Any) -> bool:
         try:
-            aof = self._redis.config_get("appendonly")
-            save = self._redis.config_get("save")
+            aof = server.config_get("appendonly")
+            save = server.config_get("save")
         except self._response_error:  # CONFIG not permitted (managed Redis)
             return False
         aof_value = {_text(k): _text(v) for k, v in aof.items()}.get("appendonly")
@@ -367,7 +550,7 @@ class RedisStore(SharedStore):
 
     def limiters(self) -> dict[str, dict[str, Any]]:
         try:
-            got = self._redis.hgetall(REGISTRY_KEY)
+            got = self._redis.hgetall(self._registry_key)
         except self._errors as e:
             raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
         return {_text(k): json.loads(_text(v)) for k, v in sorted(got.items())}
@@ -391,35 +574,13 @@ class RedisStore(SharedStore):
             if self._listener is None or not self._listener.is_alive():
                 self._closing.clear()
                 self._listener = threading.Thread(
-                    target=_listen,
+                    target=listen,
                     args=(weakref.ref(self),),
                     name="ratebudget-redis-wake",
                     daemon=True,
                 )
                 self._listener.start()
         return True
-
-    def _heard(self, message: dict[str, Any]) -> None:
-        """A message of the listener's subscription."""
-        if message.get("type") == "psubscribe":
-            # subscribed from now on: wake-ups sent before (while it
-            # started, or reconnected) were lost, so every waiter looks once
-            with self._wake_lock:
-                names = list(self._names)
-            for name in names:
-                wake(self.url, name, None)
-            self._live_changed()  # as may live limits have
-            return
-        if message.get("type") != "pmessage":
-            return
-        # any name: a waiter may have queued (and been woken) before its
-        # name was noted here; ``wake`` finds nobody for names nobody of
-        # this process waits on
-        channel = _text(message.get("channel"))
-        name = channel[1 : channel.rfind("}")]
-        if name == LIVE_NAME:
-            self._live_changed()
-        wake(self.url, name, json.loads(_text(message["data"])))
 
     def _live_changed(self) -> None:
         try:
@@ -430,13 +591,18 @@ class RedisStore(SharedStore):
     def close(self) -> None:
         if self._links is not None:
             self._links.close()
+        if self._routes is not None:
+            self._routes.close()
         self._closing.set()
         listener = self._listener
         if listener is not None and listener is not threading.current_thread():
             listener.join(timeout=self.timeout + 1)
         self._listener = None
-        if self._owned:
-            self._redis.connection_pool.disconnect()
+        if self._owned and self._client is not None:
+            if self.cluster:
+                self._client.close()
+            else:
+                self._client.connection_pool.disconnect()
 
     def validate(self, spec: PlanSpec) -> None:
         """Refuse a plan whose numbers could leave the range Redis' Lua
@@ -543,12 +709,14 @@ class RedisStore(SharedStore):
         keep: int,
         now_us: int | None = None,
     ) -> bool:
-        link = self._link()
-        if link is None:
+        if (self._links is None and self._routes is None) or self._wait:
             return False
         label, keys, argv = self._path_request(
             names, specs, batch, ttl, keep, now_us, None
         )
+        link = self._link(keys[0])
+        if link is None:
+            return False
         return self._send(link, label, keys, argv, names[0], len(names), done)
 
     def _path_request(
@@ -599,7 +767,8 @@ class RedisStore(SharedStore):
         argv = (
             f'{{"path":[{",".join(levels)}],"ops":{_dumps(encoded)},'
             f'"now":{-1 if now_us is None else now_us},"ttl":{ttl},"keep":{keep},'
-            f'"idle":{_IDLE_TTL_MS},"keep_usage":{_USAGE_KEPT_MS}{book}}}'
+            f'"idle":{_IDLE_TTL_MS},"keep_usage":{_USAGE_KEPT_MS}{book}'
+            f"{_SHARD if self._sharded else ''}}}"
         )
         out = [argv]
         if (
@@ -638,15 +807,23 @@ class RedisStore(SharedStore):
         keep: int,
         now_us: int | None = None,
     ) -> bool:
-        link = self._link()
+        if (self._links is None and self._routes is None) or self._wait:
+            return False  # (a WAIT for replicas: the thread's own connection)
+        label, keys, argv = self._request(name, spec, batch, ttl, keep, now_us)
+        link = self._link(keys[0])
         if link is None:
             return False
-        label, keys, argv = self._request(name, spec, batch, ttl, keep, now_us)
         return self._send(link, label, keys, argv, name, 0, done)
 
-    def _link(self) -> Any:
-        """This event loop's non-blocking link to the server (``None``: none here)."""
+    def _link(self, key: str) -> Any:
+        """This event loop's non-blocking link to the server (on a cluster:
+        to the primary serving ``key``), ``None``: none here."""
         links = self._links
+        if self._routes is not None:
+            try:
+                links = self._routes.links(self._routes.node_of(key))
+            except self._errors:  # no node known for the slot: the thread asks
+                return None
         return None if links is None else links.get()
 
     def _send(
@@ -665,11 +842,24 @@ class RedisStore(SharedStore):
 
         def landed(reply: Any, error: BaseException | None) -> None:
             if error is None and isinstance(reply, Exception):
-                if str(reply).startswith("NOSCRIPT") and link.send(
+                text = str(reply)
+                if text.startswith("NOSCRIPT") and link.send(
                     count + _EVAL + _bulk(_script()[0]) + args, landed
                 ):
                     return
-                error = StoreUnavailable(f"Redis store {self.url}: {reply}")
+                if text.startswith(("MOVED ", "ASK ")) and self._routes is not None:
+                    # it did not run: again, from a thread, where it is sent
+                    self._redirected(label, keys, argv, name, path, done)
+                    return
+                error = StoreUnavailable(
+                    _cluster_hint(self.url, reply)
+                    if text.startswith("MOVED ")
+                    else f"Redis store {self.url}: {reply}"
+                )
+                if self._routes is not None:  # CLUSTERDOWN, a replica's...
+                    self._routes.refresh()
+            elif error is not None and self._routes is not None:
+                self._routes.refresh()  # the node failed: where to look next
             if error is not None:
                 done(None, error)
                 return
@@ -681,6 +871,35 @@ class RedisStore(SharedStore):
             done(answer, None)
 
         return bool(link.send(count + _evalsha() + args, landed))
+
+    def _redirected(
+        self,
+        label: str,
+        keys: tuple[str, ...],
+        argv: list[str],
+        name: str,
+        path: int,
+        done: Callable[[ops.Answer | None, BaseException | None], None],
+    ) -> None:
+        """Run a script call the cluster redirected on a thread (it follows
+        ``MOVED`` and ``ASK``, and reads the slot map again); ``done`` gets
+        its answer in the loop."""
+        loop = _running_loop()
+        assert loop is not None  # (a link's reply lands in its loop)
+
+        def run() -> None:
+            answer: ops.Answer | None = None
+            error: BaseException | None = None
+            try:
+                answer = self._call(label, keys, argv, name, path)
+            except BaseException as e:  # delivered to the callers
+                error = e
+            try:
+                loop.call_soon_threadsafe(done, answer, error)
+            except RuntimeError:  # the loop has closed: nobody waits
+                pass
+
+        threading.Thread(target=run, name="ratebudget-redis-moved", daemon=True).start()
 
     def _request(
         self,
@@ -707,7 +926,8 @@ class RedisStore(SharedStore):
             f'{{{plan.head},"ops":{_dumps([encode_op(op) for op in batch])},'
             f'"now":{-1 if now_us is None else now_us},"ttl":{ttl},"keep":{keep},'
             f'"idle":{_IDLE_TTL_MS},"keep_usage":{_USAGE_KEPT_MS},'
-            f'"windows":{plan.windows_at(wall)}{book}}}'
+            f'"windows":{plan.windows_at(wall)}{book}'
+            f"{_SHARD if self._sharded else ''}}}"
         )
         if plan.hot is None or book:
             return label, keys, [argv]
@@ -762,6 +982,8 @@ class RedisStore(SharedStore):
     def _run_script(self, name: str, keys: tuple[str, ...], argv: list[str]) -> Any:
         """The script's reply to ``keys`` and ``argv``, on this thread's own
         connection (``EVAL`` of its text if the server does not know it)."""
+        if self._routes is not None:
+            return self._run_routed(self._routes, name, keys, argv)
         conn = self._connection()
         if conn is None:  # a client without a pool of connections
             text, sha = _script()
@@ -769,6 +991,51 @@ class RedisStore(SharedStore):
                 return self._redis.evalsha(sha, len(keys), *keys, *argv)
             except self._noscript:
                 return self._redis.eval(text.decode(), len(keys), *keys, *argv)
+            except self._moved as e:
+                raise StoreUnavailable(_cluster_hint(self.url, e)) from e
+        try:
+            return self._run_on(conn, name, keys, argv)
+        except self._moved as e:
+            raise StoreUnavailable(_cluster_hint(self.url, e)) from e
+
+    def _run_routed(
+        self, routes: Routes, name: str, keys: tuple[str, ...], argv: list[str]
+    ) -> Any:
+        """``_run_script`` on a cluster: on the primary of the keys' slot, or
+        where a ``MOVED`` or ``ASK`` reply sends it (the call did not run)."""
+        node = routes.node_of(keys[0])
+        asking = False
+        for _ in range(_HOPS):
+            conn = routes.connection(node)
+            try:
+                return self._run_on(conn, name, keys, argv, asking)
+            except self._moved as e:  # (a kind of AskError: first)
+                routes.refresh(wait=True)
+                to: Any = e
+                node, asking = routes.node_at(to.host, to.port), False
+            except self._ask as e:
+                to = e
+                node, asking = routes.node_at(to.host, to.port), True
+            except self._gone:
+                routes.refresh(wait=True)  # a failover, say: where to look next
+                raise
+            except self._failed:
+                routes.refresh(wait=True)  # (at most every 0.25 s) a failover?
+                raise
+        raise StoreUnavailable(
+            f"Redis store {self.url}: the slot of {keys[0]!r} kept moving "
+            f"({_HOPS} redirections); the cluster is resharding, try again"
+        )
+
+    def _run_on(
+        self,
+        conn: Any,
+        name: str,
+        keys: tuple[str, ...],
+        argv: list[str],
+        asking: bool = False,
+    ) -> Any:
+        """The script call on ``conn`` (after ``ASKING`` if ``asking``)."""
         count, args = self._resp_args(name, keys, argv)
         try:
             try:
@@ -779,17 +1046,46 @@ class RedisStore(SharedStore):
                 stale = True
             if stale:
                 conn.disconnect()
-            conn.send_packed_command([count + _evalsha() + args], False)
-            try:
-                return conn.read_response()
-            except self._noscript:
-                conn.send_packed_command(
-                    [count + _EVAL + _bulk(_script()[0]) + args], False
-                )
-                return conn.read_response()
+            reply = self._exchange(conn, count + _evalsha() + args, asking)
+            if isinstance(reply, self._noscript):
+                call = count + _EVAL + _bulk(_script()[0]) + args
+                reply = self._exchange(conn, call, asking)
         except BaseException:
             conn.disconnect()  # never reused half-read
             raise
+        if isinstance(reply, Exception):
+            raise reply  # an error reply, read whole: the connection is fine
+        return reply
+
+    def _exchange(self, conn: Any, call: bytes, asking: bool) -> Any:
+        """Send ``call`` (after ``ASKING``; followed by ``WAIT`` with
+        ``replicas``) and read every reply: the call's, an error reply
+        returned rather than raised."""
+        conn.send_packed_command(
+            [_ASKING, call, *self._wait] if asking else [call, *self._wait], False
+        )
+        if asking:
+            conn.read_response()  # its OK
+        try:
+            reply = conn.read_response()
+        except self._response_error as e:
+            reply = e
+        if self._wait:
+            try:
+                acked = conn.read_response()
+            except self._response_error as e:
+                acked = e  # a node no longer primary (the call was MOVED): no WAIT
+            if isinstance(reply, Exception):
+                return reply  # (what its WAIT said does not matter)
+            if isinstance(acked, Exception):
+                raise StoreUnavailable(f"Redis store {self.url}: WAIT: {acked}")
+            if int(acked) < self.replicas:
+                raise StoreUnavailable(
+                    f"Redis store {self.url}: {acked} of {self.replicas} replicas "
+                    f"confirmed the call within {self.timeout / 2:g} s; it ran on the "
+                    "primary, but a failover could lose it, so it counts as failed"
+                )
+        return reply
 
     def _connection(self) -> Any:
         """This thread's connection for script calls (``None``: no pool)."""
@@ -835,39 +1131,6 @@ def _links_for(client: Any, timeout: float, url: str) -> Links | None:
     return Links(address, hello, timeout, url)
 
 
-def _listen(ref: weakref.ref[RedisStore]) -> None:
-    """Relay ``{name}:wake`` messages to this process's waiters (a store's
-    listener thread); reconnect on errors. It holds its store only while it
-    handles a message: a store dropped without ``close()`` is collected, and
-    its listener ends within 0.2 s instead of living on with the process."""
-    while True:
-        store = ref()
-        if store is None or store._closing.is_set():
-            return
-        pubsub = store._redis.pubsub()
-        errors, closing = store._errors, store._closing
-        pause = min(store.timeout, 1.0)
-        del store
-        try:
-            pubsub.psubscribe("{*}:wake")
-            while True:
-                message = pubsub.get_message(timeout=0.2)
-                store = ref()
-                if store is None or closing.is_set():
-                    return
-                if message is not None:
-                    store._heard(message)
-                del store
-        except errors:
-            # waiters still look on their own: retry the subscription shortly
-            closing.wait(pause)
-        finally:
-            try:
-                pubsub.close()
-            except errors:
-                pass
-
-
 class _Held:
     """A connection one thread keeps (in a fork, it is the parent's)."""
 
@@ -911,6 +1174,52 @@ def _bulk_of(arg: str) -> bytes:
 
 _EVALSHA: Final = _bulk(b"EVALSHA")
 _EVAL: Final = _bulk(b"EVAL")
+_ASKING: Final = command(b"ASKING")
+_SHARD: Final = ',"shard":true'  # ARGV[1]'s field: wake-ups by SPUBLISH
+_HOPS: Final = 5  # redirections followed before a call gives up
+_MAX_REPLICAS: Final = 16
+
+
+def _replicas_of(url: str) -> tuple[str, int]:
+    """``url`` without its ``replicas=N`` parameter, and N (0 if none)."""
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url, 0
+    kept, replicas = [], 0
+    for item in query.split("&"):
+        key, _, value = item.partition("=")
+        if key != "replicas":
+            kept.append(item)
+        elif value.isdigit() and int(value) <= _MAX_REPLICAS:
+            replicas = int(value)
+        else:
+            raise InvalidRequest(
+                f"url={redact(url)!r}: replicas={value!r}: expected a number "
+                f"of replicas, 0 to {_MAX_REPLICAS}"
+            )
+    return (base + "?" + "&".join(kept) if kept else base), replicas
+
+
+def _url_of(client: Any) -> str:
+    """A URL naming ``client``'s server or cluster, for messages."""
+    if hasattr(client, "get_primaries"):  # a RedisCluster
+        names = sorted(node.name for node in client.get_primaries())
+        return "redis+cluster://" + ",".join(names or ["localhost:6379"])
+    kw = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    if "path" in kw:
+        return f"unix://{kw['path']}"
+    return f"redis://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+
+
+def _cluster_hint(url: str, moved: Exception | None = None) -> str:
+    """Why a plain URL of a cluster's node cannot serve, and what to use."""
+    host = url.partition("://")[2].rpartition("@")[2].partition("/")[0]
+    why = "" if moved is None else f" (it answered MOVED {moved})"
+    return (
+        f"Redis store {url}: that server is a node of a Redis Cluster{why}; "
+        f"use store='redis+cluster://{host}' (or RedisStore(..., cluster=True)) "
+        "so each name is sent to the node that serves it"
+    )
 
 
 _PLANS_KEPT: Final = 256

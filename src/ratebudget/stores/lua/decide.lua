@@ -32,6 +32,9 @@ ARGV[1] is a JSON object:
   windows  {capkey: [[period, start, end], ...]}: for each calendar cap of
            the plan, the periods around the client's wall clock (previous,
            current, next; µs)
+  shard    true on a Redis Cluster with sharded pub/sub (Redis 7+): wake-ups
+           go out with SPUBLISH (heard on the slot's shard) rather than
+           PUBLISH (broadcast to every node); absent elsewhere
 
 ARGV[2...] repeat what the hot path needs as plain strings, sent only with a
 batch of acquisitions on a plan of rates alone (see "the hot path" below).
@@ -2308,8 +2311,11 @@ for _, w in ipairs(states) do
 end
 if #woken_keys > 0 then
     -- the root's channel: waiters of a tree register under its root's name
+    -- (on a Redis Cluster that has it, sharded: SPUBLISH, heard on the
+    -- slot's own shard; ARGV[1].shard says so)
     local root = states[#states].S
-    redis.call('PUBLISH', string.sub(root, 1, -3) .. ':wake', encode(woken_keys))
+    redis.call(args.shard and 'SPUBLISH' or 'PUBLISH',
+        string.sub(root, 1, -3) .. ':wake', encode(woken_keys))
 end
 -- the ledger's rows (RedisStore.books): of each settle or record that counted
 -- and carries one, on the root's stream (args.book, the last key), stamped
