@@ -721,9 +721,13 @@ class TestVerify:
         ]
         assert rows[("org", "tokens")] == ["97", "87", "+10"]
 
+    @pytest.mark.parametrize("server", ["redis_url", "redis_cluster_url"])
     def test_a_redis_store_and_a_ledger_of_its_own(
-        self, redis_url: str, tmp_path: Path
+        self, server: str, request: pytest.FixtureRequest, tmp_path: Path
     ) -> None:
+        """(On a cluster too: the rows wait on the tree's own shard, and the
+        per-key scopes are found on every shard.)"""
+        redis_url = str(request.getfixturevalue(server))
         ledger = f"sqlite:///{tmp_path / 'usage.db'}"
         name = f"verify-{uuid.uuid4().hex[:8]}"  # the server is shared
         org = self.spend(redis_url, ledger, name)

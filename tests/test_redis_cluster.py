@@ -383,3 +383,61 @@ async def test_a_slot_that_moves_is_followed_with_its_state(
         assert (await limiter.snapshot())[0].used == 6
     finally:
         store.close()
+
+
+def test_status_reads_a_cluster(cluster_url: str) -> None:
+    """``ratebudget status`` (the real CLI) on a cluster: the registry on
+    its own shard, each tree's state on its shard, the cluster's URL."""
+    import json
+    import subprocess
+    import sys
+
+    names = [_unique(f"status{i}") for i in range(4)]
+    for name in names:
+        org = Limiter(Cap(usd="10"), store=cluster_url, name=name)
+        team = org.child("team", Cap(usd="4"))
+        with team.sync.acquire(usd="0.25"):
+            pass
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ratebudget",
+            "status",
+            "--store",
+            cluster_url,
+            "--json",
+            "status*",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["store"] == cluster_url
+    used = {
+        s["name"]: s["limits"][0]["used"]
+        for s in data["limiters"]
+        if s["name"].split("/")[0] in names
+    }
+    assert used == {
+        **dict.fromkeys(names, "0.25"),
+        **{f"{n}/team": "0.25" for n in names},
+    }
+
+
+def test_replicas_the_cluster_lacks_fail_each_decision(cluster_url: str) -> None:
+    """``replicas=1`` on primaries without a replica: each decision ran, but
+    nothing confirms it, so it fails (the shared cluster has no replicas)."""
+    store = RedisStore(cluster_url + "?replicas=1", timeout=0.2)
+    try:
+        limiter = Limiter(Cap(requests=5), store=store, name=_unique("replicas"))
+        with pytest.raises(StoreUnavailable, match="0 of 1 replicas"):
+            limiter.sync.acquire()
+        plain = Limiter(Cap(requests=5), store=cluster_url, name=limiter.name)
+        # it ran on the primary: its reservation holds until its TTL
+        assert plain.sync.snapshot()[0].reserved == 1
+    finally:
+        store.close()
