@@ -205,11 +205,11 @@ def test_the_blocking_facade_updates_too(tmp_path: Path) -> None:
 # -- other processes --------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'live.db'}"
-    return str(request.getfixturevalue("redis_url"))
+    return str(request.getfixturevalue(request.param.replace("-", "_") + "_url"))
 
 
 def test_another_process_takes_them_within_a_second(store_url: str) -> None:

@@ -441,3 +441,24 @@ def test_replicas_the_cluster_lacks_fail_each_decision(cluster_url: str) -> None
         assert plain.sync.snapshot()[0].reserved == 1
     finally:
         store.close()
+
+
+def test_live_limits_set_by_a_fresh_store_reach_the_listeners(cluster_url: str) -> None:
+    """``update`` from a store that has done nothing else yet still tells
+    the other processes on the live channel's shard (sharded pub/sub)."""
+    import time
+
+    nodes = cluster_url.partition("://")[2].split(",")
+    there = RedisStore("redis+cluster://" + ",".join(reversed(nodes)))
+    name = _unique("live")
+    try:
+        watcher = Limiter(Cap(usd="10"), store=there, name=name)
+        watcher.sync.record(usd="3")  # registered, listening
+        time.sleep(0.3)  # its listener subscribed (it looks once when it has)
+        Limiter(Cap(usd="10"), store=cluster_url, name=name).sync.update(Cap(usd="4"))
+        deadline = time.monotonic() + 5
+        while watcher.limits != (Cap(usd="4"),) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert watcher.limits == (Cap(usd="4"),)
+    finally:
+        there.close()

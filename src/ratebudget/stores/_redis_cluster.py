@@ -27,6 +27,7 @@ servers get the broadcast ``PUBLISH`` and one pattern subscription.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import urllib.parse
@@ -34,7 +35,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from .._exceptions import InvalidRequest
+from .._exceptions import InvalidRequest, StoreUnavailable
 from ._base import redact
 
 if TYPE_CHECKING:
@@ -163,11 +164,10 @@ class Routes:
             self.refresh(wait=True)
             node = self.cluster.get_node(host=host, port=port)
         if node is None:
-            from redis.cluster import ClusterNode
-
-            node = ClusterNode(host, port)  # type: ignore[no-untyped-call]
-            self.cluster.nodes_manager.nodes_cache[node.name] = node
-            self.cluster.nodes_manager.create_redis_connections([node])
+            raise StoreUnavailable(
+                f"the cluster sent a call to {host}:{port}, a node its slot map "
+                "does not list (yet)"
+            )
         return node
 
     def connection(self, node: Node) -> Any:
@@ -178,8 +178,8 @@ class Routes:
             held = self._held.conns = {}
         got = held.get(node.name)
         pool = node.redis_connection.connection_pool
-        if got is not None and got.pool is pool:
-            return got.conn
+        if got is not None and got.pool is pool and got.pid == os.getpid():
+            return got.conn  # (in a fork, the parent's: a new one)
         got = held[node.name] = _Held(pool, pool.get_connection())
         weakref.finalize(got, pool.release, got.conn)
         return got.conn
@@ -231,8 +231,9 @@ class Routes:
 class _Held:
     """A connection one thread keeps, and the pool it came from."""
 
-    __slots__ = ("__weakref__", "conn", "pool")
+    __slots__ = ("__weakref__", "conn", "pid", "pool")
 
     def __init__(self, pool: Any, conn: Any) -> None:
         self.pool = pool
         self.conn = conn
+        self.pid = os.getpid()

@@ -92,10 +92,7 @@ def _sharded(ref: weakref.ref[RedisStore]) -> bool:
     store = ref()
     while store is not None and store.cluster and not store._closing.is_set():
         try:
-            with store._lock:
-                if store._sharded is None:
-                    store._sharded = store._shards_pubsub()
-                return store._sharded
+            return store._shards()
         except store._failed:
             store._closing.wait(min(store.timeout, 1.0))
     return False

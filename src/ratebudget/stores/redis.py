@@ -423,7 +423,17 @@ class RedisStore(SharedStore):
             except self._errors:
                 continue
             versions.append(int(str(version).split(".")[0]))
-        return bool(versions) and min(versions) >= 7
+        if not versions:
+            raise StoreUnavailable(f"Redis store {self.url}: no primary answered")
+        return min(versions) >= 7
+
+    def _shards(self) -> bool:
+        """``_sharded``, asked of the servers if nobody has yet."""
+        if self._sharded is None and self.cluster:
+            with self._lock:
+                if self._sharded is None:
+                    self._sharded = self._shards_pubsub()
+        return bool(self._sharded)
 
     def read_live(self) -> tuple[int, dict[str, str]]:
         try:
@@ -445,7 +455,7 @@ class RedisStore(SharedStore):
             else:
                 pipe.hset(self._live_key, name, raw)
             pipe.incr(self._live_rev_key)
-            if self._sharded:
+            if self._shards():
                 pipe.spublish(self._live_channel, "null")
             else:
                 pipe.publish(self._live_channel, "null")
@@ -1003,7 +1013,11 @@ class RedisStore(SharedStore):
     ) -> Any:
         """``_run_script`` on a cluster: on the primary of the keys' slot, or
         where a ``MOVED`` or ``ASK`` reply sends it (the call did not run)."""
-        node = routes.node_of(keys[0])
+        try:
+            node = routes.node_of(keys[0])
+        except self._failed:  # no node known for the slot: look again
+            routes.refresh(wait=True)
+            raise
         asking = False
         for _ in range(_HOPS):
             conn = routes.connection(node)
