@@ -32,6 +32,7 @@ __all__ = (
     "sse",
     "stream_response",
     "texts",
+    "tool_results",
 )
 
 _TOOL_TRIGGER = re.compile(r"\btool\b", re.IGNORECASE)
@@ -79,13 +80,21 @@ class Context:
     reasoning_tokens: int
     new_id: Callable[[str], str]
     """A new id with that prefix (``"chatcmpl-00000007"``)."""
+    tool_turns: int | None = None
+    """Tool calls a conversation gets before its answer (``None``: no end)."""
+    tool_results: int = 0
+    """The tool results the request carries (``tool_results(body)``)."""
 
     def reply(self, last_user: str, tool: str | None, limit: int | None) -> Reply:
         """The answer to ``last_user``: a call of ``tool``, or its echo."""
         reasoning = self.reasoning_tokens
         if limit is not None:
             reasoning = min(reasoning, limit)
-        if tool is not None and _TOOL_TRIGGER.search(last_user):
+        if (
+            tool is not None
+            and _TOOL_TRIGGER.search(last_user)
+            and (self.tool_turns is None or self.tool_results < self.tool_turns)
+        ):
             arguments = json.dumps({"input": last_user})
             tokens = count_tokens(tool) + count_tokens(arguments)
             return Reply(None, (tool, arguments), tokens, reasoning, False)
@@ -137,6 +146,29 @@ def texts(content: Any) -> Iterator[str]:
         for key in ("content", "output"):
             if key in content:
                 yield from texts(content[key])
+
+
+def tool_results(body: Mapping[str, Any]) -> int:
+    """The tool results a request carries, in any dialect: chat messages of
+    role ``tool``, Responses ``function_call_output`` items, Anthropic
+    ``tool_result`` blocks, Gemini ``functionResponse`` parts."""
+    found = 0
+    for key in ("messages", "input", "contents"):
+        items = body.get(key)
+        for item in items if isinstance(items, list) else ():
+            if not isinstance(item, Mapping):
+                continue
+            if item.get("role") == "tool" or item.get("type") == "function_call_output":
+                found += 1
+            parts = item.get("content", item.get("parts"))
+            for part in parts if isinstance(parts, list) else ():
+                if isinstance(part, Mapping) and (
+                    part.get("type") == "tool_result"
+                    or "functionResponse" in part
+                    or "function_response" in part
+                ):
+                    found += 1
+    return found
 
 
 def last_user_text(messages: Any) -> str:
