@@ -41,7 +41,9 @@ what to expect:
 * Tool calls: when the request has ``tools`` (and ``tool_choice`` is not
   ``"none"``) and the last user text contains the word ``tool`` (the regex
   ``\\btool\\b``, any case), the answer calls the first tool instead of
-  replying: arguments ``json.dumps({"input": <last user text>})``, output
+  replying: arguments ``json.dumps({<argument>: <last user text>})``, where
+  the argument is the tool's first required parameter (else its first, else
+  ``"input"``), output
   tokens ``count_tokens(name) + count_tokens(arguments)``, finish_reason
   ``"tool_calls"`` / stop_reason ``"tool_use"``. A limit does not cut a call.
   The tool's results do not change the last user text, so by default an

@@ -24,6 +24,7 @@ __all__ = (
     "Plan",
     "Reply",
     "Response",
+    "argument_of",
     "count_tokens",
     "int_or_none",
     "json_response",
@@ -85,8 +86,15 @@ class Context:
     tool_results: int = 0
     """The tool results the request carries (``tool_results(body)``)."""
 
-    def reply(self, last_user: str, tool: str | None, limit: int | None) -> Reply:
-        """The answer to ``last_user``: a call of ``tool``, or its echo."""
+    def reply(
+        self,
+        last_user: str,
+        tool: str | None,
+        limit: int | None,
+        argument: str = "input",
+    ) -> Reply:
+        """The answer to ``last_user``: a call of ``tool`` (``last_user`` as
+        its ``argument``), or its echo."""
         reasoning = self.reasoning_tokens
         if limit is not None:
             reasoning = min(reasoning, limit)
@@ -95,7 +103,7 @@ class Context:
             and _TOOL_TRIGGER.search(last_user)
             and (self.tool_turns is None or self.tool_results < self.tool_turns)
         ):
-            arguments = json.dumps({"input": last_user})
+            arguments = json.dumps({argument: last_user})
             tokens = count_tokens(tool) + count_tokens(arguments)
             return Reply(None, (tool, arguments), tokens, reasoning, False)
         words = ["echo:", *last_user.split()]
@@ -125,6 +133,26 @@ class Dialect:
     retry_info: Callable[[dict[str, Any], float], None] | None = None
     """Puts a retry delay (seconds) into the error JSON, for a family that
     says it there rather than in ``Retry-After`` (Gemini)."""
+
+
+def argument_of(spec: Any) -> str:
+    """The argument a tool call fills: the first required parameter of the
+    tool's JSON schema (``parameters``, ``input_schema``...), else its first
+    parameter, else ``"input"``."""
+    if isinstance(spec, Mapping):
+        spec = spec.get("function", spec)
+    for key in ("parameters", "input_schema", "parametersJsonSchema"):
+        schema = spec.get(key) if isinstance(spec, Mapping) else None
+        if isinstance(schema, Mapping):
+            required = schema.get("required")
+            properties = schema.get("properties")
+            for name in [
+                *(required if isinstance(required, list) else ()),
+                *(properties if isinstance(properties, Mapping) else ()),
+            ]:
+                if isinstance(name, str):
+                    return name
+    return "input"
 
 
 def count_tokens(text: str) -> int:
