@@ -220,6 +220,100 @@ async def test_chat_tool_call(client: httpx.AsyncClient) -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
+class TestToolTurns:
+    """By default a conversation asking for the tool gets a call on every
+    turn (an agent loop that never ends); ``tool_turns=N`` answers with the
+    echo once the request carries N tool results, in every dialect."""
+
+    ASK = "look it up with the tool"
+    CHAT = (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": ASK}], "tools": CHAT_TOOLS},
+        {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+        "messages",
+    )
+    RESPONSES = (
+        "/v1/responses",
+        {
+            "input": [{"role": "user", "content": ASK}],
+            "tools": [{"type": "function", "name": "lookup", "parameters": {}}],
+        },
+        {"type": "function_call_output", "call_id": "call_1", "output": "42"},
+        "input",
+    )
+    MESSAGES = (
+        "/v1/messages",
+        {
+            "max_tokens": 50,
+            "messages": [{"role": "user", "content": ASK}],
+            "tools": ANTHROPIC_TOOLS,
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "42"},
+                {"type": "text", "text": ASK},
+            ],
+        },
+        "messages",
+    )
+    GEMINI = (
+        "/v1beta/models/gemini-2.0-flash:generateContent",
+        {
+            "contents": [{"role": "user", "parts": [{"text": ASK}]}],
+            "tools": [{"functionDeclarations": [{"name": "lookup"}]}],
+        },
+        {
+            "role": "user",
+            "parts": [
+                {"functionResponse": {"name": "lookup", "response": {"x": 1}}},
+                {"text": ASK},
+            ],
+        },
+        "contents",
+    )
+
+    @staticmethod
+    def called(body: Any) -> bool:
+        text = json.dumps(body)
+        return any(
+            marker in text
+            for marker in (
+                '"tool_calls"',
+                '"function_call"',
+                '"tool_use"',
+                '"functionCall"',
+            )
+        )
+
+    @pytest.mark.parametrize("api", [CHAT, RESPONSES, MESSAGES, GEMINI])
+    async def test_a_call_on_every_turn_until_tool_turns(
+        self, api: tuple[str, dict[str, Any], dict[str, Any], str]
+    ) -> None:
+        path, body, result, key = api
+        body = {"model": "gpt-4o", **body}
+        for turns, calls in (
+            (None, [True] * 4),
+            (0, [False] * 4),
+            (2, [True, True, False, False]),
+        ):
+            provider = FakeProvider(tool_turns=turns)
+            transport = httpx.ASGITransport(app=provider)
+            async with httpx.AsyncClient(transport=transport, base_url="http://f") as c:
+                seen = []
+                for done in range(4):
+                    sent = {**body, key: [*body[key], *[result] * done]}
+                    r = await c.post(path, json=sent)
+                    assert r.status_code == 200, r.text
+                    seen.append(self.called(r.json()))
+            assert seen == calls, (path, turns)
+
+    def test_tool_turns_is_checked(self) -> None:
+        for bad in (-1, 1.5, True):
+            with pytest.raises(ValueError, match="tool_turns"):
+                FakeProvider(tool_turns=bad)  # type: ignore[arg-type]
+
+
 async def test_cached_and_reasoning_tokens() -> None:
     provider = FakeProvider(cached_tokens=4, reasoning_tokens=3)
     transport = httpx.ASGITransport(app=provider)

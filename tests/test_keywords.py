@@ -62,6 +62,9 @@ NOT_OURS = {
     "fast_acquire",  # anyio's locks'
     "autojump_threshold",  # trio's MockClock's
     "tzinfo",  # datetime's
+    "tracing_disabled",  # the OpenAI Agents SDK's RunConfig's
+    "retry",  # ditto, ModelSettings'
+    "policy",  # ditto, ModelRetrySettings'
 }
 
 

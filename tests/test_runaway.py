@@ -37,7 +37,9 @@ def now(clock: FakeClock) -> datetime:
     return datetime.fromtimestamp(clock.time(), timezone.utc)
 
 
-def watched(clock: FakeClock, rule: Runaway, **kw: Any) -> tuple[Limiter, list[Alert]]:
+def watched(
+    clock: FakeClock, rule: Runaway | None, **kw: Any
+) -> tuple[Limiter, list[Alert]]:
     alerts: list[Alert] = []
     limiter = Limiter(
         Cap(usd="1000", per="day"),
@@ -182,6 +184,32 @@ class TestRunaway:
         assert (caught.value.reason, caught.value.scope) == ("runaway", "agents")
         with pytest.raises(BudgetExceeded):
             await spend(bot, "0.01")
+
+    async def test_per_key_watches_each_key_alone(self) -> None:
+        """``per_key(runaway=...)``: each key's scope has a watch of its own,
+        so one run spending fast is blocked while its siblings go on."""
+        clock = FakeClock()
+        team, alerts = watched(clock, None)
+        runs = team.per_key(runaway=Runaway(window="1m", min_usd="1", action="block"))
+        for _ in range(4):
+            await spend(runs["loop"], "0.3")
+            await spend(runs["calm"], "0.05")
+        with pytest.raises(BudgetExceeded) as caught:
+            await spend(runs["loop"], "0.3")
+        assert (caught.value.reason, caught.value.scope) == ("runaway", "agents/loop")
+        await spend(runs["calm"], "0.05")  # its sibling is not held
+        await spend(runs["other"], "0.3")  # nor is a new key
+        await team.flush_alerts()
+        assert [(a.kind, a.scope) for a in alerts] == [("runaway", "agents/loop")]
+
+    def test_per_key_needs_usd_to_watch(self) -> None:
+        with pytest.raises(InvalidRequest, match="count no USD"):
+            Limiter(Rate(tokens=10, per="second")).per_key(runaway=Runaway())
+        with pytest.raises(InvalidRequest, match="expected a Runaway"):
+            Limiter(Cap(usd=1)).per_key(runaway="5m")  # type: ignore[arg-type]
+        Limiter(Rate(tokens=10, per="second")).per_key(
+            Cap(usd=1), runaway=Runaway()
+        )  # the keys' own cap counts
 
     def test_the_blocking_facade_counts_and_refuses(self) -> None:
         clock = FakeClock()

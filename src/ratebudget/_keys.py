@@ -14,6 +14,7 @@ from ._alerts import AlertHandler
 if TYPE_CHECKING:
     from ._limiter import Limiter
     from ._limits import Cap, Rate
+    from ._runaway import Runaway
 
 __all__ = ("Keys",)
 
@@ -42,6 +43,7 @@ class Keys(Mapping[str, "Limiter"]):
         "_limits",
         "_lock",
         "_parent",
+        "_runaway",
         "_warned",
         "max_keys",
     )
@@ -52,8 +54,10 @@ class Keys(Mapping[str, "Limiter"]):
         limits: tuple[Rate | Cap, ...],
         max_keys: int,
         handlers: tuple[AlertHandler, ...],
+        runaway: Runaway | None = None,
     ) -> None:
         self._parent = parent
+        self._runaway = runaway
         self._limits = limits
         self.max_keys = max_keys
         self._handlers = handlers
@@ -98,7 +102,14 @@ class Keys(Mapping[str, "Limiter"]):
         segment = _segment(key, "key")  # anything but a good key: InvalidRequest
         parent = self._parent
         name = segment if parent.name is None else f"{parent.name}/{segment}"
-        made = _scoped(parent, name, self._limits, self._handlers, keyed=True)
+        made = _scoped(
+            parent,
+            name,
+            self._limits,
+            self._handlers,
+            keyed=True,
+            runaway=self._runaway,
+        )
         with self._lock:
             got = self._held.setdefault(key, made)
             self._held.move_to_end(key)

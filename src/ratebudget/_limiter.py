@@ -469,6 +469,7 @@ class Limiter(Telling):
         *limits: Rate | Cap,
         max_keys: int = 100_000,
         on_alert: AlertHandler | Sequence[AlertHandler] | None = None,
+        runaway: Runaway | None = None,
     ) -> Keys:
         """A child scope per key, with ``limits``: ``users = org.per_key(...)``,
         then ``users["alice"]`` (made on first use; see ``Keys``).
@@ -476,14 +477,27 @@ class Limiter(Telling):
         ``max_keys`` bounds the keys held while idle: past it, the least
         recently used keys whose state counts nothing any more are
         forgotten (a key that still counts is never forgotten, and a new
-        key is never refused).
+        key is never refused). ``runaway`` gives each key's scope a watch
+        of its own (an agent run stuck in a loop is stopped, the other
+        keys go on); a key forgotten and made again starts a fresh watch.
         """
         _check_limits(limits)
         if type(max_keys) is not int or max_keys < 1:
             raise InvalidRequest(f"max_keys={max_keys!r}: expected a positive int")
+        if runaway is not None:
+            if not isinstance(runaway, Runaway):
+                raise InvalidRequest(f"runaway={runaway!r}: expected a Runaway(...)")
+            if self._usd < 0 and not any(
+                isinstance(x, Cap) and x.axis == "usd" for x in limits
+            ):
+                raise InvalidRequest(
+                    f"runaway={runaway!r} watches USD spend, but the keys of "
+                    f"{self!r} count no USD: give them (or an ancestor) a USD "
+                    "cap; Cap(usd=..., soft=True) counts without refusing"
+                )
         from ._keys import Keys
 
-        return Keys(self, limits, max_keys, handlers_of(on_alert))
+        return Keys(self, limits, max_keys, handlers_of(on_alert), runaway)
 
     @property
     def parent(self) -> Limiter | None:

@@ -41,9 +41,17 @@ what to expect:
 * Tool calls: when the request has ``tools`` (and ``tool_choice`` is not
   ``"none"``) and the last user text contains the word ``tool`` (the regex
   ``\\btool\\b``, any case), the answer calls the first tool instead of
-  replying: arguments ``json.dumps({"input": <last user text>})``, output
+  replying: arguments ``json.dumps({<argument>: <last user text>})``, where
+  the argument is the tool's first required parameter (else its first, else
+  ``"input"``), output
   tokens ``count_tokens(name) + count_tokens(arguments)``, finish_reason
   ``"tool_calls"`` / stop_reason ``"tool_use"``. A limit does not cut a call.
+  The tool's results do not change the last user text, so by default an
+  agent that asks for the tool is answered with a call on every turn: an
+  agent loop that never converges. ``tool_turns=N`` ends it: a request that
+  already carries ``N`` tool results (chat messages of role ``tool``,
+  Responses ``function_call_output`` items, Anthropic ``tool_result``
+  blocks, Gemini ``functionResponse`` parts) gets the echo instead.
 * ``cached_tokens``: reported as ``prompt_tokens_details.cached_tokens``
   (at most the prompt tokens; Anthropic: ``cache_read_input_tokens``, and
   ``input_tokens`` is the rest, as Anthropic counts). ``reasoning_tokens``:
@@ -99,6 +107,7 @@ from ._provider_api import (
     Response,
     count_tokens,
     json_response,
+    tool_results,
 )
 from ._provider_gemini import GEMINI_METHODS, path_fields
 from ._provider_limits import SlidingWindow
@@ -144,7 +153,9 @@ class FakeProvider:
     ``latency``: seconds slept (``anyio.sleep``) before each response starts;
     ``stream_delay``: seconds slept between two SSE events of a stream.
     ``cached_tokens`` / ``reasoning_tokens``: reported in every usage.
-    See the module docstring for what it answers and how it counts.
+    ``tool_turns``: tool calls a conversation gets before the answer is the
+    echo (``None``, the default: a call on every turn, an agent loop that
+    never ends). See the module docstring for what it answers and how it counts.
     """
 
     count_tokens = staticmethod(count_tokens)
@@ -160,6 +171,7 @@ class FakeProvider:
         cached_tokens: int = 0,
         reasoning_tokens: int = 0,
         models: Mapping[str, str] | None = None,
+        tool_turns: int | None = None,
     ) -> None:
         for name, value in (("rpm", rpm), ("tpm", tpm)):
             if value is not None and value < 1:
@@ -168,6 +180,12 @@ class FakeProvider:
             raise ValueError("latency and stream_delay must be >= 0")
         if cached_tokens < 0 or reasoning_tokens < 0:
             raise ValueError("cached_tokens and reasoning_tokens must be >= 0")
+        if tool_turns is not None and (
+            isinstance(tool_turns, bool)
+            or not isinstance(tool_turns, int)
+            or tool_turns < 0
+        ):
+            raise ValueError("tool_turns must be an int >= 0 (or None)")
         self.rpm = rpm
         self.tpm = tpm
         self.clock = clock
@@ -175,6 +193,7 @@ class FakeProvider:
         self.stream_delay = stream_delay
         self.cached_tokens = cached_tokens
         self.reasoning_tokens = reasoning_tokens
+        self.tool_turns = tool_turns
         self.models = dict(models or {})
         """The model a response names for a requested name (an Azure
         deployment answers with the model it serves); others answer as asked."""
@@ -312,7 +331,13 @@ class FakeProvider:
                 self._log(path, {}, 0, 0, 400, now)
             return self._error(dialect, 400, "The body must be a JSON object", now)
         with self._lock:
-            context = Context(self.cached_tokens, self.reasoning_tokens, self._new_id)
+            context = Context(
+                self.cached_tokens,
+                self.reasoning_tokens,
+                self._new_id,
+                self.tool_turns,
+                tool_results(body),
+            )
             served = {**body, **path_fields(path, query)}  # Gemini: from the path
             model = served.get("model")
             if isinstance(model, str) and model in self.models:

@@ -24,6 +24,7 @@ __all__ = (
     "Plan",
     "Reply",
     "Response",
+    "argument_of",
     "count_tokens",
     "int_or_none",
     "json_response",
@@ -32,6 +33,7 @@ __all__ = (
     "sse",
     "stream_response",
     "texts",
+    "tool_results",
 )
 
 _TOOL_TRIGGER = re.compile(r"\btool\b", re.IGNORECASE)
@@ -79,14 +81,29 @@ class Context:
     reasoning_tokens: int
     new_id: Callable[[str], str]
     """A new id with that prefix (``"chatcmpl-00000007"``)."""
+    tool_turns: int | None = None
+    """Tool calls a conversation gets before its answer (``None``: no end)."""
+    tool_results: int = 0
+    """The tool results the request carries (``tool_results(body)``)."""
 
-    def reply(self, last_user: str, tool: str | None, limit: int | None) -> Reply:
-        """The answer to ``last_user``: a call of ``tool``, or its echo."""
+    def reply(
+        self,
+        last_user: str,
+        tool: str | None,
+        limit: int | None,
+        argument: str = "input",
+    ) -> Reply:
+        """The answer to ``last_user``: a call of ``tool`` (``last_user`` as
+        its ``argument``), or its echo."""
         reasoning = self.reasoning_tokens
         if limit is not None:
             reasoning = min(reasoning, limit)
-        if tool is not None and _TOOL_TRIGGER.search(last_user):
-            arguments = json.dumps({"input": last_user})
+        if (
+            tool is not None
+            and _TOOL_TRIGGER.search(last_user)
+            and (self.tool_turns is None or self.tool_results < self.tool_turns)
+        ):
+            arguments = json.dumps({argument: last_user})
             tokens = count_tokens(tool) + count_tokens(arguments)
             return Reply(None, (tool, arguments), tokens, reasoning, False)
         words = ["echo:", *last_user.split()]
@@ -118,6 +135,26 @@ class Dialect:
     says it there rather than in ``Retry-After`` (Gemini)."""
 
 
+def argument_of(spec: Any) -> str:
+    """The argument a tool call fills: the first required parameter of the
+    tool's JSON schema (``parameters``, ``input_schema``...), else its first
+    parameter, else ``"input"``."""
+    if isinstance(spec, Mapping):
+        spec = spec.get("function", spec)
+    for key in ("parameters", "input_schema", "parametersJsonSchema"):
+        schema = spec.get(key) if isinstance(spec, Mapping) else None
+        if isinstance(schema, Mapping):
+            required = schema.get("required")
+            properties = schema.get("properties")
+            for name in [
+                *(required if isinstance(required, list) else ()),
+                *(properties if isinstance(properties, Mapping) else ()),
+            ]:
+                if isinstance(name, str):
+                    return name
+    return "input"
+
+
 def count_tokens(text: str) -> int:
     """The fake tokenizer: whitespace-separated words."""
     return len(text.split())
@@ -137,6 +174,29 @@ def texts(content: Any) -> Iterator[str]:
         for key in ("content", "output"):
             if key in content:
                 yield from texts(content[key])
+
+
+def tool_results(body: Mapping[str, Any]) -> int:
+    """The tool results a request carries, in any dialect: chat messages of
+    role ``tool``, Responses ``function_call_output`` items, Anthropic
+    ``tool_result`` blocks, Gemini ``functionResponse`` parts."""
+    found = 0
+    for key in ("messages", "input", "contents"):
+        items = body.get(key)
+        for item in items if isinstance(items, list) else ():
+            if not isinstance(item, Mapping):
+                continue
+            if item.get("role") == "tool" or item.get("type") == "function_call_output":
+                found += 1
+            parts = item.get("content", item.get("parts"))
+            for part in parts if isinstance(parts, list) else ():
+                if isinstance(part, Mapping) and (
+                    part.get("type") == "tool_result"
+                    or "functionResponse" in part
+                    or "function_response" in part
+                ):
+                    found += 1
+    return found
 
 
 def last_user_text(messages: Any) -> str:

@@ -26,6 +26,7 @@ from ._provider_api import (
     Plan,
     Reply,
     Response,
+    argument_of,
     count_tokens,
     int_or_none,
     json_response,
@@ -112,7 +113,8 @@ def _last_user_text(contents: list[Any]) -> str:
     return ""
 
 
-def _tool(body: Mapping[str, Any]) -> str | None:
+def _tool(body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The tool to call (its name, and the argument it fills), if any."""
     tools = body.get("tools")
     if not tools:
         return None
@@ -125,7 +127,7 @@ def _tool(body: Mapping[str, Any]) -> str | None:
         return None
     try:
         declarations = _get(tools[0], "functionDeclarations", "function_declarations")
-        return str(declarations[0]["name"])
+        return str(declarations[0]["name"]), argument_of(declarations[0])
     except (LookupError, TypeError):
         raise BadRequest("tools[0].functionDeclarations[0].name is required") from None
 
@@ -144,7 +146,13 @@ def plan_generate(context: Context, body: dict[str, Any]) -> tuple[int, Build]:
     n = n or 1
     system = _get(body, "systemInstruction", "system_instruction")
     prompt = sum(count_tokens(t) for t in [*_texts(contents), *_texts(system)])
-    reply = context.reply(_last_user_text(contents), _tool(body), limit)
+    tool = _tool(body)
+    reply = context.reply(
+        _last_user_text(contents),
+        None if tool is None else tool[0],
+        limit,
+        "input" if tool is None else tool[1],
+    )
     cached = context.cached(prompt)
 
     def build() -> tuple[int, int, int, Callable[[], Response]]:

@@ -13,6 +13,7 @@ from ._provider_api import (
     Context,
     Reply,
     Response,
+    argument_of,
     count_tokens,
     int_or_none,
     json_response,
@@ -48,7 +49,8 @@ def plan_chat(context: Context, body: dict[str, Any]) -> tuple[int, Build]:
             tool = str(tools[0]["function"]["name"])
         except (LookupError, TypeError):
             raise BadRequest("tools[0].function.name is required") from None
-    reply = context.reply(last_user_text(messages), tool, limit)
+    argument = argument_of(tools[0]) if tools and tool is not None else "input"
+    reply = context.reply(last_user_text(messages), tool, limit, argument)
     cached = context.cached(prompt)
 
     def build() -> tuple[int, int, int, Callable[[], Response]]:

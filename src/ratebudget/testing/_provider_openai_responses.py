@@ -12,6 +12,7 @@ from ._provider_api import (
     Context,
     Reply,
     Response,
+    argument_of,
     count_tokens,
     int_or_none,
     json_response,
@@ -39,13 +40,13 @@ def plan_responses(context: Context, body: dict[str, Any]) -> tuple[int, Build]:
         found.append(instructions)
     prompt = sum(count_tokens(t) for t in found)
     limit = int_or_none(body.get("max_output_tokens"), "max_output_tokens")
-    tool = None
+    tool, argument = None, "input"
     if body.get("tool_choice") != "none":
         for spec in body.get("tools") or ():
             if isinstance(spec, Mapping) and spec.get("type") == "function":
-                tool = str(spec.get("name"))
+                tool, argument = str(spec.get("name")), argument_of(spec)
                 break
-    reply = context.reply(last_user_text(items), tool, limit)
+    reply = context.reply(last_user_text(items), tool, limit, argument)
     cached = context.cached(prompt)
 
     def build() -> tuple[int, int, int, Callable[[], Response]]:
