@@ -34,6 +34,7 @@ import importlib.resources
 import json
 import logging
 import os
+import re
 import threading
 import time
 import weakref
@@ -82,6 +83,9 @@ CLUSTER_KEYS: Final = (
 )
 
 logger: Final = logging.getLogger("ratebudget")
+
+# what JSON escapes in a key (the script's '[%c"\\]')
+_ESCAPED: Final = re.compile(r'[\x00-\x1f\x7f"\\]')
 
 _EXACT: Final = 2**53
 # State.exact, as the script has it: a count that reaches 2**53 is refused
@@ -157,8 +161,11 @@ class _PlanArgs:
         )
         # the script's hot path takes a plan of rates alone as plain
         # arguments: their number, then each one's key, rate, per and cap
+        # (keys JSON writes as they are: the script writes them unescaped)
         self.hot: list[str] | None = None
-        if all(isinstance(s, RateSpec) for s in spec.slots):
+        if all(
+            isinstance(s, RateSpec) and not _ESCAPED.search(s.key) for s in spec.slots
+        ):
             self.hot = [str(len(spec.slots))] + [
                 str(v) for row in slots for v in row[1:5]
             ]
@@ -953,7 +960,20 @@ class RedisStore(SharedStore):
 
     def _answer(self, name: str, reply: Any, path: int = 0) -> ops.Answer:
         """The script's reply, read (down a ``path`` of that many levels, a
-        grant's takes come as a list: packed into the lease's take)."""
+        grant's takes come as a list: packed into the lease's take). The
+        hot path answers with integers: the store's time, then each
+        acquisition's take, or 0 for "none"."""
+        if type(reply) is list:
+            try:
+                now, *takes = reply
+                return ops.Answer(
+                    [ops.Granted(t) if t else None for t in takes], int(now), []
+                )
+            except (ValueError, TypeError) as e:
+                raise StoreUnavailable(
+                    f"Redis store {self.url}: the answer for {name!r} is unreadable "
+                    f"({type(e).__name__}: {e})"
+                ) from e
         try:
             data = json.loads(reply)
             return ops.Answer(
