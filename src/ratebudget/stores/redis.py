@@ -136,6 +136,9 @@ def _evalsha() -> bytes:
     return _EVALSHA + _bulk(_script()[1].encode())
 
 
+_quote: Final = json.encoder.encode_basestring_ascii  # json.dumps' own, in C
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -182,6 +185,16 @@ class _PlanArgs:
             text = _dumps(windows)
             self.windows = (start, end, text)
         return text
+
+
+def _acquire_text(op: ops.Acquire) -> str:
+    """``_dumps(encode_op(op))``, made without the JSON encoder (each call
+    of the hot path sends it)."""
+    timeout = "null" if op.timeout is None else op.timeout
+    return (
+        f'["acquire",{_quote(op.key)},[{",".join(map(str, op.req))}],'
+        f"{timeout},{1 if op.wait else 0}]"
+    )
 
 
 def _text(value: Any) -> str:
@@ -937,26 +950,32 @@ class RedisStore(SharedStore):
         tag = "{" + name + "}"
         keys: tuple[str, ...] = (f"{tag}:s", f"{tag}:r", f"{tag}:x")
         plan = self._plan_args(spec)
+        now = -1 if now_us is None else now_us
+        hot = plan.hot
+        if hot is not None and all(type(op) is ops.Acquire for op in batch):
+            # acquisitions carry no ledger rows, a plan of rates no windows
+            acquires = cast("list[ops.Acquire]", batch)
+            argv = (
+                f'{{{plan.head},"ops":[{",".join(map(_acquire_text, acquires))}],'
+                f'"now":{now},"ttl":{ttl},"keep":{keep},"idle":{_IDLE_TTL_MS},'
+                f'"keep_usage":{_USAGE_KEPT_MS},"windows":{{}}'
+                f"{_SHARD if self._sharded else ''}}}"
+            )
+            out = [argv, str(now), str(_IDLE_TTL_MS + ttl // 1000), *hot]
+            for op in acquires:
+                out.append("1" if op.wait else "0")
+                out += map(str, op.req)
+            return name, keys, out
         wall = time.time_ns() // 1000 if now_us is None else now_us
         label, keys, book = _with_book(batch, name, keys, name)
         argv = (
             f'{{{plan.head},"ops":{_dumps([encode_op(op) for op in batch])},'
-            f'"now":{-1 if now_us is None else now_us},"ttl":{ttl},"keep":{keep},'
+            f'"now":{now},"ttl":{ttl},"keep":{keep},'
             f'"idle":{_IDLE_TTL_MS},"keep_usage":{_USAGE_KEPT_MS},'
             f'"windows":{plan.windows_at(wall)}{book}'
             f"{_SHARD if self._sharded else ''}}}"
         )
-        if plan.hot is None or book:
-            return label, keys, [argv]
-        out = [argv, "-1" if now_us is None else str(now_us)]
-        out.append(str(_IDLE_TTL_MS + ttl // 1000))
-        out += plan.hot
-        for op in batch:
-            if not isinstance(op, ops.Acquire):
-                return label, keys, [argv]
-            out.append("1" if op.wait else "0")
-            out += map(str, op.req)
-        return label, keys, out
+        return label, keys, [argv]
 
     def _answer(self, name: str, reply: Any, path: int = 0) -> ops.Answer:
         """The script's reply, read (down a ``path`` of that many levels, a
