@@ -870,13 +870,9 @@ class RedisStore(SharedStore):
         as ``_answer(name, reply, path)``) or its error."""
         count, args = self._resp_args(label, keys, argv)
 
-        def landed(reply: Any, error: BaseException | None) -> None:
+        def answered(reply: Any, error: BaseException | None) -> None:
             if error is None and isinstance(reply, Exception):
                 text = str(reply)
-                if text.startswith("NOSCRIPT") and link.send(
-                    count + _EVAL + _bulk(_script()[0]) + args, landed
-                ):
-                    return
                 if text.startswith(("MOVED ", "ASK ")) and self._routes is not None:
                     # it did not run: again, from a thread, where it is sent
                     self._redirected(label, keys, argv, name, path, done)
@@ -899,6 +895,20 @@ class RedisStore(SharedStore):
                 done(None, e)
                 return
             done(answer, None)
+
+        def landed(reply: Any, error: BaseException | None) -> None:
+            # a server that does not know the script gets its text, once
+            # (answered then, not landed: a closure that names itself is a
+            # reference cycle, which keeps the whole call, its caller's
+            # objects too, for the garbage collector)
+            if (
+                error is None
+                and isinstance(reply, Exception)
+                and str(reply).startswith("NOSCRIPT")
+                and link.send(count + _EVAL + _bulk(_script()[0]) + args, answered)
+            ):
+                return
+            answered(reply, error)
 
         return bool(link.send(count + _evalsha() + args, landed))
 
