@@ -148,7 +148,7 @@ class _PlanArgs:
     calendar windows around the latest wall clock (remade when it leaves
     their current period)."""
 
-    __slots__ = ("head", "hot", "spec", "windows")
+    __slots__ = ("calls", "head", "hot", "spec", "windows")
 
     def __init__(self, spec: PlanSpec) -> None:
         self.spec = spec  # kept alive: the cache is by id(spec)
@@ -174,6 +174,30 @@ class _PlanArgs:
             ]
         # the wall times (µs) the windows are good for, and the windows
         self.windows: tuple[int, int, str] = (0, -1, "{}")
+        # hot calls on the store's clock, by (ttl, keep, shard): see ``hot_call``
+        self.calls: dict[tuple[int, int, bool], tuple[str, str, list[str]]] = {}
+
+    def hot_call(
+        self, now_us: int | None, ttl: int, keep: int, shard: bool
+    ) -> tuple[str, str, list[str]]:
+        """A hot batch's call, but for its acquisitions: ARGV[1] before and
+        after its ops, and ARGV[2...] before the acquisitions' (made once,
+        unless ``now_us`` is given)."""
+        key = (ttl, keep, shard)
+        call = None if now_us is not None else self.calls.get(key)
+        if call is None:
+            assert self.hot is not None
+            now = -1 if now_us is None else now_us
+            call = (
+                f'{{{self.head},"ops":[',
+                f'],"now":{now},"ttl":{ttl},"keep":{keep},"idle":{_IDLE_TTL_MS},'
+                f'"keep_usage":{_USAGE_KEPT_MS},"windows":{{}}'
+                f"{_SHARD if shard else ''}}}",
+                [str(now), str(_IDLE_TTL_MS + ttl // 1000), *self.hot],
+            )
+            if now_us is None:
+                self.calls[key] = call
+        return call
 
     def windows_at(self, wall: int) -> str:
         start, end, text = self.windows  # one read: threads share it
@@ -960,18 +984,12 @@ class RedisStore(SharedStore):
         tag = "{" + name + "}"
         keys: tuple[str, ...] = (f"{tag}:s", f"{tag}:r", f"{tag}:x")
         plan = self._plan_args(spec)
-        now = -1 if now_us is None else now_us
-        hot = plan.hot
-        if hot is not None and all(type(op) is ops.Acquire for op in batch):
+        if plan.hot is not None and all(type(op) is ops.Acquire for op in batch):
             # acquisitions carry no ledger rows, a plan of rates no windows
             acquires = cast("list[ops.Acquire]", batch)
-            argv = (
-                f'{{{plan.head},"ops":[{",".join(map(_acquire_text, acquires))}],'
-                f'"now":{now},"ttl":{ttl},"keep":{keep},"idle":{_IDLE_TTL_MS},'
-                f'"keep_usage":{_USAGE_KEPT_MS},"windows":{{}}'
-                f"{_SHARD if self._sharded else ''}}}"
-            )
-            out = [argv, str(now), str(_IDLE_TTL_MS + ttl // 1000), *hot]
+            shard = bool(self._sharded)
+            before, after, args = plan.hot_call(now_us, ttl, keep, shard)
+            out = [before + ",".join(map(_acquire_text, acquires)) + after, *args]
             for op in acquires:
                 out.append("1" if op.wait else "0")
                 out += map(str, op.req)
@@ -980,7 +998,7 @@ class RedisStore(SharedStore):
         label, keys, book = _with_book(batch, name, keys, name)
         argv = (
             f'{{{plan.head},"ops":{_dumps([encode_op(op) for op in batch])},'
-            f'"now":{now},"ttl":{ttl},"keep":{keep},'
+            f'"now":{-1 if now_us is None else now_us},"ttl":{ttl},"keep":{keep},'
             f'"idle":{_IDLE_TTL_MS},"keep_usage":{_USAGE_KEPT_MS},'
             f'"windows":{plan.windows_at(wall)}{book}'
             f"{_SHARD if self._sharded else ''}}}"
