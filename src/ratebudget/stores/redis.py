@@ -1237,16 +1237,18 @@ def _with_book(
     return label + _BOOKED, (*keys, stream), f",{_dumps('book')}:{_dumps(stream)}"
 
 
-# the short arguments (a hot batch's amounts, its plan's numbers) repeat from
-# call to call: each one's RESP made once
+# the short arguments (a hot batch's amounts, its plan's keys and numbers)
+# repeat from call to call: each one's RESP made once (not ARGV[1], longer,
+# which differs at each call)
 _BULKS: dict[str, bytes] = {}
 _BULKS_KEPT: Final = 4096
+_BULK_KEPT_LEN: Final = 100
 
 
 def _bulk_of(arg: str) -> bytes:
     """``arg`` as a RESP bulk string (kept in ``_BULKS`` if short)."""
     got = _bulk(arg.encode())
-    if len(arg) <= 24:
+    if len(arg) <= _BULK_KEPT_LEN:
         if len(_BULKS) >= _BULKS_KEPT:
             _BULKS.clear()
         _BULKS[arg] = got
