@@ -142,13 +142,29 @@ end
 -- script then writes it; ``plain``: the keys known to need none, as a set).
 -- '%d' prints such a number as fmt (below) does: as '%.0f', but never "-0".
 local HOT_MAX = 2 ^ 53
-local function hot_int(x)
-    return x % 1 == 0 and x < HOT_MAX and x > -HOT_MAX
+local function hot_ints(a, b, c, d, e, f) -- six integers below 2^53?
+    local m = HOT_MAX
+    return a % 1 == 0 and a < m and a > -m and b % 1 == 0 and b < m and b > -m
+        and c % 1 == 0 and c < m and c > -m and d % 1 == 0 and d < m and d > -m
+        and e % 1 == 0 and e < m and e > -m and f % 1 == 0 and f < m and f > -m
 end
 
 local function hot_dump(clock, wall, take, buckets, plain)
-    if not (hot_int(clock) and hot_int(wall) and hot_int(take)) then
+    if not hot_ints(clock, wall, take, 0, 0, 0) then
         return nil
+    end
+    local key, row = next(buckets)
+    if key ~= nil and next(buckets, key) == nil and #row[7] == 0 then
+        -- one bucket without peaks (a rate its callers do not drain): one format
+        if not plain[key] and string.find(key, '[%c"\\]')
+            or not hot_ints(row[1], row[2], row[3], row[4], row[5], row[6]) then
+            return nil
+        end
+        return string.format(
+            '{"clock":%d,"wall":%d,"take":%d,"b":{"%s":[%d,%d,%d,%d,%d,%d,[]]},'
+                .. '"c":{},"p":{},"q":[]}',
+            clock, wall, take, key, row[1], row[2], row[3], row[4], row[5], row[6]
+        )
     end
     local out, m = {
         string.format('{"clock":%d,"wall":%d,"take":%d,"b":{', clock, wall, take),
@@ -156,8 +172,7 @@ local function hot_dump(clock, wall, take, buckets, plain)
     for key, row in pairs(buckets) do
         local r1, r2, r3, r4, r5, r6 = row[1], row[2], row[3], row[4], row[5], row[6]
         if not plain[key] and string.find(key, '[%c"\\]')
-            or not (hot_int(r1) and hot_int(r2) and hot_int(r3) and hot_int(r4)
-                and hot_int(r5) and hot_int(r6)) then
+            or not hot_ints(r1, r2, r3, r4, r5, r6) then
             return nil
         end
         out[m + 1] = string.format(
@@ -167,7 +182,7 @@ local function hot_dump(clock, wall, take, buckets, plain)
         m = m + 1
         for p, peak in ipairs(row[7]) do
             local t, l = peak[1], peak[2]
-            if not (hot_int(t) and hot_int(l)) then
+            if not hot_ints(t, l, 0, 0, 0, 0) then
                 return nil
             end
             out[m + 1] = string.format(p == 1 and '[%d,%d]' or ',[%d,%d]', t, l)
