@@ -76,6 +76,8 @@ class _Link:
         self.fd = sock.fileno()
         # each call, and the loop time by which its reply is due
         self.pending: collections.deque[tuple[Done, float]] = collections.deque()
+        self.sent_at = 0.0  # the loop time of the latest call
+        self.buf = bytearray(_READ_SIZE)  # what a read lands in
         self.timer: TimerHandle | None = None  # for the oldest call
         self.closed = False
         self.ready = False  # connected
@@ -109,9 +111,11 @@ class _Link:
         reply (or a failure) comes. ``False``: not sent (link closed)."""
         if self.closed or not self.ready:
             return False
-        if not self.pending and not self.skip:
+        now = self.loop.time()
+        if not self.pending and not self.skip and now - self.sent_at > _FRESH:
             # idle: anything to read means the server closed it (a restart):
             # not sent, the worker thread serves this call, a new link opens
+            # (a call answered within _FRESH saw it open: no system call then)
             try:
                 stale = self.sock.recv(1, socket.MSG_PEEK)
             except (BlockingIOError, InterruptedError):
@@ -138,7 +142,8 @@ class _Link:
             if not self.writing:
                 self.writing = True
                 self.loop.add_writer(self.fd, self._writable)
-        self.pending.append((done, self.loop.time() + self.timeout))
+        self.sent_at = now
+        self.pending.append((done, now + self.timeout))
         if self.timer is None:
             self.timer = self.loop.call_later(self.timeout, self._check_time)
         return True
@@ -170,16 +175,17 @@ class _Link:
 
     def _readable(self) -> None:
         try:
-            data = self.sock.recv(65536)
+            n = self.sock.recv_into(self.buf)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
             self.fail(e)
             return
-        if not data:
+        if not n:
             self.fail(ConnectionError("the server closed the connection"))
             return
-        self.reader.feed(data)
+        # (hiredis reads any buffer: its stub names str and bytes alone)
+        self.reader.feed(self.buf, 0, n)  # type: ignore[arg-type]
         while True:
             reply = self.reader.gets()
             if reply is False:
@@ -343,3 +349,5 @@ class Links:
 
 
 _RETRY_AFTER: Final = 1.0  # s: after a link that never served, the next
+_FRESH: Final = 0.001  # s: a link that answered a call sent this recently is open
+_READ_SIZE: Final = 65536

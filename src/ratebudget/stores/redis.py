@@ -34,6 +34,7 @@ import importlib.resources
 import json
 import logging
 import os
+import re
 import threading
 import time
 import weakref
@@ -82,6 +83,9 @@ CLUSTER_KEYS: Final = (
 )
 
 logger: Final = logging.getLogger("ratebudget")
+
+# what JSON escapes in a key (the script's '[%c"\\]')
+_ESCAPED: Final = re.compile(r'[\x00-\x1f\x7f"\\]')
 
 _EXACT: Final = 2**53
 # State.exact, as the script has it: a count that reaches 2**53 is refused
@@ -132,6 +136,9 @@ def _evalsha() -> bytes:
     return _EVALSHA + _bulk(_script()[1].encode())
 
 
+_quote: Final = json.encoder.encode_basestring_ascii  # json.dumps' own, in C
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -141,7 +148,7 @@ class _PlanArgs:
     calendar windows around the latest wall clock (remade when it leaves
     their current period)."""
 
-    __slots__ = ("head", "hot", "spec", "windows")
+    __slots__ = ("calls", "head", "hot", "spec", "windows")
 
     def __init__(self, spec: PlanSpec) -> None:
         self.spec = spec  # kept alive: the cache is by id(spec)
@@ -157,13 +164,40 @@ class _PlanArgs:
         )
         # the script's hot path takes a plan of rates alone as plain
         # arguments: their number, then each one's key, rate, per and cap
+        # (keys JSON writes as they are: the script writes them unescaped)
         self.hot: list[str] | None = None
-        if all(isinstance(s, RateSpec) for s in spec.slots):
+        if all(
+            isinstance(s, RateSpec) and not _ESCAPED.search(s.key) for s in spec.slots
+        ):
             self.hot = [str(len(spec.slots))] + [
                 str(v) for row in slots for v in row[1:5]
             ]
         # the wall times (µs) the windows are good for, and the windows
         self.windows: tuple[int, int, str] = (0, -1, "{}")
+        # hot calls on the store's clock, by (ttl, keep, shard): see ``hot_call``
+        self.calls: dict[tuple[int, int, bool], tuple[str, str, list[str]]] = {}
+
+    def hot_call(
+        self, now_us: int | None, ttl: int, keep: int, shard: bool
+    ) -> tuple[str, str, list[str]]:
+        """A hot batch's call, but for its acquisitions: ARGV[1] before and
+        after its ops, and ARGV[2...] before the acquisitions' (made once,
+        unless ``now_us`` is given)."""
+        key = (ttl, keep, shard)
+        call = None if now_us is not None else self.calls.get(key)
+        if call is None:
+            assert self.hot is not None
+            now = -1 if now_us is None else now_us
+            call = (
+                f'{{{self.head},"ops":[',
+                f'],"now":{now},"ttl":{ttl},"keep":{keep},"idle":{_IDLE_TTL_MS},'
+                f'"keep_usage":{_USAGE_KEPT_MS},"windows":{{}}'
+                f"{_SHARD if shard else ''}}}",
+                [str(now), str(_IDLE_TTL_MS + ttl // 1000), *self.hot],
+            )
+            if now_us is None:
+                self.calls[key] = call
+        return call
 
     def windows_at(self, wall: int) -> str:
         start, end, text = self.windows  # one read: threads share it
@@ -175,6 +209,16 @@ class _PlanArgs:
             text = _dumps(windows)
             self.windows = (start, end, text)
         return text
+
+
+def _acquire_text(op: ops.Acquire) -> str:
+    """``_dumps(encode_op(op))``, made without the JSON encoder (each call
+    of the hot path sends it)."""
+    timeout = "null" if op.timeout is None else op.timeout
+    return (
+        f'["acquire",{_quote(op.key)},[{",".join(map(str, op.req))}],'
+        f"{timeout},{1 if op.wait else 0}]"
+    )
 
 
 def _text(value: Any) -> str:
@@ -850,13 +894,9 @@ class RedisStore(SharedStore):
         as ``_answer(name, reply, path)``) or its error."""
         count, args = self._resp_args(label, keys, argv)
 
-        def landed(reply: Any, error: BaseException | None) -> None:
+        def answered(reply: Any, error: BaseException | None) -> None:
             if error is None and isinstance(reply, Exception):
                 text = str(reply)
-                if text.startswith("NOSCRIPT") and link.send(
-                    count + _EVAL + _bulk(_script()[0]) + args, landed
-                ):
-                    return
                 if text.startswith(("MOVED ", "ASK ")) and self._routes is not None:
                     # it did not run: again, from a thread, where it is sent
                     self._redirected(label, keys, argv, name, path, done)
@@ -879,6 +919,20 @@ class RedisStore(SharedStore):
                 done(None, e)
                 return
             done(answer, None)
+
+        def landed(reply: Any, error: BaseException | None) -> None:
+            # a server that does not know the script gets its text, once
+            # (answered then, not landed: a closure that names itself is a
+            # reference cycle, which keeps the whole call, its caller's
+            # objects too, for the garbage collector)
+            if (
+                error is None
+                and isinstance(reply, Exception)
+                and str(reply).startswith("NOSCRIPT")
+                and link.send(count + _EVAL + _bulk(_script()[0]) + args, answered)
+            ):
+                return
+            answered(reply, error)
 
         return bool(link.send(count + _evalsha() + args, landed))
 
@@ -930,6 +984,16 @@ class RedisStore(SharedStore):
         tag = "{" + name + "}"
         keys: tuple[str, ...] = (f"{tag}:s", f"{tag}:r", f"{tag}:x")
         plan = self._plan_args(spec)
+        if plan.hot is not None and all(type(op) is ops.Acquire for op in batch):
+            # acquisitions carry no ledger rows, a plan of rates no windows
+            acquires = cast("list[ops.Acquire]", batch)
+            shard = bool(self._sharded)
+            before, after, args = plan.hot_call(now_us, ttl, keep, shard)
+            out = [before + ",".join(map(_acquire_text, acquires)) + after, *args]
+            for op in acquires:
+                out.append("1" if op.wait else "0")
+                out += map(str, op.req)
+            return name, keys, out
         wall = time.time_ns() // 1000 if now_us is None else now_us
         label, keys, book = _with_book(batch, name, keys, name)
         argv = (
@@ -939,21 +1003,24 @@ class RedisStore(SharedStore):
             f'"windows":{plan.windows_at(wall)}{book}'
             f"{_SHARD if self._sharded else ''}}}"
         )
-        if plan.hot is None or book:
-            return label, keys, [argv]
-        out = [argv, "-1" if now_us is None else str(now_us)]
-        out.append(str(_IDLE_TTL_MS + ttl // 1000))
-        out += plan.hot
-        for op in batch:
-            if not isinstance(op, ops.Acquire):
-                return label, keys, [argv]
-            out.append("1" if op.wait else "0")
-            out += map(str, op.req)
-        return label, keys, out
+        return label, keys, [argv]
 
     def _answer(self, name: str, reply: Any, path: int = 0) -> ops.Answer:
         """The script's reply, read (down a ``path`` of that many levels, a
-        grant's takes come as a list: packed into the lease's take)."""
+        grant's takes come as a list: packed into the lease's take). The
+        hot path answers with integers: the store's time, then each
+        acquisition's take, or 0 for "none"."""
+        if type(reply) is list:
+            try:
+                now, *takes = reply
+                return ops.Answer(
+                    [ops.Granted(t) if t else None for t in takes], int(now), []
+                )
+            except (ValueError, TypeError) as e:
+                raise StoreUnavailable(
+                    f"Redis store {self.url}: the answer for {name!r} is unreadable "
+                    f"({type(e).__name__}: {e})"
+                ) from e
         try:
             data = json.loads(reply)
             return ops.Answer(
@@ -1170,16 +1237,18 @@ def _with_book(
     return label + _BOOKED, (*keys, stream), f",{_dumps('book')}:{_dumps(stream)}"
 
 
-# the short arguments (a hot batch's amounts, its plan's numbers) repeat from
-# call to call: each one's RESP made once
+# the short arguments (a hot batch's amounts, its plan's keys and numbers)
+# repeat from call to call: each one's RESP made once (not ARGV[1], longer,
+# which differs at each call)
 _BULKS: dict[str, bytes] = {}
 _BULKS_KEPT: Final = 4096
+_BULK_KEPT_LEN: Final = 100
 
 
 def _bulk_of(arg: str) -> bytes:
     """``arg`` as a RESP bulk string (kept in ``_BULKS`` if short)."""
     got = _bulk(arg.encode())
-    if len(arg) <= 24:
+    if len(arg) <= _BULK_KEPT_LEN:
         if len(_BULKS) >= _BULKS_KEPT:
             _BULKS.clear()
         _BULKS[arg] = got
