@@ -30,13 +30,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-import urllib.parse
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from .._exceptions import InvalidRequest, StoreUnavailable
-from ._base import redact
+from .._exceptions import StoreUnavailable
+from ._redis_urls import parse_cluster_url
 
 if TYPE_CHECKING:
     from redis.cluster import RedisCluster
@@ -46,70 +45,10 @@ if TYPE_CHECKING:
 # redis-py's cluster client is untyped: its nodes (``ClusterNode``) are Any
 Node = Any
 
-__all__ = ("CLUSTER_SCHEMES", "Routes", "cluster_client", "parse_cluster_url")
-
-CLUSTER_SCHEMES: Final = ("redis+cluster", "rediss+cluster")
+__all__ = ("Routes", "cluster_client")
 
 # the slot map is read again at most this often (s) after failed calls
 _REFRESH_EVERY: Final = 0.25
-
-
-def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
-    """The nodes ``redis+cluster://[user:password@]host:port[,host:port...]``
-    names, and the connection options it gives (credentials, TLS)."""
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in CLUSTER_SCHEMES:
-        raise InvalidRequest(
-            f"url={redact(url)!r}: a cluster's URL is redis+cluster://host:port"
-            "[,host:port...] (or rediss+cluster:// for TLS)"
-        )
-    if parts.path not in ("", "/", "/0"):
-        raise InvalidRequest(
-            f"url={redact(url)!r}: a Redis Cluster has database 0 only; "
-            "drop the path after the nodes"
-        )
-    if parts.query or parts.fragment:
-        raise InvalidRequest(
-            f"url={redact(url)!r}: a cluster URL takes no options after '?'; "
-            "pass client=redis.cluster.RedisCluster(...) for other settings"
-        )
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    options: dict[str, Any] = {}
-    if userinfo:
-        user, sep, password = userinfo.partition(":")
-        if sep:
-            options["password"] = urllib.parse.unquote(password)
-            if user:
-                options["username"] = urllib.parse.unquote(user)
-        else:
-            options["password"] = urllib.parse.unquote(user)
-    if scheme == "rediss+cluster":
-        options["ssl"] = True
-    nodes: list[tuple[str, int]] = []
-    for item in hosts.split(","):
-        host, port = _host_port(item.strip(), url)
-        nodes.append((host, port))
-    return nodes, options
-
-
-def _host_port(item: str, url: str) -> tuple[str, int]:
-    if item.startswith("["):  # [::1]:7000
-        host, _, rest = item[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif ":" in item:
-        host, _, port_text = item.rpartition(":")
-    else:
-        host, port_text = item, ""
-    if not host:
-        raise InvalidRequest(f"url={redact(url)!r}: a node without a host")
-    if not port_text:
-        return host, 6379
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise InvalidRequest(
-            f"url={redact(url)!r}: {item!r} has no valid port (host:port)"
-        )
-    return host, int(port_text)
 
 
 def cluster_client(url: str, timeout: float) -> RedisCluster:

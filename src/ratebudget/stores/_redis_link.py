@@ -351,3 +351,33 @@ class Links:
 _RETRY_AFTER: Final = 1.0  # s: after a link that never served, the next
 _FRESH: Final = 0.001  # s: a link that answered a call sent this recently is open
 _READ_SIZE: Final = 65536
+
+
+def links_for(client: Any, timeout: float, url: str) -> Links | None:
+    """Links for the event loops of ``client``'s server, or ``None`` where
+    they cannot serve it (TLS, another connection class, no hiredis)."""
+    try:
+        import hiredis  # noqa: F401  (the links parse replies with it)
+        from redis.connection import Connection, UnixDomainSocketConnection
+    except ImportError:
+        return None
+    pool = client.connection_pool
+    kw = pool.connection_kwargs
+    address: tuple[str, int] | str
+    if pool.connection_class is Connection:
+        address = (kw.get("host", "localhost"), int(kw.get("port", 6379)))
+    elif pool.connection_class is UnixDomainSocketConnection:
+        address = kw["path"]
+    else:
+        return None
+    hello: list[bytes] = []
+    if kw.get("password") is not None:
+        auth = (
+            [kw["password"]]
+            if kw.get("username") is None
+            else [kw["username"], kw["password"]]
+        )
+        hello.append(command(b"AUTH", *(str(a).encode() for a in auth)))
+    if kw.get("db"):
+        hello.append(command(b"SELECT", str(int(kw["db"])).encode()))
+    return Links(address, hello, timeout, url)

@@ -1,15 +1,13 @@
 """``RedisStore``: limiter state shared by every process of every host.
 
 Each batch of decisions is one ``EVALSHA`` of ``lua/decide.lua``, the Lua
-mirror of the decision core (``_decide.py``, ``_ops.run`` and the document
-of ``_state.py``), so it is atomic and one round trip; the script is sent
-with ``EVAL`` only when the server does not know it yet. The sync ``redis``
-client is used from the limiter's worker threads, without retries of its
-own: a failure surfaces at once as ``StoreUnavailable``. Each thread keeps
-one connection of the client's pool for its script calls and sends them
-ready-encoded (a store call costs the round trip, not the client's
-per-command bookkeeping); the connection goes back to the pool when the
-thread ends.
+mirror of the decision core, so it is atomic and one round trip; the script
+is sent with ``EVAL`` only when the server does not know it yet. The store
+is split by concern: what a call carries and answers (``_redis_script``),
+running it from a thread or the event loop (``_redis_calls``,
+``_redis_link``), a cluster's routes (``_redis_cluster``), its URLs
+(``_redis_urls``) and the listener of other processes' wake-ups
+(``_redis_wake``).
 
 Keys of limiter ``<name>`` all carry the hash tag ``{<name>}`` so they share
 one Redis Cluster slot: ``{<name>}:s`` (the state document, see
@@ -20,41 +18,38 @@ publishes their ids on ``{<name>}:wake``. The registry of limiters
 (``ratebudget status``) is the hash ``ratebudget:limiters``, one global key
 outside the limiters' slots (``{ratebudget}:limiters`` on a cluster, beside
 the live limits: see ``_redis_cluster`` for what differs there).
-
-Lua knows no time zones: each call sends, for every calendar cap of its
-plan, the periods around the client's wall clock (``_state.windows_around``),
-and the script rolls a counter into the one holding the store's time.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import importlib.resources
 import json
 import logging
-import os
-import re
 import threading
-import time
 import weakref
-from asyncio import _get_running_loop as _running_loop
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 from .._exceptions import InvalidRequest, StoreUnavailable
 from .._ledger_db import Row, row_of
-from .._plan import CapSpec, PlanSpec, RateSpec, _tz_name
+from .._plan import PlanSpec, RateSpec
 from . import _ops as ops
 from ._base import redact
-from ._codec import book_of, book_text, decode_result, decode_shadowed, encode_op
-from ._path_ops import pack, unpack
-from ._redis_cluster import CLUSTER_SCHEMES, Routes, cluster_client, parse_cluster_url
-from ._redis_link import Links, command
-from ._redis_link import bulk as _bulk
+from ._codec import book_of
+from ._redis_calls import ScriptCalls
+from ._redis_cluster import Routes, cluster_client
+from ._redis_link import command, links_for
+from ._redis_script import SCRIPT_PATH, _PlanArgs
+from ._redis_urls import (
+    CLUSTER_SCHEMES,
+    MAX_REPLICAS,
+    check_url,
+    cluster_hint,
+    parse_cluster_url,
+    replicas_of,
+    url_of,
+)
 from ._redis_wake import listen
 from ._remote import SharedStore
-from ._state import _kind, _plan_doc, plan_id, windows_around
 
 if TYPE_CHECKING:
     import redis
@@ -63,11 +58,6 @@ if TYPE_CHECKING:
     from .._ledger import Ledger
 
 __all__ = ("REGISTRY_KEY", "SCRIPT_PATH", "RedisStore")
-
-#: the script every batch runs
-SCRIPT_PATH: Final = (
-    importlib.resources.files("ratebudget.stores") / "lua" / "decide.lua"
-)
 
 #: the global hash of registered limiters: name -> JSON spec
 REGISTRY_KEY: Final = "ratebudget:limiters"
@@ -84,148 +74,20 @@ CLUSTER_KEYS: Final = (
 
 logger: Final = logging.getLogger("ratebudget")
 
-# what JSON escapes in a key (the script's '[%c"\\]')
-_ESCAPED: Final = re.compile(r'[\x00-\x1f\x7f"\\]')
-
 _EXACT: Final = 2**53
 # State.exact, as the script has it: a count that reaches 2**53 is refused
 # (a double sum past 2**53 may round back to it)
 COUNT_MAX: Final = _EXACT - 1
 # room for a debt of three bursts (or a cap's usage up to 4x its limit)
 _HEADROOM: Final = 4
-# a limiter's keys outlive its last write by this much (plus the lease TTL)
-_IDLE_TTL_MS: Final = 3_600_000
-# the state of a name whose calendar caps still count something is kept this
-# long after its last change (a lifetime cap's usage is kept for good)
-_USAGE_KEPT_MS: Final = 400 * 86_400 * 1000
-
-
 _MAX_TIMEOUT: Final = 86_400.0
-
-
-def _check_url(url: str) -> None:
-    """Refuse a URL redis-py would read wrongly (``redis://host/abc``: db 0)."""
-    if not isinstance(url, str):
-        raise InvalidRequest(f"url={url!r}: expected a redis:// URL")
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
-        raise InvalidRequest(
-            f"url={redact(url)!r}: use redis://host:port/db, rediss://, unix:// "
-            "or, for a Redis Cluster, redis+cluster://host:port[,host:port...]"
-        )
-    if scheme.lower() in ("unix", *CLUSTER_SCHEMES):
-        return
-    path = rest.partition("?")[0].partition("/")[2]
-    if path and not path.isdigit():
-        raise InvalidRequest(
-            f"url={redact(url)!r}: the database after the host is a number, "
-            f"like redis://localhost:6379/0, not {path!r}"
-        )
-
-
-@functools.lru_cache(maxsize=1)
-def _script() -> tuple[bytes, str]:
-    """The script's text and its SHA1 (what ``EVALSHA`` names it by)."""
-    text = SCRIPT_PATH.read_bytes()
-    return text, hashlib.sha1(text, usedforsecurity=False).hexdigest()
-
-
-@functools.lru_cache(maxsize=1)
-def _evalsha() -> bytes:
-    """``EVALSHA`` and the script's SHA, as RESP (after the count)."""
-    return _EVALSHA + _bulk(_script()[1].encode())
-
-
-_quote: Final = json.encoder.encode_basestring_ascii  # json.dumps' own, in C
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-class _PlanArgs:
-    """What the script needs of a plan, as JSON, made once per plan; and its
-    calendar windows around the latest wall clock (remade when it leaves
-    their current period)."""
-
-    __slots__ = ("calls", "head", "hot", "spec", "windows")
-
-    def __init__(self, spec: PlanSpec) -> None:
-        self.spec = spec  # kept alive: the cache is by id(spec)
-        slots: list[list[Any]] = [
-            ["c", s.key, s.limit, _kind(s), s.per, _tz_name(s.tz)]
-            if isinstance(s, CapSpec)
-            else ["r", s.key, s.rate, s.per, s.cap, s.debt]
-            for s in spec.slots
-        ]
-        self.head = (
-            f'"plan":{_dumps(slots)},"pid":{_dumps(plan_id(spec))},'
-            f'"pdoc":{_dumps(_plan_doc(spec))}'
-        )
-        # the script's hot path takes a plan of rates alone as plain
-        # arguments: their number, then each one's key, rate, per and cap
-        # (keys JSON writes as they are: the script writes them unescaped)
-        self.hot: list[str] | None = None
-        if all(
-            isinstance(s, RateSpec) and not _ESCAPED.search(s.key) for s in spec.slots
-        ):
-            self.hot = [str(len(spec.slots))] + [
-                str(v) for row in slots for v in row[1:5]
-            ]
-        # the wall times (µs) the windows are good for, and the windows
-        self.windows: tuple[int, int, str] = (0, -1, "{}")
-        # hot calls on the store's clock, by (ttl, keep, shard): see ``hot_call``
-        self.calls: dict[tuple[int, int, bool], tuple[str, str, list[str]]] = {}
-
-    def hot_call(
-        self, now_us: int | None, ttl: int, keep: int, shard: bool
-    ) -> tuple[str, str, list[str]]:
-        """A hot batch's call, but for its acquisitions: ARGV[1] before and
-        after its ops, and ARGV[2...] before the acquisitions' (made once,
-        unless ``now_us`` is given)."""
-        key = (ttl, keep, shard)
-        call = None if now_us is not None else self.calls.get(key)
-        if call is None:
-            assert self.hot is not None
-            now = -1 if now_us is None else now_us
-            call = (
-                f'{{{self.head},"ops":[',
-                f'],"now":{now},"ttl":{ttl},"keep":{keep},"idle":{_IDLE_TTL_MS},'
-                f'"keep_usage":{_USAGE_KEPT_MS},"windows":{{}}'
-                f"{_SHARD if shard else ''}}}",
-                [str(now), str(_IDLE_TTL_MS + ttl // 1000), *self.hot],
-            )
-            if now_us is None:
-                self.calls[key] = call
-        return call
-
-    def windows_at(self, wall: int) -> str:
-        start, end, text = self.windows  # one read: threads share it
-        if not start <= wall < end:
-            windows = windows_around(self.spec, wall)
-            start, end = -(2**63), 2**63
-            for _prev, (_key, w_start, w_end), _next in windows.values():
-                start, end = max(start, w_start), min(end, w_end)
-            text = _dumps(windows)
-            self.windows = (start, end, text)
-        return text
-
-
-def _acquire_text(op: ops.Acquire) -> str:
-    """``_dumps(encode_op(op))``, made without the JSON encoder (each call
-    of the hot path sends it)."""
-    timeout = "null" if op.timeout is None else op.timeout
-    return (
-        f'["acquire",{_quote(op.key)},[{",".join(map(str, op.req))}],'
-        f"{timeout},{1 if op.wait else 0}]"
-    )
 
 
 def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-class RedisStore(SharedStore):
+class RedisStore(ScriptCalls, SharedStore):
     """Limiter state in Redis: ``RedisStore("redis://localhost:6379/0")``,
     or on a Redis Cluster: ``RedisStore("redis+cluster://host:7000,host:7001")``.
 
@@ -270,18 +132,18 @@ class RedisStore(SharedStore):
                 "RedisStore needs the redis client: pip install 'ratebudget[redis]'"
             ) from None
         if url is None:
-            url = "redis://localhost:6379/0" if client is None else _url_of(client)
-        _check_url(url)
-        url, in_url = _replicas_of(url)
+            url = "redis://localhost:6379/0" if client is None else url_of(client)
+        check_url(url)
+        url, in_url = replicas_of(url)
         if replicas is None:
             replicas = in_url
         if (
             isinstance(replicas, bool)
             or not isinstance(replicas, int)
-            or not 0 <= replicas <= _MAX_REPLICAS
+            or not 0 <= replicas <= MAX_REPLICAS
         ):
             raise InvalidRequest(
-                f"replicas={replicas!r}: expected a number of replicas, 0 to {_MAX_REPLICAS}"
+                f"replicas={replicas!r}: expected a number of replicas, 0 to {MAX_REPLICAS}"
             )
         self.replicas = replicas
         # sent after each script call: WAIT for the replicas (half the timeout)
@@ -341,7 +203,7 @@ class RedisStore(SharedStore):
             owned = self._owned
             self._routes = Routes(
                 lambda: self._redis,
-                (lambda server: _links_for(server, self.timeout, self.url))
+                (lambda server: links_for(server, self.timeout, self.url))
                 if owned
                 else None,
             )
@@ -361,7 +223,7 @@ class RedisStore(SharedStore):
         self._path_keys: dict[str, tuple[str, tuple[str, ...]]] = {}
         # asyncio loops' own connections (a store of our own, plain TCP or Unix)
         self._links = (
-            _links_for(client, self.timeout, self.url)
+            links_for(client, self.timeout, self.url)
             if self._owned and not self.cluster
             else None
         )
@@ -455,7 +317,7 @@ class RedisStore(SharedStore):
         except self._response_error:  # INFO not permitted
             return
         if info.get("cluster_enabled") in (1, "1"):
-            raise InvalidRequest(_cluster_hint(self.url))
+            raise InvalidRequest(cluster_hint(self.url))
 
     def _shards_pubsub(self) -> bool:
         """Whether the cluster's servers have sharded pub/sub (Redis 7+)."""
@@ -737,21 +599,6 @@ class RedisStore(SharedStore):
         )
         return self._call(label, keys, out, names[0], len(names))
 
-    def _call(
-        self,
-        label: str,
-        keys: tuple[str, ...],
-        argv: list[str],
-        name: str,
-        path: int = 0,
-    ) -> ops.Answer:
-        """Run the script here (blocking) and read its reply (``_answer``)."""
-        try:
-            reply = self._run_script(label, keys, argv)
-        except self._errors as e:
-            raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
-        return self._answer(name, reply, path)
-
     def send_path(
         self,
         names: list[str],
@@ -763,92 +610,12 @@ class RedisStore(SharedStore):
         keep: int,
         now_us: int | None = None,
     ) -> bool:
-        if (self._links is None and self._routes is None) or self._wait:
+        if not self._sends():
             return False
         label, keys, argv = self._path_request(
             names, specs, batch, ttl, keep, now_us, None
         )
-        link = self._link(keys[0])
-        if link is None:
-            return False
-        return self._send(link, label, keys, argv, names[0], len(names), done)
-
-    def _path_request(
-        self,
-        names: list[str],
-        specs: list[PlanSpec],
-        batch: list[ops.Op],
-        ttl: int,
-        keep: int,
-        now_us: int | None,
-        root: str | None,
-    ) -> tuple[str, tuple[str, ...], list[str]]:
-        """The script's label, keys and arguments for ``batch`` down a path."""
-        if now_us is not None and now_us < 0:
-            raise InvalidRequest(f"now_us={now_us}: store time starts at 0")
-        if root is None:
-            root = names[-1]
-        if any(n != root and not n.startswith(root + "/") for n in names):
-            raise InvalidRequest(f"{names!r}: not a path of scopes under {root!r}")
-        label = "\x00".join(names)
-        keys = self._path_keys.get(label)
-        if keys is None or keys[0] != root:
-            got: list[str] = []
-            for name in names:
-                tag = "{" + root + "}" + name[len(root) :]
-                got += (f"{tag}:s", f"{tag}:r", f"{tag}:x")
-            if len(self._path_keys) >= _PLANS_KEPT:
-                self._path_keys.clear()
-            keys = self._path_keys[label] = (root, tuple(got))
-        wall = time.time_ns() // 1000 if now_us is None else now_us
-        plans = [self._plan_args(spec) for spec in specs]
-        levels = [f'{{{p.head},"windows":{p.windows_at(wall)}}}' for p in plans]
-        n = len(names)
-        encoded = [
-            [
-                "settle",
-                op.key,
-                unpack(op.take, n),
-                list(op.est),
-                None if op.actual is None else list(op.actual),
-                *([] if op.book is None else [book_text(op.book)]),
-            ]
-            if isinstance(op, ops.Settle)
-            else encode_op(op)
-            for op in batch
-        ]
-        label, paths, book = _with_book(batch, label, keys[1], root)
-        argv = (
-            f'{{"path":[{",".join(levels)}],"ops":{_dumps(encoded)},'
-            f'"now":{-1 if now_us is None else now_us},"ttl":{ttl},"keep":{keep},'
-            f'"idle":{_IDLE_TTL_MS},"keep_usage":{_USAGE_KEPT_MS}{book}'
-            f"{_SHARD if self._sharded else ''}}}"
-        )
-        out = [argv]
-        if (
-            not book
-            and all(p.hot is not None for p in plans)
-            and all(isinstance(op, ops.Acquire) for op in batch)
-        ):
-            # the script's hot path down a path: plans of rates alone
-            out += ["path", "-1" if now_us is None else str(now_us)]
-            out += [str(_IDLE_TTL_MS + ttl // 1000), str(n)]
-            for p in plans:
-                assert p.hot is not None
-                out += p.hot
-            for op in batch:
-                assert isinstance(op, ops.Acquire)
-                out.append("1" if op.wait else "0")
-                out += map(str, op.req)
-        return label, paths, out
-
-    def _plan_args(self, spec: PlanSpec) -> _PlanArgs:
-        plan = self._plans.get(id(spec))
-        if plan is None or plan.spec is not spec:
-            if len(self._plans) >= _PLANS_KEPT:
-                self._plans.clear()
-            plan = self._plans[id(spec)] = _PlanArgs(spec)
-        return plan
+        return self._send_request(label, keys, argv, names[0], len(names), done)
 
     def send(
         self,
@@ -861,448 +628,7 @@ class RedisStore(SharedStore):
         keep: int,
         now_us: int | None = None,
     ) -> bool:
-        if (self._links is None and self._routes is None) or self._wait:
-            return False  # (a WAIT for replicas: the thread's own connection)
-        label, keys, argv = self._request(name, spec, batch, ttl, keep, now_us)
-        link = self._link(keys[0])
-        if link is None:
+        if not self._sends():
             return False
-        return self._send(link, label, keys, argv, name, 0, done)
-
-    def _link(self, key: str) -> Any:
-        """This event loop's non-blocking link to the server (on a cluster:
-        to the primary serving ``key``), ``None``: none here."""
-        links = self._links
-        if self._routes is not None:
-            try:
-                links = self._routes.links(self._routes.node_of(key))
-            except self._errors:  # no node known for the slot: the thread asks
-                return None
-        return None if links is None else links.get()
-
-    def _send(
-        self,
-        link: Any,
-        label: str,
-        keys: tuple[str, ...],
-        argv: list[str],
-        name: str,
-        path: int,
-        done: Callable[[ops.Answer | None, BaseException | None], None],
-    ) -> bool:
-        """Send the script call on ``link``; ``done`` gets its answer (read
-        as ``_answer(name, reply, path)``) or its error."""
-        count, args = self._resp_args(label, keys, argv)
-
-        def answered(reply: Any, error: BaseException | None) -> None:
-            if error is None and isinstance(reply, Exception):
-                text = str(reply)
-                if text.startswith(("MOVED ", "ASK ")) and self._routes is not None:
-                    # it did not run: again, from a thread, where it is sent
-                    self._redirected(label, keys, argv, name, path, done)
-                    return
-                error = StoreUnavailable(
-                    _cluster_hint(self.url, reply)
-                    if text.startswith("MOVED ")
-                    else f"Redis store {self.url}: {reply}"
-                )
-                if self._routes is not None:  # CLUSTERDOWN, a replica's...
-                    self._routes.refresh()
-            elif error is not None and self._routes is not None:
-                self._routes.refresh()  # the node failed: where to look next
-            if error is not None:
-                done(None, error)
-                return
-            try:
-                answer = self._answer(name, reply, path)
-            except StoreUnavailable as e:
-                done(None, e)
-                return
-            done(answer, None)
-
-        def landed(reply: Any, error: BaseException | None) -> None:
-            # a server that does not know the script gets its text, once
-            # (answered then, not landed: a closure that names itself is a
-            # reference cycle, which keeps the whole call, its caller's
-            # objects too, for the garbage collector)
-            if (
-                error is None
-                and isinstance(reply, Exception)
-                and str(reply).startswith("NOSCRIPT")
-                and link.send(count + _EVAL + _bulk(_script()[0]) + args, answered)
-            ):
-                return
-            answered(reply, error)
-
-        return bool(link.send(count + _evalsha() + args, landed))
-
-    def _redirected(
-        self,
-        label: str,
-        keys: tuple[str, ...],
-        argv: list[str],
-        name: str,
-        path: int,
-        done: Callable[[ops.Answer | None, BaseException | None], None],
-    ) -> None:
-        """Run a script call the cluster redirected on a thread (it follows
-        ``MOVED`` and ``ASK``, and reads the slot map again); ``done`` gets
-        its answer in the loop."""
-        loop = _running_loop()
-        assert loop is not None  # (a link's reply lands in its loop)
-
-        def run() -> None:
-            answer: ops.Answer | None = None
-            error: BaseException | None = None
-            try:
-                answer = self._call(label, keys, argv, name, path)
-            except BaseException as e:  # delivered to the callers
-                error = e
-            try:
-                loop.call_soon_threadsafe(done, answer, error)
-            except RuntimeError:  # the loop has closed: nobody waits
-                pass
-
-        threading.Thread(target=run, name="ratebudget-redis-moved", daemon=True).start()
-
-    def _request(
-        self,
-        name: str,
-        spec: PlanSpec,
-        batch: list[ops.Op],
-        ttl: int,
-        keep: int,
-        now_us: int | None,
-    ) -> tuple[str, tuple[str, ...], list[str]]:
-        """The script's label, keys and arguments for ``batch`` (ARGV[2...]
-        for its hot path only when the batch is acquisitions on a plan of
-        rates alone)."""
-        if not name:
-            raise InvalidRequest("a Redis limiter needs a non-empty name")
-        if now_us is not None and now_us < 0:
-            raise InvalidRequest(f"now_us={now_us}: store time starts at 0")
-        tag = "{" + name + "}"
-        keys: tuple[str, ...] = (f"{tag}:s", f"{tag}:r", f"{tag}:x")
-        plan = self._plan_args(spec)
-        if plan.hot is not None and all(type(op) is ops.Acquire for op in batch):
-            # acquisitions carry no ledger rows, a plan of rates no windows
-            acquires = cast("list[ops.Acquire]", batch)
-            shard = bool(self._sharded)
-            before, after, args = plan.hot_call(now_us, ttl, keep, shard)
-            out = [before + ",".join(map(_acquire_text, acquires)) + after, *args]
-            for op in acquires:
-                out.append("1" if op.wait else "0")
-                out += map(str, op.req)
-            return name, keys, out
-        wall = time.time_ns() // 1000 if now_us is None else now_us
-        label, keys, book = _with_book(batch, name, keys, name)
-        argv = (
-            f'{{{plan.head},"ops":{_dumps([encode_op(op) for op in batch])},'
-            f'"now":{-1 if now_us is None else now_us},"ttl":{ttl},"keep":{keep},'
-            f'"idle":{_IDLE_TTL_MS},"keep_usage":{_USAGE_KEPT_MS},'
-            f'"windows":{plan.windows_at(wall)}{book}'
-            f"{_SHARD if self._sharded else ''}}}"
-        )
-        return label, keys, [argv]
-
-    def _answer(self, name: str, reply: Any, path: int = 0) -> ops.Answer:
-        """The script's reply, read (down a ``path`` of that many levels, a
-        grant's takes come as a list: packed into the lease's take). The
-        hot path answers with integers: the store's time, then each
-        acquisition's take, or 0 for "none"."""
-        if type(reply) is list:
-            try:
-                now, *takes = reply
-                return ops.Answer(
-                    [ops.Granted(t) if t else None for t in takes], int(now), []
-                )
-            except (ValueError, TypeError) as e:
-                raise StoreUnavailable(
-                    f"Redis store {self.url}: the answer for {name!r} is unreadable "
-                    f"({type(e).__name__}: {e})"
-                ) from e
-        try:
-            data = json.loads(reply)
-            return ops.Answer(
-                [
-                    ops.Granted(pack(r[1]))
-                    if path and r[0] == "granted" and isinstance(r[1], list)
-                    else decode_result(r)
-                    for r in data["results"]
-                ],
-                int(data["now"]),
-                [ops.Woken(k, cast(Any, decode_result(r))) for k, r in data["woken"]],
-                shadowed=[decode_shadowed(x) for x in data.get("shadowed", ())],
-            )
-        except (ValueError, TypeError, KeyError) as e:
-            raise StoreUnavailable(
-                f"Redis store {self.url}: the answer for {name!r} is unreadable "
-                f"({type(e).__name__}: {e})"
-            ) from e
-
-    def _resp_args(
-        self, name: str, keys: tuple[str, ...], argv: list[str]
-    ) -> tuple[bytes, bytes]:
-        """The script call as RESP: its count of items, and what follows its
-        SHA or text (a name's keys encoded once)."""
-        resp_keys = self._resp_keys.get(name)
-        if resp_keys is None:
-            if len(self._resp_keys) >= _PLANS_KEPT:
-                self._resp_keys.clear()
-            resp_keys = self._resp_keys[name] = _bulk(b"%d" % len(keys)) + b"".join(
-                _bulk(k.encode()) for k in keys
-            )
-        count = b"*%d\r\n" % (3 + len(keys) + len(argv))
-        got = _BULKS.get
-        return count, resp_keys + b"".join([got(a) or _bulk_of(a) for a in argv])
-
-    def _run_script(self, name: str, keys: tuple[str, ...], argv: list[str]) -> Any:
-        """The script's reply to ``keys`` and ``argv``, on this thread's own
-        connection (``EVAL`` of its text if the server does not know it)."""
-        if self._routes is not None:
-            return self._run_routed(self._routes, name, keys, argv)
-        conn = self._connection()
-        if conn is None:  # a client without a pool of connections
-            text, sha = _script()
-            try:
-                return self._redis.evalsha(sha, len(keys), *keys, *argv)
-            except self._noscript:
-                return self._redis.eval(text.decode(), len(keys), *keys, *argv)
-            except self._moved as e:
-                raise StoreUnavailable(_cluster_hint(self.url, e)) from e
-        try:
-            return self._run_on(conn, name, keys, argv)
-        except self._moved as e:
-            raise StoreUnavailable(_cluster_hint(self.url, e)) from e
-
-    def _run_routed(
-        self, routes: Routes, name: str, keys: tuple[str, ...], argv: list[str]
-    ) -> Any:
-        """``_run_script`` on a cluster: on the primary of the keys' slot, or
-        where a ``MOVED`` or ``ASK`` reply sends it (the call did not run)."""
-        try:
-            node = routes.node_of(keys[0])
-        except self._failed:  # no node known for the slot: look again
-            routes.refresh(wait=True)
-            raise
-        asking = False
-        for _ in range(_HOPS):
-            conn = routes.connection(node)
-            try:
-                return self._run_on(conn, name, keys, argv, asking)
-            except self._moved as e:  # (a kind of AskError: first)
-                routes.refresh(wait=True)
-                to: Any = e
-                node, asking = routes.node_at(to.host, to.port), False
-            except self._ask as e:
-                to = e
-                node, asking = routes.node_at(to.host, to.port), True
-            except self._gone:
-                routes.refresh(wait=True)  # a failover, say: where to look next
-                raise
-            except self._failed:
-                routes.refresh(wait=True)  # (at most every 0.25 s) a failover?
-                raise
-        raise StoreUnavailable(
-            f"Redis store {self.url}: the slot of {keys[0]!r} kept moving "
-            f"({_HOPS} redirections); the cluster is resharding, try again"
-        )
-
-    def _run_on(
-        self,
-        conn: Any,
-        name: str,
-        keys: tuple[str, ...],
-        argv: list[str],
-        asking: bool = False,
-    ) -> Any:
-        """The script call on ``conn`` (after ``ASKING`` if ``asking``)."""
-        count, args = self._resp_args(name, keys, argv)
-        try:
-            try:
-                # an idle connection with something to read is broken (the
-                # server closed it, say): a fresh one, as the pool would do
-                stale = conn.can_read()
-            except self._errors:
-                stale = True
-            if stale:
-                conn.disconnect()
-            reply = self._exchange(conn, count + _evalsha() + args, asking)
-            if isinstance(reply, self._noscript):
-                call = count + _EVAL + _bulk(_script()[0]) + args
-                reply = self._exchange(conn, call, asking)
-        except BaseException:
-            conn.disconnect()  # never reused half-read
-            raise
-        if isinstance(reply, Exception):
-            raise reply  # an error reply, read whole: the connection is fine
-        return reply
-
-    def _exchange(self, conn: Any, call: bytes, asking: bool) -> Any:
-        """Send ``call`` (after ``ASKING``; followed by ``WAIT`` with
-        ``replicas``) and read every reply: the call's, an error reply
-        returned rather than raised."""
-        conn.send_packed_command(
-            [_ASKING, call, *self._wait] if asking else [call, *self._wait], False
-        )
-        if asking:
-            conn.read_response()  # its OK
-        try:
-            reply = conn.read_response()
-        except self._response_error as e:
-            reply = e
-        if self._wait:
-            try:
-                acked = conn.read_response()
-            except self._response_error as e:
-                acked = e  # a node no longer primary (the call was MOVED): no WAIT
-            if isinstance(reply, Exception):
-                return reply  # (what its WAIT said does not matter)
-            if isinstance(acked, Exception):
-                raise StoreUnavailable(f"Redis store {self.url}: WAIT: {acked}")
-            if int(acked) < self.replicas:
-                raise StoreUnavailable(
-                    f"Redis store {self.url}: {acked} of {self.replicas} replicas "
-                    f"confirmed the call within {self.timeout / 2:g} s; it ran on the "
-                    "primary, but a failover could lose it, so it counts as failed"
-                )
-        return reply
-
-    def _connection(self) -> Any:
-        """This thread's connection for script calls (``None``: no pool)."""
-        held: _Held | None = getattr(self._held, "held", None)
-        if held is not None and held.pid == os.getpid():
-            return held.conn
-        pool = getattr(self._redis, "connection_pool", None)
-        if pool is None:
-            return None
-        held = self._held.held = _Held(pool.get_connection())
-        # the thread's locals go when it ends, and the connection with them
-        weakref.finalize(held, pool.release, held.conn)
-        return held.conn
-
-
-def _links_for(client: Any, timeout: float, url: str) -> Links | None:
-    """Links for the event loops of ``client``'s server, or ``None`` where
-    they cannot serve it (TLS, another connection class, no hiredis)."""
-    try:
-        import hiredis  # noqa: F401  (the links parse replies with it)
-        from redis.connection import Connection, UnixDomainSocketConnection
-    except ImportError:
-        return None
-    pool = client.connection_pool
-    kw = pool.connection_kwargs
-    address: tuple[str, int] | str
-    if pool.connection_class is Connection:
-        address = (kw.get("host", "localhost"), int(kw.get("port", 6379)))
-    elif pool.connection_class is UnixDomainSocketConnection:
-        address = kw["path"]
-    else:
-        return None
-    hello: list[bytes] = []
-    if kw.get("password") is not None:
-        auth = (
-            [kw["password"]]
-            if kw.get("username") is None
-            else [kw["username"], kw["password"]]
-        )
-        hello.append(command(b"AUTH", *(str(a).encode() for a in auth)))
-    if kw.get("db"):
-        hello.append(command(b"SELECT", str(int(kw["db"])).encode()))
-    return Links(address, hello, timeout, url)
-
-
-class _Held:
-    """A connection one thread keeps (in a fork, it is the parent's)."""
-
-    __slots__ = ("__weakref__", "conn", "pid")
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.pid = os.getpid()
-
-
-_BOOKED: Final = "\x01"  # a label's mark: its batch has ledger rows (one key more)
-
-
-def _with_book(
-    batch: list[ops.Op], label: str, keys: tuple[str, ...], root: str
-) -> tuple[str, tuple[str, ...], str]:
-    """A batch's label, keys and ARGV[1] field for the ledger rows it
-    carries (``ops.Book``): the tree's stream as a last key, named by
-    ``"book"``; a batch without any, as it is."""
-    if not any(getattr(op, "book", None) is not None for op in batch):
-        return label, keys, ""
-    stream = "{" + root + "}:ledger"
-    return label + _BOOKED, (*keys, stream), f",{_dumps('book')}:{_dumps(stream)}"
-
-
-# the short arguments (a hot batch's amounts, its plan's keys and numbers)
-# repeat from call to call: each one's RESP made once (not ARGV[1], longer,
-# which differs at each call)
-_BULKS: dict[str, bytes] = {}
-_BULKS_KEPT: Final = 4096
-_BULK_KEPT_LEN: Final = 100
-
-
-def _bulk_of(arg: str) -> bytes:
-    """``arg`` as a RESP bulk string (kept in ``_BULKS`` if short)."""
-    got = _bulk(arg.encode())
-    if len(arg) <= _BULK_KEPT_LEN:
-        if len(_BULKS) >= _BULKS_KEPT:
-            _BULKS.clear()
-        _BULKS[arg] = got
-    return got
-
-
-_EVALSHA: Final = _bulk(b"EVALSHA")
-_EVAL: Final = _bulk(b"EVAL")
-_ASKING: Final = command(b"ASKING")
-_SHARD: Final = ',"shard":true'  # ARGV[1]'s field: wake-ups by SPUBLISH
-_HOPS: Final = 5  # redirections followed before a call gives up
-_MAX_REPLICAS: Final = 16
-
-
-def _replicas_of(url: str) -> tuple[str, int]:
-    """``url`` without its ``replicas=N`` parameter, and N (0 if none)."""
-    base, sep, query = url.partition("?")
-    if not sep:
-        return url, 0
-    kept, replicas = [], 0
-    for item in query.split("&"):
-        key, _, value = item.partition("=")
-        if key != "replicas":
-            kept.append(item)
-        elif value.isdigit() and int(value) <= _MAX_REPLICAS:
-            replicas = int(value)
-        else:
-            raise InvalidRequest(
-                f"url={redact(url)!r}: replicas={value!r}: expected a number "
-                f"of replicas, 0 to {_MAX_REPLICAS}"
-            )
-    return (base + "?" + "&".join(kept) if kept else base), replicas
-
-
-def _url_of(client: Any) -> str:
-    """A URL naming ``client``'s server or cluster, for messages."""
-    if hasattr(client, "get_primaries"):  # a RedisCluster
-        names = sorted(node.name for node in client.get_primaries())
-        return "redis+cluster://" + ",".join(names or ["localhost:6379"])
-    kw = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
-    if "path" in kw:
-        return f"unix://{kw['path']}"
-    return f"redis://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
-
-
-def _cluster_hint(url: str, moved: Exception | None = None) -> str:
-    """Why a plain URL of a cluster's node cannot serve, and what to use."""
-    host = url.partition("://")[2].rpartition("@")[2].partition("/")[0]
-    why = "" if moved is None else f" (it answered MOVED {moved})"
-    return (
-        f"Redis store {url}: that server is a node of a Redis Cluster{why}; "
-        f"use store='redis+cluster://{host}' (or RedisStore(..., cluster=True)) "
-        "so each name is sent to the node that serves it"
-    )
-
-
-_PLANS_KEPT: Final = 256
+        label, keys, argv = self._request(name, spec, batch, ttl, keep, now_us)
+        return self._send_request(label, keys, argv, name, 0, done)
