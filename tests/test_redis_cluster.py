@@ -431,7 +431,9 @@ def test_status_reads_a_cluster(cluster_url: str) -> None:
 def test_replicas_the_cluster_lacks_fail_each_decision(cluster_url: str) -> None:
     """``replicas=1`` on primaries without a replica: each decision ran, but
     nothing confirms it, so it fails (the shared cluster has no replicas)."""
-    store = RedisStore(cluster_url + "?replicas=1", timeout=0.2)
+    # WAIT gives up after half the timeout; the rest is for the reply (a
+    # loaded machine answers slowly)
+    store = RedisStore(cluster_url + "?replicas=1", timeout=2.0)
     try:
         limiter = Limiter(Cap(requests=5), store=store, name=_unique("replicas"))
         with pytest.raises(StoreUnavailable, match="0 of 1 replicas"):
