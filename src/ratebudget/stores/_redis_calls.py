@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ._redis_cluster import Routes
     from ._redis_link import Links
 
-__all__ = ("ScriptCalls",)
+__all__ = ("ScriptCalls", "thread_connection")
 
 _ASKING: Final = command(b"ASKING")
 _HOPS: Final = 5  # redirections followed before a call gives up
@@ -55,7 +55,6 @@ class ScriptCalls(ScriptArgs):
     _wait: list[bytes]
     _errors: tuple[type[Exception], ...]
     _failed: tuple[type[Exception], ...]
-    _gone: tuple[type[Exception], ...]
     _noscript: type[Exception]
     _response_error: type[Exception]
     _moved: type[Exception]
@@ -134,11 +133,9 @@ class ScriptCalls(ScriptArgs):
                     if text.startswith("MOVED ")
                     else f"Redis store {self.url}: {reply}"
                 )
-                if self._routes is not None:  # CLUSTERDOWN, a replica's...
-                    self._routes.refresh()
-            elif error is not None and self._routes is not None:
-                self._routes.refresh()  # the node failed: where to look next
             if error is not None:
+                if self._routes is not None:  # a failed node, CLUSTERDOWN...
+                    self._routes.refresh()  # where to look next
                 done(None, error)
                 return
             try:
@@ -234,11 +231,8 @@ class ScriptCalls(ScriptArgs):
             except self._ask as e:
                 to = e
                 node, asking = routes.node_at(to.host, to.port), True
-            except self._gone:
-                routes.refresh(wait=True)  # a failover, say: where to look next
-                raise
-            except self._failed:
-                routes.refresh(wait=True)  # (at most every 0.25 s) a failover?
+            except self._failed:  # a failover, say: where to look next
+                routes.refresh(wait=True)  # (at most every 0.25 s)
                 raise
         raise StoreUnavailable(
             f"Redis store {self.url}: the slot of {keys[0]!r} kept moving "
@@ -307,23 +301,33 @@ class ScriptCalls(ScriptArgs):
 
     def _connection(self) -> Any:
         """This thread's connection for script calls (``None``: no pool)."""
-        held: _Held | None = getattr(self._held, "held", None)
-        if held is not None and held.pid == os.getpid():
-            return held.conn
         pool = getattr(self._redis, "connection_pool", None)
-        if pool is None:
-            return None
-        held = self._held.held = _Held(pool.get_connection())
-        # the thread's locals go when it ends, and the connection with them
-        weakref.finalize(held, pool.release, held.conn)
-        return held.conn
+        return None if pool is None else thread_connection(self._held, pool)
+
+
+def thread_connection(held: threading.local, pool: Any, node: str = "") -> Any:
+    """This thread's connection from ``pool`` (one per ``node`` of a
+    cluster), kept in ``held``: back to the pool when the thread ends; in
+    a fork, the parent's is not used."""
+    conns: dict[str, _Held] | None = getattr(held, "conns", None)
+    if conns is None:
+        conns = held.conns = {}
+    got = conns.get(node)
+    if got is not None and got.pool is pool and got.pid == os.getpid():
+        return got.conn
+    got = conns[node] = _Held(pool, pool.get_connection())
+    # the thread's locals go when it ends, and the connection with them
+    weakref.finalize(got, pool.release, got.conn)
+    return got.conn
 
 
 class _Held:
-    """A connection one thread keeps (in a fork, it is the parent's)."""
+    """A connection one thread keeps, the pool it came from, and the
+    process it was made in."""
 
-    __slots__ = ("__weakref__", "conn", "pid")
+    __slots__ = ("__weakref__", "conn", "pid", "pool")
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, pool: Any, conn: Any) -> None:
+        self.pool = pool
         self.conn = conn
         self.pid = os.getpid()

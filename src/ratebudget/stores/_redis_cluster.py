@@ -27,14 +27,13 @@ servers get the broadcast ``PUBLISH`` and one pattern subscription.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from .._exceptions import StoreUnavailable
+from ._redis_calls import thread_connection
 from ._redis_urls import parse_cluster_url
 
 if TYPE_CHECKING:
@@ -83,7 +82,7 @@ class Routes:
         self._cluster = cluster  # the RedisCluster (made at first use)
         self._links_for = links_for  # a node's Redis -> its loops' links
         self._links: dict[str, Links | None] = {}
-        self._held = threading.local()  # each thread's: node name -> _Held
+        self._held = threading.local()  # each thread's connections, by node
         self._lock = threading.Lock()
         self._refresh_at = 0.0  # monotonic time before which none is due
         self._refreshing = False
@@ -110,18 +109,9 @@ class Routes:
         return node
 
     def connection(self, node: Node) -> Any:
-        """This thread's connection to ``node`` (from the node's pool; back
-        to the pool when the thread ends)."""
-        held: dict[str, _Held] | None = getattr(self._held, "conns", None)
-        if held is None:
-            held = self._held.conns = {}
-        got = held.get(node.name)
+        """This thread's connection to ``node`` (from the node's pool)."""
         pool = node.redis_connection.connection_pool
-        if got is not None and got.pool is pool and got.pid == os.getpid():
-            return got.conn  # (in a fork, the parent's: a new one)
-        got = held[node.name] = _Held(pool, pool.get_connection())
-        weakref.finalize(got, pool.release, got.conn)
-        return got.conn
+        return thread_connection(self._held, pool, node.name)
 
     def links(self, node: Node) -> Links | None:
         """The event loops' links to ``node`` (``None``: none can be made)."""
@@ -165,14 +155,3 @@ class Routes:
         for links in self._links.values():
             if links is not None:
                 links.close()
-
-
-class _Held:
-    """A connection one thread keeps, and the pool it came from."""
-
-    __slots__ = ("__weakref__", "conn", "pid", "pool")
-
-    def __init__(self, pool: Any, conn: Any) -> None:
-        self.pool = pool
-        self.conn = conn
-        self.pid = os.getpid()

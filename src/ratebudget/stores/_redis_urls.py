@@ -22,11 +22,59 @@ __all__ = (
     "cluster_hint",
     "parse_cluster_url",
     "replicas_of",
+    "resolve",
     "url_of",
 )
 
 CLUSTER_SCHEMES: Final = ("redis+cluster", "rediss+cluster")
 MAX_REPLICAS: Final = 16
+
+
+def resolve(
+    url: str | None,
+    cluster: bool,
+    replicas: int | None,
+    client: Any,
+    cluster_client: bool,
+) -> tuple[str, bool, int]:
+    """What ``RedisStore(url, cluster=, replicas=, client=)`` names: its
+    URL (a cluster's as ``redis+cluster://``, the node of a plain URL as a
+    seed), whether it is a cluster, and its replicas (``?replicas=N`` if
+    not given); anything else is ``InvalidRequest``. ``cluster_client``:
+    ``client`` is a ``RedisCluster``."""
+    if not isinstance(cluster, bool):
+        raise InvalidRequest(f"cluster={cluster!r}: expected True or False")
+    if url is None:
+        url = "redis://localhost:6379/0" if client is None else url_of(client)
+    check_url(url)
+    url, in_url = replicas_of(url)
+    if replicas is None:
+        replicas = in_url
+    if (
+        isinstance(replicas, bool)
+        or not isinstance(replicas, int)
+        or not 0 <= replicas <= MAX_REPLICAS
+    ):
+        raise InvalidRequest(
+            f"replicas={replicas!r}: expected a number of replicas, 0 to {MAX_REPLICAS}"
+        )
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
+    cluster = cluster or scheme in CLUSTER_SCHEMES or cluster_client
+    if cluster and scheme == "unix":
+        raise InvalidRequest(
+            f"url={redact(url)!r}: a Redis Cluster's nodes are host:port addresses"
+        )
+    if cluster and scheme in ("redis", "rediss"):
+        url = f"{scheme}+cluster://{rest.partition('/')[0]}"  # that node, a seed
+    if client is not None and cluster != cluster_client:
+        raise InvalidRequest(
+            f"client={client!r}: a {'RedisCluster' if cluster else 'redis.Redis'} "
+            f"is needed for {redact(url)!r}"
+        )
+    if cluster:
+        parse_cluster_url(url)  # refused now, not at the first call
+    return url, cluster, replicas
 
 
 def check_url(url: str) -> None:

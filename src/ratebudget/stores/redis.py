@@ -39,15 +39,7 @@ from ._redis_calls import ScriptCalls
 from ._redis_cluster import Routes, cluster_client
 from ._redis_link import command, links_for
 from ._redis_script import SCRIPT_PATH, _PlanArgs
-from ._redis_urls import (
-    CLUSTER_SCHEMES,
-    MAX_REPLICAS,
-    check_url,
-    cluster_hint,
-    parse_cluster_url,
-    replicas_of,
-    url_of,
-)
+from ._redis_urls import cluster_hint, resolve
 from ._redis_wake import listen
 from ._remote import SharedStore
 
@@ -120,8 +112,6 @@ class RedisStore(ScriptCalls, SharedStore):
             raise InvalidRequest(
                 f"timeout={timeout!r}: expected seconds > 0 (at most {_MAX_TIMEOUT:g})"
             )
-        if not isinstance(cluster, bool):
-            raise InvalidRequest(f"cluster={cluster!r}: expected True or False")
         try:
             import redis as redis_py
             from redis.backoff import NoBackoff
@@ -131,61 +121,31 @@ class RedisStore(ScriptCalls, SharedStore):
             raise InvalidRequest(
                 "RedisStore needs the redis client: pip install 'ratebudget[redis]'"
             ) from None
-        if url is None:
-            url = "redis://localhost:6379/0" if client is None else url_of(client)
-        check_url(url)
-        url, in_url = replicas_of(url)
-        if replicas is None:
-            replicas = in_url
-        if (
-            isinstance(replicas, bool)
-            or not isinstance(replicas, int)
-            or not 0 <= replicas <= MAX_REPLICAS
-        ):
-            raise InvalidRequest(
-                f"replicas={replicas!r}: expected a number of replicas, 0 to {MAX_REPLICAS}"
-            )
-        self.replicas = replicas
+        url, self.cluster, self.replicas = resolve(
+            url, cluster, replicas, client, isinstance(client, Cluster)
+        )
         # sent after each script call: WAIT for the replicas (half the timeout)
         self._wait: list[bytes] = (
-            [command(b"WAIT", b"%d" % replicas, b"%d" % int(timeout * 500))]
-            if replicas
+            [command(b"WAIT", b"%d" % self.replicas, b"%d" % int(timeout * 500))]
+            if self.replicas
             else []
         )
-        scheme, _, rest = url.partition("://")
-        self.cluster = (
-            cluster or scheme.lower() in CLUSTER_SCHEMES or isinstance(client, Cluster)
-        )
-        if self.cluster and scheme.lower() == "unix":
-            raise InvalidRequest(
-                f"url={redact(url)!r}: a Redis Cluster's nodes are host:port addresses"
-            )
-        if self.cluster and scheme.lower() in ("redis", "rediss"):
-            url = f"{scheme}+cluster://{rest.partition('/')[0]}"  # that node, a seed
-        if client is not None and self.cluster != isinstance(client, Cluster):
-            raise InvalidRequest(
-                f"client={client!r}: a {'RedisCluster' if self.cluster else 'redis.Redis'} "
-                f"is needed for {redact(url)!r}"
-            )
-        if self.cluster:
-            parse_cluster_url(url)  # refused now, not at the first call
         self.url = redact(url)
         self.timeout = float(timeout)
         self._errors: tuple[type[Exception], ...] = (
             redis_py.exceptions.RedisError,
             redis_py.exceptions.RedisClusterException,
         )
-        # the driver's, and ours: what a call on a cluster may end with
-        self._failed: tuple[type[Exception], ...] = (*self._errors, StoreUnavailable)
+        # the driver's, ours, and a socket's: what a call on a cluster may end with
+        self._failed: tuple[type[Exception], ...] = (
+            *self._errors,
+            StoreUnavailable,
+            OSError,
+        )
         self._noscript: type[Exception] = redis_py.exceptions.NoScriptError
         self._response_error: type[Exception] = redis_py.exceptions.ResponseError
         self._moved: type[Exception] = redis_py.exceptions.MovedError
         self._ask: type[Exception] = redis_py.exceptions.AskError
-        self._gone: tuple[type[Exception], ...] = (  # a node that does not answer
-            redis_py.exceptions.ConnectionError,
-            redis_py.exceptions.TimeoutError,
-            OSError,
-        )
         self._owned = client is None
         self._routes: Routes | None = None
         self._url = url  # unredacted: a cluster's client is made at first use
@@ -217,7 +177,7 @@ class RedisStore(ScriptCalls, SharedStore):
         self._sharded: bool | None = None  # sharded pub/sub (cluster, Redis 7+)
         self._unlisted: dict[str, str] = {}  # cluster: registrations to retry
         self._streams: set[str] = set()  # the ledger streams this process copies
-        self._held = threading.local()  # each thread's own connection (_Held)
+        self._held = threading.local()  # each thread's own connection
         self._resp_keys: dict[str, bytes] = {}  # a name's keys, as RESP
         # a path's keys, by its label: (its root, the keys)
         self._path_keys: dict[str, tuple[str, tuple[str, ...]]] = {}
@@ -262,6 +222,7 @@ class RedisStore(ScriptCalls, SharedStore):
                 if self._volatile is None:
                     self._check_kind()
                     self._volatile = self._check_volatile()
+            self._shards()  # (known before any script call: its wake-ups)
         except self._errors as e:
             raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
         self._list(name, json.dumps(spec))
@@ -307,10 +268,8 @@ class RedisStore(ScriptCalls, SharedStore):
                     del self._unlisted[key]
 
     def _check_kind(self) -> None:
-        """Refuse a plain URL of a cluster's node, naming the URL to use; on
-        a cluster, see whether its servers have sharded pub/sub."""
+        """Refuse a plain URL of a cluster's node, naming the URL to use."""
         if self.cluster:
-            self._sharded = self._shards_pubsub()
             return
         try:
             info = self._redis.info("cluster")
