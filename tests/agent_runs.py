@@ -30,6 +30,7 @@ from pathlib import Path
 
 import anyio
 import httpx2
+import pytest
 
 import ratebudget
 from ratebudget import BudgetExceeded, Cap, Keys, Ledger, Limiter, Rate, Runaway
@@ -51,6 +52,19 @@ TOOL_OUTPUT = "42"
 Run = Callable[[str], Awaitable[str]]
 """Runs the framework's agent on a prompt, in the current ``ratebudget.scope``,
 and returns its final output."""
+
+
+def asyncio_only(reason: str) -> Callable[[pytest.FixtureRequest], str]:
+    """An ``anyio_backend`` fixture for a framework that runs on asyncio
+    only: its trio runs skip, saying ``reason``."""
+
+    @pytest.fixture(params=["asyncio", "trio"])
+    def anyio_backend(request: pytest.FixtureRequest) -> str:
+        if request.param == "trio":
+            pytest.skip(reason)
+        return str(request.param)
+
+    return anyio_backend
 
 
 @dataclass

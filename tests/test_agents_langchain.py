@@ -38,6 +38,7 @@ from agent_runs import (
     MODEL,
     Run,
     Team,
+    asyncio_only,
     check_a_loop_is_stopped_as_a_runaway,
     check_a_loop_is_stopped_by_its_run_cap,
     check_a_run_is_metered_exactly,
@@ -46,12 +47,7 @@ from agent_runs import (
 from ratebudget import Cap, Limiter, Rate, Runaway
 from ratebudget.integrations.langchain import LangChainRateLimiter
 
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "trio":
-        pytest.skip("LangChain's async model calls run on asyncio only")
-    return str(request.param)
+anyio_backend = asyncio_only("LangChain's async model calls run on asyncio only")
 
 
 def agent_of(t: Team, rate_limiter: LangChainRateLimiter | None = None) -> Run:

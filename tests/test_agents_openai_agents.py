@@ -38,6 +38,7 @@ from agent_runs import (
     MODEL,
     Run,
     Team,
+    asyncio_only,
     check_a_loop_is_stopped_as_a_runaway,
     check_a_loop_is_stopped_by_its_run_cap,
     check_a_run_is_metered_exactly,
@@ -45,12 +46,9 @@ from agent_runs import (
 )
 from ratebudget import Runaway
 
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "trio":
-        pytest.skip("the OpenAI Agents SDK runs on asyncio only (asyncio.create_task)")
-    return str(request.param)
+anyio_backend = asyncio_only(
+    "the OpenAI Agents SDK runs on asyncio only (asyncio.create_task)"
+)
 
 
 def agent_of(t: Team, *, retries: int = 0) -> Run:

@@ -29,6 +29,7 @@ from agent_runs import (
     MODEL,
     Run,
     Team,
+    asyncio_only,
     check_a_loop_is_stopped_as_a_runaway,
     check_a_loop_is_stopped_by_its_run_cap,
     check_a_run_is_metered_exactly,
@@ -36,15 +37,10 @@ from agent_runs import (
 )
 from ratebudget import Runaway
 
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "trio":
-        pytest.skip(
-            "PydanticAI's Agent.run needs asyncio (it waits on asyncio.create_task "
-            "tasks around every run; RuntimeError: no running event loop on trio)"
-        )
-    return str(request.param)
+anyio_backend = asyncio_only(
+    "PydanticAI's Agent.run needs asyncio (it waits on asyncio.create_task "
+    "tasks around every run; RuntimeError: no running event loop on trio)"
+)
 
 
 def agent_of(t: Team, *, max_retries: int = 2, fallback: bool = False) -> Run:
