@@ -40,6 +40,12 @@ __all__ = ("Links",)
 Done = Callable[[Any, "BaseException | None"], None]
 
 
+def text(value: Any) -> str:
+    """A reply's value as text (bytes, or text from a client made with
+    ``decode_responses``)."""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 def bulk(data: bytes) -> bytes:
     """``data`` as a RESP bulk string."""
     return b"$%d\r\n%b\r\n" % (len(data), data)

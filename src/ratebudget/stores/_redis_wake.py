@@ -21,6 +21,7 @@ import json
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from ._redis_link import text
 from ._remote import wake
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ def _heard(store: RedisStore, message: dict[str, Any]) -> None:
             wake(store.url, name, None)
         store._live_changed()  # as may live limits have
         return
-    channel = _text(message.get("channel"))
+    channel = text(message.get("channel"))
     if kind == "ssubscribe":  # the same, for one channel (on its shard)
         if channel == store._live_channel:
             store._live_changed()
@@ -126,8 +127,4 @@ def _heard(store: RedisStore, message: dict[str, Any]) -> None:
     # name was noted here; ``wake`` finds nobody for names nobody of
     # this process waits on
     name = channel[1 : channel.rfind("}")]
-    wake(store.url, name, json.loads(_text(message["data"])))
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    wake(store.url, name, json.loads(text(message["data"])))

@@ -30,14 +30,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from .._exceptions import InvalidRequest, StoreUnavailable
-from .._ledger_db import Row, row_of
 from .._plan import PlanSpec, RateSpec
 from . import _ops as ops
 from ._base import redact
-from ._codec import book_of
+from ._redis_books import LedgerStreams
 from ._redis_calls import ScriptCalls
 from ._redis_cluster import Routes, cluster_client
-from ._redis_link import command, links_for
+from ._redis_link import command, links_for, text
 from ._redis_script import SCRIPT_PATH, _PlanArgs
 from ._redis_urls import cluster_hint, resolve
 from ._redis_wake import listen
@@ -47,7 +46,6 @@ if TYPE_CHECKING:
     import redis
     from redis.cluster import RedisCluster
 
-    from .._ledger import Ledger
 
 __all__ = ("REGISTRY_KEY", "SCRIPT_PATH", "RedisStore")
 
@@ -75,11 +73,7 @@ _HEADROOM: Final = 4
 _MAX_TIMEOUT: Final = 86_400.0
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-class RedisStore(ScriptCalls, SharedStore):
+class RedisStore(LedgerStreams, ScriptCalls, SharedStore):
     """Limiter state in Redis: ``RedisStore("redis://localhost:6379/0")``,
     or on a Redis Cluster: ``RedisStore("redis+cluster://host:7000,host:7001")``.
 
@@ -310,7 +304,7 @@ class RedisStore(ScriptCalls, SharedStore):
             rev, got = pipe.execute()
         except self._errors as e:
             raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
-        return int(rev or 0), {_text(k): _text(v) for k, v in got.items()}
+        return int(rev or 0), {text(k): text(v) for k, v in got.items()}
 
     def write_live(self, name: str, raw: str | None) -> None:
         try:
@@ -344,91 +338,16 @@ class RedisStore(ScriptCalls, SharedStore):
             save = server.config_get("save")
         except self._response_error:  # CONFIG not permitted (managed Redis)
             return False
-        aof_value = {_text(k): _text(v) for k, v in aof.items()}.get("appendonly")
-        save_value = {_text(k): _text(v) for k, v in save.items()}.get("save")
+        aof_value = {text(k): text(v) for k, v in aof.items()}.get("appendonly")
+        save_value = {text(k): text(v) for k, v in save.items()}.get("save")
         return aof_value == "no" and save_value == ""
-
-    # -- the ledger's rows, on each tree's stream -------------------------------
-
-    def books(self, ledger: Ledger, name: str | None) -> bool:
-        """Every ledger: the script writes a row on the stream of the tree
-        (``{root}:ledger``) in the call that commits, releases or records;
-        ``ledger`` copies the rows from there (its writer thread, about
-        once a second and at ``flush``), so a commit that returned loses no
-        row if its process is killed: the next process (or ``ratebudget
-        ledger sync``) copies it."""
-        if name is None:
-            return False
-        key = self.watch_stream(name)
-        try:  # made now (empty): the leases its tree's calls find expired get rows
-            if not self._redis.exists(key):
-                entry = self._redis.xadd(key, {"made": "1"})
-                self._redis.xdel(key, entry)
-        except self._errors:
-            pass  # made by the first row; until then expiries go unwritten
-        ledger._add_source(self)
-        return True
-
-    def watch_stream(self, root: str) -> str:
-        """Copy the ledger rows of tree ``root`` (from this process); its
-        stream's key."""
-        key = "{" + root + "}:ledger"
-        self._streams.add(key)
-        return key
-
-    def read_books(
-        self, limit: int = 500
-    ) -> tuple[list[Row], list[tuple[str, list[bytes]]]]:
-        """Rows waiting on the streams watched, and their entries (to
-        ``ack_books`` once the rows are written)."""
-        rows: list[Row] = []
-        acks: list[tuple[str, list[Any]]] = []
-        try:
-            for key in sorted(self._streams):
-                got = self._redis.xrange(key, count=limit)
-                if not got:
-                    continue
-                ids: list[Any] = []
-                for entry_id, got_fields in got:
-                    # (bytes, or text from a client made with decode_responses)
-                    fields: dict[Any, Any] = {
-                        _text(k): v for k, v in (got_fields or {}).items()
-                    }
-                    book = book_of(fields["row"])
-                    rows.append(
-                        row_of(
-                            book.lease_id,
-                            int(fields["at"]),
-                            book.scope,
-                            book.labels,
-                            book.outcome,
-                            dict(book.units),
-                        )
-                    )
-                    ids.append(entry_id)
-                acks.append((key, ids))
-        except self._errors as e:
-            raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
-        except (KeyError, ValueError, TypeError) as e:
-            raise StoreUnavailable(
-                f"Redis store {self.url}: a ledger row is unreadable ({e})"
-            ) from e
-        return rows, acks
-
-    def ack_books(self, acks: list[tuple[str, list[Any]]]) -> None:
-        """Drop the stream entries whose rows are in the ledger."""
-        try:
-            for key, ids in acks:
-                self._redis.xdel(key, *ids)
-        except self._errors as e:
-            raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
 
     def limiters(self) -> dict[str, dict[str, Any]]:
         try:
             got = self._redis.hgetall(self._registry_key)
         except self._errors as e:
             raise StoreUnavailable(f"Redis store {self.url}: {e}") from e
-        return {_text(k): json.loads(_text(v)) for k, v in sorted(got.items())}
+        return {text(k): json.loads(text(v)) for k, v in sorted(got.items())}
 
     def keys_of(self, name: str, root: str) -> list[str]:
         tag = "{" + root + "}" + name[len(root) :] + "/"
@@ -436,7 +355,7 @@ class RedisStore(ScriptCalls, SharedStore):
         out: set[str] = set()
         try:
             for key in self._redis.scan_iter(match=f"{escaped}*:s", count=1000):
-                rest = _text(key)[len(tag) : -2]
+                rest = text(key)[len(tag) : -2]
                 if rest and "/" not in rest:
                     out.add(f"{name}/{rest}")
         except self._errors as e:

@@ -25,7 +25,7 @@ from ._clock import store_busy as store_busy
 from ._provider import FakeProvider as FakeProvider
 from ._redis import RedisServer as RedisServer
 from ._redis_cluster import RedisCluster as RedisCluster
-from ._redis_cluster import RedisClusterNode as RedisClusterNode
+from ._redis_cluster_node import RedisClusterNode as RedisClusterNode
 
 __all__ = (
     "FakeClock",
